@@ -1,0 +1,1 @@
+"""Data layer: CIFAR-10 on disk (`cifar`), synthetic test data (`synthetic`) and device loaders (`loaders`)."""

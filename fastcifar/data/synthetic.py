@@ -1,0 +1,98 @@
+"""Tiny, learnable CIFAR-10-format datasets for tests (and for trying the CLI without the real data).
+
+Files are written exactly in the official layout (`cifar-10-batches-py/data_batch_1..5`, `test_batch`,
+`batches.meta`; dicts with `data` (N,3072) uint8 channel-major rows and `labels`), so everything
+downstream reads them through the same code path as the real CIFAR-10.
+
+Learnable: class c is drawn as a coloured shape whose colour and position follow from c, under pixel noise
+and a random brightness shift, so a small network reaches high accuracy within a few epochs while chance
+stays at 10 %. The class signal survives a 4-pixel padded crop and a horizontal flip.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from fastcifar.data.cifar import BATCHES_DIR, CLASS_NAMES, META_FILE, TEST_FILES, TRAIN_FILES
+
+# One distinct colour per class (RGB, 0-255) and one of two shape sizes: colour alone already separates them.
+_PALETTE = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [128, 128, 128],
+], dtype=np.float32)
+
+
+def make_images(labels: np.ndarray, rng: np.random.Generator, noise: float = 40.0) -> np.ndarray:
+    """Images (N,32,32,3) uint8 for `labels`: a class-coloured square on a dark noisy background."""
+    n = len(labels)
+    background = rng.normal(60.0, noise, size=(n, 32, 32, 3))
+    images = background
+    half = np.where(labels % 2 == 0, 8, 11)  # two square sizes
+    for i, (label, h) in enumerate(zip(labels, half)):
+        cy, cx = rng.integers(12, 20, size=2)
+        patch = _PALETTE[label] + rng.normal(0.0, noise, size=(2 * h, 2 * h, 3))
+        y0, x0 = max(cy - h, 0), max(cx - h, 0)
+        images[i, y0:cy + h, x0:cx + h] = patch[: min(cy + h, 32) - y0, : min(cx + h, 32) - x0]
+    images += rng.normal(0.0, 15.0, size=(n, 1, 1, 1))  # per-image brightness shift
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def _batch_dict(images: np.ndarray, labels: np.ndarray, name: str) -> dict:
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # HWC -> channel-major rows
+    return {"batch_label": name, "labels": [int(v) for v in labels], "data": np.ascontiguousarray(rows)}
+
+
+def write_synthetic_cifar(root: Path | str, *, n_train: int = 500, n_test: int = 100, seed: int = 0,
+                          protocol: int = 2) -> Path:
+    """Write a synthetic CIFAR-10 under `root/cifar-10-batches-py` and return that directory.
+
+    `n_train` images are spread over the five training batches (batch sizes may differ), `n_test` go to
+    `test_batch`; labels cycle through all 10 classes so every class is present.
+    """
+    rng = np.random.default_rng(seed)
+    out = Path(root) / BATCHES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    train_labels = rng.permutation(np.arange(n_train) % 10)
+    train_images = make_images(train_labels, rng)
+    for i, (imgs, labs) in enumerate(zip(np.array_split(train_images, 5), np.array_split(train_labels, 5))):
+        _write(out / TRAIN_FILES[i], _batch_dict(imgs, labs, f"training batch {i + 1} of 5"), protocol)
+    test_labels = rng.permutation(np.arange(n_test) % 10)
+    _write(out / TEST_FILES[0], _batch_dict(make_images(test_labels, rng), test_labels, "testing batch 1 of 1"),
+           protocol)
+    _write(out / META_FILE, {"label_names": list(CLASS_NAMES), "num_cases_per_batch": max(n_train // 5, 1),
+                             "num_vis": 3072}, protocol)
+    return out
+
+
+def _write(path: Path, obj: dict, protocol: int) -> None:
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+
+
+def write_synthetic_archive(path: Path | str, **kwargs) -> Path:
+    """Write a synthetic dataset as a `cifar-10-python.tar.gz`-style archive (for download/extract tests)."""
+    import tempfile
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        batches = write_synthetic_cifar(tmp, **kwargs)
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(batches, arcname=BATCHES_DIR)
+    return path
+
+
+def malicious_pickle(command_marker: Path) -> bytes:
+    """A pickle that runs `touch command_marker` when loaded by a plain `pickle.load` (for tests)."""
+
+    class _Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch '{command_marker}'",))
+
+    return pickle.dumps({"data": _Exploit(), "labels": [0]}, protocol=2)
+
+
+__all__ = ["make_images", "write_synthetic_cifar", "write_synthetic_archive", "malicious_pickle"]

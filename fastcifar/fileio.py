@@ -1,0 +1,53 @@
+"""Atomic file writes: every file fastcifar writes appears whole or not at all (temp file + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it is renamed onto `dest`, on failure removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_bytes(dest: Path | str, data: bytes) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def write_text(dest: Path | str, text: str) -> Path:
+    return write_bytes(dest, text.encode("utf-8"))
+
+
+def write_json(dest: Path | str, obj: object) -> Path:
+    return write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def append_jsonl(dest: Path | str, obj: object) -> None:
+    """Append one JSON line by rewriting the file atomically (metrics files are small: one line per epoch)."""
+    dest = Path(dest)
+    old = dest.read_text() if dest.exists() else ""
+    write_text(dest, old + json.dumps(obj) + "\n")
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,248 @@
+"""ResNets for CIFAR-10: `create_model(arch, init, stem)`, the `ModelSpec` every artifact carries, save/load.
+
+Owns: building torchvision resnet18/34/50 with an ImageNet or CIFAR stem, loading pretrained weights
+(torchvision's IMAGENET1K_V1 download/cache, or a local torchvision-format state dict), and the model files
+of a run directory (`model.safetensors` + `model.json`).
+
+How a pretrained conv1 enters the CIFAR stem: the 7x7/stride-2 ImageNet kernel is area-resampled to 3x3
+(adaptive average pooling over the kernel) and scaled by 49/9, so each filter keeps its orientation/colour
+selectivity and its response to a flat image patch (the sum of its weights) is unchanged. The max-pool is
+dropped. Every other tensor loads unchanged; only the classifier (`fc.*`) is replaced for 10 classes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fastcifar.data.cifar import CLASS_NAMES
+from fastcifar.errors import FastCifarError
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+STEMS = ("imagenet", "cifar")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# CIFAR-10 training-set statistics (0-1 scale), measured on ../shared/cifar10 by `fastcifar data`.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 512
+MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and feed it: recorded in model.json and ONNX metadata."""
+
+    arch: str
+    stem: str
+    init: str  # "random" | "imagenet" | "file"
+    image_size: int = 32
+    num_classes: int = 10
+    mean: tuple[float, float, float] = CIFAR_MEAN  # 0-1 scale, RGB
+    std: tuple[float, float, float] = CIFAR_STD
+    class_names: tuple[str, ...] = CLASS_NAMES
+    weights_source: str | None = None  # URL or file the pretrained weights came from
+    notes: tuple[str, ...] = field(default_factory=tuple)  # what was adapted/not loaded
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("mean", "std", "class_names", "notes"):
+            if key in known and known[key] is not None:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+def _check(arch: str, stem: str, image_size: int) -> None:
+    if arch not in ARCHS:
+        raise FastCifarError(f"unknown arch '{arch}' (choose from {', '.join(ARCHS)})")
+    if stem not in STEMS:
+        raise FastCifarError(f"unknown stem '{stem}' (choose from {', '.join(STEMS)})")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise FastCifarError(f"image size {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
+
+
+def build_resnet(arch: str, stem: str, num_classes: int = 10):
+    """An untrained torchvision ResNet with the requested stem and classifier."""
+    import torch.nn as nn
+    import torchvision
+
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def imagenet_state_dict(arch: str) -> tuple[dict, str]:
+    """torchvision's IMAGENET1K_V1 weights via its own download/cache (~/.cache/torch/hub/checkpoints)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True), weights.url
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash is a RuntimeError
+        raise FastCifarError(
+            f"cannot get torchvision's ImageNet weights for {arch} from {weights.url} ({exc}). Offline, "
+            f"download that file elsewhere and pass it with --init PATH (or --pretrained-weights PATH), or "
+            f"put it in torch's hub cache (~/.cache/torch/hub/checkpoints/).") from None
+
+
+def read_state_dict(path: Path) -> dict:
+    """A torchvision-format state dict from .safetensors or a torch file (weights_only: no code runs)."""
+    import torch
+
+    if not path.is_file():
+        raise FastCifarError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise FastCifarError(f"{path} is not a readable state dict ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise FastCifarError(f"{path} does not hold a state dict of tensors")
+    return {_strip_prefixes(k): v for k, v in sd.items()}
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def adapt_conv1_to_cifar(weight):
+    """7x7 ImageNet conv1 kernel -> 3x3 CIFAR kernel, preserving each filter's response to flat input."""
+    import torch.nn.functional as F
+
+    k = weight.shape[-1]
+    return F.adaptive_avg_pool2d(weight, 3) * (k * k / 9.0)
+
+
+def load_pretrained(model, state_dict: dict, stem: str) -> tuple[str, ...]:
+    """Load every non-classifier tensor of `state_dict` into `model`; refuse if any does not fit.
+
+    Returns notes saying what was adapted or skipped.
+    """
+    target = model.state_dict()
+    notes = []
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    dropped = sorted(k for k in state_dict if k.startswith("fc."))
+    if dropped:
+        notes.append(f"classifier replaced for {target['fc.weight'].shape[0]} classes (not loaded: "
+                     f"{', '.join(dropped)})")
+    if stem == "cifar" and "conv1.weight" in sd and sd["conv1.weight"].shape[-1] != 3:
+        sd["conv1.weight"] = adapt_conv1_to_cifar(sd["conv1.weight"].float())
+        notes.append("conv1 7x7/2 kernel area-resampled to 3x3/1 (x49/9) for the cifar stem; max-pool dropped")
+    missing = sorted(k for k in target if not k.startswith("fc.") and k not in sd)
+    unexpected = sorted(k for k in sd if k not in target)
+    mismatched = sorted(k for k in sd if k in target and tuple(sd[k].shape) != tuple(target[k].shape))
+    if missing or unexpected or mismatched:
+        def show(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        problems = [f"{name}: {show(keys)}" for name, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys]
+        raise FastCifarError("pretrained weights do not fit this model - " + "; ".join(problems)
+                             + ". Is it a torchvision state dict of the same arch?")
+    model.load_state_dict(sd, strict=False)
+    return tuple(notes)
+
+
+def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, image_size: int = 32,
+                 class_names: tuple[str, ...] = CLASS_NAMES):
+    """Build `arch` with `stem`; `init` is 'random', 'imagenet' or a path to a torchvision state dict.
+
+    Returns (model, spec). Pretrained inits normalise with ImageNet statistics, random init with CIFAR-10's.
+    """
+    _check(arch, stem, image_size)
+    model = build_resnet(arch, stem, num_classes)
+    if init == "random":
+        return model, ModelSpec(arch=arch, stem=stem, init="random", image_size=image_size,
+                                num_classes=num_classes, class_names=tuple(class_names))
+    if init == "imagenet":
+        state_dict, source = imagenet_state_dict(arch)
+        kind = "imagenet"
+    else:
+        path = Path(init).expanduser()
+        if not path.exists():
+            raise FastCifarError(f"--init must be 'random', 'imagenet' or a weights file; '{init}' is none")
+        state_dict, source, kind = read_state_dict(path), str(path.resolve()), "file"
+    notes = load_pretrained(model, state_dict, stem)
+    return model, ModelSpec(arch=arch, stem=stem, init=kind, image_size=image_size, num_classes=num_classes,
+                            mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=tuple(class_names),
+                            weights_source=source, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------- model files
+
+
+def save_model(model, spec: ModelSpec, out_dir: Path | str, *, metrics: dict | None = None,
+               extra: dict | None = None) -> Path:
+    """Write model.safetensors (the uncompiled module's weights) and model.json atomically into `out_dir`."""
+    from safetensors.torch import save_file
+
+    from fastcifar.fileio import atomic_path, write_json
+
+    out_dir = Path(out_dir)
+    module = getattr(model, "module", model)  # DDP wrapper
+    state = {_strip_prefixes(k): v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(out_dir / MODEL_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    meta = {"format_version": FORMAT_VERSION, **spec.to_dict(), "metrics": metrics or {}, **(extra or {})}
+    write_json(out_dir / MODEL_META, meta)
+    return out_dir / MODEL_FILE
+
+
+def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
+    """(weights, meta) for a run directory or a model.safetensors path."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        weights, meta = path / MODEL_FILE, path / MODEL_META
+    else:
+        weights, meta = path, path.with_name(MODEL_META)
+    if not weights.is_file():
+        raise FastCifarError(f"no model at {path}: expected a run directory holding {MODEL_FILE} or a "
+                             f"{MODEL_FILE} file")
+    if not meta.is_file():
+        raise FastCifarError(f"{weights} has no {MODEL_META} beside it (it records arch, stem and normalisation)")
+    return weights, meta
+
+
+def read_model_meta(path: Path | str) -> dict:
+    _, meta = resolve_model_files(path)
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FastCifarError(f"{meta} is unreadable or not JSON ({exc})") from None
+
+
+def load_model(path: Path | str, device="cpu"):
+    """Rebuild a saved model in eval mode. Returns (model, spec, meta) where meta is model.json's content."""
+    from safetensors.torch import load_file
+
+    weights, _ = resolve_model_files(path)
+    meta = read_model_meta(path)
+    try:
+        spec = ModelSpec.from_dict(meta)
+        _check(spec.arch, spec.stem, spec.image_size)
+    except (TypeError, FastCifarError) as exc:
+        raise FastCifarError(f"{weights.with_name(MODEL_META)} does not describe a fastcifar model ({exc})") from None
+    model = build_resnet(spec.arch, spec.stem, spec.num_classes)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt file or wrong tensors
+        raise FastCifarError(f"{weights} cannot be loaded as a {spec.arch} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), spec, meta

@@ -1,0 +1,101 @@
+"""Where code runs: device resolution, distributed (torchrun) context, seeding, and the env.json record."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastcifar import __version__
+from fastcifar.errors import FastCifarError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info_from_env() -> DistInfo:
+    """Rank/world size as torchrun sets them (RANK, LOCAL_RANK, WORLD_SIZE); single process otherwise."""
+    return DistInfo(rank=int(os.environ.get("RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                    world_size=int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0):
+    """'auto' -> cuda:<local_rank> when CUDA is there, else cpu. 'cuda' without CUDA is a user error."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FastCifarError("--device cuda was asked for but CUDA is not available on this machine "
+                                 "(use --device cpu or --device auto)")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    elif name != "cpu":
+        raise FastCifarError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def env_info(command: list[str] | None = None) -> dict:
+    """Versions, machine, GPU and git sha: written as env.json beside every result."""
+    import torch
+
+    info = {
+        "fastcifar": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "git_sha": git_sha(),
+        "command": command if command is not None else sys.argv,
+        "gpus": [],
+    }
+    for module in ("torchvision", "nvidia.dali", "onnx", "onnxruntime", "tensorrt"):
+        try:
+            mod = __import__(module, fromlist=["__version__"])
+            info[module.split(".")[-1]] = getattr(mod, "__version__", "unknown")
+        except Exception:  # noqa: BLE001 - missing or broken optional library: record its absence
+            info[module.split(".")[-1]] = None
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            info["gpus"].append({"name": props.name, "capability": f"{props.major}.{props.minor}",
+                                 "memory_gib": round(props.total_memory / 2**30, 1)})
+    return info

@@ -1,0 +1,78 @@
+"""Shared fixtures: synthetic CIFAR-10 on disk, the real data when present, tiny saved models; marker skips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REAL_CIFAR = Path(os.environ.get("FASTCIFAR_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "cifar10"))
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    has_cuda = False
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        pass
+    has_trt = importlib.util.find_spec("tensorrt") is not None and has_cuda
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT and a CUDA GPU")
+    skip_real = pytest.mark.skip(reason=f"real CIFAR-10 not found at {REAL_CIFAR}")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(skip_trt)
+        if "realdata" in item.keywords and not (REAL_CIFAR / "cifar-10-batches-py").is_dir():
+            item.add_marker(skip_real)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    # 2-core CI machine: keep torch from oversubscribing when tests start subprocesses.
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A data dir holding a small learnable synthetic CIFAR-10 (500 train / 200 test images)."""
+    from fastcifar.data.synthetic import write_synthetic_cifar
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_cifar(root, n_train=500, n_test=200, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_cifar() -> Path:
+    if not (REAL_CIFAR / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"real CIFAR-10 not found at {REAL_CIFAR}")
+    return REAL_CIFAR
+
+
+def make_saved_model(out_dir: Path, *, arch="resnet18", stem="cifar", init="random", image_size=32, seed=0,
+                     data_dir: Path | None = None) -> Path:
+    """A run-dir-like folder with model.safetensors + model.json of an untrained model (no training)."""
+    import torch
+
+    from fastcifar.models import create_model, save_model
+
+    torch.manual_seed(seed)
+    model, spec = create_model(arch, init, stem, image_size=image_size)
+    extra = {"data_dir": str(data_dir) if data_dir else None, "run_name": out_dir.name}
+    save_model(model.eval(), spec, out_dir, metrics={"test_acc": 0.1}, extra=extra)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_dir) -> Path:
+    """A saved (untrained) resnet18 cifar-stem model directory for export/inference tests."""
+    return make_saved_model(tmp_path_factory.mktemp("models") / "resnet18-random", data_dir=synthetic_dir)

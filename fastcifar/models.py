@@ -5,8 +5,8 @@ Owns: building torchvision resnet18/34/50 with an ImageNet or CIFAR stem, loadin
 of a run directory (`model.safetensors` + `model.json`).
 
 How a pretrained conv1 enters the CIFAR stem: the 7x7/stride-2 ImageNet kernel is area-resampled to 3x3
-(adaptive average pooling over the kernel) and scaled by 49/9, so each filter keeps its orientation/colour
-selectivity and its response to a flat image patch (the sum of its weights) is unchanged. The max-pool is
+(each tap sums the weights under its 7/3-wide cell, fractional overlaps weighted), so each filter keeps its
+orientation/colour pattern and exactly its response to a flat image patch (the sum of its weights). The max-pool is
 dropped. Every other tensor loads unchanged; only the classifier (`fc.*`) is replaced for 10 classes.
 """
 
@@ -123,12 +123,27 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def adapt_conv1_to_cifar(weight):
-    """7x7 ImageNet conv1 kernel -> 3x3 CIFAR kernel, preserving each filter's response to flat input."""
-    import torch.nn.functional as F
+def _area_matrix(k_in: int, k_out: int):
+    """(k_out, k_in) overlap of output cells of width k_in/k_out with unit input cells; columns sum to 1."""
+    import torch
 
-    k = weight.shape[-1]
-    return F.adaptive_avg_pool2d(weight, 3) * (k * k / 9.0)
+    edges = torch.linspace(0, k_in, k_out + 1, dtype=torch.float64)
+    lo = torch.maximum(edges[:-1, None], torch.arange(k_in, dtype=torch.float64)[None, :])
+    hi = torch.minimum(edges[1:, None], torch.arange(1, k_in + 1, dtype=torch.float64)[None, :])
+    return (hi - lo).clamp(min=0)
+
+
+def adapt_conv1_to_cifar(weight):
+    """7x7 ImageNet conv1 kernel -> 3x3 CIFAR kernel by exact area resampling.
+
+    Each 3x3 tap sums the 7x7 weights under its 7/3-wide cell (fractional overlaps weighted), so every
+    filter keeps its spatial pattern at a coarser grain and exactly the same sum of weights, i.e. the same
+    response to a flat image patch.
+    """
+    import torch
+
+    a = _area_matrix(weight.shape[-1], 3).to(weight.dtype)
+    return torch.einsum("ij,ocjk,lk->ocil", a, weight, a)
 
 
 def load_pretrained(model, state_dict: dict, stem: str) -> tuple[str, ...]:
@@ -145,7 +160,8 @@ def load_pretrained(model, state_dict: dict, stem: str) -> tuple[str, ...]:
                      f"{', '.join(dropped)})")
     if stem == "cifar" and "conv1.weight" in sd and sd["conv1.weight"].shape[-1] != 3:
         sd["conv1.weight"] = adapt_conv1_to_cifar(sd["conv1.weight"].float())
-        notes.append("conv1 7x7/2 kernel area-resampled to 3x3/1 (x49/9) for the cifar stem; max-pool dropped")
+        notes.append("conv1 7x7/2 kernel area-resampled to 3x3/1 (sum-preserving) for the cifar stem; "
+                     "max-pool dropped")
     missing = sorted(k for k in target if not k.startswith("fc.") and k not in sd)
     unexpected = sorted(k for k in sd if k not in target)
     mismatched = sorted(k for k in sd if k in target and tuple(sd[k].shape) != tuple(target[k].shape))

@@ -47,6 +47,20 @@ def _batch_dict(images: np.ndarray, labels: np.ndarray, name: str) -> dict:
     return {"batch_label": name, "labels": [int(v) for v in labels], "data": np.ascontiguousarray(rows)}
 
 
+def synthetic_arrays(n_train: int = 500, n_test: int = 100, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train_images, train_labels, test_images, test_labels) exactly as `write_synthetic_cifar` writes them.
+
+    Images are (N,32,32,3) uint8 HWC, labels int64; labels cycle through all 10 classes (shuffled).
+    """
+    rng = np.random.default_rng(seed)
+    train_labels = rng.permutation(np.arange(n_train) % 10)
+    train_images = make_images(train_labels, rng)
+    test_labels = rng.permutation(np.arange(n_test) % 10)
+    test_images = make_images(test_labels, rng)
+    return train_images, train_labels.astype(np.int64), test_images, test_labels.astype(np.int64)
+
+
 def write_synthetic_cifar(root: Path | str, *, n_train: int = 500, n_test: int = 100, seed: int = 0,
                           protocol: int = 2) -> Path:
     """Write a synthetic CIFAR-10 under `root/cifar-10-batches-py` and return that directory.
@@ -54,16 +68,12 @@ def write_synthetic_cifar(root: Path | str, *, n_train: int = 500, n_test: int =
     `n_train` images are spread over the five training batches (batch sizes may differ), `n_test` go to
     `test_batch`; labels cycle through all 10 classes so every class is present.
     """
-    rng = np.random.default_rng(seed)
+    train_images, train_labels, test_images, test_labels = synthetic_arrays(n_train, n_test, seed)
     out = Path(root) / BATCHES_DIR
     out.mkdir(parents=True, exist_ok=True)
-    train_labels = rng.permutation(np.arange(n_train) % 10)
-    train_images = make_images(train_labels, rng)
     for i, (imgs, labs) in enumerate(zip(np.array_split(train_images, 5), np.array_split(train_labels, 5))):
         _write(out / TRAIN_FILES[i], _batch_dict(imgs, labs, f"training batch {i + 1} of 5"), protocol)
-    test_labels = rng.permutation(np.arange(n_test) % 10)
-    _write(out / TEST_FILES[0], _batch_dict(make_images(test_labels, rng), test_labels, "testing batch 1 of 1"),
-           protocol)
+    _write(out / TEST_FILES[0], _batch_dict(test_images, test_labels, "testing batch 1 of 1"), protocol)
     _write(out / META_FILE, {"label_names": list(CLASS_NAMES), "num_cases_per_batch": max(n_train // 5, 1),
                              "num_vis": 3072}, protocol)
     return out
@@ -95,4 +105,4 @@ def malicious_pickle(command_marker: Path) -> bytes:
     return pickle.dumps({"data": _Exploit(), "labels": [0]}, protocol=2)
 
 
-__all__ = ["make_images", "write_synthetic_cifar", "write_synthetic_archive", "malicious_pickle"]
+__all__ = ["make_images", "synthetic_arrays", "write_synthetic_cifar", "write_synthetic_archive", "malicious_pickle"]

@@ -1,0 +1,182 @@
+"""How fast do the training loaders deliver augmented CIFAR-10 batches? tensor vs DALI vs torchvision DataLoader.
+
+Question: images/s of a full training epoch (50k images: pad-4 random crop, flip, normalise, on the device)
+for `fastcifar`'s tensor loader, its DALI pipeline and the textbook torchvision DataLoader (PIL images,
+RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, 2 worker processes).
+Goal: both fastcifar loaders >= 8x the DataLoader on CPU. Recorded figures: bench/README.md ("Loaders").
+
+Method: one untimed warm-up epoch per loader (pipeline build, worker start, first-touch allocations), then
+`--epochs` timed epochs, interleaved round-robin across loaders so that load from other processes on a
+shared machine hits all of them alike. Per-epoch figures, their median and best are kept; the machine's
+load average before and after is recorded because a busy 2-core machine moves these numbers by 2x.
+On CUDA each epoch ends with a synchronize, and the DataLoader baseline copies pinned batches to the GPU.
+
+    python bench/loaders.py --data-dir ../shared/cifar10 [--batch-size 512] [--device auto] [--epochs 5]
+
+Writes bench/results/loaders-<device>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from fastcifar.data.cifar import load_cifar10  # noqa: E402
+from fastcifar.data.loaders import LoaderOptions, dali_available, make_loader  # noqa: E402
+from fastcifar.fileio import write_json  # noqa: E402
+from fastcifar.runtime import env_info, resolve_device  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class PILCifar(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: uint8 HWC array -> PIL image -> transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def dataloader_epochs(images, labels, options: LoaderOptions, device, workers: int):
+    """The baseline as an object with set_epoch / iteration, batches moved to `device` like the others."""
+    from torchvision import transforms as T
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(options.mean, options.std)])
+    loader = torch.utils.data.DataLoader(
+        PILCifar(images, labels, transform), batch_size=options.batch_size, shuffle=True, drop_last=True,
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+    class Baseline:
+        def set_epoch(self, epoch):
+            pass  # DataLoader reshuffles on each iter()
+
+        def __iter__(self):
+            for x, y in loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    return Baseline()
+
+
+def time_epoch(loader, epoch: int, device) -> tuple[float, int]:
+    """Seconds and images for one full epoch; every batch is touched (summed) so no work can be skipped."""
+    loader.set_epoch(epoch)
+    start, n, check = time.perf_counter(), 0, 0.0
+    for x, y in loader:
+        n += len(y)
+        check += float(x[0, 0, 0, 0])  # cheap touch; on CUDA it also keeps work in order
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, n
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_loaders(args, device, data) -> dict:
+    options = LoaderOptions(batch_size=args.batch_size, train=True, seed=0)
+    images, labels = data.train.images, data.train.labels
+    builders = {
+        "tensor": lambda: make_loader(images, labels, options, kind="tensor", device=device),
+        "dali": lambda: make_loader(images, labels, options, kind="dali", device=device),
+        "dataloader": lambda: dataloader_epochs(images, labels, options, device, args.workers),
+    }
+    kinds = [k for k in args.loaders if k != "dali" or dali_available()]
+    return {kind: builders[kind]() for kind in kinds}
+
+
+def measure(loaders: dict, epochs: int, device) -> dict:
+    for kind, loader in loaders.items():  # warm-up, untimed
+        time_epoch(loader, 0, device)
+        print(f"  warmed up {kind}", flush=True)
+    per_epoch = {kind: [] for kind in loaders}
+    for epoch in range(1, epochs + 1):
+        for kind, loader in loaders.items():
+            seconds, n = time_epoch(loader, epoch, device)
+            per_epoch[kind].append(n / seconds)
+            print(f"  epoch {epoch} {kind:>10}: {n / seconds:9.0f} img/s ({n} images, {seconds:.2f} s)", flush=True)
+    return per_epoch
+
+
+def summarise(per_epoch: dict) -> dict:
+    base = statistics.median(per_epoch["dataloader"]) if "dataloader" in per_epoch else None
+    out = {}
+    for kind, rates in per_epoch.items():
+        median = statistics.median(rates)
+        out[kind] = {"img_per_s_epochs": [round(r) for r in rates], "img_per_s_median": round(median),
+                     "img_per_s_best": round(max(rates)),
+                     "x_dataloader": round(median / base, 1) if base else None}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=None, help="holds cifar-10-batches-py/")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per loader (after 1 warm-up)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (baseline)")
+    parser.add_argument("--loaders", nargs="+", default=["tensor", "dali", "dataloader"],
+                        choices=["tensor", "dali", "dataloader"])
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads [torch default]")
+    args = parser.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+
+    device = resolve_device(args.device)
+    data = load_cifar10(args.data_dir, download=False, progress=False)
+    env = env_info()
+    load_before = os.getloadavg()
+    print(f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, DALI {env.get('dali')}, "
+          f"device {device}, batch {args.batch_size}, {len(data.train)} training images, "
+          f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"load average {load_before[0]:.2f}", flush=True)
+    per_epoch = measure(build_loaders(args, device, data), args.epochs, device)
+    results = summarise(per_epoch)
+    load_after = os.getloadavg()
+
+    print(f"\n| loader | median img/s | best img/s | x DataLoader (median) |\n|---|---:|---:|---:|")
+    for kind, r in results.items():
+        print(f"| {kind} | {r['img_per_s_median']:,} | {r['img_per_s_best']:,} | {r['x_dataloader']} |")
+    record = {
+        "question": "images/s of a full augmented CIFAR-10 training epoch, per loader",
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if argv is None else argv,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gpus": env["gpus"],
+                    "load_average_before": load_before, "load_average_after": load_after},
+        "versions": {k: env.get(k) for k in ("python", "torch", "torchvision", "dali", "cuda")},
+        "device": str(device), "batch_size": args.batch_size, "images": len(data.train),
+        "epochs_timed": args.epochs, "dataloader_workers": args.workers, "results": results,
+    }
+    path = write_json(RESULTS / f"loaders-{device.type}.json", record)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

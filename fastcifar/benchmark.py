@@ -1,0 +1,355 @@
+"""`fastcifar bench`: accuracy/parity and speed of every inference backend, and the CI parity gate.
+
+Owns `BenchConfig` and `bench(cfg)`. For each model and each requested backend it
+  1. says "skipped: why" when the backend cannot run here (no GPU, no TensorRT, no compiler);
+  2. gets the artifact the backend runs (the model itself, or an ONNX export / TensorRT engine made on the
+     fly and cached under exported/cache/ while the model is unchanged: fastcifar/artifacts.py);
+  3. runs the backend alone in a child process (fastcifar/bench_worker.py: why, and the timing method):
+     logits on the test images, throughput per batch size, batch-1 latency, peak memory;
+  4. compares its logits with the PyTorch fp32 reference (the run's own weights; for an .onnx/engine, the
+     run named in its metadata when found, or --reference): accuracy and its drop in points, top-1 agreement,
+     max/mean |logit diff|.
+`max_accuracy_drop` turns the result into a gate: any backend losing more points than that (or failing
+to run) makes `passed` false, and the CLI exits non-zero. Reports are written by fastcifar/bench_report.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fastcifar.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
+from fastcifar.errors import FastCifarError
+from fastcifar.inference import BACKENDS, backend_unavailable
+
+DEFAULT_BATCH_SIZES = (1, 64, 256, 1024)
+DEFAULT_RESULTS_DIR = Path("bench") / "results"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...]
+    backends: tuple[str, ...] = BACKENDS
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    data_dir: str | None = None
+    download: bool = True
+    device: str = "auto"
+    max_images: int | None = None  # first N test images (None: all)
+    reference: str | None = None  # PyTorch fp32 reference model (default: see module docstring)
+    max_accuracy_drop: float | None = None  # points (0.1 = a tenth of a percentage point)
+    results_dir: str | None = str(DEFAULT_RESULTS_DIR)  # None: write nothing
+    name: str | None = None  # results file stem (default: inference-<models>-<device>)
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    warmup_s: float = 0.5
+    min_time_s: float = 1.0
+    min_iters: int = 3
+    latency_iters: int = 100
+    worker_timeout_s: float = 3600.0
+    timing: bool = True  # False: accuracy and parity only
+
+    def __post_init__(self):
+        checks = [
+            (len(self.models) > 0, "give at least one --model"),
+            (len(self.backends) > 0 and len(set(self.backends)) == len(self.backends),
+             f"--backends must list distinct backends from {', '.join(BACKENDS)}"),
+            (all(b in BACKENDS for b in self.backends),
+             f"unknown backend in {','.join(self.backends)} (choose from {', '.join(BACKENDS)})"),
+            (len(self.batch_sizes) > 0 and all(int(b) >= 1 for b in self.batch_sizes),
+             f"--batch-sizes must be positive integers, got {self.batch_sizes}"),
+            (self.max_images is None or self.max_images >= 1, "--max-images must be >= 1"),
+            (self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
+            (self.min_iters >= 1 and self.min_time_s >= 0 and self.warmup_s >= 0 and self.latency_iters >= 1,
+             "timing options must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FastCifarError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BenchReport:
+    rows: list[dict]
+    env: dict
+    config: dict
+    failures: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {"env": self.env, "config": self.config, "passed": self.passed, "failures": self.failures,
+                "results": self.rows}
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def parity_metrics(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
+    """Accuracy of `logits`, and (given the reference logits) agreement, |logit diff| and the accuracy drop."""
+    pred = logits.argmax(1)
+    out = {"accuracy": float((pred == labels).mean()), "reference_accuracy": None, "accuracy_drop": None,
+           "agreement": None, "max_abs_diff": None, "mean_abs_diff": None}
+    if reference is not None:
+        diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+        ref_acc = float((reference.argmax(1) == labels).mean())
+        out.update(reference_accuracy=ref_acc, accuracy_drop=round((ref_acc - out["accuracy"]) * 100.0, 6),
+                   agreement=float((pred == reference.argmax(1)).mean()),
+                   max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
+    return out
+
+
+def gate_failures(rows: list[dict], max_accuracy_drop: float | None) -> list[str]:
+    """Why the run fails: every backend that failed to run, and (with a limit) every drop beyond it."""
+    failures = [f"{r['model']} / {r['backend']}: failed ({r['reason']})" for r in rows if r["status"] == "failed"]
+    if max_accuracy_drop is not None:
+        failures += [f"{r['model']} / {r['backend']}: accuracy {r['accuracy']:.2%} is {r['accuracy_drop']:.2f} "
+                     f"points below the PyTorch reference's {r['reference_accuracy']:.2%} "
+                     f"(limit {max_accuracy_drop:g})"
+                     for r in rows if r["status"] == "ok" and r["accuracy_drop"] is not None
+                     and r["accuracy_drop"] > max_accuracy_drop]
+    return failures
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise FastCifarError(f"--batch-sizes must be comma-separated integers like 1,64,256, got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise FastCifarError(f"--batch-sizes must be positive integers, got '{text}'")
+    return sizes
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in str(text).split(",") if part.strip())
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise FastCifarError(f"unknown backend(s) {', '.join(unknown) or text!r} (choose from {', '.join(BACKENDS)})")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+def _declared_source(model: Path) -> Path | None:
+    """The run an .onnx file was exported from, if it is on disk here with the very same weights."""
+    from fastcifar.export.onnx import read_onnx_metadata, sha256_file
+    from fastcifar.models import MODEL_FILE
+
+    try:
+        meta = read_onnx_metadata(model)
+    except FastCifarError:
+        return None
+    name, sha = meta.get("source_run"), meta.get("source_weights_sha256")
+    if not name or not sha:
+        return None
+    for candidate in (Path(name), Path("runs") / name, model.parent / name):
+        weights = candidate / MODEL_FILE
+        if weights.is_file() and sha256_file(weights) == sha:
+            return candidate
+    return None
+
+
+def find_reference(model: Path, explicit: str | None) -> Path | None:
+    """The PyTorch fp32 reference for `model`: --reference, the model's own weights, or its declared source run."""
+    if explicit:
+        ref = Path(explicit).expanduser()
+        if not ref.exists() or artifact_kind(ref) != "weights":
+            raise FastCifarError(f"--reference must be a run directory or model.safetensors; {ref} is not")
+        return ref
+    kinds = {"weights": lambda m: m, "onnx": _declared_source, "engine": lambda m: None}
+    return kinds[artifact_kind(model)](model)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_worker(job: dict, workdir: Path, timeout_s: float) -> dict:
+    """Run one job in a fresh interpreter; its result dict, or {'error': ...} when it failed or died."""
+    job_file = workdir / f"{job['id']}.job.json"
+    job_file.write_text(json.dumps(job))
+    command = [sys.executable, "-m", "fastcifar.bench_worker", str(job_file)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_worker_env())
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {timeout_s:.0f} s"}
+    result_file = Path(job["result_out"])
+    if result_file.is_file():
+        result = json.loads(result_file.read_text())
+    else:
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        result = {"error": f"worker exited with code {proc.returncode}: {tail[0]}"}
+    if "error" in result and proc.stderr.strip():
+        (workdir / f"{job['id']}.stderr.txt").write_text(proc.stderr)
+    return result
+
+
+class _Runner:
+    """Runs jobs for one bench invocation: shared images, one scratch directory, numbered jobs."""
+
+    def __init__(self, cfg: BenchConfig, device_type: str, device: str, images: np.ndarray, workdir: Path,
+                 log: Callable[[str], None]):
+        self.cfg, self.device_type, self.device, self.workdir, self.log = cfg, device_type, device, workdir, log
+        self.images_path = workdir / "images.npy"
+        np.save(self.images_path, images)
+        self.count = 0
+
+    def run(self, artifact: Path, backend: str, *, timing: bool) -> tuple[dict, np.ndarray | None]:
+        self.count += 1
+        job_id = f"{self.count:02d}-{backend}"
+        cfg = self.cfg
+        job = {"id": job_id, "artifact": str(Path(artifact).resolve()), "backend": backend, "device": self.device,
+               "device_type": self.device_type, "images": str(self.images_path), "eval_batch": max(cfg.batch_sizes),
+               "batch_sizes": list(cfg.batch_sizes), "timing": timing, "warmup_s": cfg.warmup_s,
+               "min_time_s": cfg.min_time_s, "min_iters": cfg.min_iters, "latency_iters": cfg.latency_iters,
+               "logits_out": str(self.workdir / f"{job_id}.logits.npy"),
+               "result_out": str(self.workdir / f"{job_id}.result.json")}
+        result = run_worker(job, self.workdir, cfg.worker_timeout_s)
+        logits = np.load(job["logits_out"]) if "error" not in result else None
+        return result, logits
+
+
+def _empty_row(model: str, backend: str, device: str, status: str, reason: str | None = None) -> dict:
+    return {"model": model, "backend": backend, "status": status, "reason": reason, "device": device,
+            "artifact": None, "accuracy": None, "reference_accuracy": None, "accuracy_drop": None,
+            "agreement": None, "max_abs_diff": None, "mean_abs_diff": None, "throughput": {},
+            "throughput_h2d": {}, "latency_ms": None, "peak_host_mb": None, "peak_device_mb": None}
+
+
+def bench_model(model: str, cfg: BenchConfig, runner: _Runner, labels: np.ndarray) -> list[dict]:
+    """Rows (one per backend) for one model: run every available backend, then score against the reference."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise FastCifarError(f"model {path} does not exist")
+    reference = find_reference(path, cfg.reference)
+    rows, logits = [], {}
+    for backend in cfg.backends:
+        reason = backend_unavailable(backend, runner.device_type)
+        if reason:
+            runner.log(f"{backend}: skipped: {reason}")
+            rows.append(_empty_row(model, backend, runner.device, "skipped", reason))
+            continue
+        runner.log(f"{backend}: preparing {path.name}")
+        try:
+            artifact = ensure_artifact(path, backend, cfg.cache_dir)
+        except FastCifarError as exc:
+            rows.append(_empty_row(model, backend, runner.device, "failed", f"export: {exc}"))
+            continue
+        runner.log(f"{backend}: measuring {artifact}")
+        result, logits[backend] = runner.run(artifact, backend, timing=cfg.timing)
+        rows.append(_row_from_result(model, backend, runner.device, artifact, result))
+    ref_logits = _reference_logits(path, reference, rows, logits, runner)
+    for row in rows:
+        if row["status"] == "ok":
+            row.update(parity_metrics(logits[row["backend"]], labels, ref_logits))
+            row["reference"] = str(reference) if reference is not None else None
+    return rows
+
+
+def _row_from_result(model: str, backend: str, device: str, artifact: Path, result: dict) -> dict:
+    if "error" in result:
+        return {**_empty_row(model, backend, device, "failed", result["error"]), "artifact": str(artifact)}
+    row = _empty_row(model, backend, device, "ok")
+    keys = ("throughput", "throughput_h2d", "first_call_s", "latency_ms", "peak_host_mb", "peak_device_mb",
+            "load_s", "eval_s", "notes")
+    row.update({k: result[k] for k in keys if k in result}, artifact=str(artifact))
+    row.update({k: v for k, v in result.get("predictor", {}).items() if k in ("providers", "image_size")})
+    if all(v is None for v in row["throughput_h2d"].values()):
+        row["throughput_h2d"] = None  # CPU: the input never leaves host memory
+    return row
+
+
+def _reference_logits(model: Path, reference: Path | None, rows, logits, runner: _Runner):
+    """The reference's logits: the torch row's when it ran these very weights, else an untimed torch job."""
+    if reference is None:
+        runner.log("no PyTorch reference for this model (pass --reference RUN_DIR): agreement not measured")
+        return None
+    from fastcifar.models import resolve_model_files
+
+    same = artifact_kind(model) == "weights" and \
+        resolve_model_files(model)[0].resolve() == resolve_model_files(reference)[0].resolve()
+    torch_row = next((r for r in rows if r["backend"] == "torch" and r["status"] == "ok"), None)
+    if same and torch_row is not None:
+        return logits["torch"]
+    runner.log(f"reference: PyTorch fp32 on {reference}")
+    result, ref_logits = runner.run(reference, "torch", timing=False)
+    if "error" in result:
+        raise FastCifarError(f"the PyTorch reference {reference} failed: {result['error']}")
+    return ref_logits
+
+
+def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    from fastcifar.data.cifar import default_data_dir, ensure_cifar, load_split
+
+    root = ensure_cifar(Path(cfg.data_dir) if cfg.data_dir else default_data_dir(), download=cfg.download,
+                        progress=False)
+    test = load_split(root, "test")
+    n = len(test) if cfg.max_images is None else min(cfg.max_images, len(test))
+    return test.images[:n], test.labels[:n], str(root)
+
+
+def _device(name: str) -> tuple[str, str]:
+    """(device string, device type) without initialising CUDA in this process (the children use the GPU)."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FastCifarError("--device cuda was asked for but CUDA is not available here (use --device cpu)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise FastCifarError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
+    return name, name.split(":")[0]
+
+
+def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None) -> BenchReport:
+    """Measure every backend of every model in `cfg`; write the reports unless `cfg.results_dir` is None."""
+    from fastcifar.runtime import env_info
+
+    device, device_type = _device(cfg.device)
+    for model in cfg.models:  # option mistakes fail before minutes of work
+        reference = find_reference(Path(model).expanduser(), cfg.reference) if Path(model).exists() else None
+        if cfg.max_accuracy_drop is not None and reference is None:
+            raise FastCifarError(f"--max-accuracy-drop needs a PyTorch reference for {model}: pass --reference "
+                                 "RUN_DIR (the run it was exported from)")
+    images, labels, root = _test_images(cfg)
+    log(f"{len(images)} test images from {root}, device {device}")
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="fastcifar-bench-") as tmp:
+        runner = _Runner(cfg, device_type, device, images, Path(tmp), log)
+        for model in cfg.models:
+            rows += [{**row, "images": int(len(images))} for row in bench_model(model, cfg, runner, labels)]
+    report = BenchReport(rows=rows, env={**env_info(), "data_dir": root}, config=cfg.to_dict(),
+                         failures=gate_failures(rows, cfg.max_accuracy_drop))
+    if cfg.results_dir:
+        from fastcifar.bench_report import write_reports
+
+        report.files = write_reports(report, Path(cfg.results_dir), cfg.name or default_name(cfg, device_type))
+    return report
+
+
+def default_name(cfg: BenchConfig, device_type: str) -> str:
+    def label(model: str) -> str:
+        path = Path(model).expanduser().resolve()
+        return path.parent.name if path.name == "model.safetensors" else path.stem if path.is_file() else path.name
+
+    return "inference-" + "+".join(label(m) for m in cfg.models)[:80] + f"-{device_type}"

@@ -1,0 +1,139 @@
+"""Typed, frozen configs for the commands that run long jobs, their presets and JSON round trip.
+
+Owns `TrainConfig` (every knob of `fastcifar train`) and the presets: `seed` (the original study's 10-epoch
+comparison), `fast` (best time-to-accuracy on a GPU) and `smoke` (a CPU-sized check). A config is
+validated in `__post_init__` so a bad value fails before any work starts, and is saved as config.json in
+every run directory (nanoGPT's habit: the config travels with the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from fastcifar.errors import FastCifarError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = ("cosine", "linear")
+PRESET_NAMES = ("seed", "fast", "smoke")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # model
+    arch: str = "resnet18"
+    init: str = "random"  # random | imagenet | path to a torchvision state dict
+    stem: str = "cifar"  # cifar | imagenet
+    image_size: int = 32
+    # data
+    data_dir: str | None = None
+    download: bool = True
+    loader: str = "auto"  # auto | dali | tensor
+    val_fraction: float = 0.1
+    train_limit: int | None = None  # train on the first N training images (before the val split)
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 512  # global batch (split across ranks under torchrun)
+    lr: float = 0.4  # peak learning rate for the global batch
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # not applied to BatchNorm weights and biases
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    schedule: str = "linear"  # decay after warm-up: linear | cosine (to zero)
+    ema: float | None = None  # EMA decay per step (e.g. 0.999); None = off
+    tta: bool = True  # horizontal-flip test-time augmentation at evaluation
+    # speed switches: None = the device's default (CUDA: bf16 + channels_last + compile; CPU: fp32, no compile)
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool | None = None
+    compile_mode: str | None = None  # e.g. max-autotune-no-cudagraphs
+    # bookkeeping
+    seed: int = 0
+    out: str | None = None
+    preset: str | None = None
+
+    def __post_init__(self):
+        from fastcifar.data.loaders import LOADER_KINDS
+        from fastcifar.models import ARCHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, STEMS
+
+        checks = [
+            (self.arch in ARCHS, f"unknown arch '{self.arch}' (choose from {', '.join(ARCHS)})"),
+            (self.stem in STEMS, f"unknown stem '{self.stem}' (choose from {', '.join(STEMS)})"),
+            (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
+             f"image size {self.image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"),
+            (self.loader in LOADER_KINDS, f"unknown loader '{self.loader}' (choose from {', '.join(LOADER_KINDS)})"),
+            (0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.train_limit is None or self.train_limit >= 10, "--train-limit must be at least 10 images"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})"),
+            (self.ema is None or 0 < self.ema < 1, f"--ema must be a decay in (0, 1), got {self.ema}"),
+            (self.precision in PRECISIONS, f"unknown precision '{self.precision}' ({', '.join(PRECISIONS)})"),
+            (self.preset is None or self.preset in PRESET_NAMES, f"unknown preset '{self.preset}'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FastCifarError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise FastCifarError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise FastCifarError(f"cannot read the run config {path} ({exc})") from None
+
+    def resolved(self, device_type: str) -> "TrainConfig":
+        """Fill the device-dependent switches: CUDA bf16 + channels_last + compile; CPU fp32 eager.
+
+        Why CPU differs: on AVX2 CPUs without AMX, bf16 autocast measured ~7x slower than fp32, and
+        torch.compile gained ~4 % for a long warm-up (DESIGN.md), so neither pays off there.
+        """
+        cuda = device_type == "cuda"
+        return replace(
+            self,
+            precision=self.precision if self.precision != "auto" else ("bf16" if cuda else "fp32"),
+            channels_last=self.channels_last if self.channels_last is not None else cuda,
+            compile=self.compile if self.compile is not None else cuda,
+        )
+
+
+# Presets set a budget and recipe; options given explicitly on the command line override them.
+PRESETS: dict[str, dict] = {
+    # The original study: 10 epochs, 90/10 train/val split, one run per model.
+    "seed": dict(epochs=10, val_fraction=0.1, batch_size=512, lr=0.4, warmup_epochs=1.0, schedule="linear",
+                 label_smoothing=0.1),
+    # Time-to-accuracy on a GPU: larger batch for throughput, short warm-up, linear decay to zero and
+    # stronger label smoothing (airbench's lesson); a small 2 % validation split keeps val_acc honest.
+    "fast": dict(epochs=16, val_fraction=0.02, batch_size=1024, lr=0.8, warmup_epochs=1.0, schedule="linear",
+                 label_smoothing=0.2, weight_decay=5e-4, tta=True),
+    # A CPU-sized check that still learns: 10k real images, the ImageNet stem at 32 px (its stride-4 stem makes
+    # a ResNet-18 ~16x cheaper than the CIFAR stem), 2 epochs. Measured on 2 CPU cores: see README.
+    "smoke": dict(epochs=2, train_limit=10000, val_fraction=0.1, batch_size=128, lr=0.1, warmup_epochs=0.3,
+                  schedule="linear", stem="imagenet", image_size=32, label_smoothing=0.1),
+}
+
+
+def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:
+    """TrainConfig from a preset plus explicit overrides (None values in `overrides` mean 'not given')."""
+    if preset is not None and preset not in PRESETS:
+        raise FastCifarError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    values = dict(PRESETS.get(preset, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values, preset=preset) if "preset" not in values else TrainConfig(**values)

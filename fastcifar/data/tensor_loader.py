@@ -1,0 +1,86 @@
+"""The pure-torch loader: the whole uint8 dataset resident on the device, augmented a batch at a time.
+
+Owns `TensorLoader`. Per batch it does one gather that crops *and* flips (a linear index into the
+zero-padded images), one affine normalise, an optional bilinear resize and a dtype cast - no worker
+processes, no per-sample Python. Order and augmentation come from `loaders.epoch_plan`, the same plan the
+DALI loader follows, so both yield the same pixels for the same (seed, epoch).
+
+Why a gather and not per-sample slicing: on a 2-core CPU, crop+flip+normalise of 50k images runs at about
+150-200k img/s this way versus ~16k img/s with 3-tensor advanced indexing; on a GPU it is a handful of kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastcifar.data.loaders import LoaderOptions, check_arrays, epoch_plan, num_batches
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TensorLoader:
+    """Loader contract of `fastcifar.data.loaders` over uint8 (N,H,W,3) `images` kept on `device`."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, options: LoaderOptions, device="cpu"):
+        check_arrays(images, labels, options)
+        self.options = options
+        self.batch_size = options.batch_size
+        self.device = torch.device(device)
+        self.epoch = 0
+        self._n, self._h, self._w = images.shape[:3]
+        pad = options.crop_padding
+        self._ph, self._pw = self._h + 2 * pad, self._w + 2 * pad
+        data = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        # Zero padding (torchvision RandomCrop(padding=4)'s default) done once for the whole dataset; the
+        # flat (pixels, 3) view lets one index_select fetch every crop, flipped or not, in a single pass.
+        self._pixels = F.pad(data, (0, 0, pad, pad, pad, pad)).reshape(-1, 3)
+        self._labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self.device)
+        # (x - 255*mean) / (255*std) as one multiply-add: x * scale + shift.
+        std = torch.tensor(options.std, dtype=torch.float32, device=self.device) * 255
+        self._scale = 1.0 / std
+        self._shift = -torch.tensor(options.mean, dtype=torch.float32, device=self.device) * 255 / std
+        self._rows = torch.arange(self._h, device=self.device)
+        self._cols = torch.arange(self._w, device=self.device)
+        self._dtype = TORCH_DTYPES[options.dtype]
+        self._len = num_batches(self._n, options)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan = epoch_plan(self._n, self.options, self.epoch)
+        # One host-to-device copy of the plan per epoch; batches then slice it on the device.
+        to_dev = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64)).to(self.device)  # noqa: E731
+        order, dy, dx = to_dev(plan.order), to_dev(plan.dy), to_dev(plan.dx)
+        flip = torch.from_numpy(plan.flip).to(self.device)
+        for b in range(plan.num_batches):
+            s = plan.batch(b)
+            yield self._batch(self._pixel_index(order[s], dy[s], dx[s], flip[s])), self._labels[order[s]]
+
+    def _pixel_index(self, order, dy, dx, flip) -> torch.Tensor:
+        """(B, H, W) flat indices into the padded pixels: crop at (dy, dx); a flip reads columns right to left."""
+        rows = dy[:, None] + self._rows
+        cols = torch.where(flip[:, None], dx[:, None] + (self._w - 1 - self._cols), dx[:, None] + self._cols)
+        base = order * (self._ph * self._pw)
+        return base[:, None, None] + rows[:, :, None] * self._pw + cols[:, None, :]
+
+    def _batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Gather (B,H,W,3) uint8, normalise, resize, cast; returns NCHW (channels_last strides when asked)."""
+        b = index.shape[0]
+        x = self._pixels.index_select(0, index.reshape(-1)).view(b, self._h, self._w, 3)
+        # NHWC memory permuted to NCHW *is* channels_last: no copy needed for the default layout.
+        x = torch.addcmul(self._shift, x.float(), self._scale).permute(0, 3, 1, 2)
+        size = self.options.image_size
+        if (size, size) != (self._h, self._w):
+            # Bilinear is linear with weights summing to 1, so it commutes with the per-channel affine
+            # normalise; resizing after it keeps the cheap work at 32 px.
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        return x.to(dtype=self._dtype, memory_format=memory_format)

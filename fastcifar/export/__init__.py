@@ -1,0 +1,85 @@
+"""Export: a saved model -> ONNX (+ parity check) -> optional INT8 Q/DQ ONNX -> optional TensorRT engine.
+
+Owns `export_model(...)`, the one call behind `fastcifar export`: it chains the steps and collects their
+results. The steps live in their own modules:
+  onnx.py      export_onnx / verify_onnx / read_onnx_metadata (torch.onnx dynamo export, ONNX Runtime parity)
+  quantize.py  quantize_int8: explicit INT8 (Q/DQ nodes) calibrated on training images with ONNX Runtime
+  tensorrt.py  build_engine and the engine sidecar / compatibility checks (importable without TensorRT)
+
+This file stays import-light (no torch, onnx or tensorrt at import time) so the CLI and `inference.py` can
+import it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastcifar.errors import FastCifarError
+
+DEFAULT_OUT_DIR = Path("exported")
+
+
+@dataclass
+class ExportSummary:
+    """What one `fastcifar export` produced. `error` says why the TensorRT step stopped (the ONNX files stay)."""
+
+    onnx: list = field(default_factory=list)  # ExportResult per ONNX file written (fp, then int8)
+    engine: dict | None = None  # {"path": ..., "sidecar": {...}} when an engine was built
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"onnx": [r.to_dict() for r in self.onnx], "engine": self.engine, "error": self.error}
+
+
+def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, precision: str = "fp32",
+                 input_kind: str = "raw", opset: int | None = None, out_dir: Path | str = DEFAULT_OUT_DIR,
+                 data_dir: Path | str | None = None, verify: bool = True, max_images: int | None = None,
+                 batch: str = "1:256:1024", workspace_gib: float = 4.0, int8_calib_images: int = 0) -> ExportSummary:
+    """Export `model` (run dir, model.safetensors, or an .onnx for the TensorRT step alone) as asked.
+
+    Option mistakes (bad --batch, INT8 without a run directory, ...) are raised before anything is written.
+    A missing TensorRT or GPU does not raise: it lands in `summary.error` after the ONNX files are written.
+    """
+    from fastcifar.export import onnx as onnx_export
+    from fastcifar.export import tensorrt
+
+    model, out_dir = Path(model).expanduser(), Path(out_dir).expanduser()
+    is_onnx_file = model.suffix == ".onnx"
+    if trt:
+        tensorrt.parse_profile(batch)  # fail on a bad --batch before minutes of export
+    if is_onnx_file and int8_calib_images:
+        raise FastCifarError("--int8-calib-images needs the run directory (the PyTorch model is the parity "
+                             "reference); pass the run, not the .onnx file")
+    if int8_calib_images and precision != "fp32":
+        raise FastCifarError(f"--int8-calib-images calibrates the fp32 graph (non-quantized layers stay fp32); "
+                             f"drop --precision {precision}")
+    summary = ExportSummary()
+    if is_onnx_file:
+        onnx_path = model
+        if not onnx_path.is_file():
+            raise FastCifarError(f"{onnx_path} does not exist")
+    elif onnx:
+        result = onnx_export.export_onnx(model, out_dir, precision=precision, input_kind=input_kind, opset=opset,
+                                         verify=verify, data_dir=data_dir, max_images=max_images)
+        summary.onnx.append(result)
+        onnx_path = result.path
+    else:
+        onnx_path = onnx_export.default_onnx_path(model, out_dir, precision, input_kind)
+        if not onnx_path.is_file():
+            raise FastCifarError(f"--no-onnx reuses {onnx_path}, which does not exist: export it first "
+                                 "(drop --no-onnx)")
+    if int8_calib_images:
+        from fastcifar.export.quantize import quantize_int8
+
+        result = quantize_int8(onnx_path, model, n_images=int8_calib_images, data_dir=data_dir, verify=verify,
+                               max_images=max_images)
+        summary.onnx.append(result)
+        onnx_path = result.path
+    if trt:
+        try:
+            engine = tensorrt.build_engine(onnx_path, batch=batch, workspace_gib=workspace_gib)
+            summary.engine = {"path": str(engine), "sidecar": tensorrt.read_engine_sidecar(engine)}
+        except FastCifarError as exc:
+            summary.error = str(exc)
+    return summary

@@ -1,0 +1,481 @@
+"""ONNX export of a saved fastcifar model, its `fastcifar.*` metadata, and the ONNX Runtime parity check.
+
+Owns: the exported graph (`ExportModule`: optional in-graph preprocessing, the reduced-precision cast, the
+model, float32 logits out), `export_onnx` (torch.onnx.export with dynamo=True of the *uncompiled* eval model,
+explicit opset, dynamic batch, one self-contained file), the metadata written into / read from the file,
+and `verify_onnx`, which compares ONNX Runtime against the fp32 PyTorch model on real test images.
+
+Graph I/O contract (also in the README):
+  raw         input `pixels`  uint8 [batch, 32, 32, 3] (NHWC, RGB, CIFAR's native pixels); the graph
+              normalises with the model's mean/std in fp32 and resizes (bilinear) to the training size.
+  normalized  input `images`  float32 [batch, 3, S, S] (NCHW, already normalised, S = training size).
+  output      `logits` float32 [batch, num_classes] for every precision: consumers never see fp16/bf16;
+              the precision lives inside the graph's own types (that is what strongly typed TensorRT reads).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastcifar.errors import DataError, FastCifarError
+from fastcifar.fileio import atomic_path
+
+# torch dtype behind each graph precision. int8 graphs come from quantize.py (Q/DQ on an fp32 graph).
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+INPUT_KINDS = ("raw", "normalized")
+INPUT_NAMES = {"raw": "pixels", "normalized": "images"}
+OUTPUT_NAME = "logits"
+RAW_SIZE = 32  # CIFAR's native resolution: what a `raw` graph takes, whatever size the model was trained at
+# Opset 20 is read by TensorRT 10.x/11.x and ONNX Runtime >= 1.17; bf16 Conv/Gemm only exist from opset 22.
+DEFAULT_OPSET = {"fp32": 20, "fp16": 20, "bf16": 22}
+MIN_OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}  # 18: the oldest opset the dynamo exporter emits
+META_PREFIX = "fastcifar."
+META_FORMAT_VERSION = 1
+# Metadata values that are JSON (lists, numbers, null); the rest are plain strings.
+JSON_META_KEYS = {"class_names", "mean", "std", "image_size", "input_size", "num_classes", "test_acc",
+                  "format_version", "int8_calibration"}
+# Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1).
+# Measured (resnet18, 1,000 real test images, ORT CPU, largest |logit| 39): fp32 5e-7 relative (summation
+# order only), fp16 2.6e-4, bf16 2.2e-3 (weights only: emulated on CPU; real bf16 arithmetic adds ~2e-3).
+# The limits leave >= 10x headroom and still catch a wrong mean/std or layout (errors of 1e-2 and up).
+REL_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-3, "bf16": 3e-2, "int8": None}
+# INT8 logits legitimately move by a lot (max |diff| ~30 on a logit scale of 39, MinMax calibration): what
+# must hold is the decision on real images. Measured on a 49 %-accurate CPU smoke resnet18 (many near-ties):
+# agreement 0.954, accuracy 48.9 -> 48.4 %; well-trained models agree more.
+MIN_AGREEMENT = {"int8": 0.9}
+MAX_ACCURACY_DROP = {"int8": 0.02}
+VERIFY_BATCH = 256
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    parity: dict | None
+    precision: str
+    input_kind: str
+    opset: int
+    metadata: dict = field(default_factory=dict)  # decoded fastcifar metadata (read_onnx_metadata's form)
+    parity_path: Path | None = None
+    size_bytes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(path=str(self.path), parity_path=str(self.parity_path) if self.parity_path else None)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- the graph
+
+
+def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm into the conv before it (in place), the way torchvision ResNets pair them.
+
+    Done in fp32 before any cast: the folded weights are rounded once, and the dynamo exporter's own
+    folding produces fp32 weights beside bf16 activations (a graph onnx.checker rejects).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for child in module.children():
+        fuse_batchnorm(child)
+    children = dict(module.named_children())
+    for name, conv in children.items():
+        # resnet pairs: conv1/bn1, conv2/bn2, conv3/bn3; downsample Sequential: 0 (conv) / 1 (bn)
+        bn_name = (name.replace("conv", "bn") if name.startswith("conv") else
+                   str(int(name) + 1) if name.isdigit() else "")
+        bn = children.get(bn_name)
+        if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+            setattr(module, name, fuse_conv_bn_eval(conv, bn))
+            setattr(module, bn_name, torch.nn.Identity())
+    return module
+
+
+class ExportModule(torch.nn.Module):
+    """What the ONNX graph computes: [pixels -> normalise (fp32) ->] cast -> [resize ->] model -> fp32 logits."""
+
+    def __init__(self, model: torch.nn.Module, spec, input_kind: str, dtype: torch.dtype):
+        super().__init__()
+        self.model = fuse_batchnorm(copy.deepcopy(model).float().eval()).to(dtype)
+        self.raw = input_kind == "raw"
+        self.dtype = dtype
+        self.resize_to = spec.image_size if self.raw and spec.image_size != RAW_SIZE else None
+        mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add per pixel
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.raw:
+            x = x.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        x = x.to(self.dtype)
+        if self.resize_to is not None:  # after the cast: at 224 px the resize moves 49x the pixels
+            x = torch.nn.functional.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear",
+                                                align_corners=False)
+        return self.model(x).float()
+
+
+def example_input(spec, input_kind: str, batch: int = 2) -> torch.Tensor:
+    """A dummy input of the graph's input type. Batch 2: torch.export specialises sizes 0 and 1."""
+    if input_kind == "raw":
+        return torch.randint(0, 256, (batch, RAW_SIZE, RAW_SIZE, 3), dtype=torch.uint8)
+    return torch.randn(batch, 3, spec.image_size, spec.image_size)
+
+
+def normalize_images(images: np.ndarray, spec) -> torch.Tensor:
+    """uint8 NHWC pixels -> the model's float32 NCHW input at its image size (the reference preprocessing).
+
+    Written independently of ExportModule on purpose: the parity check then also tests the in-graph
+    preprocessing of `raw` graphs, not just the network.
+    """
+    x = images.astype(np.float32) / 255.0
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if spec.image_size != t.shape[-1]:
+        t = torch.nn.functional.interpolate(t, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+def onnx_metadata(spec, model_meta: dict, *, input_kind: str, precision: str, weights_sha256: str) -> dict:
+    """The `fastcifar.*` metadata_props: strings as they are, everything else JSON-encoded."""
+    values = {
+        "format_version": META_FORMAT_VERSION,
+        "class_names": list(spec.class_names), "num_classes": spec.num_classes,
+        "mean": list(spec.mean), "std": list(spec.std),  # 0-1 scale, RGB
+        "image_size": spec.image_size,  # the size the network was trained at
+        "input_size": RAW_SIZE if input_kind == "raw" else spec.image_size,  # H/W of the input tensor
+        "input_kind": input_kind, "input_name": INPUT_NAMES[input_kind], "output_name": OUTPUT_NAME,
+        "resize": "bilinear", "precision": precision,
+        "arch": spec.arch, "stem": spec.stem, "init": spec.init,
+        "source_run": str(model_meta.get("run_name") or ""),
+        "source_weights_sha256": weights_sha256,
+        "test_acc": (model_meta.get("metrics") or {}).get("test_acc"),
+    }
+    return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def set_metadata(proto, props: dict) -> None:
+    """Replace the fastcifar.* metadata_props of `proto` with `props` (other producers' entries stay)."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
+    del proto.metadata_props[:]
+    for key, value in keep + sorted(props.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def decode_metadata(props: dict) -> dict:
+    """{'fastcifar.mean': '[...]', ...} -> {'mean': [...], ...}; non-fastcifar keys are dropped."""
+    out = {}
+    for key, value in props.items():
+        if key.startswith(META_PREFIX):
+            name = key[len(META_PREFIX):]
+            out[name] = json.loads(value) if name in JSON_META_KEYS else value
+    return out
+
+
+def read_onnx_metadata(path: Path | str) -> dict:
+    """The decoded fastcifar metadata of an ONNX file, keys without the `fastcifar.` prefix.
+
+    Reads only the model header (weights are not loaded). Raises FastCifarError when the file is missing,
+    not ONNX, or was not written by fastcifar.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FastCifarError(f"{path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
+    except Exception as exc:  # noqa: BLE001 - protobuf/JSON errors: the file is not what it claims
+        raise FastCifarError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+    if "input_kind" not in meta:
+        raise FastCifarError(f"{path} has no fastcifar metadata: it was not written by `fastcifar export`")
+    return meta
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def onnx_file_name(run_name: str, precision: str, input_kind: str) -> str:
+    """`<run>[-<precision>][-normalized].onnx`; fp32 raw (the default) gets no suffix."""
+    return run_name + ("" if precision == "fp32" else f"-{precision}") + \
+        ("" if input_kind == "raw" else f"-{input_kind}") + ".onnx"
+
+
+def run_name_of(model_path: Path | str, model_meta: dict) -> str:
+    from fastcifar.models import resolve_model_files
+
+    return model_meta.get("run_name") or resolve_model_files(model_path)[0].parent.resolve().name
+
+
+def default_onnx_path(model_path: Path | str, out_dir: Path | str, precision: str, input_kind: str) -> Path:
+    from fastcifar.models import read_model_meta
+
+    return Path(out_dir) / onnx_file_name(run_name_of(model_path, read_model_meta(model_path)), precision,
+                                          input_kind)
+
+
+def _check_options(precision: str, input_kind: str, opset: int | None) -> int:
+    if precision not in PRECISIONS:
+        raise FastCifarError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if input_kind not in INPUT_KINDS:
+        raise FastCifarError(f"unknown input kind '{input_kind}' (choose from {', '.join(INPUT_KINDS)})")
+    opset = DEFAULT_OPSET[precision] if opset is None else int(opset)
+    if opset < MIN_OPSET[precision]:
+        raise FastCifarError(f"opset {opset} is too old for {precision}: use --opset {MIN_OPSET[precision]} "
+                             "or newer" + (" (bf16 Conv arrived in opset 22)" if precision == "bf16" else ""))
+    return opset
+
+
+def torch_to_onnx(module: torch.nn.Module, example: torch.Tensor, input_name: str, opset: int):
+    """torch.onnx.export(dynamo=True) -> onnx.ModelProto with a dynamic `batch` dimension, weights inside."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    try:
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                     input_names=[input_name], output_names=[OUTPUT_NAME],
+                                     dynamic_shapes=({0: batch},), external_data=False, optimize=True)
+    except Exception as exc:  # noqa: BLE001 - exporter failures are many types; they are bugs, report them whole
+        raise FastCifarError(f"torch.onnx.export failed ({type(exc).__name__}): {str(exc).splitlines()[0]}") from exc
+    return program.model_proto
+
+
+def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, precision: str = "fp32",
+                input_kind: str = "raw", opset: int | None = None, verify: bool = True,
+                data_dir: Path | str | None = None, max_images: int | None = None) -> ExportResult:
+    """Export a run dir / model.safetensors to one self-contained ONNX file, then check it.
+
+    out_path: a `.onnx` file, or a directory (default `exported/`) that gets `onnx_file_name(...)`.
+    Always runs onnx.checker; with `verify`, compares ONNX Runtime with the PyTorch model on the first
+    `max_images` (None: all) test images of `data_dir` (default: the run's recorded data dir), writes
+    `<name>.parity.json` beside the file and raises FastCifarError on a mismatch beyond tolerance
+    (the ONNX file and the parity JSON are kept for inspection).
+    """
+    import onnx
+
+    from fastcifar.models import load_model, resolve_model_files
+
+    opset = _check_options(precision, input_kind, opset)
+    start = time.perf_counter()
+    model, spec, model_meta = load_model(model_path)
+    test = load_test_split(data_dir, model_meta) if verify else None  # missing data fails before any writing
+    out_path = Path(out_path if out_path is not None else "exported").expanduser()
+    if out_path.suffix != ".onnx":
+        out_path = out_path / onnx_file_name(run_name_of(model_path, model_meta), precision, input_kind)
+    module = ExportModule(model, spec, input_kind, PRECISIONS[precision]).eval()
+    proto = torch_to_onnx(module, example_input(spec, input_kind), INPUT_NAMES[input_kind], opset)
+    props = onnx_metadata(spec, model_meta, input_kind=input_kind, precision=precision,
+                          weights_sha256=sha256_file(resolve_model_files(model_path)[0]))
+    set_metadata(proto, props)
+    proto.doc_string = f"fastcifar {spec.arch} ({spec.init} init), {precision}, {input_kind} input"
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        check_onnx_file(tmp)
+    result = ExportResult(path=out_path, parity=None, precision=precision, input_kind=input_kind, opset=opset,
+                          metadata=decode_metadata(props), size_bytes=out_path.stat().st_size)
+    if verify:
+        result.parity = verify_onnx(out_path, model_path, data_dir, max_images=max_images, test=test)
+        result.parity_path = write_parity(out_path, result.parity)
+    result.seconds = round(time.perf_counter() - start, 2)
+    if result.parity is not None:
+        raise_on_mismatch(result)
+    return result
+
+
+def check_onnx_file(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)  # by path: also works past protobuf's 2 GB
+    except Exception as exc:  # noqa: BLE001 - ValidationError / InferenceError
+        raise FastCifarError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]} "
+                             "(a fastcifar bug: please report it)") from None
+
+
+def parity_path_for(onnx_path: Path) -> Path:
+    return onnx_path.with_suffix(".parity.json")
+
+
+def write_parity(onnx_path: Path, parity: dict) -> Path:
+    from fastcifar.fileio import write_json
+
+    return write_json(parity_path_for(onnx_path), parity)
+
+
+def raise_on_mismatch(result: ExportResult) -> None:
+    p = result.parity
+    if p["passed"]:
+        return
+    raise FastCifarError(f"parity check failed for {result.path}: {'; '.join(p['failures'])} (top-1 agreement "
+                         f"{p['top1_agreement']:.4f}, accuracy torch {p['torch_accuracy']:.4f} vs onnx "
+                         f"{p['onnx_accuracy']:.4f} on {p['n_images']} images). Kept for inspection with "
+                         f"{result.parity_path.name}; pass --no-verify to export without the check.")
+
+
+# ---------------------------------------------------------------------------------------------- parity
+
+
+def load_test_split(data_dir: Path | str | None, model_meta: dict):
+    """(test split, its directory) from `data_dir`, else the run's recorded data dir, else the default one.
+
+    Never downloads: an export should not fetch 160 MB behind the user's back.
+    """
+    from fastcifar.data.cifar import default_data_dir, load_cifar10
+
+    chosen = data_dir or model_meta.get("data_dir") or default_data_dir()
+    try:
+        data = load_cifar10(chosen, download=False, progress=False)
+        return data.test, data.root
+    except DataError as exc:
+        raise FastCifarError(f"{exc} The parity check needs the test images: pass --data-dir DIR, or "
+                             "--no-verify to skip it.") from None
+
+
+def make_ort_session(path_or_bytes, providers: list[str] | None = None):
+    """An ONNX Runtime session: CUDA EP when torch sees a GPU, else CPU; threads that do not spin.
+
+    Spinning intra-op threads keep the CPU busy between runs and slowed torch in the same process 10x.
+    """
+    import onnxruntime as ort
+
+    if providers is None:
+        providers = (["CUDAExecutionProvider"] if torch.cuda.is_available() else []) + ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # ORT's warnings about unused initializers etc. are noise here
+    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(source, sess_options=options, providers=providers)
+
+
+def upcast_bf16(proto):
+    """A copy of `proto` with every bf16 tensor/type turned into fp32 (weights keep their bf16 rounding).
+
+    ONNX Runtime has no bf16 Conv on CPU; this runs the same file's structure and bf16-rounded weights in
+    fp32 arithmetic, so bf16 exports are still checked there (marked `emulated` in the parity record).
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    proto = copy.deepcopy(proto)
+    bf16, fp32 = TensorProto.BFLOAT16, TensorProto.FLOAT
+
+    def fix_tensor(t):
+        if t.data_type == bf16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    for t in proto.graph.initializer:
+        fix_tensor(t)
+    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        if vi.type.tensor_type.elem_type == bf16:
+            vi.type.tensor_type.elem_type = fp32
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == bf16:
+                attr.i = fp32
+            if attr.type == onnx.AttributeProto.TENSOR:
+                fix_tensor(attr.t)
+    return proto
+
+
+def _session_for(onnx_path: Path, precision: str, providers):
+    """(session, emulation note or None): the file as is, else its bf16 -> fp32 upcast."""
+    import onnx
+
+    try:
+        return make_ort_session(onnx_path, providers), None
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own NOT_IMPLEMENTED for missing kernels
+        if precision != "bf16":
+            raise FastCifarError(f"ONNX Runtime cannot load {onnx_path}: {str(exc).splitlines()[0]}") from None
+    proto = upcast_bf16(onnx.load(str(onnx_path)))
+    return (make_ort_session(proto.SerializeToString(), providers),
+            "bf16 weights in fp32 arithmetic: this ONNX Runtime has no bf16 kernels for the graph's ops")
+
+
+def reference_logits(model, spec, images: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
+    """The fp32 PyTorch model's logits for uint8 NHWC `images` (CPU, eager)."""
+    model = model.float().eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            out.append(model(normalize_images(images[i:i + batch], spec)).numpy())
+    return np.concatenate(out)
+
+
+def onnx_logits(session, spec, input_kind: str, images: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    feed = {"raw": lambda x: x, "normalized": lambda x: normalize_images(x, spec).numpy()}[input_kind]
+    return np.concatenate([session.run(None, {name: feed(images[i:i + batch])})[0]
+                           for i in range(0, len(images), batch)]).astype(np.float32)
+
+
+def parity_stats(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, precision: str) -> dict:
+    """Compare ONNX logits `out` with reference logits `ref` and apply the precision's tolerance policy."""
+    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+    scale = max(1.0, float(np.abs(ref).max()))
+    rel = REL_TOLERANCE[precision]
+    tolerance = None if rel is None else rel * scale
+    agreement = float((ref.argmax(1) == out.argmax(1)).mean())
+    min_agreement, max_drop = MIN_AGREEMENT.get(precision), MAX_ACCURACY_DROP.get(precision)
+    torch_acc, onnx_acc = float((ref.argmax(1) == labels).mean()), float((out.argmax(1) == labels).mean())
+    drop = torch_acc - onnx_acc
+    failures = [reason for reason, failed in (
+        (f"max |logit diff| {diff.max():.3g} > tolerance {tolerance or 0:.3g}",
+         tolerance is not None and diff.max() > tolerance),
+        (f"top-1 agreement {agreement:.4f} < {min_agreement}", min_agreement is not None and agreement < min_agreement),
+        (f"accuracy drop {drop:.4f} > {max_drop}", max_drop is not None and drop > max_drop),
+    ) if failed]
+    return {
+        "passed": not failures, "failures": failures, "precision": precision, "n_images": int(len(labels)),
+        "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+        "tolerance": tolerance, "logit_scale": scale, "min_agreement": min_agreement,
+        "max_accuracy_drop": max_drop,
+        "top1_agreement": agreement, "disagreements": int((ref.argmax(1) != out.argmax(1)).sum()),
+        "torch_accuracy": torch_acc, "onnx_accuracy": onnx_acc,
+    }
+
+
+def verify_onnx(onnx_path: Path | str, model_path: Path | str, data_dir: Path | str | None = None, *,
+                max_images: int | None = None, providers: list[str] | None = None, test=None) -> dict:
+    """ONNX Runtime vs the fp32 PyTorch model on real test images -> the parity record (see parity_stats).
+
+    `test` may carry load_test_split's (split, directory); otherwise it is read from `data_dir` / the run's data dir.
+    """
+    from fastcifar.models import load_model
+
+    onnx_path = Path(onnx_path)
+    start = time.perf_counter()
+    meta = read_onnx_metadata(onnx_path)
+    model, spec, model_meta = load_model(model_path)
+    test, root = test if test is not None else load_test_split(data_dir, model_meta)
+    n = len(test) if max_images is None else min(int(max_images), len(test))
+    if n < 1:
+        raise FastCifarError("the parity check needs at least one test image")
+    images, labels = test.images[:n], test.labels[:n]
+    ref = reference_logits(model, spec, images)
+    session, emulated = _session_for(onnx_path, meta["precision"], providers)
+    out = onnx_logits(session, spec, meta["input_kind"], images)
+    stats = parity_stats(ref, out, labels, meta["precision"])
+    stats.update(input_kind=meta["input_kind"], reference="PyTorch fp32 eager (cpu)",
+                 runtime="onnxruntime " + ",".join(session.get_providers()), emulated=emulated,
+                 onnx_file=onnx_path.name, onnx_sha256=sha256_file(onnx_path),
+                 data_dir=str(root),
+                 seconds=round(time.perf_counter() - start, 2))
+    return stats

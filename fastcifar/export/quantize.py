@@ -1,0 +1,139 @@
+"""Explicit INT8: an fp32 fastcifar ONNX file -> a Q/DQ ONNX file calibrated on training images, checked.
+
+Owns `quantize_int8`. TensorRT 11 has no implicit INT8 calibration (no IInt8Calibrator, no INT8 builder
+flag): INT8 must be in the graph as QuantizeLinear/DequantizeLinear pairs. ONNX Runtime's static quantizer
+writes them on the CPU, so the calibration needs no GPU and no extra dependency; the engine build later just
+parses the Q/DQ graph.
+
+What TensorRT accepts, and so what is written here: symmetric int8 (zero point 0) for activations and
+weights, per-channel weight scales, float biases (TensorRT quantizes biases itself), Q/DQ only around
+Conv/Gemm/MatMul - the in-graph preprocessing (uint8 -> normalised float) stays in float.
+The same file runs in ONNX Runtime, which is how its parity is checked before any engine exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastcifar.errors import FastCifarError
+from fastcifar.fileio import atomic_path
+
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+CALIBRATION_BATCH = 64
+# MinMax over a few hundred images keeps 1,000-image top-1 agreement with fp32 within ~1 % on resnet18
+# (see the export section of bench/README.md); percentile/entropy calibration cost minutes on 2 CPU cores.
+CALIBRATION_METHOD = "MinMax"
+
+
+@dataclass(frozen=True)
+class Int8Calibration:
+    """What `build_engine(int8_calibration=...)` needs to make the Q/DQ file first."""
+
+    model_path: Path | str  # the run: its PyTorch model is the parity reference, its data dir the default
+    n_images: int = 512
+    data_dir: Path | str | None = None
+
+
+def calibration_images(train, n_images: int, seed: int = 0) -> np.ndarray:
+    """`n_images` distinct training images picked with a fixed seed (uint8 NHWC)."""
+    if n_images < 1:
+        raise FastCifarError(f"--int8-calib-images must be >= 1, got {n_images}")
+    n = min(n_images, len(train))
+    return train.images[np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))]
+
+
+def _reader(images: np.ndarray, spec, input_kind: str, input_name: str):
+    """An ONNX Runtime CalibrationDataReader feeding `images` in the graph's input form."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from fastcifar.export.onnx import normalize_images
+
+    feed = {"raw": lambda x: x, "normalized": lambda x: normalize_images(x, spec).numpy()}[input_kind]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(range(0, len(images), CALIBRATION_BATCH))
+
+        def get_next(self):
+            start = next(self.batches, None)
+            return None if start is None else {input_name: feed(images[start:start + CALIBRATION_BATCH])}
+
+    return Reader()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the quantizer's root-logger advice and prints: `--json` output must stay one JSON object."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(onnx_path: Path | str, model_path: Path | str, *, n_images: int = 512,
+                  data_dir: Path | str | None = None, out_path: Path | str | None = None, verify: bool = True,
+                  max_images: int | None = None, seed: int = 0):
+    """Write `<run>-int8[-normalized].onnx` beside `onnx_path` (an fp32 fastcifar export) -> ExportResult.
+
+    Calibrates on `n_images` training images of `data_dir` (default: the run's data dir); with `verify`
+    compares against the fp32 PyTorch model (`model_path`) on the test images like any export, where the
+    INT8 policy asks for top-1 agreement instead of a logit tolerance.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from fastcifar.data.cifar import default_data_dir, load_cifar10
+    from fastcifar.export import onnx as ox
+    from fastcifar.models import load_model
+
+    onnx_path = Path(onnx_path)
+    start = time.perf_counter()
+    meta = ox.read_onnx_metadata(onnx_path)
+    if meta["precision"] != "fp32":
+        raise FastCifarError(f"INT8 calibration starts from an fp32 export; {onnx_path.name} is {meta['precision']} "
+                             "(export with --precision fp32)")
+    _, spec, model_meta = load_model(model_path)
+    chosen = data_dir or model_meta.get("data_dir") or default_data_dir()
+    data = load_cifar10(chosen, download=False, progress=False)
+    images = calibration_images(data.train, n_images, seed)
+    out_path = Path(out_path) if out_path else onnx_path.with_name(
+        ox.onnx_file_name(meta["source_run"] or onnx_path.stem, "int8", meta["input_kind"]))
+    method = getattr(CalibrationMethod, CALIBRATION_METHOD)
+    with atomic_path(out_path) as tmp, _quiet():
+        quantize_static(str(onnx_path), str(tmp), _reader(images, spec, meta["input_kind"], meta["input_name"]),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "QuantizeBias": False})
+        proto = onnx.load(str(tmp))
+        calibration = {"n_images": int(len(images)), "split": "train", "seed": seed, "method": CALIBRATION_METHOD,
+                       "data_dir": str(data.root), "source_onnx": onnx_path.name}
+        props = {k: v for k, v in ((p.key, p.value) for p in proto.metadata_props) if k.startswith(ox.META_PREFIX)}
+        props.update({ox.META_PREFIX + "precision": "int8",
+                      ox.META_PREFIX + "int8_calibration": json.dumps(calibration)})
+        ox.set_metadata(proto, props)
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        ox.check_onnx_file(tmp)
+    result = ox.ExportResult(path=out_path, parity=None, precision="int8", input_kind=meta["input_kind"],
+                             opset=max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                             metadata=ox.decode_metadata(props), size_bytes=out_path.stat().st_size)
+    if verify:
+        result.parity = ox.verify_onnx(out_path, model_path, data_dir, max_images=max_images,
+                                       test=(data.test, data.root))
+        result.parity_path = ox.write_parity(out_path, result.parity)
+    result.seconds = round(time.perf_counter() - start, 2)
+    if result.parity is not None:
+        ox.raise_on_mismatch(result)
+    return result

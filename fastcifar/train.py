@@ -1,0 +1,277 @@
+"""Training: `train(cfg) -> TrainResult`, one step function with precision/compile/channels_last as switches.
+
+Owns the training loop, its run directory (config.json, env.json, metrics.jsonl, state.pt, model.safetensors,
+model.json, summary.json - all written atomically, by rank 0 only), resume, Ctrl-C handling, the non-finite
+loss guard and DDP under torchrun. The loop reads top to bottom (nanoGPT's style); the pieces it calls
+(`setup_*`) live in `fastcifar.train_setup`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from fastcifar.config import TrainConfig
+from fastcifar.errors import FastCifarError
+from fastcifar.fileio import append_jsonl, read_jsonl, write_json
+from fastcifar.runtime import DistInfo, dist_info_from_env, env_info, resolve_device
+
+STATE_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "state.pt", "metrics.jsonl", "summary.json", "config.json"
+NONFINITE_CHECK_EVERY = 25  # steps between host syncs of the non-finite guard (each sync stalls the GPU)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict
+
+
+class NonFiniteLoss(FastCifarError):
+    pass
+
+
+EpochHook = Callable[[int, dict], None]
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, resume_dir: Path | None = None,
+          on_epoch_end: EpochHook | None = None) -> TrainResult:
+    """Train `cfg` (or continue the run in `resume_dir`) and return the run directory and summary.
+
+    `on_epoch_end(epoch, metrics)` is called on rank 0 after each epoch's state is saved (compare's progress
+    display uses it; raising KeyboardInterrupt there stops the run resumably).
+    """
+    import torch
+
+    from fastcifar import train_setup as setup
+
+    dist = dist_info_from_env()
+    device = resolve_device(cfg.device, dist.local_rank)
+    cfg = cfg.resolved(device.type)
+    setup.init_distributed(dist, device)
+    try:
+        run_dir = setup.prepare_run_dir(cfg, resume_dir, dist)
+        model, spec = setup.build_model(cfg, device)
+        data = setup.build_data(cfg, spec, dist, device)
+        if dist.is_main and resume_dir is None:
+            write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+            write_json(run_dir / "env.json", env_info())
+        opt = setup.build_optimizer(model, cfg, len(data.train), device)
+        ema = setup.build_ema(model, cfg)
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        start_epoch, history, train_seconds = 0, [], 0.0
+        if resume_dir is not None:
+            start_epoch, train_seconds = setup.load_state(run_dir / STATE_FILE, model, opt, ema, scaler, device)
+            history = read_jsonl(run_dir / METRICS_FILE)[:start_epoch]
+        elif dist.is_main:  # a state exists from the first moment, so Ctrl-C in epoch 1 is resumable too
+            setup.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
+        loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir)
+        try:
+            history, train_seconds = loop.run(start_epoch, history, train_seconds, progress, on_epoch_end)
+        except KeyboardInterrupt:
+            raise FastCifarError(f"interrupted; the state of the last finished epoch is saved in {run_dir}. "
+                                 f"Continue with: fastcifar train --resume {run_dir}", exit_code=130) from None
+        summary = _finish(loop, spec, history, train_seconds)
+        return TrainResult(run_dir=run_dir, summary=summary)
+    finally:
+        setup.destroy_distributed(dist)
+
+
+class _Loop:
+    """The epoch loop and the one step function; holds what every epoch needs."""
+
+    def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir):
+        import torch
+
+        from fastcifar.train_setup import autocast_factory, wrap_distributed
+
+        self.cfg, self.dist, self.device, self.model = cfg, dist, device, model
+        self.optimizer, self.scheduler = opt
+        self.ema, self.scaler, self.data, self.run_dir = ema, scaler, data, run_dir
+        self.autocast = autocast_factory(cfg.precision, device)
+        if cfg.compile:
+            model.compile(mode=cfg.compile_mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
+        self.net = wrap_distributed(model, dist, device)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def step(self, images, labels):
+        """One optimisation step; returns (loss, correct) as device tensors (no host sync)."""
+        with self.autocast():
+            logits = self.net(images)
+            loss = self.criterion(logits, labels)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.detach(), (logits.argmax(1) == labels).sum()
+
+    def train_epoch(self, epoch: int, bar) -> dict:
+        import torch
+
+        loader = self.data.train
+        loader.set_epoch(epoch)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.int64)
+        seen = 0
+        start = time.perf_counter()
+        for i, (images, labels) in enumerate(loader):
+            loss, right = self.step(images.contiguous(memory_format=self.memory_format), labels)
+            step_no = epoch * len(loader) + i + 1
+            bad = ~torch.isfinite(loss) & (first_bad < 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, step_no), first_bad)
+            loss_sum += loss.double() * len(labels)
+            correct += right
+            seen += len(labels)
+            if (i + 1) % NONFINITE_CHECK_EVERY == 0 or i + 1 == len(loader):
+                self._check_finite(first_bad)
+            bar.advance(len(labels) * self.dist.world_size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        totals = self._all_reduce(torch.stack([loss_sum, correct.double(), torch.tensor(float(seen),
+                                                                                        device=self.device,
+                                                                                        dtype=torch.float64)]))
+        n = max(float(totals[2]), 1.0)
+        return {"train_loss": float(totals[0]) / n, "train_acc": float(totals[1]) / n,
+                "train_seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
+
+    def _check_finite(self, first_bad) -> None:
+        step = int(self._all_reduce(first_bad.double(), op="max"))
+        if step >= 0:
+            raise NonFiniteLoss(f"the training loss became NaN/inf at step {step}; the run stopped. Lower --lr "
+                                f"or use --precision fp32/bf16 (state of the last finished epoch is kept in "
+                                f"{self.run_dir / STATE_FILE}).")
+
+    def _all_reduce(self, tensor, op: str = "sum"):
+        if not self.dist.enabled:
+            return tensor
+        import torch.distributed as td
+
+        tensor = tensor.clone()
+        td.all_reduce(tensor, op={"sum": td.ReduceOp.SUM, "max": td.ReduceOp.MAX}[op])
+        return tensor
+
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    def evaluate_epoch(self, keep_predictions: bool = False) -> dict:
+        from fastcifar.evaluate import evaluate
+
+        out, results = {}, {}
+        for name, loader in (("val", self.data.val), ("test", self.data.test)):
+            if loader is None:
+                out.update({f"{name}_loss": None, f"{name}_acc": None})
+                continue
+            result = evaluate(self.eval_model(), loader, tta=self.cfg.tta, autocast=self.autocast,
+                              keep_predictions=keep_predictions)
+            out.update(result.as_dict(name))
+            results[name] = result
+        return (out, results) if keep_predictions else out
+
+    def run(self, start_epoch, history, train_seconds, progress, on_epoch_end):
+        from fastcifar.train_setup import epoch_progress, save_state
+
+        with epoch_progress(self.cfg, self.data, start_epoch, progress and self.dist.is_main) as bar:
+            for epoch in range(start_epoch, self.cfg.epochs):
+                bar.start_epoch(epoch)
+                metrics = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
+                if self.dist.is_main:
+                    metrics.update(self.evaluate_epoch())
+                train_seconds += metrics["train_seconds"]
+                metrics["elapsed_train_seconds"] = train_seconds
+                history.append(metrics)
+                if self.dist.is_main:
+                    append_jsonl(self.run_dir / METRICS_FILE, metrics)
+                    save_state(self.run_dir / STATE_FILE, epoch + 1, train_seconds, self.model,
+                               (self.optimizer, self.scheduler), self.ema, self.scaler)
+                    bar.log_epoch(metrics)
+                    if on_epoch_end is not None:
+                        on_epoch_end(epoch + 1, metrics)
+        return history, train_seconds
+
+
+def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dict:
+    """Final evaluation with predictions, model files and summary.json (rank 0); DDP consistency record."""
+    import numpy as np
+
+    from fastcifar.models import save_model
+
+    cfg, dist = loop.cfg, loop.dist
+    distributed = _distributed_record(loop) if dist.enabled else None
+    if not dist.is_main:
+        return {}
+    metrics, results = loop.evaluate_epoch(keep_predictions=True)
+    test = results["test"]
+    confusion = np.zeros((spec.num_classes, spec.num_classes), dtype=np.int64)
+    np.add.at(confusion, (test.labels, test.predictions), 1)
+    # Throughput excludes the first epoch when there are more: it carries compile and cudnn warm-up.
+    steady = [h["images_per_second"] for h in history[1:]] or [h["images_per_second"] for h in history]
+    summary = {
+        "status": "finished", "epochs": cfg.epochs, **metrics,
+        "train_seconds": train_seconds, "images_per_second": float(np.median(steady)),
+        "time_to_90pct_final_test_acc": _time_to_fraction(history, metrics["test_acc"], 0.9),
+        "per_class_test_acc": [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(len(confusion))],
+        "confusion": confusion.tolist(), "class_names": list(spec.class_names),
+        "n_train": loop.data.n_train, "n_val": loop.data.n_val, "n_test": loop.data.n_test,
+        "arch": cfg.arch, "init": spec.init, "stem": cfg.stem, "image_size": cfg.image_size, "seed": cfg.seed,
+        "precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
+        "device": str(loop.device), "loader": loop.data.kind, "world_size": dist.world_size,
+        "distributed": distributed,
+    }
+    save_model(loop.eval_model(), spec, loop.run_dir, metrics=metrics,
+               extra={"data_dir": str(loop.data.root), "run_name": loop.run_dir.name})
+    write_json(loop.run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _time_to_fraction(history: list[dict], final: float | None, fraction: float) -> float | None:
+    """Training seconds until test accuracy first reached `fraction` of its final value."""
+    if final is None:
+        return None
+    for h in history:
+        if h.get("test_acc") is not None and h["test_acc"] >= fraction * final:
+            return h["elapsed_train_seconds"]
+    return None
+
+
+def _distributed_record(loop: _Loop) -> dict:
+    """Gather each rank's first-epoch shard and a weight digest: proof the ranks split data and stayed in sync."""
+    import torch.distributed as td
+
+    from fastcifar.data.loaders import shard_indices
+
+    opts = loop.data.train_options
+    indices = shard_indices(loop.data.n_train, opts, 0)
+    digest = hashlib.sha256()
+    # Parameters only: BatchNorm running stats are per-rank by design (DDP broadcasts rank 0's buffers at
+    # each forward, then every rank updates them from its own shard).
+    for tensor in loop.model.parameters():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    gathered = [None] * loop.dist.world_size
+    td.all_gather_object(gathered, (indices.tolist(), digest.hexdigest()))
+    shards = [set(g[0]) for g in gathered]
+    disjoint = sum(len(s) for s in shards) == len(set().union(*shards))
+    return {"world_size": loop.dist.world_size, "backend": td.get_backend(),
+            "samples_per_rank": [len(s) for s in shards], "shards_disjoint": disjoint,
+            "weights_identical": len({g[1] for g in gathered}) == 1}
+
+
+def resume(run_dir: Path | str, *, progress: bool = True, on_epoch_end: EpochHook | None = None) -> TrainResult:
+    """Continue an interrupted run from its last finished epoch (optimizer, scheduler, RNG, EMA, scaler)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / STATE_FILE).is_file():
+        raise FastCifarError(f"cannot resume {run_dir}: it has no {CONFIG_FILE} and {STATE_FILE} "
+                             "(is it a fastcifar run directory?)")
+    cfg = TrainConfig.load(run_dir / CONFIG_FILE)
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file() and '"finished"' in summary.read_text():
+        raise FastCifarError(f"{run_dir} already finished ({cfg.epochs} epochs); nothing to resume")
+    return train(replace(cfg, out=str(run_dir)), progress=progress, resume_dir=run_dir, on_epoch_end=on_epoch_end)

@@ -1,0 +1,197 @@
+"""`fastcifar bench`: the JSON schema, the result files, the cache, and the parity gate on a deliberately broken model."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastcifar.cli import cli
+from fastcifar.errors import FastCifarError
+
+# Tiny timing budget: these tests check behaviour, never speed.
+FAST = ["--batch-sizes", "1,4", "--min-time", "0.02", "--warmup", "0.01", "--min-iters", "1",
+        "--latency-iters", "3", "--device", "cpu"]
+
+
+def _bench(*args):
+    return CliRunner().invoke(cli, ["bench", *map(str, args), *FAST], catch_exceptions=False)
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def test_parity_metrics_and_gate():
+    from fastcifar.benchmark import gate_failures, parity_metrics
+
+    labels = np.array([0, 1, 2, 3])
+    ref = np.eye(4, 10)  # predicts 0,1,2,3: 100 %
+    same = parity_metrics(ref + 1e-3, labels, ref)
+    assert same["accuracy"] == 1.0 and same["agreement"] == 1.0 and same["accuracy_drop"] == 0.0
+    assert same["max_abs_diff"] == pytest.approx(1e-3)
+    worse = ref.copy()
+    worse[3] = np.eye(10)[5]  # one of four wrong: 25 points lost
+    m = parity_metrics(worse, labels, ref)
+    assert (m["accuracy"], m["agreement"], m["accuracy_drop"]) == (0.75, 0.75, 25.0)
+    assert parity_metrics(worse, labels, None)["agreement"] is None
+    rows = [{"model": "m", "backend": "onnxruntime", "status": "ok", **m},
+            {"model": "m", "backend": "tensorrt", "status": "skipped", "reason": "no GPU", **m},
+            {"model": "m", "backend": "torch", "status": "ok", **same}]
+    assert gate_failures(rows, None) == []
+    failures = gate_failures(rows, 0.1)
+    assert len(failures) == 1 and "onnxruntime" in failures[0] and "25.00 points" in failures[0]
+    assert gate_failures(rows, 30) == []
+    rows.append({"model": "m", "backend": "torch-compiled", "status": "failed", "reason": "boom"})
+    assert gate_failures(rows, None) == ["m / torch-compiled: failed (boom)"]
+
+
+def test_options_are_validated():
+    from fastcifar.benchmark import BenchConfig, parse_backends, parse_batch_sizes
+
+    assert parse_batch_sizes("1, 64,256") == (1, 64, 256)
+    for bad in ("", "0,4", "a,b"):
+        with pytest.raises(FastCifarError, match="batch-sizes"):
+            parse_batch_sizes(bad)
+    assert parse_backends("torch,onnxruntime") == ("torch", "onnxruntime")
+    with pytest.raises(FastCifarError, match="tflite"):
+        parse_backends("torch,tflite")
+    with pytest.raises(FastCifarError, match="distinct"):
+        BenchConfig(models=("m",), backends=("torch", "torch"))
+    with pytest.raises(FastCifarError, match="max-accuracy-drop"):
+        BenchConfig(models=("m",), max_accuracy_drop=-1)
+
+
+def test_timing_helpers():
+    from fastcifar.bench_worker import calibrated_iters, percentile_ms, tile_batch, time_calls
+
+    assert calibrated_iters(0.1, 1.0, 3) == 10 and calibrated_iters(2.0, 1.0, 3) == 3
+    assert calibrated_iters(0.0, 1.0, 3) == 100_000
+    images = np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3)
+    tiled = tile_batch(images, 7)
+    assert tiled.shape == (7, 2, 2, 3) and np.array_equal(tiled[3], images[0]) and tiled.flags.c_contiguous
+    stats = percentile_ms([0.001] * 99 + [0.1])
+    assert stats["p50"] == pytest.approx(1.0) and stats["p99"] > 1.0 and stats["n"] == 100
+    calls, syncs = [], []
+    result = time_calls(lambda: calls.append(1), lambda: syncs.append(1), "wall", warmup_s=0.0, min_time_s=0.0,
+                        min_iters=5)
+    assert result["iters"] == 5 and len(calls) == 1 + 1 + 5 and result["seconds_per_call"] >= 0
+
+
+def test_report_rendering_with_skipped_and_failed_rows(tmp_path):
+    from fastcifar.bench_report import markdown, table_rows, write_reports
+    from fastcifar.benchmark import BenchReport
+
+    ok = {"model": "runs/r18", "backend": "torch", "status": "ok", "reason": None, "device": "cpu", "images": 10,
+          "accuracy": 0.9, "accuracy_drop": 0.0, "agreement": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0,
+          "throughput": {"1": 100.0, "64": 900.0}, "throughput_h2d": None, "latency_ms": {"p50": 9.0, "p99": 12.0},
+          "peak_host_mb": 500.0, "peak_device_mb": None}
+    skipped = {**ok, "backend": "tensorrt", "status": "skipped", "reason": "no GPU"}
+    report = BenchReport(rows=[ok, skipped], env={"gpus": []}, config={}, failures=["x: too slow? no: failed"])
+    header, cells = table_rows(report.rows)
+    assert "img/s @64" in header and cells[0][header.index("img/s @64")] == "900"
+    assert "skipped: no GPU" in cells[1]
+    text = markdown(report)
+    assert "| r18 | torch | 90.00% |" in text and "Gate failed" in text
+    files = write_reports(report, tmp_path, "demo")
+    assert sorted(f.name for f in files) == ["demo.json", "demo.md", "demo.png"]
+    assert json.loads((tmp_path / "demo.json").read_text())["results"][1]["status"] == "skipped"
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_bench_json_schema_results_files_and_cache(tiny_model_dir, synthetic_dir, tmp_path):
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    args = ["--model", tiny_model_dir, "--backends", "torch,onnxruntime,tensorrt", "--data-dir", synthetic_dir,
+            "--max-images", "24", "--results-dir", results, "--cache-dir", cache, "--name", "t",
+            "--max-accuracy-drop", "0.1", "--json"]
+    result = _bench(*args)
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(result.stdout)}
+    assert list(rows) == ["torch", "onnxruntime", "tensorrt"]
+    for name in ("torch", "onnxruntime"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["images"] == 24
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["agreement"] == 1.0 and r["accuracy_drop"] == 0.0
+        assert isinstance(r["max_abs_diff"], float) and r["max_abs_diff"] < 1e-3
+        assert set(r["throughput"]) == {"1", "4"} and all(v > 0 for v in r["throughput"].values())
+        assert r["throughput_h2d"] is None  # CPU: no host-to-device copy exists
+        assert r["latency_ms"]["p50"] > 0 and r["latency_ms"]["p99"] >= r["latency_ms"]["p50"]
+        assert r["peak_host_mb"] > 0 and r["peak_device_mb"] is None
+    assert rows["torch"]["max_abs_diff"] == 0.0  # the torch row *is* the reference
+    assert rows["onnxruntime"]["providers"] == ["CPUExecutionProvider"]
+    assert rows["tensorrt"]["status"] == "skipped" and "CUDA GPU" in rows["tensorrt"]["reason"]
+    assert "tensorrt: skipped" in result.stderr
+    assert sorted(p.name for p in results.iterdir()) == ["t.json", "t.md", "t.png"]
+    assert json.loads((results / "t.json").read_text())["passed"] is True
+    onnx_files = list(cache.glob("*/model.onnx"))
+    assert len(onnx_files) == 1
+    mtime = onnx_files[0].stat().st_mtime_ns
+    again = _bench("--model", tiny_model_dir, "--backends", "onnxruntime", "--data-dir", synthetic_dir,
+                   "--max-images", "8", "--cache-dir", cache, "--no-save")
+    assert again.exit_code == 0, again.output
+    assert list(cache.glob("*/model.onnx")) == onnx_files and onnx_files[0].stat().st_mtime_ns == mtime
+    assert "onnxruntime" in again.stdout and "agreement" in again.stdout  # the table
+
+
+@pytest.fixture(scope="module")
+def gate_setup(tmp_path_factory, synthetic_dir):
+    """A good model, a broken copy (classifier rows rotated), and test labels = the good model's predictions.
+
+    Labelling the test set with the good model's own predictions makes its accuracy 100 % by construction,
+    so the broken model's loss is large and certain even though neither model was trained.
+    """
+    import torch
+
+    from conftest import make_saved_model
+    from fastcifar.data.cifar import ensure_cifar, load_split
+    from fastcifar.inference import load_predictor
+    from fastcifar.models import load_model, save_model
+
+    root = tmp_path_factory.mktemp("gate")
+    good = make_saved_model(root / "good", seed=5)
+    model, spec, meta = load_model(good)
+    with torch.no_grad():  # logit k now comes from class k-1's weights: every decision shifts by one class
+        model.fc.weight.copy_(model.fc.weight.roll(1, 0))
+        model.fc.bias.copy_(model.fc.bias.roll(1, 0))
+    broken = root / "broken"
+    save_model(model, spec, broken, metrics=meta.get("metrics"), extra={"run_name": "broken"})
+    test = load_split(ensure_cifar(synthetic_dir, download=False), "test")
+    images = test.images[:16]
+    labels = load_predictor(good, "torch", "cpu").predict(images).argmax(1)
+    data = root / "data" / "cifar-10-batches-py"
+    data.mkdir(parents=True)
+    rows = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))
+    with open(data / "test_batch", "wb") as fh:
+        pickle.dump({"batch_label": "test", "labels": [int(v) for v in labels], "data": rows}, fh, protocol=2)
+    return good, broken, root / "data"
+
+
+def test_parity_gate_fails_on_a_broken_onnx_export(gate_setup, tmp_path):
+    from fastcifar.export.onnx import export_onnx
+
+    good, broken, data = gate_setup
+    broken_onnx = export_onnx(broken, tmp_path / "broken.onnx", verify=False).path
+    result = _bench("--model", broken_onnx, "--reference", good, "--backends", "onnxruntime", "--data-dir", data,
+                    "--max-accuracy-drop", "0.1", "--no-save", "--json")
+    assert result.exit_code == 1
+    (row,) = json.loads(result.stdout)
+    assert row["reference_accuracy"] == 1.0 and row["accuracy"] == 0.0 and row["agreement"] == 0.0
+    assert row["accuracy_drop"] == 100.0
+    assert "gate failed" in result.stderr and "100.00 points below" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_parity_gate_needs_a_reference(gate_setup, tmp_path):
+    from fastcifar.export.onnx import export_onnx
+
+    good, _, data = gate_setup
+    onnx_path = export_onnx(good, tmp_path / "orphan.onnx", verify=False).path  # its run is not findable from here
+    result = CliRunner().invoke(cli, ["bench", "--model", str(onnx_path), "--data-dir", str(data),
+                                      "--max-accuracy-drop", "0.1", "--no-save", *FAST])
+    assert result.exit_code == 1 and "--reference" in result.output

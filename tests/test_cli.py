@@ -1,0 +1,211 @@
+"""The `fastcifar` command line: `data`, errors without tracebacks, fast --help/--version, every verb's --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastcifar import __version__
+from fastcifar.cli import cli
+from fastcifar.data.synthetic import (malicious_pickle, synthetic_arrays, write_synthetic_archive,
+                                      write_synthetic_cifar)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], env: dict | None = None):
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=True)
+
+
+def _subprocess(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def _assert_one_line_error(result, *fragments: str) -> str:
+    """Exit 1, stderr is exactly one line "Error: ...", no traceback, nothing on stdout."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)  # no other exception escaped the command
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def _expected_stats(images: np.ndarray, labels: np.ndarray) -> dict:
+    flat = images.reshape(-1, 3).astype(np.float64)
+    return {"count": len(labels), "per_class": np.bincount(labels, minlength=10).tolist(),
+            "mean": flat.mean(0).tolist(), "std": flat.std(0).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_data_json_schema_and_values(synthetic_dir):
+    result = _run(["data", "--data-dir", str(synthetic_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 1  # one JSON object on one line
+    stats = json.loads(result.stdout)
+    train_images, train_labels, test_images, test_labels = synthetic_arrays(500, 200, 0)  # conftest's dataset
+    for split, images, labels in [("train", train_images, train_labels), ("test", test_images, test_labels)]:
+        got, want = stats[split], _expected_stats(images, labels)
+        assert set(got) >= {"count", "per_class", "mean", "std"}
+        assert isinstance(got["count"], int) and got["count"] == want["count"]
+        assert len(got["per_class"]) == 10 and all(isinstance(c, int) for c in got["per_class"])
+        assert got["per_class"] == want["per_class"] and sum(got["per_class"]) == got["count"]
+        assert len(got["mean"]) == 3 and len(got["std"]) == 3
+        assert all(isinstance(v, float) for v in got["mean"] + got["std"])
+        assert got["mean"] == pytest.approx(want["mean"], abs=1e-3)
+        assert got["std"] == pytest.approx(want["std"], abs=1e-3)
+    assert stats["train"]["count"] == 500 and stats["test"]["count"] == 200
+
+
+def test_data_table(synthetic_dir):
+    result = _run(["data", "--data-dir", str(synthetic_dir)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for word in ("airplane", "truck", "total", "500", "200", "mean", "std"):
+        assert word in out
+    train_mean = _expected_stats(*synthetic_arrays(500, 200, 0)[:2])["mean"]
+    assert ", ".join(f"{v:.2f}" for v in train_mean) in out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)
+
+
+def test_data_uses_fastcifar_data_env(synthetic_dir):
+    result = _run(["data", "--json"], env={"FASTCIFAR_DATA": str(synthetic_dir)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["train"]["count"] == 500
+
+
+def test_data_accepts_the_batch_files_directory(synthetic_dir):
+    result = _run(["data", "--data-dir", str(synthetic_dir / "cifar-10-batches-py"), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["test"]["count"] == 200
+
+
+@pytest.mark.parametrize("sub", ["empty", "does/not/exist"])
+def test_data_bad_dir_without_download(tmp_path, sub):
+    data_dir = tmp_path / sub
+    data_dir.mkdir(parents=True) if sub == "empty" else None
+    line = _assert_one_line_error(_run(["data", "--data-dir", str(data_dir), "--no-download"]),
+                                  str(data_dir), "--data-dir")
+    assert "--no-download" in line
+
+
+def test_data_truncated_batch(tmp_path):
+    batches = write_synthetic_cifar(tmp_path, n_train=20, n_test=10)
+    raw = (batches / "test_batch").read_bytes()
+    (batches / "test_batch").write_bytes(raw[: len(raw) // 2])
+    _assert_one_line_error(_run(["data", "--data-dir", str(tmp_path), "--json"]),
+                           str(batches / "test_batch"), "truncated")
+
+
+def test_data_missing_batch(tmp_path):
+    batches = write_synthetic_cifar(tmp_path, n_train=20, n_test=10)
+    (batches / "data_batch_4").unlink()
+    _assert_one_line_error(_run(["data", "--data-dir", str(tmp_path)]), "data_batch_4")
+
+
+def test_data_archive_that_is_not_the_official_one(tmp_path):
+    archive = write_synthetic_archive(tmp_path / "cifar-10-python.tar.gz", n_train=20, n_test=10)
+    _assert_one_line_error(_run(["data", "--data-dir", str(tmp_path), "--json"]), str(archive), "md5")
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+def test_data_malicious_pickle_in_a_real_process(tmp_path):
+    marker = tmp_path / "pwned"
+    batches = write_synthetic_cifar(tmp_path / "data", n_train=20, n_test=10)
+    (batches / "data_batch_1").write_bytes(malicious_pickle(marker))
+    proc = _subprocess("-m", "fastcifar", "data", "--data-dir", str(tmp_path / "data"), "--no-download",
+                       "--json")
+    assert proc.returncode == 1, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and str(batches / "data_batch_1") in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- the group
+
+
+def test_version():
+    result = _run(["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"fastcifar, version {__version__}"
+
+
+def _imported_modules(args: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    proc = _subprocess("-X", "importtime", "-m", "fastcifar", *args)
+    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+             if line.startswith("import time:") and line.count("|") == 2}
+    return proc, names
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+def test_help_and_version_do_not_import_torch(args):
+    proc, modules = _imported_modules(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"click", "fastcifar.cli"} <= modules  # the import log was parsed
+    heavy = sorted(m for m in modules if m.split(".")[0] in {"torch", "torchvision", "nvidia", "onnx",
+                                                             "onnxruntime", "tensorrt", "gradio"})
+    assert heavy == []
+    assert (f"fastcifar, version {__version__}" in proc.stdout) == (args == ["--version"])
+
+
+def test_python_m_fastcifar_help_lists_the_verbs():
+    proc = _subprocess("-m", "fastcifar", "--help")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert "Usage:" in proc.stdout
+    for verb in cli.commands:
+        assert verb in proc.stdout
+
+
+def test_data_help_documents_its_options():
+    result = _run(["data", "--help"])
+    assert result.exit_code == 0
+    for option in ("--data-dir", "--download / --no-download", "--json", "FASTCIFAR_DATA"):
+        assert option in result.stdout
+
+
+def test_every_verb_has_help():
+    assert {"data", "train", "compare", "export", "bench", "predict", "demo"} <= set(cli.commands)
+    for verb in cli.commands:
+        result = _run([verb, "--help"])
+        assert result.exit_code == 0, (verb, result.output, result.exception)
+        assert f"Usage: cli {verb}" in result.stdout or f"Usage: fastcifar {verb}" in result.stdout
+
+
+def test_verbs_not_built_yet_say_so_and_exit_2():
+    # A stub takes any arguments (one variadic "args" parameter) and only says it is not built yet.
+    stubs = [verb for verb, cmd in cli.commands.items()
+             if [(p.name, p.nargs) for p in cmd.params] == [("args", -1)]]
+    if not stubs:
+        pytest.skip("every verb is built: no stub left to check")
+    for verb in stubs:
+        result = _run([verb, "--some-option", "x"])
+        assert result.exit_code == 2, (verb, result.output)
+        assert f"fastcifar {verb}: not built yet" in result.stderr and result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_data_json_on_real_cifar10(real_cifar):
+    result = _run(["data", "--data-dir", str(real_cifar), "--json", "--no-download"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["train"]["count"] == 50_000 and stats["test"]["count"] == 1_000
+    assert stats["train"]["per_class"] == [5000] * 10
+    assert sum(stats["test"]["per_class"]) == 1_000 and min(stats["test"]["per_class"]) > 0
+    assert stats["train"]["mean"] == pytest.approx([125.31, 122.95, 113.87], abs=0.01)
+    assert stats["train"]["std"] == pytest.approx([62.99, 62.09, 66.70], abs=0.01)
+    assert stats["class_names"][:3] == ["airplane", "automobile", "bird"]

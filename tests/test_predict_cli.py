@@ -1,0 +1,108 @@
+"""`fastcifar predict`: any image file in, top-k labels out (table or JSON); bad files reported, the rest predicted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fastcifar.cli import cli
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    """One file of each kind the issue names, plus a corrupt one."""
+    from fastcifar.data.synthetic import make_images
+
+    root = tmp_path_factory.mktemp("images")
+    pixels = make_images(np.arange(4), np.random.default_rng(0))
+    Image.fromarray(pixels[0]).save(root / "a.png")
+    Image.fromarray(pixels[1]).resize((300, 200)).save(root / "b.jpg", quality=90)
+    Image.fromarray(pixels[2]).convert("L").save(root / "c_grey.png")
+    Image.fromarray(np.dstack([pixels[3], np.full((32, 32), 128, np.uint8)])).save(root / "d_rgba.png")
+    Image.fromarray(pixels[0]).save(root / "e.webp")
+    (root / "z_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    return root
+
+
+GOOD = ["a.png", "b.jpg", "c_grey.png", "d_rgba.png", "e.webp"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+
+
+def test_predict_json_schema_and_probabilities(tiny_model_dir, image_dir):
+    result = _invoke("predict", *(image_dir / n for n in GOOD), "--model", tiny_model_dir, "--device", "cpu",
+                     "--topk", "3", "--json")
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    assert [Path(item["file"]).name for item in items] == GOOD
+    for item in items:
+        assert set(item) == {"file", "top"} and len(item["top"]) == 3
+        probs = [t["prob"] for t in item["top"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+        assert all(set(t) == {"label", "prob"} and isinstance(t["label"], str) for t in item["top"])
+
+
+def test_predict_walks_directories_and_keeps_going_past_a_corrupt_file(tiny_model_dir, image_dir):
+    result = _invoke("predict", image_dir, image_dir / "missing.png", "--model", tiny_model_dir, "--device", "cpu",
+                     "--topk", "1", "--json")
+    assert result.exit_code == 1  # something failed ...
+    items = json.loads(result.stdout)  # ... but stdout is still valid JSON with every readable image
+    assert sorted(Path(i["file"]).name for i in items) == sorted(GOOD)
+    assert "z_corrupt.png" in result.stderr and "missing.png" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_table_output(tiny_model_dir, image_dir):
+    result = _invoke("predict", image_dir / "a.png", "--model", tiny_model_dir, "--device", "cpu", "--topk", "2")
+    assert result.exit_code == 0
+    assert "a.png" in result.stdout and "top 2" in result.stdout and "%" in result.stdout
+
+
+def test_predict_onnx_matches_torch(tiny_model_dir, image_dir, tmp_path):
+    from fastcifar.export.onnx import export_onnx
+
+    onnx_path = export_onnx(tiny_model_dir, tmp_path / "m.onnx", verify=False).path
+    runs = {model: json.loads(_invoke("predict", image_dir / "a.png", image_dir / "b.jpg", "--model", model,
+                                      "--device", "cpu", "--json").stdout) for model in (tiny_model_dir, onnx_path)}
+    torch_top, onnx_top = runs.values()
+    assert [i["top"][0]["label"] for i in torch_top] == [i["top"][0]["label"] for i in onnx_top]
+    for a, b in zip(torch_top, onnx_top):
+        assert abs(a["top"][0]["prob"] - b["top"][0]["prob"]) < 1e-4
+
+
+def test_predict_user_errors_are_one_line_without_traceback(tiny_model_dir, image_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastcifar", "predict", str(image_dir / "a.png"), "--model",
+                           str(tmp_path / "no-such-run")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("Error:") and len(proc.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli, ["predict", str(image_dir / "a.png"), "--model", str(tiny_model_dir),
+                                      "--backend", "tensorrt", "--device", "cpu"])
+    assert result.exit_code == 1 and "CUDA GPU" in result.output
+
+
+@pytest.mark.realdata
+def test_predict_real_cifar_pngs_through_onnx_equals_the_arrays(real_cifar, tiny_model_dir, tmp_path):
+    """PNGs of real test images give exactly the predictions of the original uint8 arrays."""
+    from fastcifar.data.cifar import ensure_cifar, load_split
+    from fastcifar.export.onnx import export_onnx
+    from fastcifar.inference import load_predictor
+
+    test = load_split(ensure_cifar(real_cifar, download=False), "test")
+    for i in range(8):
+        Image.fromarray(test.images[i]).save(tmp_path / f"test_{i}.png")
+    onnx_path = export_onnx(tiny_model_dir, tmp_path / "m.onnx", verify=False).path
+    result = _invoke("predict", *sorted(tmp_path.glob("test_*.png")), "--model", onnx_path, "--json", "--topk", "1")
+    assert result.exit_code == 0
+    labels = [i["top"][0]["label"] for i in json.loads(result.stdout)]
+    predictor = load_predictor(onnx_path, device="cpu")
+    expected = [predictor.class_names[k] for k in predictor.predict(test.images[:8]).argmax(1)]
+    assert labels == expected

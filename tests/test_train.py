@@ -1,0 +1,218 @@
+"""Training engine: learns on synthetic data, writes the run directory, resumes exactly, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from fastcifar.cli import cli
+from fastcifar.config import TrainConfig, make_train_config
+from fastcifar.errors import FastCifarError
+from fastcifar.train import NonFiniteLoss, resume, train
+from fastcifar.train_setup import lr_lambda, param_groups, split_train_val
+
+RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "model.safetensors", "model.json", "state.pt", "summary.json"}
+
+
+def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
+    """ResNet-18 with the ImageNet stem at 32 px: ~16x cheaper than the CIFAR stem, still a real ResNet."""
+    base = dict(data_dir=str(data_dir), out=str(out), stem="imagenet", epochs=3, batch_size=32, lr=0.05,
+                warmup_epochs=0.5, device="cpu", loader="tensor", download=False, train_limit=400)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, synthetic_dir):
+    out = tmp_path_factory.mktemp("train") / "run"
+    return train(tiny_config(synthetic_dir, out), progress=False)
+
+
+def test_training_learns_and_writes_the_run_directory(finished_run):
+    run, summary = finished_run.run_dir, finished_run.summary
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
+    # Chance is 10 %; the synthetic classes are learnable within a few epochs.
+    assert summary["test_acc"] > 0.6, summary
+    for key in ("test_acc", "val_acc", "train_seconds", "images_per_second", "epochs"):
+        assert summary[key] is not None
+    assert summary["epochs"] == 3 and summary["n_train"] == 360 and summary["n_val"] == 40
+    assert sum(map(sum, summary["confusion"])) == summary["n_test"] == 200
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert {"train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss", "images_per_second",
+            "train_seconds"} <= set(lines[0])
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+
+
+def test_model_json_records_normalisation_and_reloads(finished_run, synthetic_dir):
+    from fastcifar.data.cifar import load_cifar10
+    from fastcifar.models import CIFAR_MEAN, load_model
+
+    meta = json.loads((finished_run.run_dir / "model.json").read_text())
+    assert tuple(meta["mean"]) == CIFAR_MEAN and meta["init"] == "random" and meta["stem"] == "imagenet"
+    assert meta["metrics"]["test_acc"] == finished_run.summary["test_acc"]
+    assert Path(meta["data_dir"]).is_dir()
+    model, spec, _ = load_model(finished_run.run_dir)
+    test = load_cifar10(synthetic_dir, download=False).test
+    x = torch.from_numpy(test.images).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
+    with torch.no_grad():
+        acc = (model(x).argmax(1).numpy() == test.labels).mean()
+    assert acc > 0.6  # the saved weights are the trained ones, not a fresh init
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, synthetic_dir, finished_run):
+    cfg = tiny_config(synthetic_dir, tmp_path / "interrupted")
+
+    def stop_after_first_epoch(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FastCifarError) as info:
+        train(cfg, progress=False, on_epoch_end=stop_after_first_epoch)
+    assert info.value.exit_code == 130 and "--resume" in str(info.value)
+    assert not (tmp_path / "interrupted" / "model.safetensors").exists()
+    result = resume(tmp_path / "interrupted", progress=False)
+    a = load_file(str(finished_run.run_dir / "model.safetensors"))
+    b = load_file(str(result.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    assert result.summary["test_acc"] == finished_run.summary["test_acc"]
+    with pytest.raises(FastCifarError, match="already finished"):
+        resume(tmp_path / "interrupted", progress=False)
+
+
+def test_pretrained_state_dict_is_loaded(tmp_path, synthetic_dir):
+    import torchvision
+
+    from fastcifar.models import IMAGENET_MEAN
+
+    torch.manual_seed(1)
+    fake = torchvision.models.resnet18().state_dict()  # a fabricated torchvision-format "ImageNet" checkpoint
+    weights = tmp_path / "fake_imagenet.pth"
+    torch.save(fake, weights)
+    result = train(tiny_config(synthetic_dir, tmp_path / "pre", init=str(weights), epochs=1), progress=False)
+    meta = json.loads((result.run_dir / "model.json").read_text())
+    assert meta["init"] == "file" and tuple(meta["mean"]) == IMAGENET_MEAN
+    assert any("classifier replaced" in note for note in meta["notes"])
+
+
+def test_create_model_loads_every_pretrained_tensor_and_adapts_conv1(tmp_path):
+    import torchvision
+
+    from fastcifar.models import adapt_conv1_to_cifar, create_model
+
+    fake = torchvision.models.resnet18().state_dict()
+    torch.save(fake, tmp_path / "w.pt")
+    model, spec = create_model("resnet18", str(tmp_path / "w.pt"), "cifar")
+    state = model.state_dict()
+    for key, value in fake.items():
+        if key.startswith("fc.") or key == "conv1.weight":
+            continue
+        assert torch.equal(state[key], value), key
+    assert state["conv1.weight"].shape == (64, 3, 3, 3)
+    # The resampled 3x3 kernel keeps each filter's response to a flat image (the sum of its weights).
+    assert torch.allclose(state["conv1.weight"].sum((1, 2, 3)), fake["conv1.weight"].sum((1, 2, 3)), atol=1e-4)
+    assert torch.allclose(adapt_conv1_to_cifar(torch.ones(1, 1, 7, 7)), torch.full((1, 1, 3, 3), 49 / 9))
+    centre = torch.zeros(1, 1, 7, 7)
+    centre[..., 3, 3] = 1.0  # a centre tap stays in the centre
+    assert torch.allclose(adapt_conv1_to_cifar(centre)[0, 0], torch.tensor([[0, 0, 0], [0, 1.0, 0], [0, 0, 0]]))
+    bad = dict(fake)
+    bad["layer1.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(FastCifarError, match="wrong shape"):
+        create_model("resnet18", str(tmp_path / "bad.pt"), "cifar")
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(FastCifarError, match="do not fit"):
+        create_model("resnet18", str(tmp_path / "r34.pt"), "cifar")
+
+
+def test_nonfinite_loss_stops_with_the_step(tmp_path, synthetic_dir):
+    with pytest.raises(NonFiniteLoss, match=r"step \d+"):
+        train(tiny_config(synthetic_dir, tmp_path / "nan", lr=1e12, warmup_epochs=0, epochs=1), progress=False)
+
+
+def test_lr_schedule_and_param_groups():
+    assert lr_lambda(0, warmup=4, total=10, schedule="linear") == pytest.approx(0.25)
+    assert lr_lambda(3, warmup=4, total=10, schedule="linear") == pytest.approx(1.0)
+    assert lr_lambda(7, warmup=4, total=10, schedule="linear") == pytest.approx(0.5)
+    assert lr_lambda(7, warmup=4, total=10, schedule="cosine") == pytest.approx(0.5)
+    assert lr_lambda(10, warmup=4, total=10, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_lambda(5, warmup=4, total=10, schedule="cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    decay, no_decay = param_groups(model, 5e-4)
+    assert [p.ndim for p in decay["params"]] == [4, 2]
+    assert no_decay["weight_decay"] == 0 and all(p.ndim == 1 for p in no_decay["params"])
+
+
+def test_val_split_is_seeded_and_disjoint():
+    a_train, a_val = split_train_val(1000, 0.1, seed=3)
+    b_train, b_val = split_train_val(1000, 0.1, seed=3)
+    assert len(a_val) == 100 and not set(a_train) & set(a_val) and len(set(a_train) | set(a_val)) == 1000
+    assert (a_val == b_val).all() and not (a_val == split_train_val(1000, 0.1, seed=4)[1]).all()
+
+
+def test_presets_and_overrides():
+    cfg = make_train_config("smoke", {"epochs": 5, "lr": None})
+    assert cfg.epochs == 5 and cfg.lr == 0.1 and cfg.preset == "smoke" and cfg.stem == "imagenet"
+    assert make_train_config("seed", {}).epochs == 10
+    cpu, cuda = TrainConfig().resolved("cpu"), TrainConfig().resolved("cuda")
+    assert (cpu.precision, cpu.compile, cpu.channels_last) == ("fp32", False, False)
+    assert (cuda.precision, cuda.compile, cuda.channels_last) == ("bf16", True, True)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-size", "1000"], "outside 32..512"),
+    (["--init", "/nonexistent/weights.pth"], "--init must be"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--resume", "/nonexistent/run"], "cannot resume"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "100000"], "cannot fill one batch"),
+])
+def test_bad_input_is_one_message(args, message, synthetic_dir, tmp_path):
+    if args[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    result = CliRunner().invoke(cli, ["train", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "r"),
+                                      "--preset", "smoke", "--device", "cpu", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path, synthetic_dir):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    result = CliRunner().invoke(cli, ["train", "--data-dir", str(synthetic_dir), "--out", str(out),
+                                      "--preset", "smoke", "--device", "cpu"])
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "precious"
+
+
+def test_ddp_two_processes_gloo(tmp_path, synthetic_dir):
+    """torchrun with 2 CPU processes: disjoint shards, identical final weights, one run directory."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "fastcifar", "train", "--data-dir", str(synthetic_dir), "--out", str(out), "--device", "cpu",
+           "--preset", "smoke", "--train-limit", "200", "--epochs", "1", "--batch-size", "32", "--loader", "tensor",
+           "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    dist = summary["distributed"]
+    assert dist["world_size"] == 2 and dist["backend"] == "gloo"
+    assert dist["shards_disjoint"] and dist["weights_identical"]
+    assert dist["samples_per_rank"] == [90, 90]  # 180 training images split evenly
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["world_size"] == 2

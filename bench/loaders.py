@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--loaders", nargs="+", default=["tensor", "dali", "dataloader"],
                         choices=["tensor", "dali", "dataloader"])
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads [torch default]")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path [bench/results/loaders-<device>.json]")
     args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
         "device": str(device), "batch_size": args.batch_size, "images": len(data.train),
         "epochs_timed": args.epochs, "dataloader_workers": args.workers, "results": results,
     }
-    path = write_json(RESULTS / f"loaders-{device.type}.json", record)
+    path = write_json(args.out or RESULTS / f"loaders-{device.type}.json", record)
     print(f"\nwrote {path}")
     return 0
 

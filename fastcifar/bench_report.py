@@ -84,8 +84,11 @@ def markdown(report) -> str:
         "Versions: " + ", ".join(f"{k} {env.get(k)}" for k in ("fastcifar", "python", "torch", "cuda", "onnx",
                                                               "onnxruntime", "tensorrt")), "",
         f"Data: {report.rows[0].get('images') if report.rows else 0} test images from {env.get('data_dir')}; "
-        f"git {env.get('git_sha') or 'unknown'}", "",
-        "| " + " | ".join(header) + " |",
+        f"git {env.get('git_sha') or 'unknown'}; load average {_fmt(env.get('load_avg_start'), '.1f')} at the "
+        f"start, {_fmt(env.get('load_avg_end'), '.1f')} at the end; CPU threads per backend: "
+        f"{report.config.get('threads') or 'runtime default'}; timed >= {report.config.get('min_time_s')} s per "
+        f"batch size", "",
+        "| " + " | ".join(h.replace("|", "\\|") for h in header) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
         *("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells), "",
         "Accuracy: top-1 on the test images, no test-time augmentation. Drop, agreement and |Δlogit|: against "

@@ -179,11 +179,13 @@ def run_job(job: dict) -> dict:
         configure_fp32_reference()  # the PyTorch rows are the fp32 reference: no TF32 convolutions
     memory = MemoryTracker(job["device_type"])
     started = time.perf_counter()
-    predictor = load_predictor(job["artifact"], job["backend"], job["device"], isolated=True)
+    predictor = load_predictor(job["artifact"], job["backend"], job["device"], isolated=True,
+                               threads=job.get("threads"))
     load_s = time.perf_counter() - started
     images = np.load(job["images"])
     started = time.perf_counter()
-    logits = evaluate_logits(predictor, images, job["eval_batch"])
+    eval_batch = min(job["eval_batch"], getattr(predictor, "batch_limit", None) or job["eval_batch"])
+    logits = evaluate_logits(predictor, images, eval_batch)
     eval_s = time.perf_counter() - started
     np.save(job["logits_out"], logits)
     memory.sample()

@@ -52,6 +52,7 @@ class BenchConfig:
     min_time_s: float = 1.0
     min_iters: int = 3
     latency_iters: int = 100
+    threads: int | None = None  # CPU threads per backend (None: each runtime's default, all physical cores)
     worker_timeout_s: float = 3600.0
     timing: bool = True  # False: accuracy and parity only
 
@@ -65,6 +66,7 @@ class BenchConfig:
             (len(self.batch_sizes) > 0 and all(int(b) >= 1 for b in self.batch_sizes),
              f"--batch-sizes must be positive integers, got {self.batch_sizes}"),
             (self.max_images is None or self.max_images >= 1, "--max-images must be >= 1"),
+            (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
             (self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
             (self.min_iters >= 1 and self.min_time_s >= 0 and self.warmup_s >= 0 and self.latency_iters >= 1,
              "timing options must be positive"),
@@ -222,6 +224,7 @@ class _Runner:
                "device_type": self.device_type, "images": str(self.images_path), "eval_batch": max(cfg.batch_sizes),
                "batch_sizes": list(cfg.batch_sizes), "timing": timing, "warmup_s": cfg.warmup_s,
                "min_time_s": cfg.min_time_s, "min_iters": cfg.min_iters, "latency_iters": cfg.latency_iters,
+               "threads": cfg.threads,
                "logits_out": str(self.workdir / f"{job_id}.logits.npy"),
                "result_out": str(self.workdir / f"{job_id}.result.json")}
         result = run_worker(job, self.workdir, cfg.worker_timeout_s)
@@ -327,24 +330,36 @@ def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None
 
     device, device_type = _device(cfg.device)
     for model in cfg.models:  # option mistakes fail before minutes of work
-        reference = find_reference(Path(model).expanduser(), cfg.reference) if Path(model).exists() else None
+        if not Path(model).expanduser().exists():
+            raise FastCifarError(f"model {model} does not exist")
+        reference = find_reference(Path(model).expanduser(), cfg.reference)
         if cfg.max_accuracy_drop is not None and reference is None:
             raise FastCifarError(f"--max-accuracy-drop needs a PyTorch reference for {model}: pass --reference "
                                  "RUN_DIR (the run it was exported from)")
     images, labels, root = _test_images(cfg)
     log(f"{len(images)} test images from {root}, device {device}")
+    load_start = _busy_check(device_type, log)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fastcifar-bench-") as tmp:
         runner = _Runner(cfg, device_type, device, images, Path(tmp), log)
         for model in cfg.models:
             rows += [{**row, "images": int(len(images))} for row in bench_model(model, cfg, runner, labels)]
-    report = BenchReport(rows=rows, env={**env_info(), "data_dir": root}, config=cfg.to_dict(),
+    env = {**env_info(), "data_dir": root, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0]}
+    report = BenchReport(rows=rows, env=env, config=cfg.to_dict(),
                          failures=gate_failures(rows, cfg.max_accuracy_drop))
     if cfg.results_dir:
         from fastcifar.bench_report import write_reports
 
         report.files = write_reports(report, Path(cfg.results_dir), cfg.name or default_name(cfg, device_type))
     return report
+
+
+def _busy_check(device_type: str, log: Callable[[str], None]) -> float:
+    """The 1-minute load average, with a warning when other work will distort CPU timings."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if device_type == "cpu" and load > 0.5 * cores:
+        log(f"warning: the machine is busy (load {load:.1f} on {cores} cores): CPU figures will be low and noisy")
+    return load
 
 
 def default_name(cfg: BenchConfig, device_type: str) -> str:

@@ -137,3 +137,82 @@ def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:
     values = dict(PRESETS.get(preset, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values, preset=preset) if "preset" not in values else TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+COMPARE_INITS = ("imagenet", "random")  # the two arms of `fastcifar compare`; run directories are named after them
+IF_NO_WEIGHTS = ("fail", "stand-in")
+# (number of seeds, training-set fractions) when --seeds / --fractions are not given. A GPU affords 3 x 3 points
+# of 10-epoch runs in minutes; the CPU smoke budget affords 2 seeds x 2 fractions (8 runs).
+COMPARE_DEFAULTS: dict[str, tuple[int, tuple[float, ...]]] = {
+    "seed": (3, (0.01, 0.1, 1.0)), "fast": (3, (0.01, 0.1, 1.0)), "smoke": (2, (0.1, 1.0)),
+}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """`fastcifar compare`: both inits x seeds x training-set fractions, on one shared recipe (`base`).
+
+    `base` is every training option both arms share; compare sets `init`, `seed`, `train_limit`, `out` (and,
+    for small fractions, `batch_size`/`lr`) per run. Saved as compare.json in the report directory, so a rerun
+    with other options cannot silently mix two experiments.
+    """
+
+    base: TrainConfig
+    seeds: tuple[int, ...] = (0, 1, 2)
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # of the training pool (all images, or base.train_limit)
+    pretrained_weights: str | None = None  # torchvision-format state dict; None = torchvision's download/cache
+    if_no_weights: str = "fail"  # fail | stand-in: when the ImageNet weights cannot be had (offline, no file)
+    out: str = "reports/compare"
+
+    def __post_init__(self):
+        if isinstance(self.base, dict):
+            object.__setattr__(self, "base", TrainConfig.from_dict(self.base))
+        # JSON gives lists; fractions are kept sorted so "0.1,1.0" and "1.0,0.1" are the same experiment.
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "fractions", tuple(sorted(float(f) for f in self.fractions)))
+        checks = [
+            (isinstance(self.base, TrainConfig), "CompareConfig.base must be a TrainConfig"),
+            (len(self.seeds) >= 1, "--seeds must be at least 1"),
+            (len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {list(self.seeds)}"),
+            (len(self.fractions) >= 1, "--fractions needs at least one value"),
+            (all(0 < f <= 1 for f in self.fractions),
+             f"--fractions must each be in (0, 1], got {','.join(f'{f:g}' for f in self.fractions)}"),
+            (len(set(self.fractions)) == len(self.fractions), "--fractions must be distinct"),
+            (self.base.init == "random", "compare trains both inits itself: leave out --init and give the ImageNet "
+                                         "weights with --pretrained-weights PATH (or let torchvision download them)"),
+            (self.if_no_weights in IF_NO_WEIGHTS,
+             f"unknown --if-no-weights '{self.if_no_weights}' (choose from {', '.join(IF_NO_WEIGHTS)})"),
+            (bool(self.out), "--out must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FastCifarError(message)
+
+    def to_dict(self) -> dict:
+        return {"base": self.base.to_dict(), "seeds": list(self.seeds), "fractions": list(self.fractions),
+                "pretrained_weights": self.pretrained_weights, "if_no_weights": self.if_no_weights, "out": self.out}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompareConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise FastCifarError(f"unknown compare config keys: {', '.join(unknown)}")
+        return cls(**{**d, "base": TrainConfig.from_dict(d.get("base", {}))})
+
+    @classmethod
+    def load(cls, path: Path) -> "CompareConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise FastCifarError(f"cannot read the compare config {path} ({exc})") from None
+
+    def fingerprint(self) -> str:
+        """8 hex digits naming the experiment (everything but `out`): the default report directory's suffix."""
+        import hashlib
+
+        d = self.to_dict()
+        d.pop("out")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]

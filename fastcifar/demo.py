@@ -23,9 +23,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 TITLES = {"pretrained": "ImageNet-pretrained", "scratch": "from scratch"}
 BACKEND_CHOICES = ("auto", "torch", "torch-compiled", "onnxruntime", "tensorrt")
 TOP_K = 10
-MAX_UPLOAD = "20mb"  # a 10,000 px photo as JPEG is ~15-30 MB; load_image refuses huge dimensions anyway
+# A 10,000 px photo is ~20-40 MB as JPEG; past Pillow's decompression-bomb limit (~179 MP) load_image refuses it.
+MAX_UPLOAD = "50mb"
 EXAMPLES_PER_CLASS = 2
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MAX_USER_EXAMPLES = 60
@@ -72,33 +74,35 @@ def load_models(pretrained: Path | str, scratch: Path | str, backend: str = "aut
     The warm-up run also keeps first-call costs (allocations, compile, TensorRT context) out of the
     latency the page shows for the first image.
     """
-    from fastcifar.inference import load_predictor
-
     if backend not in BACKEND_CHOICES:
         raise FastCifarError(f"unknown backend '{backend}' (choose from {', '.join(BACKEND_CHOICES)})")
-    slots = []
-    for key, path in (("pretrained", pretrained), ("scratch", scratch)):
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise FastCifarError(f"--{key} {path} does not exist (expected a run directory, model.safetensors, "
-                                 ".onnx or TensorRT engine)")
-        try:
-            predictor = load_predictor(path, backend=None if backend == "auto" else backend, device=device)
-        except FastCifarError as exc:
-            raise FastCifarError(f"--{key} {path}: {exc}") from None
-        size = int(predictor.input_size)
-        try:
-            probs = predictor.predict(np.zeros((1, size, size, 3), np.uint8))
-        except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run is a broken model file
-            raise FastCifarError(f"--{key} {path} loads but cannot run ({type(exc).__name__}: {exc})") from None
-        if np.shape(probs) != (1, len(predictor.class_names)):
-            raise FastCifarError(f"--{key} {path} returned {np.shape(probs)} scores for one image, expected "
-                                 f"(1, {len(predictor.class_names)})")
-        slot = Slot(key=key, source=path, predictor=predictor)
-        if mislabel_note(slot):
-            log.warning("--%s %s: %s; the page says so next to its name", key, path, mislabel_note(slot))
-        slots.append(slot)
+    slots = tuple(_load_slot(key, Path(path).expanduser(), None if backend == "auto" else backend, device)
+                  for key, path in (("pretrained", pretrained), ("scratch", scratch)))
     return slots[0], slots[1]
+
+
+def _load_slot(key: str, path: Path, backend: str | None, device: str | None) -> Slot:
+    from fastcifar.inference import load_predictor
+
+    if not path.exists():
+        raise FastCifarError(f"--{key} {path} does not exist (expected a run directory, model.safetensors, "
+                             ".onnx or TensorRT engine)")
+    try:
+        predictor = load_predictor(path, backend=backend, device=device)
+    except FastCifarError as exc:
+        raise FastCifarError(f"--{key} {path}: {exc}") from None
+    size = int(predictor.input_size)
+    try:
+        probs = predictor.predict(np.zeros((1, size, size, 3), np.uint8))
+    except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run is a broken model file
+        raise FastCifarError(f"--{key} {path} loads but cannot run ({type(exc).__name__}: {exc})") from None
+    if np.shape(probs) != (1, len(predictor.class_names)):
+        raise FastCifarError(f"--{key} {path} returned {np.shape(probs)} scores for one image, expected "
+                             f"(1, {len(predictor.class_names)})")
+    slot = Slot(key=key, source=path, predictor=predictor)
+    if mislabel_note(slot):
+        log.warning("--%s %s: %s; the page says so next to its name", key, path, mislabel_note(slot))
+    return slot
 
 
 def model_facts(slot: Slot) -> dict:
@@ -226,6 +230,8 @@ CSS = """
 #verdict {padding: 0.2em 0.9em; border-radius: 8px; border-left: 6px solid #6366f1; min-height: 4.5em;}
 #image-input img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;}
 #gallery img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: cover;}
+#gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(88px, 1fr)) !important;}
+#gallery .grid-wrap {height: auto !important; min-height: 0 !important;}
 """
 WAITING = "Upload, paste or capture an image (or pick one from the gallery), then click **Compare**."
 
@@ -251,12 +257,13 @@ def _upload_path(value: Any) -> tuple[str, str]:
 
 def _page_results(gr, slots: Sequence[Slot], value: Any) -> tuple:
     """Outputs for the page/API: (probs, latency in ms) per model, then the verdict. Bad input -> gr.Error."""
+    path = name = ""
     try:
         path, name = _upload_path(value)
         preds = compare_image(slots, path)
     except FastCifarError as exc:
         # The message names Gradio's cache path; the user knows the file by the name they uploaded.
-        message = str(exc).replace(path, name) if "path" in locals() else str(exc)
+        message = str(exc).replace(path, name) if path else str(exc)
         raise gr.Error(message, title="Cannot use this image", duration=None, print_exception=False) from None
     except Exception as exc:  # noqa: BLE001 - keep serving; the traceback goes to the server log
         log.exception("prediction failed")
@@ -307,7 +314,7 @@ def build_app(slots: Sequence[Slot], examples: Sequence[tuple[str, str]] = ()):
                                                      interactive=False, elem_id=f"latency-{slot.key}"))
         outputs.append(verdict)
         gallery = gr.Gallery(value=list(examples) or None, label="Examples: click one to compare; drop in your own",
-                             type="filepath", interactive=True, columns=10, rows=2, height=300, allow_preview=False,
+                             type="filepath", interactive=True, columns=10, height="auto", allow_preview=False,
                              file_types=["image"], elem_id="gallery")
 
         def compare(value):

@@ -3,7 +3,7 @@
 Owns `load_predictor(path, backend=None, device=None)` and the `Predictor` backends:
   torch           the run's model.safetensors in PyTorch eager (fp32: the parity reference)
   torch-compiled  the same behind torch.compile (static shapes: one compile per batch size)
-  onnxruntime     an .onnx file on ONNX Runtime: TensorRT EP, CUDA EP, then CPU, as available
+  onnxruntime     an .onnx file on ONNX Runtime: TensorRT EP, CUDA EP, then CPU (fastcifar/ort_runner.py)
   tensorrt        a TensorRT engine on its own runner (fastcifar/trt_runner.py): CUDA tensors in and out
 `backend=None` picks from the file type (run dir/.safetensors -> torch, .onnx -> onnxruntime, .engine ->
 tensorrt); a run directory given to onnxruntime/tensorrt is exported on the fly into the artifact cache.
@@ -168,8 +168,13 @@ def configure_fp32_reference() -> None:
     """Make fp32 mean fp32 on CUDA: cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere+."""
     import torch
 
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        # torch >= 2.9: the new API only - mixing it with allow_tf32 makes torch raise when either is read.
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -200,122 +205,6 @@ def spec_from_metadata(meta: dict) -> dict:
     return spec
 
 
-# ---------------------------------------------------------------------------------------------- onnxruntime
-
-
-def ort_providers(device) -> list:
-    """Execution providers in preference order for `device`: TensorRT EP, CUDA EP, CPU (what is installed)."""
-    import importlib.util
-
-    import onnxruntime as ort
-
-    if device.type != "cuda":
-        return ["CPUExecutionProvider"]
-    available = set(ort.get_available_providers())
-    options = {"device_id": str(device.index or 0)}
-    wanted = [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-    # onnxruntime-gpu lists the TensorRT EP even where TensorRT's libraries are absent, and then prints a
-    # screen of load errors before falling back: only ask for it when the tensorrt package imports.
-    if importlib.util.find_spec("tensorrt") is not None:
-        wanted.insert(0, ("TensorrtExecutionProvider", {**options, "trt_engine_cache_enable": "True",
-                                                        "trt_engine_cache_path": str(DEFAULT_CACHE_DIR / "ort-trt")}))
-    return [p for p in wanted if (p[0] if isinstance(p, tuple) else p) in available]
-
-
-class OnnxRuntimePredictor(Predictor):
-    backend = "onnxruntime"
-
-    def __init__(self, path: Path, device, *, isolated: bool = False):
-        import onnxruntime as ort
-
-        from fastcifar.export.onnx import read_onnx_metadata
-
-        super().__init__(spec_from_metadata(read_onnx_metadata(path)), path)
-        self.torch_device, self.device = device, str(device)
-        options = ort.SessionOptions()
-        # ORT's worker threads spin while idle; beside PyTorch in one process that took torch from 2.1k to
-        # 0.2k img/s here. Spinning is allowed only when the predictor has its process to itself (bench).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if isolated else "0")
-        options.log_severity_level = 3  # errors only: ORT's warnings about graph rewrites are noise to users
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=ort_providers(device))
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for corrupt models
-            raise FastCifarError(f"ONNX Runtime cannot load {path} ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-        self.providers = self.session.get_providers()
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self.normalized = self.spec.get("input_kind") == "normalized"
-        if self.normalized:  # the graph takes float NCHW: preprocess with the same torch code as the reference
-            self.input_size = CIFAR_PIXELS
-            self._preprocess = _normalizer(self.spec)
-        io = {"cuda": _OrtCudaIO, "cpu": _OrtCpuIO}[device.type]
-        self.io = io(self.session, self.input_name, self.output_name, device.index or 0)
-
-    def to_input(self, pixels):
-        return self.io.to_input(self._preprocess(pixels) if self.normalized else pixels)
-
-    def run(self, inputs):
-        return self.io.run(inputs)
-
-    def to_numpy(self, outputs):
-        return self.io.to_numpy(outputs)
-
-    def describe(self):
-        return {**super().describe(), "providers": self.providers}
-
-
-def _normalizer(spec: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 NHWC -> float32 NCHW normalised at the model's image size (for `normalized`-input ONNX files)."""
-    import torch
-
-    pipeline = make_pixel_pipeline(torch.nn.Identity(), spec["mean"], spec["std"], int(spec["image_size"]))
-
-    def preprocess(pixels: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return pipeline(torch.from_numpy(pixels)).contiguous().numpy()
-
-    return preprocess
-
-
-class _OrtCpuIO:
-    """Host arrays in and out: session.run is synchronous."""
-
-    def __init__(self, session, input_name, output_name, device_id):
-        self.session, self.input_name, self.output_name = session, input_name, output_name
-
-    def to_input(self, array):
-        return array
-
-    def run(self, array):
-        return self.session.run([self.output_name], {self.input_name: array})[0]
-
-    def to_numpy(self, output):
-        return np.asarray(output)
-
-
-class _OrtCudaIO:
-    """Device-resident OrtValues through IOBinding: no host round trip between to_input, run and the output."""
-
-    def __init__(self, session, input_name, output_name, device_id):
-        self.session, self.input_name, self.output_name, self.device_id = session, input_name, output_name, device_id
-
-    def to_input(self, array):
-        import onnxruntime as ort
-
-        return ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id)
-
-    def run(self, value):
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name, value)
-        binding.bind_output(self.output_name, "cuda", self.device_id)
-        self.session.run_with_iobinding(binding)  # returns after ORT synchronised its own stream
-        return binding.get_outputs()[0]
-
-    def to_numpy(self, value):
-        return value.numpy()
-
-
 # ---------------------------------------------------------------------------------------------- availability
 
 
@@ -333,7 +222,9 @@ def _compiler_missing(device_type: str) -> str | None:
 def _onnxruntime_missing(device_type: str) -> str | None:
     import importlib.util
 
-    return None if importlib.util.find_spec("onnxruntime") else "ONNX Runtime is not installed (pip install onnxruntime-gpu)"
+    if importlib.util.find_spec("onnxruntime"):
+        return None
+    return "ONNX Runtime is not installed (pip install onnxruntime-gpu)"
 
 
 def _tensorrt_missing(device_type: str) -> str | None:
@@ -372,12 +263,26 @@ def _resolve_device(device, backend: str):
     from fastcifar.runtime import resolve_device
 
     name = "auto" if device is None else str(device)
-    if backend == "tensorrt" and name == "auto":
-        name = "cuda"  # an engine runs nowhere else; resolve_device explains a missing GPU
-    resolved = resolve_device(name)
-    if backend == "tensorrt" and resolved.type != "cuda":
-        raise FastCifarError("the tensorrt backend needs a CUDA GPU (use --backend onnxruntime or torch on the CPU)")
-    return torch.device(resolved)
+    if backend == "tensorrt":  # an engine runs nowhere else
+        if name == "cpu" or not torch.cuda.is_available():
+            raise FastCifarError("the tensorrt backend needs a CUDA GPU, and there is none here (use --backend "
+                                 "onnxruntime or torch on the CPU)")
+        name = "cuda" if name == "auto" else name
+    return resolve_device(name)
+
+
+def _load_torch(path, device, *, compile_model=False, threads=None, **_):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
+    return TorchPredictor(path, device, compile_model=compile_model)
+
+
+def _load_onnxruntime(path, device, *, isolated=False, threads=None):
+    from fastcifar.ort_runner import OnnxRuntimePredictor
+
+    return OnnxRuntimePredictor(path, device, isolated=isolated, threads=threads)
 
 
 def _load_tensorrt(path, device, **_):
@@ -387,21 +292,24 @@ def _load_tensorrt(path, device, **_):
 
 
 _FACTORIES: dict[str, Callable[..., Predictor]] = {
-    "torch": lambda path, device, **_: TorchPredictor(path, device),
-    "torch-compiled": lambda path, device, **_: TorchPredictor(path, device, compile_model=True),
-    "onnxruntime": lambda path, device, isolated=False: OnnxRuntimePredictor(path, device, isolated=isolated),
+    "torch": _load_torch,
+    "torch-compiled": lambda path, device, **options: _load_torch(path, device, compile_model=True, **options),
+    "onnxruntime": _load_onnxruntime,
     "tensorrt": _load_tensorrt,
 }
 
 
 def load_predictor(path: Path | str, backend: str | None = None, device=None, *,
-                   cache_dir: Path | str = DEFAULT_CACHE_DIR, isolated: bool = False) -> Predictor:
+                   cache_dir: Path | str = DEFAULT_CACHE_DIR, isolated: bool = False,
+                   threads: int | None = None) -> Predictor:
     """A Predictor for `path` (run dir, model.safetensors, .onnx or TensorRT engine) on `backend`.
 
     backend: torch | torch-compiled | onnxruntime | tensorrt | None (from the file type).
     device: None/'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'.
     cache_dir: where on-the-fly ONNX exports / engines of a run directory are kept.
     isolated: the predictor has this process to itself (lets ONNX Runtime spin its threads; bench sets it).
+    threads: CPU threads (torch: process-wide set_num_threads; ONNX Runtime: its intra-op pool); None: the
+    runtime's default (one per physical core).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -411,7 +319,7 @@ def load_predictor(path: Path | str, backend: str | None = None, device=None, *,
         raise FastCifarError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     resolved = _resolve_device(device, backend)
     artifact = ensure_artifact(path, backend, cache_dir)
-    return _FACTORIES[backend](artifact, resolved, isolated=isolated)
+    return _FACTORIES[backend](artifact, resolved, isolated=isolated, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -426,16 +334,17 @@ def predict_files(predictor: Predictor, paths, *, topk: int = 3, batch_size: int
     if topk < 1:
         raise FastCifarError(f"--topk must be >= 1, got {topk}")
     files, failures = find_images(paths)
-    loaded: list[tuple[str, np.ndarray]] = []
-    for file in files:
-        try:
-            loaded.append((str(file), load_image(file, predictor.input_size)))
-        except FastCifarError as exc:
-            failures.append((str(file), str(exc)))
     results = []
     k = min(topk, len(predictor.class_names))
-    for start in range(0, len(loaded), batch_size):
-        chunk = loaded[start:start + batch_size]
+    for start in range(0, len(files), batch_size):  # decode one batch at a time: any folder size fits in memory
+        chunk = []
+        for file in files[start:start + batch_size]:
+            try:
+                chunk.append((str(file), load_image(file, predictor.input_size)))
+            except FastCifarError as exc:
+                failures.append((str(file), str(exc)))
+        if not chunk:
+            continue
         probs = predictor.predict(np.stack([pixels for _, pixels in chunk]))
         for (name, _), row in zip(chunk, probs):
             order = np.argsort(-row, kind="stable")[:k]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -85,7 +86,7 @@ class _Loop:
     def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir):
         import torch
 
-        from fastcifar.train_setup import autocast_factory, wrap_distributed
+        from fastcifar.train_setup import autocast_factory, make_step, wrap_distributed
 
         self.cfg, self.dist, self.device, self.model = cfg, dist, device, model
         self.optimizer, self.scheduler = opt
@@ -94,22 +95,11 @@ class _Loop:
         if cfg.compile:
             model.compile(mode=cfg.compile_mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
         self.net = wrap_distributed(model, dist, device)
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.step = make_step(self.net, self.optimizer, self.scheduler, self.scaler, self.autocast,
+                              torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                              ema_update=None if ema is None else partial(ema.update_parameters, model))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-    def step(self, images, labels):
-        """One optimisation step; returns (loss, correct) as device tensors (no host sync)."""
-        with self.autocast():
-            logits = self.net(images)
-            loss = self.criterion(logits, labels)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        return loss.detach(), (logits.argmax(1) == labels).sum()
 
     def train_epoch(self, epoch: int, bar) -> dict:
         import torch

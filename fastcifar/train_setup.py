@@ -196,6 +196,28 @@ def autocast_factory(precision: str, device):
     return partial(torch.autocast, device_type=device.type, dtype=getattr(torch, dtype))
 
 
+def make_step(net, optimizer, scheduler, scaler, autocast, criterion, *, ema_update=None):
+    """The one training step: precision, loss scaling, compile and DDP are all decided by the objects passed.
+
+    Returns step(images, labels) -> (loss, correct) as device tensors, so the caller syncs only when it wants.
+    """
+
+    def step(images, labels):
+        with autocast():
+            logits = net(images)
+            loss = criterion(logits, labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if ema_update is not None:
+            ema_update()
+        return loss.detach(), (logits.argmax(1) == labels).sum()
+
+    return step
+
+
 # ---------------------------------------------------------------------------------------------- state
 
 

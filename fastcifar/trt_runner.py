@@ -75,8 +75,8 @@ class EngineRunner:
             raise FastCifarError(f"the engine takes {self.input_dtype} (N, {', '.join(map(str, self.item_shape))}); "
                                  f"got {x.dtype} {tuple(x.shape)}")
         if not self.min_batch <= x.shape[0] <= self.max_batch:
-            raise FastCifarError(f"batch {x.shape[0]} is outside the engine's profile {self.min_batch}..{self.max_batch}"
-                                 " (rebuild it with a wider --batch MIN:OPT:MAX)")
+            raise FastCifarError(f"batch {x.shape[0]} is outside the engine's profile {self.min_batch}.."
+                                 f"{self.max_batch} (rebuild it with a wider --batch MIN:OPT:MAX)")
 
     def __call__(self, x):
         """Queue the engine on `x` (contiguous, on the engine's GPU); returns the output tensor (not yet synced)."""

@@ -1,10 +1,9 @@
-"""`fastcifar bench`: the JSON schema, the result files, the cache, and the parity gate on a deliberately broken model."""
+"""`fastcifar bench`: JSON schema, result files, the export cache, and the parity gate on a deliberately broken model."""
 
 from __future__ import annotations
 
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from fastcifar.errors import FastCifarError
 
 # Tiny timing budget: these tests check behaviour, never speed.
 FAST = ["--batch-sizes", "1,4", "--min-time", "0.02", "--warmup", "0.01", "--min-iters", "1",
-        "--latency-iters", "3", "--device", "cpu"]
+        "--latency-iters", "3", "--device", "cpu", "--threads", "1"]
 
 
 def _bench(*args):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import REAL_CIFAR, make_saved_model
+
 from fastcifar.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -234,6 +234,7 @@ def test_browser_upload_click_shows_both_predictions(served, tmp_path):
                 expect(box.locator("h2")).to_have_text(top, timeout=30_000)
             expect(page.locator("#verdict")).to_contain_text(
                 "Both models say" if tops[0] == tops[1] else "The models disagree")
+            page.wait_for_timeout(500)  # let the result fade-in finish so the screenshot is not half-transparent
             page.screenshot(path=str(shot), full_page=True)
 
             # A broken upload: a readable message in the page, and the next click still works.

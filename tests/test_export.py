@@ -17,6 +17,7 @@ import torch
 from conftest import make_saved_model
 from fastcifar.errors import FastCifarError
 from fastcifar.export import onnx as ox
+from fastcifar.export import parity
 
 N_VERIFY = 64
 MATRIX = [("fp32", "raw"), ("fp16", "raw"), ("fp32", "normalized"), ("fp16", "normalized")]
@@ -30,7 +31,7 @@ def exports(tiny_model_dir, tmp_path_factory):
 
 
 def session(path):
-    return ox.make_ort_session(path, ["CPUExecutionProvider"])
+    return parity.make_ort_session(path, ["CPUExecutionProvider"])
 
 
 def test_file_names_follow_run_precision_and_input(exports):
@@ -150,18 +151,18 @@ def test_bf16_needs_opset_22_and_is_checked_by_emulation(tiny_model_dir, tmp_pat
 
 
 def test_mismatch_fails_the_export_and_keeps_files(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(ox.REL_TOLERANCE, "fp32", 0.0)  # any rounding difference now counts as a mismatch
+    monkeypatch.setitem(parity.REL_TOLERANCE, "fp32", 0.0)  # any rounding difference now counts as a mismatch
     with pytest.raises(FastCifarError, match="parity check failed.*max \\|logit diff\\|.*--no-verify"):
         ox.export_onnx(tiny_model_dir, tmp_path, max_images=16)
-    parity = json.loads((tmp_path / "resnet18-random.parity.json").read_text())
-    assert parity["passed"] is False and parity["failures"]
+    record = json.loads((tmp_path / "resnet18-random.parity.json").read_text())
+    assert record["passed"] is False and record["failures"]
     assert (tmp_path / "resnet18-random.onnx").is_file()
 
 
 def test_verify_detects_a_different_model(exports, tmp_path, synthetic_dir):
     other = make_saved_model(tmp_path / "other", seed=1, data_dir=synthetic_dir)
-    parity = ox.verify_onnx(exports[("fp32", "raw")].path, other, max_images=N_VERIFY)
-    assert not parity["passed"] and parity["max_abs_diff"] > parity["tolerance"]
+    record = ox.verify_onnx(exports[("fp32", "raw")].path, other, max_images=N_VERIFY)
+    assert not record["passed"] and record["max_abs_diff"] > record["tolerance"]
 
 
 def test_missing_data_fails_before_writing_and_no_verify_needs_none(tiny_model_dir, tmp_path):
@@ -183,17 +184,17 @@ def test_bad_options_are_user_errors(tiny_model_dir, tmp_path, kwargs, message):
 def test_parity_policy():
     labels = np.array([0, 1, 2, 3])
     ref = np.eye(4, 10, dtype=np.float32) * 10.0
-    stats = ox.parity_stats(ref, ref + 1e-4, labels, "fp32")
+    stats = parity.parity_stats(ref, ref + 1e-4, labels, "fp32")
     assert stats["passed"] and stats["top1_agreement"] == 1.0 and stats["tolerance"] == pytest.approx(1e-3)
     assert stats["max_abs_diff"] == pytest.approx(1e-4, rel=1e-2) and stats["torch_accuracy"] == 1.0
     flipped = ref.copy()
     flipped[0] = ref[1]
-    bad = ox.parity_stats(ref, flipped, labels, "fp32")
+    bad = parity.parity_stats(ref, flipped, labels, "fp32")
     assert not bad["passed"] and bad["top1_agreement"] == 0.75 and bad["onnx_accuracy"] == 0.75
     # int8: no logit tolerance; judged by agreement and accuracy drop
-    int8 = ox.parity_stats(ref, ref * 0.8, labels, "int8")
+    int8 = parity.parity_stats(ref, ref * 0.8, labels, "int8")
     assert int8["passed"] and int8["tolerance"] is None
-    assert not ox.parity_stats(ref, flipped, labels, "int8")["passed"]
+    assert not parity.parity_stats(ref, flipped, labels, "int8")["passed"]
 
 
 def test_int8_qdq_export(exports, tiny_model_dir):
@@ -205,14 +206,16 @@ def test_int8_qdq_export(exports, tiny_model_dir):
     proto = onnx.load(str(result.path))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") >= 20 and "DequantizeLinear" in ops
+    gemm_inputs = {i for n in proto.graph.node if n.op_type == "Gemm" for i in n.input}
+    assert gemm_inputs and not any("DequantizeLinear" in i for i in gemm_inputs)  # the classifier stays float
     zero_points = [t for t in proto.graph.initializer if "zero_point" in t.name]
     assert zero_points and all(not onnx.numpy_helper.to_array(t).any() for t in zero_points)  # symmetric
     meta = ox.read_onnx_metadata(result.path)
     assert meta["precision"] == "int8" and meta["int8_calibration"]["n_images"] == 32
     assert meta["class_names"] == source.metadata["class_names"]
-    parity = ox.verify_onnx(result.path, tiny_model_dir, max_images=N_VERIFY)
+    record = ox.verify_onnx(result.path, tiny_model_dir, max_images=N_VERIFY)
     # an untrained net has near-tied logits, so agreement is not asserted; the logits must still track fp32
-    assert parity["mean_abs_diff"] < 0.1 * parity["logit_scale"]
+    assert record["mean_abs_diff"] < 0.1 * record["logit_scale"]
     with pytest.raises(FastCifarError, match="starts from an fp32 export"):
         quantize_int8(exports[("fp16", "raw")].path, tiny_model_dir, n_images=8)
 
@@ -255,8 +258,7 @@ def test_cli_option_mistakes_write_nothing(tiny_model_dir, tmp_path, args, messa
 
 
 @pytest.mark.realdata
-def test_parity_on_real_test_images(tiny_model_dir, real_cifar, tmp_path):
-    result = ox.export_onnx(tiny_model_dir, tmp_path, data_dir=real_cifar, max_images=200)
-    p = result.parity
+def test_parity_on_real_test_images(exports, tiny_model_dir, real_cifar):
+    p = ox.verify_onnx(exports[("fp32", "raw")].path, tiny_model_dir, real_cifar, max_images=200)
     assert p["passed"] and p["top1_agreement"] == 1.0 and p["n_images"] == 200
     assert "cifar-10-batches-py" in p["data_dir"]

@@ -48,6 +48,9 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
     is_onnx_file = model.suffix == ".onnx"
     if trt:
         tensorrt.parse_profile(batch)  # fail on a bad --batch before minutes of export
+    if is_onnx_file and not trt:
+        raise FastCifarError(f"{model.name} is already an ONNX file: add --trt to build its TensorRT engine, or "
+                             "pass the run directory to export it again")
     if is_onnx_file and int8_calib_images:
         raise FastCifarError("--int8-calib-images needs the run directory (the PyTorch model is the parity "
                              "reference); pass the run, not the .onnx file")

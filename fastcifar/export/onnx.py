@@ -1,9 +1,9 @@
-"""ONNX export of a saved fastcifar model, its `fastcifar.*` metadata, and the ONNX Runtime parity check.
+"""ONNX export of a saved fastcifar model and its `fastcifar.*` metadata.
 
 Owns: the exported graph (`ExportModule`: optional in-graph preprocessing, the reduced-precision cast, the
 model, float32 logits out), `export_onnx` (torch.onnx.export with dynamo=True of the *uncompiled* eval model,
-explicit opset, dynamic batch, one self-contained file), the metadata written into / read from the file,
-and `verify_onnx`, which compares ONNX Runtime against the fp32 PyTorch model on real test images.
+explicit opset, dynamic batch, one self-contained file, then onnx.checker and the parity check of
+parity.py), and the metadata written into / read back from the file (`read_onnx_metadata`).
 
 Graph I/O contract (also in the README):
   raw         input `pixels`  uint8 [batch, 32, 32, 3] (NHWC, RGB, CIFAR's native pixels); the graph
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastcifar.errors import DataError, FastCifarError
+from fastcifar.errors import FastCifarError
 from fastcifar.fileio import atomic_path
 
 # torch dtype behind each graph precision. int8 graphs come from quantize.py (Q/DQ on an fp32 graph).
@@ -42,18 +42,6 @@ META_FORMAT_VERSION = 1
 # Metadata values that are JSON (lists, numbers, null); the rest are plain strings.
 JSON_META_KEYS = {"class_names", "mean", "std", "image_size", "input_size", "num_classes", "test_acc",
                   "format_version", "int8_calibration"}
-# Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1).
-# Measured (resnet18, 1,000 real test images, ORT CPU, largest |logit| 39): fp32 5e-7 relative (summation
-# order only), fp16 2.6e-4, bf16 2.2e-3 (weights only: emulated on CPU; real bf16 arithmetic adds ~2e-3).
-# The limits leave >= 10x headroom and still catch a wrong mean/std or layout (errors of 1e-2 and up).
-REL_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-3, "bf16": 3e-2, "int8": None}
-# INT8 logits legitimately move by a lot (max |diff| ~30 on a logit scale of 39, MinMax calibration): what
-# must hold is the decision on real images. Measured on a 49 %-accurate CPU smoke resnet18 (many near-ties):
-# agreement 0.954, accuracy 48.9 -> 48.4 %; well-trained models agree more.
-MIN_AGREEMENT = {"int8": 0.9}
-MAX_ACCURACY_DROP = {"int8": 0.02}
-VERIFY_BATCH = 256
-
 
 @dataclass
 class ExportResult:
@@ -253,8 +241,8 @@ def torch_to_onnx(module: torch.nn.Module, example: torch.Tensor, input_name: st
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, verbose=False,
                                      input_names=[input_name], output_names=[OUTPUT_NAME],
                                      dynamic_shapes=({0: batch},), external_data=False, optimize=True)
-    except Exception as exc:  # noqa: BLE001 - exporter failures are many types; they are bugs, report them whole
-        raise FastCifarError(f"torch.onnx.export failed ({type(exc).__name__}): {str(exc).splitlines()[0]}") from exc
+    except ImportError as exc:  # the dynamo exporter needs onnxscript; other failures are bugs: traceback
+        raise FastCifarError(f"torch.onnx.export needs {exc.name or 'onnxscript'}: pip install onnxscript") from None
     return program.model_proto
 
 
@@ -271,12 +259,13 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
     """
     import onnx
 
+    from fastcifar.export import parity
     from fastcifar.models import load_model, resolve_model_files
 
     opset = _check_options(precision, input_kind, opset)
     start = time.perf_counter()
     model, spec, model_meta = load_model(model_path)
-    test = load_test_split(data_dir, model_meta) if verify else None  # missing data fails before any writing
+    test = parity.load_test_split(data_dir, model_meta) if verify else None  # no data: fail before writing
     out_path = Path(out_path if out_path is not None else "exported").expanduser()
     if out_path.suffix != ".onnx":
         out_path = out_path / onnx_file_name(run_name_of(model_path, model_meta), precision, input_kind)
@@ -292,11 +281,11 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
     result = ExportResult(path=out_path, parity=None, precision=precision, input_kind=input_kind, opset=opset,
                           metadata=decode_metadata(props), size_bytes=out_path.stat().st_size)
     if verify:
-        result.parity = verify_onnx(out_path, model_path, data_dir, max_images=max_images, test=test)
-        result.parity_path = write_parity(out_path, result.parity)
+        result.parity = parity.verify_onnx(out_path, model_path, data_dir, max_images=max_images, test=test)
+        result.parity_path = parity.write_parity(out_path, result.parity)
     result.seconds = round(time.perf_counter() - start, 2)
     if result.parity is not None:
-        raise_on_mismatch(result)
+        parity.raise_on_mismatch(result)
     return result
 
 
@@ -310,172 +299,8 @@ def check_onnx_file(path: Path) -> None:
                              "(a fastcifar bug: please report it)") from None
 
 
-def parity_path_for(onnx_path: Path) -> Path:
-    return onnx_path.with_suffix(".parity.json")
+def verify_onnx(onnx_path: Path | str, model_path: Path | str, data_dir: Path | str | None = None, **kwargs) -> dict:
+    """ONNX Runtime vs the fp32 PyTorch model on real test images -> the parity record (parity.verify_onnx)."""
+    from fastcifar.export.parity import verify_onnx as verify
 
-
-def write_parity(onnx_path: Path, parity: dict) -> Path:
-    from fastcifar.fileio import write_json
-
-    return write_json(parity_path_for(onnx_path), parity)
-
-
-def raise_on_mismatch(result: ExportResult) -> None:
-    p = result.parity
-    if p["passed"]:
-        return
-    raise FastCifarError(f"parity check failed for {result.path}: {'; '.join(p['failures'])} (top-1 agreement "
-                         f"{p['top1_agreement']:.4f}, accuracy torch {p['torch_accuracy']:.4f} vs onnx "
-                         f"{p['onnx_accuracy']:.4f} on {p['n_images']} images). Kept for inspection with "
-                         f"{result.parity_path.name}; pass --no-verify to export without the check.")
-
-
-# ---------------------------------------------------------------------------------------------- parity
-
-
-def load_test_split(data_dir: Path | str | None, model_meta: dict):
-    """(test split, its directory) from `data_dir`, else the run's recorded data dir, else the default one.
-
-    Never downloads: an export should not fetch 160 MB behind the user's back.
-    """
-    from fastcifar.data.cifar import default_data_dir, load_cifar10
-
-    chosen = data_dir or model_meta.get("data_dir") or default_data_dir()
-    try:
-        data = load_cifar10(chosen, download=False, progress=False)
-        return data.test, data.root
-    except DataError as exc:
-        raise FastCifarError(f"{exc} The parity check needs the test images: pass --data-dir DIR, or "
-                             "--no-verify to skip it.") from None
-
-
-def make_ort_session(path_or_bytes, providers: list[str] | None = None):
-    """An ONNX Runtime session: CUDA EP when torch sees a GPU, else CPU; threads that do not spin.
-
-    Spinning intra-op threads keep the CPU busy between runs and slowed torch in the same process 10x.
-    """
-    import onnxruntime as ort
-
-    if providers is None:
-        providers = (["CUDAExecutionProvider"] if torch.cuda.is_available() else []) + ["CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # ORT's warnings about unused initializers etc. are noise here
-    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
-    return ort.InferenceSession(source, sess_options=options, providers=providers)
-
-
-def upcast_bf16(proto):
-    """A copy of `proto` with every bf16 tensor/type turned into fp32 (weights keep their bf16 rounding).
-
-    ONNX Runtime has no bf16 Conv on CPU; this runs the same file's structure and bf16-rounded weights in
-    fp32 arithmetic, so bf16 exports are still checked there (marked `emulated` in the parity record).
-    """
-    import onnx
-    from onnx import TensorProto, numpy_helper
-
-    proto = copy.deepcopy(proto)
-    bf16, fp32 = TensorProto.BFLOAT16, TensorProto.FLOAT
-
-    def fix_tensor(t):
-        if t.data_type == bf16:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
-
-    for t in proto.graph.initializer:
-        fix_tensor(t)
-    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
-        if vi.type.tensor_type.elem_type == bf16:
-            vi.type.tensor_type.elem_type = fp32
-    for node in proto.graph.node:
-        for attr in node.attribute:
-            if attr.name == "to" and attr.i == bf16:
-                attr.i = fp32
-            if attr.type == onnx.AttributeProto.TENSOR:
-                fix_tensor(attr.t)
-    return proto
-
-
-def _session_for(onnx_path: Path, precision: str, providers):
-    """(session, emulation note or None): the file as is, else its bf16 -> fp32 upcast."""
-    import onnx
-
-    try:
-        return make_ort_session(onnx_path, providers), None
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own NOT_IMPLEMENTED for missing kernels
-        if precision != "bf16":
-            raise FastCifarError(f"ONNX Runtime cannot load {onnx_path}: {str(exc).splitlines()[0]}") from None
-    proto = upcast_bf16(onnx.load(str(onnx_path)))
-    return (make_ort_session(proto.SerializeToString(), providers),
-            "bf16 weights in fp32 arithmetic: this ONNX Runtime has no bf16 kernels for the graph's ops")
-
-
-def reference_logits(model, spec, images: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
-    """The fp32 PyTorch model's logits for uint8 NHWC `images` (CPU, eager)."""
-    model = model.float().eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            out.append(model(normalize_images(images[i:i + batch], spec)).numpy())
-    return np.concatenate(out)
-
-
-def onnx_logits(session, spec, input_kind: str, images: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    feed = {"raw": lambda x: x, "normalized": lambda x: normalize_images(x, spec).numpy()}[input_kind]
-    return np.concatenate([session.run(None, {name: feed(images[i:i + batch])})[0]
-                           for i in range(0, len(images), batch)]).astype(np.float32)
-
-
-def parity_stats(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, precision: str) -> dict:
-    """Compare ONNX logits `out` with reference logits `ref` and apply the precision's tolerance policy."""
-    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
-    scale = max(1.0, float(np.abs(ref).max()))
-    rel = REL_TOLERANCE[precision]
-    tolerance = None if rel is None else rel * scale
-    agreement = float((ref.argmax(1) == out.argmax(1)).mean())
-    min_agreement, max_drop = MIN_AGREEMENT.get(precision), MAX_ACCURACY_DROP.get(precision)
-    torch_acc, onnx_acc = float((ref.argmax(1) == labels).mean()), float((out.argmax(1) == labels).mean())
-    drop = torch_acc - onnx_acc
-    failures = [reason for reason, failed in (
-        (f"max |logit diff| {diff.max():.3g} > tolerance {tolerance or 0:.3g}",
-         tolerance is not None and diff.max() > tolerance),
-        (f"top-1 agreement {agreement:.4f} < {min_agreement}", min_agreement is not None and agreement < min_agreement),
-        (f"accuracy drop {drop:.4f} > {max_drop}", max_drop is not None and drop > max_drop),
-    ) if failed]
-    return {
-        "passed": not failures, "failures": failures, "precision": precision, "n_images": int(len(labels)),
-        "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-        "tolerance": tolerance, "logit_scale": scale, "min_agreement": min_agreement,
-        "max_accuracy_drop": max_drop,
-        "top1_agreement": agreement, "disagreements": int((ref.argmax(1) != out.argmax(1)).sum()),
-        "torch_accuracy": torch_acc, "onnx_accuracy": onnx_acc,
-    }
-
-
-def verify_onnx(onnx_path: Path | str, model_path: Path | str, data_dir: Path | str | None = None, *,
-                max_images: int | None = None, providers: list[str] | None = None, test=None) -> dict:
-    """ONNX Runtime vs the fp32 PyTorch model on real test images -> the parity record (see parity_stats).
-
-    `test` may carry load_test_split's (split, directory); otherwise it is read from `data_dir` / the run's data dir.
-    """
-    from fastcifar.models import load_model
-
-    onnx_path = Path(onnx_path)
-    start = time.perf_counter()
-    meta = read_onnx_metadata(onnx_path)
-    model, spec, model_meta = load_model(model_path)
-    test, root = test if test is not None else load_test_split(data_dir, model_meta)
-    n = len(test) if max_images is None else min(int(max_images), len(test))
-    if n < 1:
-        raise FastCifarError("the parity check needs at least one test image")
-    images, labels = test.images[:n], test.labels[:n]
-    ref = reference_logits(model, spec, images)
-    session, emulated = _session_for(onnx_path, meta["precision"], providers)
-    out = onnx_logits(session, spec, meta["input_kind"], images)
-    stats = parity_stats(ref, out, labels, meta["precision"])
-    stats.update(input_kind=meta["input_kind"], reference="PyTorch fp32 eager (cpu)",
-                 runtime="onnxruntime " + ",".join(session.get_providers()), emulated=emulated,
-                 onnx_file=onnx_path.name, onnx_sha256=sha256_file(onnx_path),
-                 data_dir=str(root),
-                 seconds=round(time.perf_counter() - start, 2))
-    return stats
+    return verify(onnx_path, model_path, data_dir, **kwargs)

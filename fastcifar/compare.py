@@ -1,0 +1,390 @@
+"""`fastcifar compare`: ImageNet-pretrained vs random init on one recipe, over seeds and training-set fractions.
+
+Owns the experiment: planning the runs (one ordinary run directory per (init, fraction, seed) under
+`<out>/runs/`), where the pretrained weights come from (recorded once in pretrained.json, so a rerun cannot switch
+sources halfway), resuming (finished runs are skipped, interrupted ones continue from their last epoch, setup-only
+leftovers restart), and the two-level progress display. `fastcifar.report` turns the finished runs into
+report.md, the plots and results.json.
+
+Fairness: both arms of a (seed, fraction) share every option, the same first-N training images, validation
+split, shuffling and augmentation; they differ only in the initial weights and in the input normalisation that
+goes with them (ImageNet mean/std for pretrained weights, CIFAR-10's for random init; model.json records it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from fastcifar.config import COMPARE_INITS, CompareConfig, TrainConfig
+from fastcifar.errors import FastCifarError
+from fastcifar.fileio import atomic_path, read_jsonl, write_json
+from fastcifar.train import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE
+
+RUNS_DIR, COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "runs", "compare.json", "pretrained.json", "stand-in.pth"
+# A fraction's batch shrinks (lr scaled linearly, Goyal et al.'s rule) until an epoch has this many steps: with
+# 1-3 steps per epoch the warm-up and decay of the schedule would be a handful of steps and mean nothing.
+MIN_STEPS_PER_EPOCH = 10
+MIN_BATCH = 8  # BatchNorm statistics over fewer images are too noisy to train with
+STAND_IN_SEED = 1234
+# Filled per device when training starts, so a saved config may hold a value where the plan holds None/"auto".
+_RESOLVED_FIELDS = {"precision", "channels_last", "compile"}
+
+RunHook = Callable[[str, int, dict], None]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str  # <init>-f<fraction>-s<seed>
+    init: str  # the arm: imagenet | random
+    fraction: float
+    seed: int
+    cfg: TrainConfig
+    n_train: int  # training images after the validation split
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out)
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    results: dict
+    files: list[Path]
+    counts: dict  # how many runs were already finished / resumed / started by this invocation
+
+
+def run_name(init: str, fraction: float, seed: int) -> str:
+    return f"{init}-f{fraction:g}-s{seed}"
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise FastCifarError(f"--fractions must be comma-separated numbers like 0.01,0.1,1.0, got '{text}'") from None
+
+
+def fit_batch(batch_size: int, lr: float, n_train: int) -> tuple[int, float]:
+    """(batch, lr) giving at least MIN_STEPS_PER_EPOCH steps per epoch on `n_train` images."""
+    if n_train // batch_size >= MIN_STEPS_PER_EPOCH:
+        return batch_size, lr
+    fitted = min(batch_size, max(MIN_BATCH, 2 ** int(math.log2(max(n_train // MIN_STEPS_PER_EPOCH, 1)))))
+    return fitted, lr * fitted / batch_size
+
+
+def plan_runs(cfg: CompareConfig, n_available: int, pretrained_init: str) -> list[PlannedRun]:
+    """Every run, seed-major: after the first seed the report already has one point per (init, fraction)."""
+    base = cfg.base
+    pool = min(base.train_limit or n_available, n_available)
+    runs = []
+    for seed in cfg.seeds:
+        for fraction in cfg.fractions:
+            limit = round(fraction * pool)
+            if limit < 10:
+                raise FastCifarError(f"--fractions {fraction:g} of {pool} training images is {limit} images; "
+                                     "a run needs at least 10")
+            n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train_setup.split_train_val
+            batch, lr = fit_batch(base.batch_size, base.lr, n_train)
+            for init in COMPARE_INITS:
+                name = run_name(init, fraction, seed)
+                run_cfg = replace(base, init=pretrained_init if init == "imagenet" else "random", seed=seed,
+                                  train_limit=limit, batch_size=batch, lr=lr,
+                                  out=str(Path(cfg.out) / RUNS_DIR / name))
+                runs.append(PlannedRun(name=name, init=init, fraction=fraction, seed=seed, cfg=run_cfg,
+                                       n_train=n_train))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------- report directory
+
+
+def check_report_dir(cfg: CompareConfig) -> Path:
+    """The report directory, refusing one made by another experiment (or not by compare at all)."""
+    out = Path(cfg.out)
+    saved = out / COMPARE_FILE
+    if saved.is_file():
+        old = CompareConfig.load(saved)
+        diffs = _config_diffs(old.to_dict(), cfg.to_dict())
+        if diffs:
+            raise FastCifarError(f"{out} holds a report made with other options ({'; '.join(diffs[:6])}). Rerun "
+                                 f"with the same options to continue it, or choose another --out")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FastCifarError(f"{out} exists and is not a compare report directory (no {COMPARE_FILE}); choose "
+                             "another --out")
+    return out
+
+
+def _config_diffs(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key == "out":  # where the report lives is not part of the experiment (it may be moved)
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diffs(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a} -> {b}")
+    return diffs
+
+
+def run_state(run_dir: Path) -> str:
+    """'finished' (summary says so), 'interrupted' (has a resumable state) or 'new' (absent or setup-only)."""
+    try:
+        if json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") == "finished":
+            return "finished"
+    except (OSError, json.JSONDecodeError):
+        pass
+    if (run_dir / STATE_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        return "interrupted"
+    return "new"
+
+
+def check_run_config(run: PlannedRun) -> None:
+    """An existing run directory must hold the run this plan asks for (guards hand-copied or stale dirs)."""
+    saved = TrainConfig.load(run.run_dir / CONFIG_FILE).to_dict()
+    wanted = run.cfg.to_dict()
+    diffs = [k for k, v in wanted.items() if k != "out" and saved.get(k) != v
+             and not (k in _RESOLVED_FIELDS and v in (None, "auto"))]
+    if diffs:
+        raise FastCifarError(f"{run.run_dir} was trained with other settings ({', '.join(diffs)}) than this "
+                             "compare asks for; move it away or choose another --out")
+
+
+# ---------------------------------------------------------------------------------------------- pretrained weights
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _torchvision_hash_prefix(arch: str) -> str | None:
+    """The sha256 prefix torchvision puts in its IMAGENET1K_V1 file name (e.g. resnet18-f37072fd.pth)."""
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+    match = re.search(r"-([0-9a-f]{6,})\.", url.rsplit("/", 1)[-1])
+    return match.group(1) if match else None
+
+
+def _from_file(cfg: CompareConfig, out: Path) -> dict:
+    from fastcifar.models import read_state_dict
+
+    path = Path(cfg.pretrained_weights).expanduser().resolve()
+    read_state_dict(path)  # readable, a dict of tensors
+    sha = _sha256(path)
+    prefix = _torchvision_hash_prefix(cfg.base.arch)
+    verified = bool(prefix) and sha.startswith(prefix)
+    label = (f"torchvision IMAGENET1K_V1 weights from {path.name} (verified by sha256)" if verified else
+             f"weights from {path.name} (sha256 {sha[:12]}; not torchvision's IMAGENET1K_V1 file)")
+    return {"kind": "file", "init": str(path), "sha256": sha, "verified_imagenet": verified, "label": label}
+
+
+def _from_torchvision(cfg: CompareConfig, out: Path) -> dict:
+    from fastcifar.models import imagenet_state_dict
+
+    _, url = imagenet_state_dict(cfg.base.arch)  # downloads into torch's hub cache once; hash-checked
+    return {"kind": "torchvision", "init": "imagenet", "sha256": None, "verified_imagenet": True,
+            "label": f"torchvision IMAGENET1K_V1 weights ({url})"}
+
+
+def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
+    """Random torchvision-format weights saved in the report: lets the pipeline run without ImageNet weights."""
+    import torch
+    import torchvision
+
+    path = out / STAND_IN_FILE
+    if not path.is_file():
+        torch.manual_seed(STAND_IN_SEED)
+        with atomic_path(path) as tmp:
+            torch.save(torchvision.models.get_model(cfg.base.arch, weights=None).state_dict(), tmp)
+    return {"kind": "stand-in", "init": str(path.resolve()), "sha256": _sha256(path), "verified_imagenet": False,
+            "label": "STAND-IN random weights (no ImageNet weights were available)", "reason": reason}
+
+
+def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
+    """Where the pretrained arm's weights come from; the first invocation's answer is kept in pretrained.json."""
+    from fastcifar.models import build_resnet, load_pretrained, read_state_dict
+
+    record = out / PRETRAINED_FILE
+    if record.is_file():
+        source = json.loads(record.read_text())
+        path = Path(source["init"])
+        if source["sha256"] and (not path.is_file() or _sha256(path) != source["sha256"]):
+            raise FastCifarError(f"the pretrained weights this report started with ({source['init']}) are gone or "
+                                 "changed; restore them or choose another --out")
+        return source
+    if cfg.pretrained_weights:
+        source = _from_file(cfg, out)
+    else:
+        try:
+            source = _from_torchvision(cfg, out)
+        except FastCifarError as exc:
+            if cfg.if_no_weights != "stand-in":
+                raise FastCifarError(f"{exc} To try the pipeline without them, add --if-no-weights stand-in (the "
+                                     "'pretrained' arm then starts from random weights too).") from None
+            source = _stand_in(cfg, out, reason=str(exc))
+    if source["kind"] != "torchvision":  # fail before any training if the weights do not fit arch and stem
+        load_pretrained(build_resnet(cfg.base.arch, cfg.base.stem), read_state_dict(Path(source["init"])),
+                        cfg.base.stem)
+    return source
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _skip(run: PlannedRun, hook):
+    return None
+
+
+def _resume(run: PlannedRun, hook):
+    from fastcifar.train import resume
+
+    return resume(run.run_dir, progress=False, on_epoch_end=hook)
+
+
+def _start(run: PlannedRun, hook):
+    from fastcifar.train import train
+
+    if run.run_dir.exists():  # setup-only leftovers (no state.pt): nothing trained, nothing to keep
+        shutil.rmtree(run.run_dir)
+    return train(run.cfg, progress=False, on_epoch_end=hook)
+
+
+RUN_ACTIONS: dict[str, Callable] = {"finished": _skip, "interrupted": _resume, "new": _start}
+
+
+def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook | None = None,
+            command: list[str] | None = None) -> CompareResult:
+    """Train every planned run that is not finished yet, then write the report into `cfg.out`.
+
+    `on_epoch_end(run_name, epoch, metrics)` is called after each epoch of each run (raising KeyboardInterrupt
+    there stops the compare resumably). `command` is recorded in env.json (default: sys.argv).
+    """
+    from fastcifar import report
+    from fastcifar.data.cifar import load_cifar10
+    from fastcifar.runtime import env_info
+
+    out = check_report_dir(cfg)
+    n_available = len(load_cifar10(cfg.base.data_dir, download=cfg.base.download, progress=progress).train)
+    plan_runs(cfg, n_available, "random")  # bad fractions fail here, before anything is written
+    source = resolve_pretrained(cfg, out)
+    runs = plan_runs(cfg, n_available, source["init"])
+    env = env_info(command)
+    env["command_line"] = shlex.join(env["command"])
+    for name, obj in ((COMPARE_FILE, cfg.to_dict()), (PRETRAINED_FILE, source), ("env.json", env)):
+        write_json(out / name, obj)
+    states = {run.name: run_state(run.run_dir) for run in runs}
+    for run in runs:
+        if states[run.name] != "new":
+            check_run_config(run)
+    display = _Progress(runs, states, progress)
+    display.log(_plan_line(cfg, runs, states, source))
+    with display:
+        for run in runs:
+            _execute(run, states[run.name], display, on_epoch_end, out)
+    results = report.collect(cfg, source, runs, env)
+    files = report.write_report(out, results)
+    counts = {state: sum(s == state for s in states.values()) for state in RUN_ACTIONS}
+    return CompareResult(out_dir=out, results=results, files=files, counts=counts)
+
+
+def _execute(run: PlannedRun, state: str, display: "_Progress", hook: RunHook | None, out: Path) -> None:
+    if state == "finished":
+        return
+    display.start_run(run)
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        display.epoch_done(run, epoch, metrics)
+        if hook is not None:
+            hook(run.name, epoch, metrics)
+
+    try:
+        result = RUN_ACTIONS[state](run, on_epoch)
+    except FastCifarError as exc:
+        if exc.exit_code == 130:
+            raise FastCifarError(f"interrupted in {run.name}; every finished run and that run's last finished "
+                                 f"epoch are kept. Rerun the same command (--out {out}) to continue.",
+                                 exit_code=130) from None
+        raise FastCifarError(f"{run.name}: {exc}", exit_code=exc.exit_code) from None
+    display.run_done(run, result.summary)
+
+
+def _plan_line(cfg: CompareConfig, runs: list[PlannedRun], states: dict, source: dict) -> str:
+    done = sum(s == "finished" for s in states.values())
+    return (f"compare: {len(runs)} runs = 2 inits x {len(cfg.seeds)} seeds x {len(cfg.fractions)} fractions "
+            f"({', '.join(f'{f:g}' for f in cfg.fractions)}), {cfg.base.arch} {cfg.base.stem} stem at "
+            f"{cfg.base.image_size} px, {cfg.base.epochs} epochs, preset {cfg.base.preset}, device "
+            f"{cfg.base.device}; {done} already finished.\ncompare: pretrained arm = {source['label']}.\n"
+            f"compare: report directory {cfg.out} (rerun the same command to resume)")
+
+
+class _Progress:
+    """An overall bar (runs done / total, ETA weighted by images to train) over the current run's epoch bar.
+
+    Each run trains with its own display off (two rich consoles would fight over the terminal), so the current
+    run advances per epoch; one plain line per epoch and per run keeps a log readable when stderr is a file.
+    """
+
+    def __init__(self, runs: list[PlannedRun], states: dict, enabled: bool):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=self.console, disable=not enabled, transient=True,
+                                 speed_estimate_period=24 * 3600)  # epochs can be minutes apart on a CPU
+        self.total, self.done = len(runs), sum(s == "finished" for s in states.values())
+        done_work = sum(r.n_train * r.cfg.epochs for r in runs if states[r.name] == "finished")
+        self.overall = self.progress.add_task("all runs", total=sum(r.n_train * r.cfg.epochs for r in runs),
+                                              completed=done_work, count=self._count())
+        self.current = self.progress.add_task("run", total=1, count="", visible=False)
+        self.epochs_seen = 0
+
+    def _count(self) -> str:
+        return f"{self.done}/{self.total} runs"
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def log(self, message: str) -> None:
+        self.console.print(message, highlight=False, markup=False, soft_wrap=True)  # no wrap at 80 in logs
+
+    def start_run(self, run: PlannedRun) -> None:
+        self.epochs_seen = len(read_jsonl(run.run_dir / METRICS_FILE)) if run.run_dir.exists() else 0
+        self.progress.advance(self.overall, run.n_train * self.epochs_seen)
+        self.progress.reset(self.current, total=run.cfg.epochs, completed=self.epochs_seen, visible=True,
+                            description=run.name, count=f"epoch {self.epochs_seen}/{run.cfg.epochs}")
+        self.log(f"{'resuming' if self.epochs_seen else 'starting'} {run.name} ({run.n_train:,} training images, "
+                 f"batch {run.cfg.batch_size}, lr {run.cfg.lr:g})")
+
+    def epoch_done(self, run: PlannedRun, epoch: int, m: dict) -> None:
+        self.progress.advance(self.overall, run.n_train * (epoch - self.epochs_seen))
+        self.epochs_seen = epoch
+        self.progress.update(self.current, completed=epoch, count=f"epoch {epoch}/{run.cfg.epochs}")
+        test = "-" if m.get("test_acc") is None else f"{100 * m['test_acc']:.2f} %"
+        self.log(f"  {run.name} epoch {epoch}/{run.cfg.epochs}: train loss {m['train_loss']:.3f}, test acc {test}, "
+                 f"{m['train_seconds']:.1f} s")
+
+    def run_done(self, run: PlannedRun, summary: dict) -> None:
+        self.done += 1
+        self.progress.update(self.overall, count=self._count())
+        self.log(f"finished {run.name}: test acc {100 * summary['test_acc']:.2f} %, {summary['train_seconds']:.1f} s "
+                 f"training ({self.done}/{self.total} runs done)")

@@ -1,0 +1,413 @@
+"""The compare report: numbers from finished runs -> results.json, report.md and four plots.
+
+Owns what `fastcifar compare` writes once its runs are done: per-run records read back from each run directory
+(summary.json, metrics.jsonl), mean ± std over seeds per (init, fraction), the pretrained-minus-random gap with
+a Welch 95 % interval (`fastcifar.stats`), the conclusion paragraph generated from those numbers, the plots
+(curves, data efficiency, per-class accuracy, confusion matrices) and the terminal summary. Everything printed
+or drawn is also in results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from fastcifar.compare import MIN_STEPS_PER_EPOCH
+from fastcifar.config import COMPARE_INITS
+from fastcifar.fileio import atomic_path, read_jsonl, write_json, write_text
+from fastcifar.stats import mean_std, verdict, welch_ci
+from fastcifar.train import METRICS_FILE, SUMMARY_FILE
+
+FORMAT_VERSION = 1
+ORIGINAL_STUDY = {"imagenet": 93.69, "random": 94.05}  # one 10-epoch run per model, test accuracy in %
+STYLE = {"imagenet": dict(color="#1f77b4", marker="o"), "random": dict(color="#d62728", marker="s")}
+PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png")
+ARM_LABELS = {  # the pretrained arm's name says what its weights really were
+    "torchvision": "ImageNet-pretrained", "stand-in": "pretrained (STAND-IN random weights)",
+    "file": "pretrained (unverified weights file)",
+}
+
+
+def arm_labels(source: dict) -> dict:
+    pretrained = "ImageNet-pretrained" if source.get("verified_imagenet") else ARM_LABELS[source["kind"]]
+    return {"imagenet": pretrained, "random": "random init"}
+
+
+def fraction_label(fraction: float, n_train: int) -> str:
+    return f"{100 * fraction:g} % ({n_train:,} images)"
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+
+
+def _run_record(run, out: Path) -> dict:
+    summary = json.loads((run.run_dir / SUMMARY_FILE).read_text())
+    metrics = read_jsonl(run.run_dir / METRICS_FILE)
+    keys = ("epochs", "n_train", "n_test", "test_acc", "test_loss", "val_acc", "train_seconds",
+            "time_to_90pct_final_test_acc", "images_per_second", "device", "per_class_test_acc", "confusion",
+            "class_names")
+    return {"name": run.name, "init": run.init, "fraction": run.fraction, "seed": run.seed,
+            "run_dir": os.path.relpath(run.run_dir, out), "train_limit": run.cfg.train_limit,
+            "batch_size": run.cfg.batch_size, "lr": run.cfg.lr, **{k: summary.get(k) for k in keys},
+            "curve": {k: [m.get(k) for m in metrics] for k in ("epoch", "test_acc", "elapsed_train_seconds")}}
+
+
+def _spread(records: list[dict], key: str) -> tuple[float | None, float | None]:
+    return mean_std([r[key] for r in records if r.get(key) is not None])
+
+
+def _summary_row(init: str, fraction: float, records: list[dict], label: str) -> dict:
+    first = records[0]
+    row = {"init": init, "label": label, "fraction": fraction, "train_limit": first["train_limit"],
+           "n_train": first["n_train"], "batch_size": first["batch_size"], "lr": first["lr"],
+           "epochs": first["epochs"], "n_seeds": len(records), "seeds": [r["seed"] for r in records]}
+    for key, name in (("test_acc", "test_acc"), ("test_loss", "test_loss"), ("train_seconds", "train_seconds"),
+                      ("time_to_90pct_final_test_acc", "time_to_90pct")):
+        row[f"{name}_mean"], row[f"{name}_std"] = _spread(records, key)
+    return row
+
+
+def _gap_row(fraction: float, records: list[dict]) -> dict:
+    acc = {init: [100 * r["test_acc"] for r in records if r["init"] == init] for init in COMPARE_INITS}
+    ci = welch_ci(acc["imagenet"], acc["random"])
+    gap = mean_std(acc["imagenet"])[0] - mean_std(acc["random"])[0]
+    return {"fraction": fraction, "gap_points": gap, "ci95_low_points": ci.low if ci else None,
+            "ci95_high_points": ci.high if ci else None, "welch_df": ci.df if ci else None,
+            "se_points": ci.se if ci else None, "n_imagenet": len(acc["imagenet"]), "n_random": len(acc["random"]),
+            "verdict": verdict(ci)}
+
+
+def _per_class(records: list[dict]) -> dict:
+    import numpy as np
+
+    acc = np.array([r["per_class_test_acc"] for r in records], dtype=float) * 100
+    std = acc.std(axis=0, ddof=1).tolist() if len(records) > 1 else None
+    return {"fraction": records[0]["fraction"], "n_seeds": len(records), "class_names": records[0]["class_names"],
+            "acc_mean_pct": acc.mean(axis=0).tolist(), "acc_std_pct": std,
+            "confusion_sum": np.sum([r["confusion"] for r in records], axis=0).tolist()}
+
+
+def machine(env: dict) -> str:
+    if env.get("gpus"):
+        return f"{env['gpus'][0]['name']} GPU (x{len(env['gpus'])})"
+    return f"CPU only ({env.get('cpu')}, {env.get('cpu_count')} cores; no GPU)"
+
+
+def collect(cfg, source: dict, runs: list, env: dict) -> dict:
+    """Every number of the report, read from the finished run directories of `runs`."""
+    return summarize(cfg.to_dict(), source, [_run_record(run, Path(cfg.out)) for run in runs], env)
+
+
+def summarize(config: dict, source: dict, records: list[dict], env: dict) -> dict:
+    """results.json's content from per-run records (one per (init, fraction, seed))."""
+    labels = arm_labels(source)
+
+    def select(init, fraction):
+        return [r for r in records if r["init"] == init and r["fraction"] == fraction]
+
+    fractions = sorted({r["fraction"] for r in records})
+    n_test = records[0]["n_test"]
+    p = _spread(select("random", fractions[-1]), "test_acc")[0]
+    results = {
+        "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(env), "command": env.get("command_line"), "config": config,
+        "pretrained": source, "labels": labels,
+        "test_set": {"n_test": n_test, "binomial_se_points": 100 * math.sqrt(p * (1 - p) / n_test)},
+        "summary": [_summary_row(init, f, select(init, f), labels[init]) for f in fractions for init in COMPARE_INITS],
+        "gaps": [_gap_row(f, [r for r in records if r["fraction"] == f]) for f in fractions],
+        "per_class": {init: _per_class(select(init, fractions[-1])) for init in COMPARE_INITS},
+        "original_study_test_acc_pct": ORIGINAL_STUDY, "runs": records,
+    }
+    results["conclusion"] = conclusion(results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- words
+
+
+def _ci_text(g: dict) -> str:
+    return f"95 % CI {g['ci95_low_points']:+.2f} to {g['ci95_high_points']:+.2f}"
+
+
+GAP_SENTENCES = {
+    "pretrained ahead": lambda g: f"pretrained is ahead by {g['gap_points']:.2f} points ({_ci_text(g)})",
+    "random ahead": lambda g: f"random init is ahead by {-g['gap_points']:.2f} points ({_ci_text(g)})",
+    "within noise": lambda g: f"the gap of {g['gap_points']:+.2f} points is within noise ({_ci_text(g)} includes 0)",
+    "no CI": lambda g: (f"the gap is {g['gap_points']:+.2f} points from a single seed per arm, so no confidence "
+                        "interval is possible and it is not evidence either way"),
+}
+
+
+def _overall_sentence(results: dict) -> str:
+    gaps = results["gaps"]
+    pct = {v: [f"{100 * g['fraction']:g} %" for g in gaps if g["verdict"] == v] for v in GAP_SENTENCES}
+    if len(pct["no CI"]) == len(gaps):
+        return "With one seed per arm these numbers cannot separate the two inits from seed noise (use --seeds 3+)."
+    if not pct["pretrained ahead"] and not pct["random ahead"]:
+        widths = [g["ci95_high_points"] - g["ci95_low_points"] for g in gaps if g["ci95_low_points"] is not None]
+        return ("The numbers support no difference between the inits at any fraction tried: every 95 % interval "
+                f"includes 0. That is not proof they are equal - the intervals are up to {max(widths):.1f} points "
+                "wide; more seeds narrow them.")
+    parts = [f"a real advantage for {who} at {', '.join(pct[v])} of the data" for v, who in
+             (("pretrained ahead", "ImageNet pretraining"), ("random ahead", "random init")) if pct[v]]
+    return "The numbers support " + " and ".join(parts) + "; any other gap is within noise."
+
+
+def _caveats(results: dict) -> list[str]:
+    source, notes = results["pretrained"], []
+    if source["kind"] == "stand-in":
+        notes.append("No ImageNet weights were available, so the 'pretrained' arm started from random weights too: "
+                     "this report is a random-vs-random (A/A) check of the pipeline and of the noise level, and "
+                     "says nothing about ImageNet pretraining.")
+    elif not source.get("verified_imagenet"):
+        notes.append(f"The pretrained arm used {source['label']}; unless that file holds ImageNet weights in another "
+                     "form, this report says nothing about ImageNet pretraining.")
+    best = max(r["test_acc_mean"] for r in results["summary"])
+    if best < 0.85:
+        notes.append(f"Both arms are far from converged (best mean test accuracy {100 * best:.1f} %): this budget "
+                     "checks the pipeline; the study's question needs the GPU budget (the original 10-epoch runs "
+                     "reached ~94 %).")
+    ts = results["test_set"]
+    notes.append(f"The test set has {ts['n_test']:,} images: one model's accuracy carries a binomial standard error "
+                 f"of about ±{ts['binomial_se_points']:.2f} points.")
+    return notes
+
+
+def conclusion(results: dict) -> str:
+    """One paragraph stating what the numbers support, per fraction (largest first), then its caveats."""
+    rows = {(r["init"], r["fraction"]): r for r in results["summary"]}
+    sentences = []
+    for g in sorted(results["gaps"], key=lambda g: -g["fraction"]):
+        pre, rnd = rows["imagenet", g["fraction"]], rows["random", g["fraction"]]
+        sentences.append(f"With {fraction_label(g['fraction'], pre['n_train'])} for training, "
+                         f"{pre['label']} reaches {100 * pre['test_acc_mean']:.2f} % and random init "
+                         f"{100 * rnd['test_acc_mean']:.2f} % (mean of {pre['n_seeds']} seeds): "
+                         f"{GAP_SENTENCES[g['verdict']](g)}.")
+    sentences.append(_overall_sentence(results))
+    top = max(results["gaps"], key=lambda g: g["fraction"])["fraction"]
+    pre, rnd = rows["imagenet", top], rows["random", top]
+    if pre["time_to_90pct_mean"] is not None and rnd["time_to_90pct_mean"] is not None:
+        sentences.append(f"With the most training data, pretrained reaches 90 % of its final accuracy after "
+                         f"{pre['time_to_90pct_mean']:.1f} s of training, random init after "
+                         f"{rnd['time_to_90pct_mean']:.1f} s.")
+    return " ".join(sentences + _caveats(results))
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def _pm(mean, std, scale=1.0, digits=2) -> str:
+    if mean is None:
+        return "-"
+    text = f"{scale * mean:.{digits}f}"
+    return text + (f" ± {scale * std:.{digits}f}" if std is not None else "")
+
+
+def _results_table(results: dict) -> list[str]:
+    lines = ["| training data | model | epochs | batch / lr | test loss | test accuracy (%) | time to train (s) "
+             "| time to 90 % of final acc. (s) | seeds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(results["summary"], key=lambda r: -r["fraction"]):
+        lines.append(f"| {fraction_label(r['fraction'], r['n_train'])} | {r['label']} | {r['epochs']} | "
+                     f"{r['batch_size']} / {r['lr']:g} | {_pm(r['test_loss_mean'], r['test_loss_std'], digits=3)} | "
+                     f"**{_pm(r['test_acc_mean'], r['test_acc_std'], 100)}** | "
+                     f"{_pm(r['train_seconds_mean'], r['train_seconds_std'], digits=1)} | "
+                     f"{_pm(r['time_to_90pct_mean'], r['time_to_90pct_std'], digits=1)} | {r['n_seeds']} |")
+    return lines
+
+
+def _gap_table(results: dict) -> list[str]:
+    n_train = {r["fraction"]: r["n_train"] for r in results["summary"]}
+    lines = ["| training data | gap, pretrained − random (points) | 95 % CI (Welch's t) | df | verdict |",
+             "|---|---:|---:|---:|---|"]
+    for g in sorted(results["gaps"], key=lambda g: -g["fraction"]):
+        ci = "-" if g["ci95_low_points"] is None else f"{g['ci95_low_points']:+.2f} … {g['ci95_high_points']:+.2f}"
+        df = "-" if g["welch_df"] is None else f"{g['welch_df']:.1f}"
+        lines.append(f"| {fraction_label(g['fraction'], n_train[g['fraction']])} | {g['gap_points']:+.2f} | {ci} | "
+                     f"{df} | {g['verdict']} |")
+    return lines
+
+
+def render_markdown(results: dict) -> str:
+    cfg, base = results["config"], results["config"]["base"]
+    runs = "\n".join(f"| `{r['run_dir']}` | {100 * r['test_acc']:.2f} | {r['test_loss']:.3f} | "
+                     f"{r['train_seconds']:.1f} |" for r in results["runs"])
+    return "\n".join([
+        f"# ImageNet-pretrained vs random init: {base['arch']} on CIFAR-10 ({base['preset']} preset)", "",
+        f"Made {results['created']} on {results['machine']}. Command: `{results['command']}`", "",
+        f"**Pretrained arm:** {results['pretrained']['label']}. **Recipe shared by both arms:** {base['arch']}, "
+        f"{base['stem']} stem at {base['image_size']} px, {base['epochs']} epochs, SGD lr {base['lr']:g} "
+        f"(batch {base['batch_size']}), {base['schedule']} decay, label smoothing {base['label_smoothing']:g}, "
+        f"{100 * base['val_fraction']:g} % held out for validation, seeds {', '.join(map(str, cfg['seeds']))}.", "",
+        "## Conclusion", "", results["conclusion"], "",
+        "## Test accuracy (mean ± std over seeds)", "", *_results_table(results), "",
+        f"Original study (one run per model, 10 epochs, full data): ImageNet-pretrained "
+        f"{ORIGINAL_STUDY['imagenet']} %, random init {ORIGINAL_STUDY['random']} %.", "",
+        "## Accuracy gap", "", *_gap_table(results), "",
+        "## How to read this", "",
+        "- *std* is the sample standard deviation over seeds; a seed sets the random init (and the new classifier), "
+        "the validation split, shuffling and augmentation - the same for both arms of a seed.",
+        "- *gap* is mean(pretrained) − mean(random) in accuracy points; its 95 % interval uses Welch's t (unequal "
+        "variances). 'within noise' means the interval includes 0. With few seeds the t quantile is large (12.7 at "
+        "df 1, 4.3 at df 2, 2.8 at df 4), so only large gaps can be told from noise.",
+        "- *training data* is the first N training images of the pool (then the validation split); a small fraction "
+        f"trains with a smaller batch (lr scaled with it) so an epoch keeps at least {MIN_STEPS_PER_EPOCH} steps.",
+        "- *time to train* counts the training loop only (evaluation excluded); *time to 90 %* is the training time "
+        "until the test accuracy, measured after each epoch, first reached 90 % of that run's final accuracy.",
+        f"- {_caveats(results)[-1]}", "",
+        "## Figures", "", "![test accuracy vs epoch and training time](curves.png)", "",
+        "![final accuracy vs training-set size](data_efficiency.png)", "",
+        "![per-class accuracy](per_class.png)", "", "![confusion matrices](confusion.png)", "",
+        "## Runs", "", "| run directory | test acc (%) | test loss | train s |", "|---|---:|---:|---:|", runs, "",
+    ])
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def _band(ax, x, ys, init: str, label: str) -> None:
+    import numpy as np
+
+    ys = np.asarray(ys, dtype=float) * 100
+    mean = ys.mean(axis=0)
+    ax.plot(x, mean, label=f"{label} (n={len(ys)})", **STYLE[init])
+    if len(ys) > 1:
+        std = ys.std(axis=0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, color=STYLE[init]["color"], alpha=0.2, linewidth=0)
+
+
+def plot_curves(results: dict, path: Path) -> Path:
+    """Test accuracy vs epoch and vs training seconds, one row per fraction; band = ± 1 std over seeds."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fractions = sorted({r["fraction"] for r in results["runs"]}, reverse=True)
+    fig = Figure(figsize=(11, 3.4 * len(fractions)), layout="constrained")
+    axes = fig.subplots(len(fractions), 2, squeeze=False)
+    for row, fraction in zip(axes, fractions):
+        for init in COMPARE_INITS:
+            curves = [r["curve"] for r in results["runs"] if r["init"] == init and r["fraction"] == fraction]
+            seconds = np.mean([c["elapsed_train_seconds"] for c in curves], axis=0)
+            accs = [c["test_acc"] for c in curves]
+            _band(row[0], curves[0]["epoch"], accs, init, results["labels"][init])
+            _band(row[1], seconds, accs, init, results["labels"][init])
+        n_train = next(r["n_train"] for r in results["runs"] if r["fraction"] == fraction)
+        for ax, xlabel in zip(row, ("epoch", "training time (s, mean over seeds; evaluation excluded)")):
+            ax.set(xlabel=xlabel, ylabel="test accuracy (%)",
+                   title=f"training data: {fraction_label(fraction, n_train)}")
+            ax.grid(alpha=0.3)
+        row[0].xaxis.get_major_locator().set_params(integer=True)
+        row[0].legend(loc="lower right", fontsize=9)
+    fig.suptitle("Test accuracy during training (line: mean over seeds, band: ± 1 std)")
+    return _save(fig, path)
+
+
+def plot_data_efficiency(results: dict, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for init in COMPARE_INITS:
+        rows = sorted((r for r in results["summary"] if r["init"] == init), key=lambda r: r["fraction"])
+        ax.errorbar([r["fraction"] for r in rows], [100 * r["test_acc_mean"] for r in rows],
+                    yerr=[100 * (r["test_acc_std"] or 0) for r in rows], capsize=4, label=results["labels"][init],
+                    **STYLE[init])
+    rows = sorted((r for r in results["summary"] if r["init"] == "random"), key=lambda r: r["fraction"])
+    ax.set_xscale("log")
+    ax.set_xticks([r["fraction"] for r in rows], [f"{100 * r['fraction']:g} %\n{r['n_train']:,} img" for r in rows])
+    ax.minorticks_off()
+    ax.set(xlabel="training-set fraction (log scale; images after the validation split)",
+           ylabel="final test accuracy (%)", title="Data efficiency (mean ± 1 std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_per_class(results: dict, path: Path) -> Path:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    per = results["per_class"]
+    names = per["random"]["class_names"]
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax = fig.subplots()
+    x, width = np.arange(len(names)), 0.4
+    for i, init in enumerate(COMPARE_INITS):
+        p = per[init]
+        mean = np.asarray(p["acc_mean_pct"])
+        std = np.asarray(p["acc_std_pct"] if p["acc_std_pct"] is not None else np.zeros_like(mean))
+        # The std bar is clipped to 0..100 %: an accuracy cannot leave that range, however few the seeds.
+        yerr = np.stack([np.minimum(std, mean), np.minimum(std, 100 - mean)])
+        ax.bar(x + (i - 0.5) * width, mean, width, yerr=yerr, capsize=3, color=STYLE[init]["color"],
+               label=f"{results['labels'][init]} (n={p['n_seeds']})")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_yticks(range(0, 101, 20))
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 118),
+           title=f"Per-class test accuracy, {100 * per['random']['fraction']:g} % of the training data "
+                 "(mean ± 1 std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", ncol=2, frameon=False)  # in the headroom above 100 %, clear of the bars
+    return _save(fig, path)
+
+
+def plot_confusion(results: dict, path: Path) -> Path:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 6.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, init in zip(axes, COMPARE_INITS):
+        p = results["per_class"][init]
+        counts = np.asarray(p["confusion_sum"], dtype=float)
+        pct = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+        for (i, j), v in np.ndenumerate(pct):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8, color="white" if v > 60 else "black")
+        names = p["class_names"]
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set(xlabel="predicted class", ylabel="true class",
+               title=f"{results['labels'][init]}: {np.trace(counts) / counts.sum():.1%} correct")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="% of the true class (rows sum to 100)")
+    fig.suptitle(f"Confusion matrices, {100 * p['fraction']:g} % of the training data, summed over "
+                 f"{p['n_seeds']} seeds")
+    return _save(fig, path)
+
+
+PLOTTERS = dict(zip(PLOTS, (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion)))
+
+
+def write_report(out: Path, results: dict) -> list[Path]:
+    """results.json, report.md and the plots into `out` (each written atomically); returns the paths."""
+    files = [write_json(out / "results.json", results), write_text(out / "report.md", render_markdown(results))]
+    return files + [plotter(results, out / name) for name, plotter in PLOTTERS.items()]
+
+
+def print_summary(results: dict, files: list[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"compare: test accuracy (%), mean ± std over seeds - {results['machine']}")
+    for column in ("training data", "model", "test acc", "train s", "gap (95 % CI)"):
+        table.add_column(column, justify="left" if column in ("training data", "model") else "right")
+    gaps = {g["fraction"]: g for g in results["gaps"]}
+    for r in sorted(results["summary"], key=lambda r: (-r["fraction"], r["init"])):
+        g = gaps[r["fraction"]]
+        gap = "" if r["init"] != "imagenet" else f"{g['gap_points']:+.2f}" + (
+            "" if g["ci95_low_points"] is None else f" ({g['ci95_low_points']:+.1f}…{g['ci95_high_points']:+.1f})")
+        table.add_row(fraction_label(r["fraction"], r["n_train"]), r["label"],
+                      _pm(r["test_acc_mean"], r["test_acc_std"], 100),
+                      _pm(r["train_seconds_mean"], r["train_seconds_std"], digits=1), gap)
+    console = Console()
+    console.print(table)
+    console.print(results["conclusion"], highlight=False)
+    for file in files:
+        console.print(f"wrote {file}", highlight=False)

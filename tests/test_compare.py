@@ -1,0 +1,279 @@
+"""`fastcifar compare`: a complete report directory, results.json true to the runs, resume, honest statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fastcifar import compare as cmp
+from fastcifar.cli import cli
+from fastcifar.config import CompareConfig, TrainConfig
+from fastcifar.errors import FastCifarError
+from fastcifar.report import PLOTS, summarize
+from fastcifar.stats import mean_std, t_quantile, verdict, welch_ci
+
+REPORT_FILES = {"report.md", "results.json", "env.json", "compare.json", "pretrained.json", *PLOTS}
+
+
+@pytest.fixture(scope="module")
+def fake_weights(tmp_path_factory) -> Path:
+    """A fabricated torchvision-format "ImageNet" state dict (the real one cannot be downloaded offline)."""
+    import torchvision
+
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("weights") / "fake-resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def tiny_args(data_dir: Path, weights: Path, out: Path, *extra: str) -> list[str]:
+    """8 one-epoch runs of a ResNet-18 (ImageNet stem, 32 px) on 100 or 200 synthetic images."""
+    return ["compare", "--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--loader", "tensor",
+            "--preset", "smoke", "--train-limit", "200", "--epochs", "1", "--batch-size", "32", "--lr", "0.05",
+            "--seeds", "2", "--fractions", "0.5,1.0", "--pretrained-weights", str(weights), "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, synthetic_dir, fake_weights):
+    out = tmp_path_factory.mktemp("compare") / "report"
+    args = tiny_args(synthetic_dir, fake_weights, out, "--json")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return {"out": out, "args": args, "stdout": result.stdout}
+
+
+def _summaries(out: Path) -> dict[str, dict]:
+    return {d.name: json.loads((d / "summary.json").read_text()) for d in sorted((out / "runs").iterdir())}
+
+
+def test_report_directory_is_complete(report):
+    import matplotlib.image
+
+    out = report["out"]
+    assert REPORT_FILES <= {p.name for p in out.iterdir()}
+    assert not list(out.rglob("*.tmp"))  # every file was written atomically
+    summaries = _summaries(out)
+    assert sorted(summaries) == sorted(f"{init}-f{f}-s{s}" for init in ("imagenet", "random") for f in ("0.5", "1")
+                                       for s in (0, 1))
+    assert all(s["status"] == "finished" for s in summaries.values())
+    for name in PLOTS:
+        height, width = matplotlib.image.imread(out / name).shape[:2]
+        assert height > 300 and width > 500, name
+    md = (out / "report.md").read_text()
+    for text in ("| training data | model | epochs |", "100 % (180 images)", "50 % (90 images)", "±", "95 % CI",
+                 "## Conclusion", "200 images", "![", "not torchvision's IMAGENET1K_V1 file"):
+        assert text in md, text
+    env = json.loads((out / "env.json").read_text())
+    assert env["command_line"] == shlex.join(env["command"]) and "gpus" in env and env["torch"] == torch.__version__
+    assert CompareConfig.load(out / "compare.json").seeds == (0, 1)
+
+
+def test_results_json_matches_the_run_directories(report):
+    out = report["out"]
+    results = json.loads((out / "results.json").read_text())
+    assert json.loads(report["stdout"])["summary"] == results["summary"]  # --json prints results.json
+    summaries = _summaries(out)
+    for row in results["summary"]:
+        accs = [s["test_acc"] for name, s in summaries.items()
+                if name.startswith(f"{row['init']}-f{row['fraction']:g}-")]
+        assert row["n_seeds"] == len(accs) == 2
+        assert row["test_acc_mean"] == pytest.approx(np.mean(accs))
+        assert row["test_acc_std"] == pytest.approx(np.std(accs, ddof=1))
+        # Both arms of a fraction train on the same images: same limit and split sizes.
+        assert {s["n_train"] for n, s in summaries.items() if f"-f{row['fraction']:g}-" in n} == {row["n_train"]}
+    for gap in results["gaps"]:
+        prefix = {init: f"{init}-f{gap['fraction']:g}-" for init in ("imagenet", "random")}
+        acc = {init: [100 * s["test_acc"] for n, s in summaries.items() if n.startswith(p)]
+               for init, p in prefix.items()}
+        ci = welch_ci(acc["imagenet"], acc["random"])
+        assert gap["gap_points"] == pytest.approx(np.mean(acc["imagenet"]) - np.mean(acc["random"]))
+        if ci is not None:
+            assert (gap["ci95_low_points"], gap["ci95_high_points"]) == pytest.approx((ci.low, ci.high))
+    assert {r["name"] for r in results["runs"]} == set(summaries)
+    assert results["per_class"]["random"]["fraction"] == 1.0
+    assert np.sum(results["per_class"]["random"]["confusion_sum"]) == 2 * 200  # 2 seeds x 200 test images
+
+
+def test_rerun_skips_finished_runs(report, monkeypatch):
+    import fastcifar.train
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(fastcifar.train, "train", must_not_train)
+    monkeypatch.setattr(fastcifar.train, "resume", must_not_train)
+    out = report["out"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*")}
+    result = CliRunner().invoke(cli, report["args"])
+    assert result.exit_code == 0, result.output
+    assert "8 already finished" in result.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*")} == before
+
+
+def test_other_options_on_the_same_report_are_refused(report):
+    args = [a if a != "2" else "3" for a in report["args"]]  # --seeds 3
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "other options" in result.output and "seeds" in result.output
+    assert "Traceback" not in result.output
+    assert len(list((report["out"] / "runs").iterdir())) == 8
+
+
+def test_interrupted_run_resumes_and_setup_leftovers_restart(tmp_path, synthetic_dir, fake_weights, monkeypatch):
+    import fastcifar.train
+
+    base = TrainConfig(data_dir=str(synthetic_dir), download=False, device="cpu", loader="tensor", stem="imagenet",
+                       epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, train_limit=100)
+    cfg = CompareConfig(base=base, seeds=(0,), fractions=(1.0,), pretrained_weights=str(fake_weights),
+                        out=str(tmp_path / "report"))
+    runs = tmp_path / "report" / "runs"
+
+    def stop(name, epoch, metrics):
+        if name == "imagenet-f1-s0" and epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FastCifarError, match="Rerun the same command") as info:
+        cmp.compare(cfg, progress=False, on_epoch_end=stop)
+    assert info.value.exit_code == 130
+    first_epoch = (runs / "imagenet-f1-s0" / "metrics.jsonl").read_text()
+    assert cmp.run_state(runs / "imagenet-f1-s0") == "interrupted"
+    (runs / "random-f1-s0").mkdir()  # a run that died during setup: config only, no state
+    (runs / "random-f1-s0" / "config.json").write_text(json.dumps(base.to_dict()))
+    assert cmp.run_state(runs / "random-f1-s0") == "new"
+
+    calls = []
+    real_train, real_resume = fastcifar.train.train, fastcifar.train.resume
+    monkeypatch.setattr(fastcifar.train, "train", lambda cfg, **kw: calls.append(("train", Path(cfg.out).name))
+                        or real_train(cfg, **kw))
+    monkeypatch.setattr(fastcifar.train, "resume", lambda d, **kw: calls.append(("resume", Path(d).name))
+                        or real_resume(d, **kw))
+    result = cmp.compare(cfg, progress=False)
+    assert calls == [("resume", "imagenet-f1-s0"), ("train", "random-f1-s0")]
+    assert result.counts == {"finished": 0, "interrupted": 1, "new": 1}
+    metrics = (runs / "imagenet-f1-s0" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2 and metrics[0] == first_epoch.strip()  # epoch 1 was kept, not retrained
+    assert result.results["summary"][0]["n_seeds"] == 1
+    assert "no confidence interval is possible" in result.results["conclusion"]
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228),
+                                          (30, 2.042), (120, 1.980), (1e7, 1.960)])
+def test_t_quantile_matches_the_table(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+
+
+def test_t_quantile_matches_closed_forms():
+    for p in (0.6, 0.9, 0.975, 0.999):
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)  # Cauchy
+        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+        assert t_quantile(1 - p, 3.7) == pytest.approx(-t_quantile(p, 3.7), rel=1e-9)
+    assert t_quantile(0.5, 4) == pytest.approx(0.0, abs=1e-9)
+    assert 2.571 < t_quantile(0.975, 4.5) < 2.776  # fractional df lies between its neighbours (df 5 and df 4)
+
+
+def test_welch_ci_on_known_inputs():
+    ci = welch_ci([1, 2, 3], [4, 5, 6])  # equal variances 1, n 3 -> se sqrt(2/3), df 4
+    assert ci.gap == -3 and ci.df == pytest.approx(4.0) and ci.se == pytest.approx(math.sqrt(2 / 3))
+    assert (ci.low, ci.high) == pytest.approx((-3 - 2.7764451 * math.sqrt(2 / 3), -3 + 2.7764451 * math.sqrt(2 / 3)))
+    a, b = [94.1, 93.8, 94.4, 94.0], [93.0, 94.6]  # unequal variances and sizes: Welch-Satterthwaite df
+    va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 2
+    ci = welch_ci(a, b)
+    assert ci.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 1))
+    assert ci.high - ci.gap == pytest.approx(t_quantile(0.975, ci.df) * math.sqrt(va + vb))
+    assert welch_ci([94.0], [93.0, 93.5]) is None and verdict(None) == "no CI"
+    flat = welch_ci([0.9, 0.9], [0.8, 0.8])
+    assert (flat.low, flat.high, flat.df) == (pytest.approx(0.1), pytest.approx(0.1), None)
+    assert verdict(welch_ci([90, 91, 92], [80, 81, 82])) == "pretrained ahead"
+    assert verdict(welch_ci([80, 81, 82], [90, 91, 92])) == "random ahead"
+    assert verdict(welch_ci([80, 85, 90], [82, 84, 86])) == "within noise"
+    assert mean_std([2.0]) == (2.0, None) and mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+
+
+def _records(accs: dict[str, list[float]], fraction: float = 1.0) -> list[dict]:
+    confusion = np.diag([100] * 10).tolist()
+    return [{"init": init, "fraction": fraction, "seed": seed, "test_acc": acc, "test_loss": 1 - acc,
+             "train_seconds": 10.0, "time_to_90pct_final_test_acc": 5.0, "n_train": 900, "n_test": 1000,
+             "train_limit": 1000, "batch_size": 64, "lr": 0.05, "epochs": 2, "per_class_test_acc": [acc] * 10,
+             "confusion": confusion, "class_names": [str(c) for c in range(10)]}
+            for init, values in accs.items() for seed, acc in enumerate(values)]
+
+
+@pytest.mark.parametrize("accs, kind, phrases", [
+    ({"imagenet": [0.90, 0.91, 0.92], "random": [0.80, 0.81, 0.82]}, "torchvision",
+     ["pretrained is ahead by 10.00 points (95 % CI", "real advantage for ImageNet pretraining"]),
+    ({"imagenet": [0.80, 0.82], "random": [0.81, 0.815]}, "torchvision", ["is within noise", "support no difference"]),
+    ({"imagenet": [0.85], "random": [0.80]}, "torchvision", ["no confidence interval is possible", "--seeds 3"]),
+    ({"imagenet": [0.80, 0.81], "random": [0.80, 0.82]}, "stand-in", ["random-vs-random (A/A)"]),
+])
+def test_conclusion_states_what_the_numbers_support(accs, kind, phrases):
+    source = {"kind": kind, "verified_imagenet": kind == "torchvision", "label": kind}
+    results = summarize({}, source, _records(accs), {"command_line": "fastcifar compare"})
+    for phrase in phrases:
+        assert phrase in results["conclusion"], results["conclusion"]
+    assert "1,000 images" in results["conclusion"]  # the test-set size caveat
+    assert results["summary"][0]["n_seeds"] == len(accs["imagenet"])
+
+
+# ---------------------------------------------------------------------------------------------- plan + input
+
+
+def test_plan_shares_data_between_inits_and_fits_small_fractions():
+    base = TrainConfig(train_limit=10_000, batch_size=128, lr=0.1, val_fraction=0.1)
+    cfg = CompareConfig(base=base, seeds=(3, 4), fractions=(1.0, 0.1), out="r")
+    runs = cmp.plan_runs(cfg, 50_000, "/w.pth")
+    assert len(runs) == 8 and runs[0].name == "imagenet-f0.1-s3" and runs[0].cfg.init == "/w.pth"
+    for a, b in zip(runs[::2], runs[1::2]):  # the two arms of one (seed, fraction)
+        assert (a.init, b.init, b.cfg.init) == ("imagenet", "random", "random")
+        differ = {k for k, v in a.cfg.to_dict().items() if b.cfg.to_dict()[k] != v}
+        assert differ == {"init", "out"}
+    small = runs[0].cfg
+    assert small.train_limit == 1000 and small.batch_size == 64 and small.lr == pytest.approx(0.05)
+    assert runs[2].cfg.train_limit == 10_000 and runs[2].cfg.batch_size == 128 and runs[2].cfg.lr == 0.1
+    assert runs[2].run_dir == Path("r/runs/imagenet-f1-s3")
+    assert CompareConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.fractions == (0.1, 1.0)
+
+
+def test_pretrained_source_is_checked_and_recorded(tmp_path, fake_weights, monkeypatch):
+    import torchvision.models._api as tv_api
+
+    base = TrainConfig(stem="imagenet")
+    source = cmp.resolve_pretrained(CompareConfig(base=base, pretrained_weights=str(fake_weights)), tmp_path)
+    assert source["kind"] == "file" and not source["verified_imagenet"] and "not torchvision's" in source["label"]
+    # A file whose sha256 starts with torchvision's published prefix is the real IMAGENET1K_V1 file.
+    monkeypatch.setattr(cmp, "_torchvision_hash_prefix", lambda arch: source["sha256"][:8])
+    assert cmp.resolve_pretrained(CompareConfig(base=base, pretrained_weights=str(fake_weights)),
+                                  tmp_path)["verified_imagenet"]
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(tv_api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(FastCifarError, match="--if-no-weights stand-in"):
+        cmp.resolve_pretrained(CompareConfig(base=base), tmp_path / "a")
+    stand_in = cmp.resolve_pretrained(CompareConfig(base=base, if_no_weights="stand-in"), tmp_path / "b")
+    assert stand_in["kind"] == "stand-in" and "STAND-IN" in stand_in["label"] and Path(stand_in["init"]).is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fractions", "0,1"], "must each be in (0, 1]"),
+    (["--fractions", "0.5,1.5"], "must each be in (0, 1]"),
+    (["--fractions", "half"], "comma-separated numbers"),
+    (["--fractions", "0.01"], "a run needs at least 10"),
+    (["--pretrained-weights", "/nonexistent/w.pth"], "does not exist"),
+    (["--init", "imagenet"], "No such option"),
+])
+def test_bad_input_is_one_message(extra, message, tmp_path, synthetic_dir, fake_weights):
+    args = tiny_args(synthetic_dir, fake_weights, tmp_path / "r")
+    result = CliRunner().invoke(cli, args + extra)
+    assert result.exit_code in (1, 2) and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r" / "runs").exists()

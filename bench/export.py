@@ -12,7 +12,9 @@ running the same computation on the same device.
 Method: artifacts come from the library calls `fastcifar export` makes (export_onnx, quantize_int8,
 build_engine), with their parity records. Speed comes from `fastcifar bench` (fastcifar/benchmark.py): each
 backend runs alone in a child process, warm-up excluded, CUDA events on the GPU; the machine's load average
-is recorded because other work on a shared 2-core machine moves CPU figures by 2x or more.
+is recorded because other work on a shared 2-core machine moves CPU figures by 2x or more. On the CPU a
+second, interleaved measurement (torch eager and ONNX Runtime alternating call by call in one process)
+gives a ratio that holds under such load even when the absolute figures do not.
 On the CPU, ONNX Runtime has no bf16 kernels (that row is skipped) and its fp16 kernels are not the fast
 path; TensorRT rows need a GPU and TensorRT, and are skipped with the reason otherwise.
 Writes bench/results/export-<device>.json and .md and prints the markdown (bench/README.md, "Export").
@@ -107,6 +109,44 @@ def speed_rows(records: list[dict], device_type: str, args) -> list[dict]:
     return rows
 
 
+def interleaved(records: list[dict], args, rounds: int = 7, batch: int = 256) -> dict:
+    """Median img/s of torch eager vs ONNX Runtime, timed round-robin in one process.
+
+    On a shared machine the load changes from minute to minute; alternating the backends call by call makes
+    them see the same load, so their ratio holds even when the absolute figures do not. Torch runs the very
+    computation the raw graph holds (ExportModule: uint8 pixels in, preprocessing inside); ORT threads do not
+    spin, so neither steals the other's cores.
+    """
+    import statistics
+
+    import torch
+
+    from fastcifar.data.cifar import load_split
+    from fastcifar.export.onnx import ExportModule
+    from fastcifar.export.parity import find_data, make_ort_session
+    from fastcifar.models import load_model
+
+    model, spec, meta = load_model(args.model)
+    pixels = load_split(find_data(args.data_dir, meta), "test").images[:batch]
+    module = ExportModule(model, spec, "raw", torch.float32).eval()
+    calls = {"torch eager fp32": lambda: module(torch.from_numpy(pixels))}
+    for r in records:
+        if r["precision"] in ORT_PRECISIONS["cpu"]:
+            session = make_ort_session(Path(r["onnx"]), ["CPUExecutionProvider"])
+            calls[f"onnxruntime {r['precision']}"] = lambda s=session: s.run(None, {"pixels": pixels})
+    samples = {name: [] for name in calls}
+    with torch.inference_mode():
+        for name, call in calls.items():
+            call()  # warm-up: first-call allocations and ORT's kernel selection
+        for _ in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                samples[name].append(batch / (time.perf_counter() - start))
+    return {name: {"median_img_s": statistics.median(v), "best_img_s": max(v), "rounds": rounds, "batch": batch,
+                   "torch_threads": torch.get_num_threads()} for name, v in samples.items()}
+
+
 def markdown(report: dict) -> str:
     env, batches = report["env"], report["batch_sizes"]
     lines = [f"Export suite on {env['device']} (load average {env['load_avg_start']:.1f} -> {env['load_avg_end']:.1f}, "
@@ -136,6 +176,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['label']} | {speeds} | {latency:.2f} | "
                      f"{'-' if agree is None else f'{agree:.3f}'} |" if latency is not None else
                      f"| {row['label']} | {speeds} | - | - |")
+    if report["interleaved"]:
+        first = next(iter(report["interleaved"].values()))
+        lines += ["", f"Interleaved in one process (batch {first['batch']}, {first['rounds']} rounds, median / best "
+                      "img/s; same load for all):", ""]
+        lines += [f"- {name}: {v['median_img_s']:,.0f} / {v['best_img_s']:,.0f}"
+                  for name, v in report["interleaved"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -170,11 +216,12 @@ def main(argv=None) -> int:
     records = make_artifacts(args)
     skipped = build_engines(records, args) if device_type == "cuda" else "benchmark device is the CPU"
     rows = speed_rows(records, device_type, args)
+    paired = interleaved(records, args) if device_type == "cpu" else {}
     env = env_info()
     env.update(device=(env["gpus"][0]["name"] if device_type == "cuda" and env["gpus"] else f"CPU ({env['cpu']})"),
                load_avg_start=load_start, load_avg_end=os.getloadavg()[0])
     report = {"model": str(args.model), "batch_sizes": args.batch_sizes, "env": env, "artifacts": records,
-              "engines_skipped": skipped, "speed": rows}
+              "engines_skipped": skipped, "speed": rows, "interleaved": paired}
     text = markdown(report)
     write_json(RESULTS / f"export-{device_type}.json", report)
     write_text(RESULTS / f"export-{device_type}.md", text)

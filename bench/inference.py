@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,64,256,1024")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds timed per batch size")
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds, round-robin; the best one counts")
     parser.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
     parser.add_argument("--name", default=None, help="result file stem (default: inference-<models>-<device>)")
     args = parser.parse_args(argv)
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = BenchConfig(models=tuple(models), backends=parse_backends(args.backends),
                           batch_sizes=parse_batch_sizes(args.batch_sizes), data_dir=args.data_dir, download=False,
                           device=args.device, results_dir=args.results_dir, name=args.name,
-                          cache_dir=str(Path(tmp) / "cache"), min_time_s=args.min_time, warmup_s=1.0)
+                          cache_dir=str(Path(tmp) / "cache"), min_time_s=args.min_time, warmup_s=1.0,
+                          repeats=args.repeats)
         report = bench(cfg, log=lambda message: print(f"bench: {message}", file=sys.stderr))
     print(markdown(report))
     for file in report.files:

@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         print(f"| {kind} | {r['img_per_s_median']:,} | {r['img_per_s_best']:,} | {r['x_dataloader']} |")
     record = {
         "question": "images/s of a full augmented CIFAR-10 training epoch, per loader",
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if argv is None else argv,
+        "command": " ".join(["python", sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gpus": env["gpus"],

@@ -55,6 +55,7 @@ class BenchConfig:
     threads: int | None = None  # CPU threads per backend (None: each runtime's default, all physical cores)
     worker_timeout_s: float = 3600.0
     timing: bool = True  # False: accuracy and parity only
+    repeats: int = 1  # timing rounds, round-robin over the backends; the best round counts (see merge_rounds)
 
     def __post_init__(self):
         checks = [
@@ -67,6 +68,7 @@ class BenchConfig:
              f"--batch-sizes must be positive integers, got {self.batch_sizes}"),
             (self.max_images is None or self.max_images >= 1, "--max-images must be >= 1"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
+            (self.repeats >= 1, f"--repeats must be >= 1, got {self.repeats}"),
             (self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
             (self.min_iters >= 1 and self.min_time_s >= 0 and self.warmup_s >= 0 and self.latency_iters >= 1,
              "timing options must be positive"),
@@ -123,6 +125,26 @@ def gate_failures(rows: list[dict], max_accuracy_drop: float | None) -> list[str
                      for r in rows if r["status"] == "ok" and r["accuracy_drop"] is not None
                      and r["accuracy_drop"] > max_accuracy_drop]
     return failures
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One result from several timing rounds of a backend: the best round per figure.
+
+    Why best-of-N: on a shared machine other work only ever slows a round down, so the fastest round is the
+    closest to what the backend can do; every round's throughput is kept for inspection.
+    """
+    first = results[0]
+    merged = {**first, "rounds": len(results)}
+    for key in ("throughput", "throughput_h2d"):
+        batches = first.get(key) or {}
+        merged[key] = {b: None if first[key][b] is None else max(r[key][b] for r in results) for b in batches}
+    merged["throughput_rounds"] = {b: [r["throughput"][b] for r in results] for b in first.get("throughput") or {}}
+    latencies = [r["latency_ms"] for r in results if r.get("latency_ms")]
+    merged["latency_ms"] = min(latencies, key=lambda lat: lat["p50"]) if latencies else None
+    for key in ("peak_host_mb", "peak_device_mb"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        merged[key] = max(values) if values else None
+    return merged
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -202,7 +224,7 @@ def run_worker(job: dict, workdir: Path, timeout_s: float) -> dict:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
         result = {"error": f"worker exited with code {proc.returncode}: {tail[0]}"}
     if "error" in result and proc.stderr.strip():
-        (workdir / f"{job['id']}.stderr.txt").write_text(proc.stderr)
+        result["stderr_tail"] = proc.stderr.strip().splitlines()[-15:]  # the trace of an unexpected failure
     return result
 
 
@@ -216,7 +238,8 @@ class _Runner:
         np.save(self.images_path, images)
         self.count = 0
 
-    def run(self, artifact: Path, backend: str, *, timing: bool) -> tuple[dict, np.ndarray | None]:
+    def run(self, artifact: Path, backend: str, *, timing: bool, evaluate: bool = True
+            ) -> tuple[dict, np.ndarray | None]:
         self.count += 1
         job_id = f"{self.count:02d}-{backend}"
         cfg = self.cfg
@@ -224,11 +247,15 @@ class _Runner:
                "device_type": self.device_type, "images": str(self.images_path), "eval_batch": max(cfg.batch_sizes),
                "batch_sizes": list(cfg.batch_sizes), "timing": timing, "warmup_s": cfg.warmup_s,
                "min_time_s": cfg.min_time_s, "min_iters": cfg.min_iters, "latency_iters": cfg.latency_iters,
-               "threads": cfg.threads,
+               "threads": cfg.threads, "evaluate": evaluate,
                "logits_out": str(self.workdir / f"{job_id}.logits.npy"),
                "result_out": str(self.workdir / f"{job_id}.result.json")}
         result = run_worker(job, self.workdir, cfg.worker_timeout_s)
-        logits = np.load(job["logits_out"]) if "error" not in result else None
+        if "error" in result:
+            self.log(f"{backend}: failed: {result['error']}")
+            for line in result.get("stderr_tail", []):
+                self.log(f"  {line}")
+        logits = np.load(job["logits_out"]) if evaluate and "error" not in result else None
         return result, logits
 
 
@@ -245,28 +272,59 @@ def bench_model(model: str, cfg: BenchConfig, runner: _Runner, labels: np.ndarra
     if not path.exists():
         raise FastCifarError(f"model {path} does not exist")
     reference = find_reference(path, cfg.reference)
-    rows, logits = [], {}
+    rows: dict[str, dict] = {}
+    artifacts: dict[str, Path] = {}
     for backend in cfg.backends:
-        reason = backend_unavailable(backend, runner.device_type)
-        if reason:
-            runner.log(f"{backend}: skipped: {reason}")
-            rows.append(_empty_row(model, backend, runner.device, "skipped", reason))
-            continue
-        runner.log(f"{backend}: preparing {path.name}")
-        try:
-            artifact = ensure_artifact(path, backend, cfg.cache_dir)
-        except FastCifarError as exc:
-            rows.append(_empty_row(model, backend, runner.device, "failed", f"export: {exc}"))
-            continue
-        runner.log(f"{backend}: measuring {artifact}")
-        result, logits[backend] = runner.run(artifact, backend, timing=cfg.timing)
-        rows.append(_row_from_result(model, backend, runner.device, artifact, result))
-    ref_logits = _reference_logits(path, reference, rows, logits, runner)
-    for row in rows:
+        prepared = _prepare(model, path, backend, cfg, runner)
+        if isinstance(prepared, dict):
+            rows[backend] = prepared
+        else:
+            artifacts[backend] = prepared
+    runs, logits = _measure(artifacts, cfg, runner)
+    for backend, results in runs.items():
+        rows[backend] = _measured_row(model, runner.device, artifacts[backend], backend, results)
+    ordered = [rows[backend] for backend in cfg.backends]
+    ref_logits = _reference_logits(path, reference, ordered, logits, runner)
+    for row in ordered:
         if row["status"] == "ok":
             row.update(parity_metrics(logits[row["backend"]], labels, ref_logits))
             row["reference"] = str(reference) if reference is not None else None
-    return rows
+    return ordered
+
+
+def _prepare(model: str, path: Path, backend: str, cfg: BenchConfig, runner: _Runner) -> Path | dict:
+    """The artifact `backend` runs (exported/built into the cache when needed), or a skipped/failed row."""
+    reason = backend_unavailable(backend, runner.device_type)
+    if reason:
+        runner.log(f"{backend}: skipped: {reason}")
+        return _empty_row(model, backend, runner.device, "skipped", reason)
+    runner.log(f"{backend}: preparing {path.name}")
+    try:
+        return ensure_artifact(path, backend, cfg.cache_dir)
+    except FastCifarError as exc:
+        return _empty_row(model, backend, runner.device, "failed", f"export: {exc}")
+
+
+def _measure(artifacts: dict[str, Path], cfg: BenchConfig, runner: _Runner) -> tuple[dict, dict]:
+    """({backend: [result per round]}, {backend: logits}); rounds go round-robin so load hits every backend alike."""
+    runs: dict[str, list[dict]] = {}
+    logits: dict[str, np.ndarray | None] = {}
+    rounds = cfg.repeats if cfg.timing else 1
+    for round_index in range(1, rounds + 1):
+        for backend, artifact in artifacts.items():
+            if round_index > 1 and "error" in runs[backend][0]:
+                continue
+            runner.log(f"{backend}: measuring {artifact}" + (f" (round {round_index}/{rounds})" if rounds > 1 else ""))
+            result, out = runner.run(artifact, backend, timing=cfg.timing, evaluate=round_index == 1)
+            runs.setdefault(backend, []).append(result)
+            if round_index == 1:
+                logits[backend] = out
+    return runs, logits
+
+
+def _measured_row(model: str, device: str, artifact: Path, backend: str, runs: list[dict]) -> dict:
+    failed = next((r for r in runs if "error" in r), None)
+    return _row_from_result(model, backend, device, artifact, failed or merge_rounds(runs))
 
 
 def _row_from_result(model: str, backend: str, device: str, artifact: Path, result: dict) -> dict:
@@ -274,7 +332,7 @@ def _row_from_result(model: str, backend: str, device: str, artifact: Path, resu
         return {**_empty_row(model, backend, device, "failed", result["error"]), "artifact": str(artifact)}
     row = _empty_row(model, backend, device, "ok")
     keys = ("throughput", "throughput_h2d", "first_call_s", "latency_ms", "peak_host_mb", "peak_device_mb",
-            "load_s", "eval_s", "notes")
+            "load_s", "eval_s", "notes", "rounds", "throughput_rounds")
     row.update({k: result[k] for k in keys if k in result}, artifact=str(artifact))
     row.update({k: v for k, v in result.get("predictor", {}).items() if k in ("providers", "image_size")})
     if all(v is None for v in row["throughput_h2d"].values()):

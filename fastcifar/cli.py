@@ -402,12 +402,15 @@ def _print_predictions(results: list[dict], backend: str) -> None:
               help="Fewest timed calls per batch size.")
 @click.option("--latency-iters", type=click.IntRange(min=1), default=100, show_default=True,
               help="Fewest batch-1 calls for the latency percentiles.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Timing rounds, round-robin over the backends; each figure is the best round (shared machines).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads per backend (torch and ONNX Runtime). [default: each runtime's own, one per core]")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the per-backend results as a JSON list instead of a table. [default: table]")
 def bench(models, backends, batch_sizes, data_dir, download, device, max_images, reference, max_accuracy_drop,
-          results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, threads, as_json) -> None:
+          results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, repeats, threads,
+          as_json) -> None:
     """Accuracy parity and speed of each inference backend; each backend runs alone in its own process.
 
     \b
@@ -424,7 +427,7 @@ def bench(models, backends, batch_sizes, data_dir, download, device, max_images,
                       reference=str(reference) if reference else None, max_accuracy_drop=max_accuracy_drop,
                       results_dir=str(results_dir) if save else None, name=name, cache_dir=str(cache_dir),
                       warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, latency_iters=latency_iters,
-                      threads=threads)
+                      repeats=repeats, threads=threads)
     report = run_bench(cfg, log=lambda message: click.echo(f"bench: {message}", err=True))
     if as_json:
         click.echo(json.dumps(report.rows))
@@ -435,7 +438,7 @@ def bench(models, backends, batch_sizes, data_dir, download, device, max_images,
         for file in report.files:
             click.echo(f"wrote {file}")
     if not report.passed:
-        raise FastCifarError("bench gate failed: " + "; ".join(report.failures))
+        raise FastCifarError("bench failed: " + "; ".join(report.failures))
 
 
 @cli.command()

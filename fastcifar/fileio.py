@@ -17,6 +17,11 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
+    # mkstemp creates 0600; give the file the permissions an ordinary open() would (0666 minus the umask),
+    # so models and engines stay readable by a serving user or a Docker volume's reader.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
         os.replace(tmp, dest)

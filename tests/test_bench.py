@@ -48,6 +48,22 @@ def test_parity_metrics_and_gate():
     assert gate_failures(rows, None) == ["m / torch-compiled: failed (boom)"]
 
 
+def test_merge_rounds_keeps_the_best_round():
+    from fastcifar.benchmark import merge_rounds
+
+    def run(img_s, p50, host):
+        return {"throughput": {"1": img_s, "64": 10 * img_s}, "throughput_h2d": {"1": None, "64": None},
+                "latency_ms": {"p50": p50, "p99": 2 * p50}, "peak_host_mb": host, "peak_device_mb": None,
+                "first_call_s": {"1": 9.0}}
+
+    merged = merge_rounds([run(100, 5.0, 900), run(300, 2.0, 950), run(200, 3.0, 910)])
+    assert merged["rounds"] == 3 and merged["throughput"] == {"1": 300, "64": 3000}
+    assert merged["throughput_h2d"] == {"1": None, "64": None}
+    assert merged["throughput_rounds"]["1"] == [100, 300, 200]
+    assert merged["latency_ms"]["p50"] == 2.0 and merged["peak_host_mb"] == 950 and merged["peak_device_mb"] is None
+    assert merged["first_call_s"] == {"1": 9.0}  # the first round's: later ones may hit compile caches
+
+
 def test_options_are_validated():
     from fastcifar.benchmark import BenchConfig, parse_backends, parse_batch_sizes
 
@@ -132,8 +148,9 @@ def test_bench_json_schema_results_files_and_cache(tiny_model_dir, synthetic_dir
     assert len(onnx_files) == 1
     mtime = onnx_files[0].stat().st_mtime_ns
     again = _bench("--model", tiny_model_dir, "--backends", "onnxruntime", "--data-dir", synthetic_dir,
-                   "--max-images", "8", "--cache-dir", cache, "--no-save")
+                   "--max-images", "8", "--cache-dir", cache, "--no-save", "--repeats", "2")
     assert again.exit_code == 0, again.output
+    assert "round 2/2" in again.stderr
     assert list(cache.glob("*/model.onnx")) == onnx_files and onnx_files[0].stat().st_mtime_ns == mtime
     assert "onnxruntime" in again.stdout and "agreement" in again.stdout  # the table
 
@@ -182,7 +199,7 @@ def test_parity_gate_fails_on_a_broken_onnx_export(gate_setup, tmp_path):
     (row,) = json.loads(result.stdout)
     assert row["reference_accuracy"] == 1.0 and row["accuracy"] == 0.0 and row["agreement"] == 0.0
     assert row["accuracy_drop"] == 100.0
-    assert "gate failed" in result.stderr and "100.00 points below" in result.stderr
+    assert "bench failed" in result.stderr and "100.00 points below" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -194,3 +211,13 @@ def test_parity_gate_needs_a_reference(gate_setup, tmp_path):
     result = CliRunner().invoke(cli, ["bench", "--model", str(onnx_path), "--data-dir", str(data),
                                       "--max-accuracy-drop", "0.1", "--no-save", *FAST])
     assert result.exit_code == 1 and "--reference" in result.output
+
+
+def test_a_backend_that_cannot_load_fails_the_run_with_its_reason(synthetic_dir, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    result = _bench("--model", bad, "--backends", "onnxruntime", "--data-dir", synthetic_dir, "--max-images", "4",
+                    "--no-save")
+    assert result.exit_code == 1
+    assert "onnxruntime: FAILED" in result.stdout and "not a readable ONNX file" in result.stdout
+    assert "bench failed" in result.stderr and "Traceback" not in result.output

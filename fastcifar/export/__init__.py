@@ -2,7 +2,8 @@
 
 Owns `export_model(...)`, the one call behind `fastcifar export`: it chains the steps and collects their
 results. The steps live in their own modules:
-  onnx.py      export_onnx / verify_onnx / read_onnx_metadata (torch.onnx dynamo export, ONNX Runtime parity)
+  onnx.py      export_onnx / read_onnx_metadata (torch.onnx dynamo export, the graph, its metadata)
+  parity.py    verify_onnx: ONNX Runtime vs the fp32 PyTorch model on real test images, tolerance policy
   quantize.py  quantize_int8: explicit INT8 (Q/DQ nodes) calibrated on training images with ONNX Runtime
   tensorrt.py  build_engine and the engine sidecar / compatibility checks (importable without TensorRT)
 

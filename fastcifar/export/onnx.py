@@ -43,6 +43,7 @@ META_FORMAT_VERSION = 1
 JSON_META_KEYS = {"class_names", "mean", "std", "image_size", "input_size", "num_classes", "test_acc",
                   "format_version", "int8_calibration"}
 
+
 @dataclass
 class ExportResult:
     path: Path

@@ -23,9 +23,11 @@ from fastcifar.export.onnx import ExportResult, normalize_images, read_onnx_meta
 
 # Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1).
 # Measured (resnet18, 1,000 real test images, ORT CPU, largest |logit| 39): fp32 5e-7 relative (summation
-# order only), fp16 2.6e-4, bf16 2.2e-3 (weights only: emulated on CPU; real bf16 arithmetic adds ~2e-3).
-# The limits leave >= 10x headroom and still catch a wrong mean/std or layout (errors of 1e-2 and up).
-REL_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-3, "bf16": 3e-2, "int8": None}
+# order only), fp16 2.6e-4, bf16 2.2e-3. On the CPU both reduced precisions run with fp32 arithmetic (see
+# _session_for), so those figures are the weight rounding alone; fp16/bf16 activations (GPU) add roughly as
+# much again per 8x coarser format. The limits leave ~10x headroom over that and still catch a wrong
+# mean/std, channel order or layout (relative errors of a few 1e-2 and up).
+REL_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 6e-2, "int8": None}
 # INT8 logits legitimately move by a lot (max |diff| ~30 on a logit scale of 39): what must hold is the
 # decision on real images. Measured on barely trained CPU smoke resnet18s (small top-2 margins, so many
 # near-ties): agreement 0.96 / 0.91, accuracy 48.9 -> 48.9 % / 32.4 -> 31.7 %; well-trained nets agree more.
@@ -127,18 +129,27 @@ def upcast_bf16(proto):
     return proto
 
 
+# Why a check of a reduced-precision graph did not run its real arithmetic, per precision (bf16 also on
+# GPUs whose ONNX Runtime lacks bf16 kernels: the graph is then upcast to fp32, see upcast_bf16).
+CPU_EMULATION = {
+    "fp16": "fp16 weights in fp32 arithmetic: ONNX Runtime's CPU provider runs fp16 nodes through inserted casts",
+    "bf16": "bf16 weights in fp32 arithmetic: ONNX Runtime has no bf16 kernels for the graph's ops here",
+}
+
+
 def _session_for(onnx_path: Path, precision: str, providers):
-    """(session, emulation note or None): the file as is, else its bf16 -> fp32 upcast."""
+    """(session, emulation note or None): the file as is - or, without bf16 kernels, its fp32 upcast."""
     import onnx
 
     try:
-        return make_ort_session(onnx_path, providers), None
+        session = make_ort_session(onnx_path, providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own NOT_IMPLEMENTED for missing kernels
         if precision != "bf16":
             raise FastCifarError(f"ONNX Runtime cannot load {onnx_path}: {str(exc).splitlines()[0]}") from None
-    proto = upcast_bf16(onnx.load(str(onnx_path)))
-    return (make_ort_session(proto.SerializeToString(), providers),
-            "bf16 weights in fp32 arithmetic: this ONNX Runtime has no bf16 kernels for the graph's ops")
+        upcast = upcast_bf16(onnx.load(str(onnx_path))).SerializeToString()
+        return make_ort_session(upcast, providers), CPU_EMULATION["bf16"]
+    on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
+    return session, CPU_EMULATION.get(precision) if on_cpu else None
 
 
 def reference_logits(model, spec, images: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:

@@ -30,8 +30,8 @@ from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_bytes, write_json
 
 INSTALL_HINT = ("get it with: pip install --extra-index-url https://pypi.nvidia.com 'fastcifar[trt]' "
-                "(TensorRT comes from NVIDIA's package index, not PyPI), or use the fastcifar Docker image "
-                "(README: Docker)")
+                "(TensorRT comes from NVIDIA's package index, not PyPI), or run in the project's Docker image, "
+                "which has it (docker build -t fastcifar .)")
 SIDECAR_FORMAT_VERSION = 1
 DEFAULT_BATCH = "1:256:1024"
 DEFAULT_WORKSPACE_GIB = 4.0
@@ -248,6 +248,7 @@ def check_engine_compatible(sidecar: dict, current: dict) -> list[str]:
     missing = missing_requirements(current)
     if missing:
         raise FastCifarError("cannot run a TensorRT engine here: " + "; and ".join(missing))
+
     def describe(env: dict) -> str:
         return f"TensorRT {env.get('tensorrt_version')} on {env.get('gpu_name')} (sm {env.get('compute_capability')})"
 

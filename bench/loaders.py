@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from fastcifar.data.cifar import load_cifar10  # noqa: E402
 from fastcifar.data.loaders import LoaderOptions, dali_available, make_loader  # noqa: E402
+from fastcifar.errors import FastCifarError  # noqa: E402
 from fastcifar.fileio import write_json  # noqa: E402
-from fastcifar.runtime import env_info, resolve_device  # noqa: E402
+from fastcifar.runtime import resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -76,14 +77,13 @@ def dataloader_epochs(images, labels, options: LoaderOptions, device, workers: i
 
 
 def time_epoch(loader, epoch: int, device) -> tuple[float, int]:
-    """Seconds and images for one full epoch; every batch is touched (summed) so no work can be skipped."""
+    """Seconds and images for one full epoch, ending when the last batch is really there (CUDA: synchronised)."""
     loader.set_epoch(epoch)
-    start, n, check = time.perf_counter(), 0, 0.0
+    start, n, touch = time.perf_counter(), 0, torch.zeros((), device=device)
     for x, y in loader:
         n += len(y)
-        check += float(x[0, 0, 0, 0])  # cheap touch; on CUDA it also keeps work in order
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        touch += x[-1, -1, -1, -1].float()  # a device-side use of every batch; no per-batch host sync
+    float(touch)  # waits for all queued work
     return time.perf_counter() - start, n
 
 
@@ -95,6 +95,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def versions() -> dict:
+    import torchvision
+
+    try:
+        import nvidia.dali as dali
+
+        dali_version = dali.__version__
+    except ImportError:
+        dali_version = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "dali": dali_version, "cuda": torch.version.cuda}
 
 
 def build_loaders(args, device, data) -> dict:
@@ -150,7 +163,7 @@ def main(argv=None) -> int:
 
     device = resolve_device(args.device)
     data = load_cifar10(args.data_dir, download=False, progress=False)
-    env = env_info()
+    env = versions()
     load_before = os.getloadavg()
     print(f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, DALI {env.get('dali')}, "
           f"device {device}, batch {args.batch_size}, {len(data.train)} training images, "
@@ -168,9 +181,10 @@ def main(argv=None) -> int:
         "command": " ".join(["python", sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gpus": env["gpus"],
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "load_average_before": load_before, "load_average_after": load_after},
-        "versions": {k: env.get(k) for k in ("python", "torch", "torchvision", "dali", "cuda")},
+        "versions": env,
         "device": str(device), "batch_size": args.batch_size, "images": len(data.train),
         "epochs_timed": args.epochs, "dataloader_workers": args.workers, "results": results,
     }
@@ -180,4 +194,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FastCifarError as exc:  # missing data, no CUDA, bad option: one line, no traceback
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

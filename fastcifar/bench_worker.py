@@ -97,6 +97,23 @@ def percentile_ms(samples_s: list[float]) -> dict:
             "n": int(len(ms))}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory.
+
+    Not ru_maxrss on Linux: exec() carries the parent's high-water mark into it, so every worker of a 1 GB
+    parent reported exactly the parent's 1,003 MB. VmHWM belongs to the process's current address space.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    scale = 1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0  # KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
 class MemoryTracker:
     """Peak host RSS of this process, and peak device memory on CUDA.
 
@@ -122,7 +139,7 @@ class MemoryTracker:
             self.peak_used = max(self.peak_used, total - free - self.base_used)
 
     def result(self) -> dict:
-        host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+        host_mb = peak_rss_mb()
         device_mb = None
         if self.cuda:
             import torch

@@ -327,11 +327,12 @@ def _plan_line(cfg: CompareConfig, runs: list[PlannedRun], states: dict, source:
     warning = ("compare: WARNING - no ImageNet weights, so both arms start from random weights: this report checks "
                "the pipeline and the noise level, not pretraining. For the real comparison pass --pretrained-weights "
                "(or go online) with a new --out.\n" if source["kind"] == "stand-in" else "")
-    return warning + (f"compare: {len(runs)} runs = 2 inits x {len(cfg.seeds)} seeds x {len(cfg.fractions)} fractions "
-            f"({', '.join(f'{f:g}' for f in cfg.fractions)}), {cfg.base.arch} {cfg.base.stem} stem at "
-            f"{cfg.base.image_size} px, {cfg.base.epochs} epochs, preset {cfg.base.preset}, device "
-            f"{cfg.base.device}; {done} already finished.\ncompare: pretrained arm = {source['label']}.\n"
-            f"compare: report directory {cfg.out} (rerun the same command to resume)")
+    return warning + (
+        f"compare: {len(runs)} runs = 2 inits x {len(cfg.seeds)} seed(s) x {len(cfg.fractions)} fraction(s) "
+        f"({', '.join(f'{f:g}' for f in cfg.fractions)}), {cfg.base.arch} {cfg.base.stem} stem at "
+        f"{cfg.base.image_size} px, {cfg.base.epochs} epochs, preset {cfg.base.preset}, device "
+        f"{cfg.base.device}; {done} already finished.\ncompare: pretrained arm = {source['label']}.\n"
+        f"compare: report directory {cfg.out} (rerun the same command to resume)")
 
 
 class _Progress:

@@ -189,6 +189,10 @@ def _timing_caveat(runs: list[dict]) -> list[str]:
             "other work: the time columns measure that, not the inits."]
 
 
+def _seeds_text(n: int) -> str:
+    return "one seed" if n == 1 else f"mean of {n} seeds"
+
+
 def conclusion(results: dict) -> str:
     """One paragraph stating what the numbers support, per fraction (largest first), then its caveats."""
     rows = {(r["init"], r["fraction"]): r for r in results["summary"]}
@@ -197,7 +201,7 @@ def conclusion(results: dict) -> str:
         pre, rnd = rows["imagenet", g["fraction"]], rows["random", g["fraction"]]
         sentences.append(f"With {fraction_label(g['fraction'], pre['n_train'])} for training, "
                          f"{pre['label']} reaches {100 * pre['test_acc_mean']:.2f} % and random init "
-                         f"{100 * rnd['test_acc_mean']:.2f} % (mean of {pre['n_seeds']} seeds): "
+                         f"{100 * rnd['test_acc_mean']:.2f} % ({_seeds_text(pre['n_seeds'])}): "
                          f"{GAP_SENTENCES[g['verdict']](g)}.")
     sentences.append(_overall_sentence(results))
     top = max(results["gaps"], key=lambda g: g["fraction"])["fraction"]

@@ -96,6 +96,21 @@ def test_timing_helpers():
     assert result["iters"] == 5 and len(calls) == 1 + 1 + 5 and result["seconds_per_call"] >= 0
 
 
+def test_worker_peak_memory_is_its_own_not_the_parents():
+    import subprocess
+    import sys
+
+    import torch  # noqa: F401 - makes this (parent) process large
+
+    from fastcifar.bench_worker import peak_rss_mb
+
+    ballast = np.ones(200 * 2**20 // 8)  # +200 MB resident here, before the child is started
+    child = subprocess.run([sys.executable, "-c", "from fastcifar.bench_worker import peak_rss_mb; "
+                            "print(peak_rss_mb())"], capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 150 < peak_rss_mb()  # ru_maxrss would report the parent's peak here
+    del ballast
+
+
 def test_report_rendering_with_skipped_and_failed_rows(tmp_path):
     from fastcifar.bench_report import markdown, table_rows, write_reports
     from fastcifar.benchmark import BenchReport

@@ -13,8 +13,8 @@ import pytest
 
 from fastcifar.data.cifar import (ARCHIVE_NAME, BATCHES_DIR, CLASS_NAMES, META_FILE, TEST_FILES, TRAIN_FILES,
                                   CifarSplit, UnsafePickleError, default_data_dir, ensure_cifar,
-                                  find_batches_dir, load_batch, load_cifar10, md5sum, restricted_load,
-                                  split_stats)
+                                  find_batches_dir, load_batch, load_cifar10, restricted_load, split_stats)
+from fastcifar.data.download import md5sum
 from fastcifar.data.synthetic import (malicious_pickle, synthetic_arrays, write_synthetic_archive,
                                       write_synthetic_cifar)
 from fastcifar.errors import DataError

@@ -34,9 +34,9 @@ def fake_weights(tmp_path_factory) -> Path:
 
 
 def tiny_args(data_dir: Path, weights: Path, out: Path, *extra: str) -> list[str]:
-    """8 one-epoch runs of a ResNet-18 (ImageNet stem, 32 px) on 50 or 100 synthetic images."""
+    """8 one-epoch runs of a ResNet-18 (ImageNet stem, 32 px) on 20 or 40 synthetic images (2 or 4 steps)."""
     return ["compare", "--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--loader", "tensor",
-            "--preset", "smoke", "--train-limit", "100", "--epochs", "1", "--batch-size", "32", "--lr", "0.05",
+            "--preset", "smoke", "--train-limit", "40", "--epochs", "1", "--batch-size", "32", "--lr", "0.05",
             "--seeds", "2", "--fractions", "0.5,1.0", "--pretrained-weights", str(weights), "--out", str(out), *extra]
 
 
@@ -67,7 +67,7 @@ def test_report_directory_is_complete(report):
         height, width = matplotlib.image.imread(out / name).shape[:2]
         assert height > 300 and width > 500, name
     md = (out / "report.md").read_text()
-    for text in ("| training data | model | epochs |", "100 % (90 images)", "50 % (45 images)", "±", "95 % CI",
+    for text in ("| training data | model | epochs |", "100 % (36 images)", "50 % (18 images)", "±", "95 % CI",
                  "## Conclusion", "200 images", "![", "not torchvision's IMAGENET1K_V1 file"):
         assert text in md, text
     env = json.loads((out / "env.json").read_text())
@@ -129,7 +129,7 @@ def test_interrupted_run_resumes_and_setup_leftovers_restart(tmp_path, synthetic
     import fastcifar.train
 
     base = TrainConfig(data_dir=str(synthetic_dir), download=False, device="cpu", loader="tensor", stem="imagenet",
-                       epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, train_limit=100)
+                       epochs=2, batch_size=8, lr=0.05, warmup_epochs=0.5, train_limit=40)
     cfg = CompareConfig(base=base, seeds=(0,), fractions=(1.0,), pretrained_weights=str(fake_weights),
                         out=str(tmp_path / "report"))
     runs = tmp_path / "report" / "runs"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastcifar.data.cifar import (ARCHIVE_NAME, BATCHES_DIR, download_archive, ensure_cifar, load_cifar10,
-                                  md5sum)
+from fastcifar.data.cifar import ARCHIVE_NAME, BATCHES_DIR, ensure_cifar, load_cifar10
+from fastcifar.data.download import download_archive, md5sum
 from fastcifar.data.synthetic import synthetic_arrays, write_synthetic_archive
 from fastcifar.errors import DataError
 

@@ -1,0 +1,198 @@
+"""Downloading and extracting the official CIFAR-10 archive: resumable, md5-verified, traversal-safe.
+
+Owns the network and tar side of `fastcifar.data.cifar.ensure_cifar`: `download_archive` streams to
+`<archive>.part` (resuming with an HTTP Range request after an interruption) and renames only after the md5
+matches; `extract_archive` writes only regular files directly inside `cifar-10-batches-py/`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from fastcifar.data.cifar import ARCHIVE_NAME, BATCHES_DIR, TRAIN_FILES
+from fastcifar.errors import DataError
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- download
+
+
+def _progress_bar(enabled: bool):
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    # stderr: stdout carries the command's result (e.g. `fastcifar data --json`).
+    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not enabled, transient=True)
+
+
+def download_archive(url: str, dest: Path, *, md5: str, progress: bool = True, timeout: float = 30.0,
+                     opener: Callable = urllib.request.urlopen) -> Path:
+    """Download `url` to `dest` via `dest.part`, resuming a previous partial download when the server allows.
+
+    The file is renamed to `dest` only after its md5 matches, so `dest` is either absent or verified. An
+    interrupted transfer keeps `dest.part` (a prefix of the file) for the next call to resume with a Range
+    request; a server that ignores Range (answers 200) restarts the file from zero.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {dest.parent}: {exc.strerror or exc}") from None
+    have = part.stat().st_size if part.is_file() else 0
+    response = _open_download(url, dest, have, timeout, opener)
+    if response is not None:  # None: the server says the part file is already whole (416)
+        with response:
+            start = _resume_offset(response, have, url, part)
+            length = response.headers.get("Content-Length")
+            total = start + int(length) if length and length.isdigit() else None
+            _stream_to(response, part, start, total, url, progress)
+    actual = md5sum(part)
+    if actual != md5:
+        part.unlink(missing_ok=True)
+        raise DataError(f"downloaded {url} has md5 {actual}, expected {md5}; the partial file was deleted. "
+                        "Run the command again to retry.")
+    os.replace(part, dest)
+    return dest
+
+
+def _open_download(url: str, dest: Path, have: int, timeout: float, opener: Callable):
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "fastcifar"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        return opener(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and have:  # the part file is already complete (or longer: the md5 decides)
+            return None
+        raise _offline_error(url, dest, f"HTTP {exc.code} {exc.reason}") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
+        raise _offline_error(url, dest, str(getattr(exc, "reason", exc))) from None
+
+
+def _resume_offset(response, have: int, url: str, part: Path) -> int:
+    """Where the body starts in the file: `have` for a 206 resuming our part, 0 for anything else."""
+    if not have or getattr(response, "status", 200) != 206:
+        return 0  # a 200 to a Range request means: start over
+    content_range = response.headers.get("Content-Range", "")
+    match = re.match(r"bytes\s+(\d+)-", content_range)
+    if match is None or int(match.group(1)) != have:
+        part.unlink(missing_ok=True)
+        raise DataError(f"{url} answered the resume request with range {content_range!r}, not from byte "
+                        f"{have}; the partial download was deleted. Run the command again.")
+    return have
+
+
+def _stream_to(response, part: Path, start: int, total: int | None, url: str, progress: bool) -> None:
+    """Append (from `start` > 0) or write the response body to `part`; raise DataError if it stops early."""
+    try:
+        fh = open(part, "ab" if start else "wb")
+    except OSError as exc:
+        raise DataError(f"cannot write {part}: {exc.strerror or exc}") from None
+    received = 0
+    with fh, _progress_bar(progress) as bar:
+        task = bar.add_task(f"downloading {part.name[:-5]}", total=total, completed=start)
+        while True:
+            try:
+                block = response.read(1 << 16)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _interrupted(url, part, str(exc) or type(exc).__name__) from None
+            if not block:
+                break
+            try:
+                fh.write(block)
+            except OSError as exc:
+                raise DataError(f"cannot write {part}: {exc.strerror or exc}") from None
+            received += len(block)
+            bar.advance(task, len(block))
+    # http.client returns b"" (no exception) when the server closes early: compare with Content-Length.
+    if total is not None and start + received < total:
+        raise _interrupted(url, part, f"connection closed after {start + received} of {total} bytes")
+
+
+def _interrupted(url: str, part: Path, reason: str) -> DataError:
+    return DataError(f"download of {url} interrupted ({reason}); run the command again to resume from {part}")
+
+
+def _offline_error(url: str, dest: Path, reason: str) -> DataError:
+    return DataError(f"cannot download CIFAR-10 from {url} ({reason}). If you are offline, copy "
+                     f"{ARCHIVE_NAME} into {dest.parent} or point --data-dir (or $FASTCIFAR_DATA) at a "
+                     f"directory holding {BATCHES_DIR}/.")
+
+
+def _member_file_name(member: tarfile.TarInfo, archive: Path) -> str | None:
+    """The file name to extract `member` to, None to skip it (the top directory); refuses anything unsafe."""
+    parts = PurePosixPath(member.name).parts
+    if member.isdir() and parts == (BATCHES_DIR,):
+        return None
+    unsafe = (member.name.startswith("/") or "\\" in member.name or ".." in parts
+              or len(parts) != 2 or parts[0] != BATCHES_DIR or not member.isfile())
+    if unsafe:
+        raise DataError(f"{archive} contains an unexpected entry '{member.name}'; refusing to extract it. "
+                        "Delete the archive and download the official one.")
+    return parts[1]
+
+
+def extract_archive(archive: Path, data_dir: Path) -> Path:
+    """Extract the official archive's batches safely into `data_dir/cifar-10-batches-py` (atomically).
+
+    Only regular files directly inside `cifar-10-batches-py/` are extracted: absolute paths, `..`, links and
+    devices are refused, so a hostile archive cannot write outside the target.
+    """
+    target = data_dir / BATCHES_DIR
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
+    except OSError as exc:
+        raise DataError(f"cannot extract {archive} into {data_dir}: {exc.strerror or exc}") from None
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:  # streamed: one pass over the gzip stream
+                name = _member_file_name(member, archive)
+                if name is None:
+                    continue
+                with tar.extractfile(member) as source, open(tmp / name, "wb") as out:
+                    shutil.copyfileobj(source, out)
+        if not (tmp / TRAIN_FILES[0]).exists():
+            raise DataError(f"{archive} has no {BATCHES_DIR}/{TRAIN_FILES[0]}")
+        _move_into(tmp, target)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{archive} is not a readable tar.gz archive ({exc}). Delete it and download "
+                        "again.") from None
+    except OSError as exc:
+        raise DataError(f"cannot extract {archive} into {target}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _move_into(tmp: Path, target: Path) -> None:
+    """Rename the extracted directory onto `target`; into it file by file when it already exists."""
+    if not target.is_dir():
+        os.replace(tmp, target)
+        return
+    for path in tmp.iterdir():  # an incomplete earlier copy: replace its files with the verified ones
+        os.replace(path, target / path.name)
+
+

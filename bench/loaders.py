@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads [torch default]")
     parser.add_argument("--out", type=Path, default=None, help="JSON path [bench/results/loaders-<device>.json]")
     args = parser.parse_args(argv)
+    if args.epochs < 1 or args.workers < 0:
+        raise FastCifarError(f"--epochs must be >= 1 and --workers >= 0 (got {args.epochs}, {args.workers})")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     results = summarise(per_epoch)
     load_after = os.getloadavg()
 
-    print(f"\n| loader | median img/s | best img/s | x DataLoader (median) |\n|---|---:|---:|---:|")
+    print("\n| loader | median img/s | best img/s | x DataLoader (median) |\n|---|---:|---:|---:|")
     for kind, r in results.items():
         print(f"| {kind} | {r['img_per_s_median']:,} | {r['img_per_s_best']:,} | {r['x_dataloader']} |")
     record = {

@@ -6,6 +6,10 @@ are checked against `reference_batch`, an independent numpy implementation of pa
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -256,3 +260,24 @@ def test_cuda_loader_matches_cpu(kind, data):
     assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(yg.cpu(), yc)
     torch.testing.assert_close(xg.cpu(), xc, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------- bench
+
+
+def test_loader_bench_runs_end_to_end(synthetic_dir, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "bench" / "loaders.py"
+    spec = importlib.util.spec_from_file_location("bench_loaders", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "loaders.json"
+    assert bench.main(["--data-dir", str(synthetic_dir), "--batch-size", "64", "--epochs", "2", "--workers", "0",
+                       "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    kinds = {"tensor", "dataloader"} | ({"dali"} if loaders.dali_available() else set())
+    assert set(record["results"]) == kinds and record["images"] == 500 and record["device"] == "cpu"
+    for result in record["results"].values():
+        assert len(result["img_per_s_epochs"]) == 2 and result["img_per_s_median"] > 0
+    assert record["results"]["dataloader"]["x_dataloader"] == 1.0
+    with pytest.raises(FastCifarError):
+        bench.main(["--data-dir", str(synthetic_dir), "--epochs", "0"])

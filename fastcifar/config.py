@@ -19,6 +19,13 @@ SCHEDULES = ("cosine", "linear")
 PRESET_NAMES = ("seed", "fast", "smoke")
 
 
+def _refuse_unknown_keys(cls, d: dict, what: str) -> None:
+    """A config file with keys this version does not know is refused, not silently half-read."""
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise FastCifarError(f"unknown {what} keys: {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # model
@@ -86,10 +93,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise FastCifarError(f"unknown config keys: {', '.join(unknown)}")
+        _refuse_unknown_keys(cls, d, "config")
         return cls(**d)
 
     @classmethod
@@ -196,10 +200,7 @@ class CompareConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise FastCifarError(f"unknown compare config keys: {', '.join(unknown)}")
+        _refuse_unknown_keys(cls, d, "compare config")
         return cls(**{**d, "base": TrainConfig.from_dict(d.get("base", {}))})
 
     @classmethod

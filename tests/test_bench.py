@@ -1,4 +1,4 @@
-"""`fastcifar bench`: JSON schema, result files, the export cache, and the parity gate on a deliberately broken model."""
+"""`fastcifar bench`: JSON schema, result files, the export cache, and the parity gate on a broken model."""
 
 from __future__ import annotations
 

@@ -16,8 +16,6 @@ import click
 from fastcifar import __version__
 from fastcifar.errors import FastCifarError
 
-NOT_BUILT_EXIT = 2
-
 
 class _Group(click.Group):
     """Turns FastCifarError and Ctrl-C into a one-line message and an exit code."""
@@ -524,20 +522,6 @@ def _print_export(summary) -> None:
         s = summary.engine["sidecar"]
         console.print(f"engine: {summary.engine['path']}  (TensorRT {s['tensorrt_version']}, {s['gpu_name']}, "
                       f"{s['precision']}, batch {s['profile']['min']}:{s['profile']['opt']}:{s['profile']['max']})")
-
-
-def _not_built(verb: str, issue: str):
-    def command() -> None:
-        click.echo(f"fastcifar {verb}: not built yet ({issue}).", err=True)
-        sys.exit(NOT_BUILT_EXIT)
-
-    return cli.command(name=verb, help=f"(not built yet: {issue})",
-                       context_settings={"ignore_unknown_options": True})(
-        click.argument("args", nargs=-1, type=click.UNPROCESSED)(lambda args: command()))
-
-
-for _verb, _issue in []:  # every verb is built; stubs for new verbs go here
-    _not_built(_verb, _issue)
 
 
 def main() -> None:

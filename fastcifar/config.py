@@ -106,8 +106,8 @@ class TrainConfig:
     def resolved(self, device_type: str) -> "TrainConfig":
         """Fill the device-dependent switches: CUDA bf16 + channels_last + compile; CPU fp32 eager.
 
-        Why CPU differs: on AVX2 CPUs without AMX, bf16 autocast measured ~7x slower than fp32, and
-        torch.compile gained ~4 % for a long warm-up (DESIGN.md), so neither pays off there.
+        Why CPU differs: bf16 autocast measured 0.86x of fp32 on this project's AMX CPU and ~7x slower on
+        AVX2 CPUs without AMX; torch.compile measured 0.96-1.02x for a minutes-long warm-up (bench/README.md).
         """
         cuda = device_type == "cuda"
         return replace(

@@ -100,7 +100,6 @@ class _Loop:
                               ema_update=None if ema is None else partial(ema.update_parameters, model))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-
     def train_epoch(self, epoch: int, bar) -> dict:
         import torch
 

@@ -369,24 +369,13 @@ def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
     return test.images[:n], test.labels[:n], str(root)
 
 
-def _device(name: str) -> tuple[str, str]:
-    """(device string, device type) without initialising CUDA in this process (the children use the GPU)."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FastCifarError("--device cuda was asked for but CUDA is not available here (use --device cpu)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise FastCifarError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
-    return name, name.split(":")[0]
-
-
 def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None) -> BenchReport:
     """Measure every backend of every model in `cfg`; write the reports unless `cfg.results_dir` is None."""
-    from fastcifar.runtime import env_info
+    from fastcifar.runtime import env_info, resolve_device
 
-    device, device_type = _device(cfg.device)
+    # torch.device() only parses the name: CUDA stays uninitialised here, the child processes use the GPU.
+    resolved = resolve_device(cfg.device)
+    device, device_type = str(resolved), resolved.type
     for model in cfg.models:  # option mistakes fail before minutes of work
         if not Path(model).expanduser().exists():
             raise FastCifarError(f"model {model} does not exist")

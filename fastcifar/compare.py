@@ -13,7 +13,6 @@ goes with them (ImageNet mean/std for pretrained weights, CIFAR-10's for random 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -25,7 +24,7 @@ from typing import Callable
 
 from fastcifar.config import COMPARE_INITS, CompareConfig, TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import atomic_path, read_jsonl, write_json
+from fastcifar.fileio import atomic_path, file_digest, read_jsonl, write_json
 from fastcifar.train import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE
 
 RUNS_DIR, COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "runs", "compare.json", "pretrained.json", "stand-in.pth"
@@ -162,14 +161,6 @@ def check_run_config(run: PlannedRun) -> None:
 # ---------------------------------------------------------------------------------------------- pretrained weights
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _torchvision_hash_prefix(arch: str) -> str | None:
     """The sha256 prefix torchvision puts in its IMAGENET1K_V1 file name (e.g. resnet18-f37072fd.pth)."""
     import torchvision
@@ -184,7 +175,7 @@ def _from_file(cfg: CompareConfig, out: Path) -> dict:
 
     path = Path(cfg.pretrained_weights).expanduser().resolve()
     read_state_dict(path)  # readable, a dict of tensors
-    sha = _sha256(path)
+    sha = file_digest(path)
     prefix = _torchvision_hash_prefix(cfg.base.arch)
     verified = bool(prefix) and sha.startswith(prefix)
     label = (f"torchvision IMAGENET1K_V1 weights from {path.name} (verified by sha256)" if verified else
@@ -210,7 +201,7 @@ def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
         torch.manual_seed(STAND_IN_SEED)
         with atomic_path(path) as tmp:
             torch.save(torchvision.models.get_model(cfg.base.arch, weights=None).state_dict(), tmp)
-    return {"kind": "stand-in", "init": str(path.resolve()), "sha256": _sha256(path), "verified_imagenet": False,
+    return {"kind": "stand-in", "init": str(path.resolve()), "sha256": file_digest(path), "verified_imagenet": False,
             "label": "STAND-IN random weights (no ImageNet weights were available)", "reason": reason}
 
 
@@ -222,7 +213,7 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
     if record.is_file():
         source = json.loads(record.read_text())
         path = Path(source["init"])
-        if source["sha256"] and (not path.is_file() or _sha256(path) != source["sha256"]):
+        if source["sha256"] and (not path.is_file() or file_digest(path) != source["sha256"]):
             raise FastCifarError(f"the pretrained weights this report started with ({source['init']}) are gone or "
                                  "changed; restore them or choose another --out")
         return source

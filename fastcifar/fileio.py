@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -56,3 +57,13 @@ def read_jsonl(path: Path | str) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def file_digest(path: Path | str, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file read in chunks (md5 for the CIFAR archive, sha256 for models and engines)."""
+    # usedforsecurity=False: md5 here checks integrity, and FIPS builds refuse md5 without it.
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from typing import Callable
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import append_jsonl, read_jsonl, write_json
-from fastcifar.runtime import DistInfo, dist_info_from_env, env_info, resolve_device
+from fastcifar.runtime import dist_info_from_env, env_info, resolve_device
 
 STATE_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "state.pt", "metrics.jsonl", "summary.json", "config.json"
 NONFINITE_CHECK_EVERY = 25  # steps between host syncs of the non-finite guard (each sync stalls the GPU)
@@ -166,9 +166,9 @@ class _Loop:
         return (out, results) if keep_predictions else out
 
     def run(self, start_epoch, history, train_seconds, progress, on_epoch_end):
-        from fastcifar.train_setup import epoch_progress, save_state
+        from fastcifar.train_setup import EpochProgress, save_state
 
-        with epoch_progress(self.cfg, self.data, start_epoch, progress and self.dist.is_main) as bar:
+        with EpochProgress(self.cfg, self.data, start_epoch, progress and self.dist.is_main) as bar:
             for epoch in range(start_epoch, self.cfg.epochs):
                 bar.start_epoch(epoch)
                 metrics = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}

@@ -261,7 +261,7 @@ def load_state(path: Path, model, opt, ema, scaler, device) -> tuple[int, float]
 # ---------------------------------------------------------------------------------------------- progress
 
 
-class _EpochProgress:
+class EpochProgress:
     """A rich progress bar over images (run total + current epoch) and one printed line per epoch."""
 
     def __init__(self, cfg: TrainConfig, data: TrainData, start_epoch: int, enabled: bool):
@@ -301,7 +301,3 @@ class _EpochProgress:
         self.console.print(f"epoch {m['epoch']:>3}/{self.cfg.epochs}  train loss {m['train_loss']:.4f} acc "
                            f"{pct(m['train_acc'])}  val {pct(m.get('val_acc'))}  test {pct(m.get('test_acc'))}  "
                            f"{m['images_per_second']:,.0f} img/s  {m['train_seconds']:.1f}s")
-
-
-def epoch_progress(cfg: TrainConfig, data: TrainData, start_epoch: int, enabled: bool) -> _EpochProgress:
-    return _EpochProgress(cfg, data, start_epoch, enabled)

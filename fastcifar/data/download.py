@@ -8,7 +8,6 @@ matches; `extract_archive` writes only regular files directly inside `cifar-10-b
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import os
 import re
@@ -23,13 +22,10 @@ from typing import Callable
 
 from fastcifar.data.cifar import ARCHIVE_NAME, BATCHES_DIR, TRAIN_FILES
 from fastcifar.errors import DataError
+from fastcifar.fileio import file_digest
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path: Path) -> str:
+    return file_digest(path, "md5")
 
 
 # ---------------------------------------------------------------------------------------------- download

@@ -16,7 +16,6 @@ Graph I/O contract (also in the README):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import atomic_path
+from fastcifar.fileio import atomic_path, file_digest
 
 # torch dtype behind each graph precision. int8 graphs come from quantize.py (Q/DQ on an fp32 graph).
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -193,12 +192,8 @@ def read_onnx_metadata(path: Path | str) -> dict:
     return meta
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    return file_digest(path)
 
 
 # ---------------------------------------------------------------------------------------------- export

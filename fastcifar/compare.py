@@ -25,7 +25,7 @@ from typing import Callable
 from fastcifar.config import COMPARE_INITS, CompareConfig, TrainConfig
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import atomic_path, file_digest, read_jsonl, write_json
-from fastcifar.train import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE
+from fastcifar.train import CONFIG_FILE, METRICS_FILE, STATE_FILE, is_finished
 
 RUNS_DIR, COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "runs", "compare.json", "pretrained.json", "stand-in.pth"
 # A fraction's batch shrinks (lr scaled linearly, Goyal et al.'s rule) until an epoch has this many steps: with
@@ -137,11 +137,8 @@ def _config_diffs(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def run_state(run_dir: Path) -> str:
     """'finished' (summary says so), 'interrupted' (has a resumable state) or 'new' (absent or setup-only)."""
-    try:
-        if json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") == "finished":
-            return "finished"
-    except (OSError, json.JSONDecodeError):
-        pass
+    if is_finished(run_dir):
+        return "finished"
     if (run_dir / STATE_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         return "interrupted"
     return "new"
@@ -236,10 +233,6 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- running
 
 
-def _skip(run: PlannedRun, hook):
-    return None
-
-
 def _resume(run: PlannedRun, hook):
     from fastcifar.train import resume
 
@@ -254,7 +247,8 @@ def _start(run: PlannedRun, hook):
     return train(run.cfg, progress=False, on_epoch_end=hook)
 
 
-RUN_ACTIONS: dict[str, Callable] = {"finished": _skip, "interrupted": _resume, "new": _start}
+RUN_STATES = ("finished", "interrupted", "new")
+RUN_ACTIONS: dict[str, Callable] = {"interrupted": _resume, "new": _start}  # finished runs are skipped
 
 
 def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook | None = None,
@@ -288,7 +282,7 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
             _execute(run, states[run.name], display, on_epoch_end, out)
     results = report.collect(cfg, source, runs, env)
     files = report.write_report(out, results)
-    counts = {state: sum(s == state for s in states.values()) for state in RUN_ACTIONS}
+    counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
 
 

@@ -253,6 +253,16 @@ def _distributed_record(loop: _Loop) -> dict:
             "weights_identical": len({g[1] for g in gathered}) == 1}
 
 
+def is_finished(run_dir: Path) -> bool:
+    """True when the run's summary.json says it finished (an unfinished run has no summary.json yet)."""
+    import json
+
+    try:
+        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") == "finished"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def resume(run_dir: Path | str, *, progress: bool = True, on_epoch_end: EpochHook | None = None) -> TrainResult:
     """Continue an interrupted run from its last finished epoch (optimizer, scheduler, RNG, EMA, scaler)."""
     run_dir = Path(run_dir)
@@ -260,7 +270,6 @@ def resume(run_dir: Path | str, *, progress: bool = True, on_epoch_end: EpochHoo
         raise FastCifarError(f"cannot resume {run_dir}: it has no {CONFIG_FILE} and {STATE_FILE} "
                              "(is it a fastcifar run directory?)")
     cfg = TrainConfig.load(run_dir / CONFIG_FILE)
-    summary = run_dir / SUMMARY_FILE
-    if summary.is_file() and '"finished"' in summary.read_text():
+    if is_finished(run_dir):
         raise FastCifarError(f"{run_dir} already finished ({cfg.epochs} epochs); nothing to resume")
     return train(replace(cfg, out=str(run_dir)), progress=progress, resume_dir=run_dir, on_epoch_end=on_epoch_end)

@@ -28,6 +28,7 @@ import numpy as np
 
 from fastcifar.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
+from fastcifar.evaluate import parity_metrics
 from fastcifar.inference import BACKENDS, backend_unavailable
 
 DEFAULT_BATCH_SIZES = (1, 64, 256, 1024)
@@ -99,20 +100,6 @@ class BenchReport:
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
-
-
-def parity_metrics(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
-    """Accuracy of `logits`, and (given the reference logits) agreement, |logit diff| and the accuracy drop."""
-    pred = logits.argmax(1)
-    out = {"accuracy": float((pred == labels).mean()), "reference_accuracy": None, "accuracy_drop": None,
-           "agreement": None, "max_abs_diff": None, "mean_abs_diff": None}
-    if reference is not None:
-        diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
-        ref_acc = float((reference.argmax(1) == labels).mean())
-        out.update(reference_accuracy=ref_acc, accuracy_drop=round((ref_acc - out["accuracy"]) * 100.0, 6),
-                   agreement=float((pred == reference.argmax(1)).mean()),
-                   max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
-    return out
 
 
 def gate_failures(rows: list[dict], max_accuracy_drop: float | None) -> list[str]:

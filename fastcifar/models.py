@@ -67,12 +67,17 @@ def _check(arch: str, stem: str, image_size: int) -> None:
         raise FastCifarError(f"image size {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
 
 
-def build_resnet(arch: str, stem: str, num_classes: int = 10):
-    """An untrained torchvision ResNet with the requested stem and classifier."""
+def build_resnet(arch: str, stem: str, num_classes: int = 10, *, zero_init_residual: bool = False):
+    """An untrained torchvision ResNet with the requested stem and classifier.
+
+    `zero_init_residual` zeroes the last BatchNorm scale of every residual block, so each block starts as the
+    identity (torchvision's switch; Goyal et al. 2017) - gentler first steps for a random init.
+    """
     import torch.nn as nn
     import torchvision
 
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
+                                         zero_init_residual=zero_init_residual)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
@@ -177,13 +182,14 @@ def load_pretrained(model, state_dict: dict, stem: str) -> tuple[str, ...]:
 
 
 def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, image_size: int = 32,
-                 class_names: tuple[str, ...] = CLASS_NAMES):
+                 class_names: tuple[str, ...] = CLASS_NAMES, zero_init_residual: bool = False):
     """Build `arch` with `stem`; `init` is 'random', 'imagenet' or a path to a torchvision state dict.
 
     Returns (model, spec). Pretrained inits normalise with ImageNet statistics, random init with CIFAR-10's.
+    `zero_init_residual` only shapes a random init: pretrained weights replace every BatchNorm scale.
     """
     _check(arch, stem, image_size)
-    model = build_resnet(arch, stem, num_classes)
+    model = build_resnet(arch, stem, num_classes, zero_init_residual=zero_init_residual and init == "random")
     if init == "random":
         return model, ModelSpec(arch=arch, stem=stem, init="random", image_size=image_size,
                                 num_classes=num_classes, class_names=tuple(class_names))

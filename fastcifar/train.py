@@ -9,6 +9,8 @@ loss guard and DDP under torchrun. The loop reads top to bottom (nanoGPT's style
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -22,6 +24,10 @@ from fastcifar.runtime import dist_info_from_env, env_info, resolve_device
 
 STATE_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "state.pt", "metrics.jsonl", "summary.json", "config.json"
 NONFINITE_CHECK_EVERY = 25  # steps between host syncs of the non-finite guard (each sync stalls the GPU)
+# The divergence guard judges the mean training loss only once this many steps have run: over the first handful
+# of steps a healthy random init sits near ln(classes) anyway. Every blown-up GPU preset run (48 steps per epoch)
+# ended epoch 1 at 3.2-3.7 against ln 10 = 2.30 (../shared/measurements/gpu-2026-11-26.md).
+DIVERGENCE_MIN_STEPS = 20
 
 
 @dataclass
@@ -38,11 +44,13 @@ EpochHook = Callable[[int, dict], None]
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, resume_dir: Path | None = None,
-          on_epoch_end: EpochHook | None = None) -> TrainResult:
+          on_epoch_end: EpochHook | None = None, warm_up: bool | None = None) -> TrainResult:
     """Train `cfg` (or continue the run in `resume_dir`) and return the run directory and summary.
 
     `on_epoch_end(epoch, metrics)` is called on rank 0 after each epoch's state is saved (compare's progress
-    display uses it; raising KeyboardInterrupt there stops the run resumably).
+    display uses it; raising KeyboardInterrupt there stops the run resumably). `warm_up` (default: when compiling)
+    runs two throw-away steps before the clock starts, so compile time stays out of `train_seconds`; the summary
+    reports it apart as `compile_warmup_seconds`.
     """
     import torch
 
@@ -69,6 +77,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume_dir: Path | None = 
         elif dist.is_main:  # a state exists from the first moment, so Ctrl-C in epoch 1 is resumable too
             setup.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
         loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir)
+        if cfg.compile if warm_up is None else warm_up:
+            loop.warm_up()
         try:
             history, train_seconds = loop.run(start_epoch, history, train_seconds, progress, on_epoch_end)
         except KeyboardInterrupt:
@@ -99,6 +109,19 @@ class _Loop:
                               torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                               ema_update=None if ema is None else partial(ema.update_parameters, model))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.num_classes = model.fc.out_features
+        self.warmup_seconds = None
+
+    def warm_up(self) -> None:
+        from fastcifar.train_setup import warm_up
+
+        self.warmup_seconds = warm_up(self.step, self.model, (self.optimizer, self.scheduler), self.ema, self.scaler,
+                                      batch_size=self.data.train_options.batch_size, image_size=self.cfg.image_size,
+                                      num_classes=self.num_classes, memory_format=self.memory_format,
+                                      device=self.device)
+        if self.dist.is_main:
+            print(f"compile warm-up: {self.warmup_seconds:.1f} s (kept out of the training time)", file=sys.stderr,
+                  flush=True)
 
     def train_epoch(self, epoch: int, bar) -> dict:
         import torch
@@ -182,6 +205,9 @@ class _Loop:
                     save_state(self.run_dir / STATE_FILE, epoch + 1, train_seconds, self.model,
                                (self.optimizer, self.scheduler), self.ema, self.scaler)
                     bar.log_epoch(metrics)
+                    warning = divergence_warning(metrics, self.cfg, len(self.data.train), self.num_classes)
+                    if warning:
+                        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
                     if on_epoch_end is not None:
                         on_epoch_end(epoch + 1, metrics)
         return history, train_seconds
@@ -213,12 +239,31 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
         "arch": cfg.arch, "init": spec.init, "stem": cfg.stem, "image_size": cfg.image_size, "seed": cfg.seed,
         "precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
         "device": str(loop.device), "loader": loop.data.kind, "world_size": dist.world_size,
-        "distributed": distributed,
+        "distributed": distributed, "compile_warmup_seconds": loop.warmup_seconds,
+        "warnings": [w for h in history if (w := divergence_warning(h, cfg, len(loop.data.train),
+                                                                     loop.num_classes))],
     }
     save_model(loop.eval_model(), spec, loop.run_dir, metrics=metrics,
                extra={"data_dir": str(loop.data.root), "run_name": loop.run_dir.name})
     write_json(loop.run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def divergence_warning(metrics: dict, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> str | None:
+    """A warning when an epoch that ends the first epoch or the warm-up has a mean training loss above
+    ln(num_classes) - worse than guessing, the mark of a run that blew up - else None. Never stops the run."""
+    epoch, loss = metrics["epoch"], metrics["train_loss"]
+    warmup_end = min(max(1, math.ceil(cfg.warmup_epochs)), cfg.epochs)
+    chance = math.log(num_classes)
+    if epoch not in (1, warmup_end) or epoch * steps_per_epoch < DIVERGENCE_MIN_STEPS or not loss > chance:
+        return None
+    when = "the first epoch" if epoch == 1 else f"warm-up (epoch {epoch})"
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    return (f"the mean training loss after {when} is {loss:.2f}, above ln({num_classes}) = {chance:.2f} (the loss of "
+            f"guessing): the run has probably diverged. Likely cause: peak learning rate {cfg.lr:g} is too high for "
+            f"batch {cfg.batch_size} with a {warmup_steps}-step warm-up. Fix: lower --lr (e.g. {cfg.lr / 2:g}) or "
+            f"lengthen --warmup-epochs (the measured plain recipe: lr 0.2 at batch 512, warm-up over 20 % of all "
+            f"steps).")
 
 
 def _time_to_fraction(history: list[dict], final: float | None, fraction: float) -> float | None:

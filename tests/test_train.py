@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from fastcifar.cli import cli
 from fastcifar.config import TrainConfig, make_train_config
 from fastcifar.errors import FastCifarError
-from fastcifar.train import NonFiniteLoss, resume, train
-from fastcifar.train_setup import lr_lambda, param_groups, split_train_val
+from fastcifar.train import NonFiniteLoss, divergence_warning, resume, train
+from fastcifar.train_setup import build_optimizer, lr_lambda, param_groups, split_train_val
 
 RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "model.safetensors", "model.json", "state.pt", "summary.json"}
 
@@ -155,6 +155,75 @@ def test_lr_schedule_and_param_groups():
     assert no_decay["weight_decay"] == 0 and all(p.ndim == 1 for p in no_decay["params"])
 
 
+def test_backbone_lr_scale_slows_everything_but_the_classifier():
+    from fastcifar.models import build_resnet
+
+    model = build_resnet("resnet18", "cifar")
+    same = param_groups(model, 5e-4, 1.0, 0.2)
+    assert len(same) == 2 and all(g["lr"] == 0.2 for g in same)  # the historical groups: old state.pt still loads
+    groups = param_groups(model, 5e-4, 0.1, 0.2)
+    head = {id(p) for p in model.fc.parameters()}
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= head or not ids & head  # a group is all head or all backbone
+        assert group["lr"] == pytest.approx(0.2 if ids <= head else 0.02)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    cfg = TrainConfig(lr=0.2, backbone_lr_scale=0.1, epochs=2, warmup_epochs=1)
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch=4, device=torch.device("cpu"))
+    for _ in range(4):  # to the end of warm-up: each group at its own peak
+        optimizer.step()
+        scheduler.step()
+    assert sorted({round(g["lr"], 6) for g in optimizer.param_groups}) == [0.02, 0.2]
+    with pytest.raises(FastCifarError, match="backbone-lr-scale"):
+        TrainConfig(backbone_lr_scale=1.5)
+
+
+def test_zero_init_residual_zeroes_each_blocks_last_bn_for_random_init_only():
+    from fastcifar.models import build_resnet, create_model
+
+    model = build_resnet("resnet18", "cifar", zero_init_residual=True)
+    assert all(torch.count_nonzero(block.bn2.weight) == 0 for layer in (model.layer1, model.layer4) for block in layer)
+    assert torch.count_nonzero(model.bn1.weight) > 0
+    plain, _ = create_model("resnet18", "random", "cifar")
+    assert torch.count_nonzero(plain.layer1[0].bn2.weight) > 0
+
+
+def test_divergence_warning_names_the_learning_rate():
+    cfg = TrainConfig(lr=0.8, batch_size=1024, warmup_epochs=1.0, epochs=16)
+    # The measured blow-up: the fast preset's epoch 1 on an H100 (48 steps, loss 3.18).
+    warning = divergence_warning({"epoch": 1, "train_loss": 3.18}, cfg, 48, 10)
+    assert "3.18" in warning and "ln(10) = 2.30" in warning and "learning rate 0.8" in warning
+    assert "batch 1024" in warning and "48-step warm-up" in warning and "--lr" in warning
+    assert divergence_warning({"epoch": 1, "train_loss": 2.0}, cfg, 48, 10) is None  # healthy
+    assert divergence_warning({"epoch": 2, "train_loss": 3.0}, cfg, 48, 10) is None  # judged after epoch 1 / warm-up
+    assert divergence_warning({"epoch": 1, "train_loss": 2.5}, cfg, 5, 10) is None  # 5 steps: too early to judge
+    late = TrainConfig(lr=0.8, warmup_epochs=2.5, epochs=10)
+    assert "warm-up (epoch 3)" in divergence_warning({"epoch": 3, "train_loss": 2.4}, late, 10, 10)
+    assert divergence_warning({"epoch": 2, "train_loss": 2.4}, late, 10, 10) is None
+
+
+def test_too_high_lr_ends_with_a_warning_and_a_healthy_run_has_none(tmp_path, synthetic_dir, finished_run):
+    assert finished_run.summary["warnings"] == []
+    result = CliRunner().invoke(cli, ["train", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "hot"),
+                                      "--preset", "smoke", "--device", "cpu", "--loader", "tensor", "--train-limit",
+                                      "400", "--batch-size", "16", "--epochs", "1", "--lr", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["warnings"] and "learning rate 5" in summary["warnings"][0]
+    assert "WARNING: the mean training loss" in result.stderr
+
+
+def test_warm_up_leaves_the_run_exactly_as_without_it(tmp_path, synthetic_dir, finished_run):
+    """The compile warm-up's throw-away steps are undone: same weights bit for bit (here without compile)."""
+    result = train(tiny_config(synthetic_dir, tmp_path / "warm", ema=0.9), progress=False, warm_up=True)
+    cold = train(tiny_config(synthetic_dir, tmp_path / "cold", ema=0.9), progress=False)
+    assert result.summary["compile_warmup_seconds"] > 0 and cold.summary["compile_warmup_seconds"] is None
+    a = load_file(str(result.run_dir / "model.safetensors"))
+    b = load_file(str(cold.run_dir / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert result.summary["test_acc"] == cold.summary["test_acc"]
+
+
 def test_val_split_is_seeded_and_disjoint():
     a_train, a_val = split_train_val(1000, 0.1, seed=3)
     b_train, b_val = split_train_val(1000, 0.1, seed=3)
@@ -165,7 +234,13 @@ def test_val_split_is_seeded_and_disjoint():
 def test_presets_and_overrides():
     cfg = make_train_config("smoke", {"epochs": 5, "lr": None})
     assert cfg.epochs == 5 and cfg.lr == 0.1 and cfg.preset == "smoke" and cfg.stem == "imagenet"
-    assert make_train_config("seed", {}).epochs == 10
+    seed = make_train_config("seed", {})
+    # The measured plain recipe (../shared/measurements): lr 0.2 at batch 512, warm-up 20 % of all steps, no smoothing.
+    assert (seed.epochs, seed.batch_size, seed.lr, seed.label_smoothing) == (10, 512, 0.2, 0.0)
+    assert seed.warmup_epochs / seed.epochs == pytest.approx(0.2)
+    fast = make_train_config("fast", {})
+    assert fast.warmup_epochs / fast.epochs == pytest.approx(0.2) and fast.zero_init_residual
+    assert fast.lr / fast.batch_size == pytest.approx(seed.lr / seed.batch_size)  # lr scaled with the batch
     cpu, cuda = TrainConfig().resolved("cpu"), TrainConfig().resolved("cuda")
     assert (cpu.precision, cpu.compile, cpu.channels_last) == ("fp32", False, False)
     assert (cuda.precision, cuda.compile, cuda.channels_last) == ("bf16", True, True)

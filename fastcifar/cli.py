@@ -126,6 +126,11 @@ _TRAIN_OPTIONS = [
     (("--warmup-epochs",), dict(type=float, help="Linear learning-rate warm-up length in epochs.")),
     (("--schedule",), dict(type=click.Choice(["linear", "cosine"]), help="Decay after warm-up.")),
     (("--ema",), dict(type=float, help="EMA decay per step for the evaluated weights (e.g. 0.999). [default: off]")),
+    (("--zero-init-residual/--no-zero-init-residual",),
+     dict(default=None, help="Zero the last BatchNorm scale of each residual block (random init only).")),
+    (("--backbone-lr-scale",), dict(type=float, help="Learning-rate multiplier for every layer but the classifier "
+                                                     "(< 1 fine-tunes a pretrained backbone slower than the new "
+                                                     "head; compare applies it to the pretrained arm only).")),
     (("--tta/--no-tta",), dict(default=None, help="Horizontal-flip test-time augmentation at evaluation.")),
     (("--device",), dict(help="auto | cpu | cuda | cuda:N.")),
     (("--precision",), dict(type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
@@ -235,28 +240,39 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, as_json: bool,
 @click.option("--if-no-weights", type=click.Choice(["fail", "stand-in"]), default="fail", show_default=True,
               help="When the ImageNet weights cannot be had: fail with a message, or run the pretrained arm from "
                    "stand-in random weights (a pipeline check, labelled as such in the report).")
+@click.option("--lr-grid", default=None,
+              help="Comma-separated peak learning rates: each arm (pretrained, random) trains once per value on the "
+                   "first seed at the largest fraction and keeps the one with the best validation accuracy (the "
+                   "test set plays no part); 'none' = one shared --lr for both arms. [default: seed: 0.05,0.1,0.2; "
+                   "fast: 0.1,0.2,0.4; smoke: 0.05,0.1; none when --lr is given]")
+@click.option("--image-sizes", "image_sizes", default=None,
+              help="Settings to compare, each its own table section: comma-separated sizes, each with its stem "
+                   "(32 -> CIFAR stem, larger -> ImageNet stem) or SIZE:STEM, e.g. 32,224 or 32:cifar,64:imagenet. "
+                   "[default: the preset's (or --image-size/--stem) one setting]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory. Rerunning with the same --out and options skips finished runs and resumes "
                    "an interrupted one. [default: reports/<arch>-<preset>-<fingerprint of the options>, so "
                    "rerunning the same command resumes]")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the summary. [default: off]")
-def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_weights, if_no_weights, out,
-            as_json: bool, **options) -> None:
+def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_weights, if_no_weights, lr_grid,
+            image_sizes, out, as_json: bool, **options) -> None:
     """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
 
-    Writes report.md, results.json, env.json, curves.png, data_efficiency.png, per_class.png, confusion.png and
-    one run directory per run under <out>/runs/.
+    Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
+    <out>/lr-select/). Writes report.md, results.json, env.json, curves.png, data_efficiency.png, per_class.png,
+    confusion.png (per setting with --image-sizes) and one run directory per run under <out>/runs/.
 
     \b
     Examples:
       fastcifar compare --data-dir ../shared/cifar10 --preset smoke --pretrained-weights resnet18-f37072fd.pth
       fastcifar compare --preset seed --seeds 5 --fractions 0.01,0.1,1.0 --out reports/seed5
-      fastcifar compare --stem imagenet --image-size 224 --preset fast --seeds 3
+      fastcifar compare --preset seed --image-sizes 32,224 --lr-grid 0.05,0.1,0.2 --backbone-lr-scale 0.1
     """
     from dataclasses import replace
 
     from fastcifar.compare import compare as run_compare, parse_fractions
-    from fastcifar.config import COMPARE_DEFAULTS, CompareConfig, make_train_config
+    from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, CompareConfig, make_train_config,
+                                  parse_lr_grid, parse_settings)
     from fastcifar.report import print_summary
 
     preset = _auto_preset(preset, options.get("device"))
@@ -269,7 +285,10 @@ def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_
                         fractions=parse_fractions(fractions) if fractions else default_fractions,
                         pretrained_weights=(str(pretrained_weights.expanduser().resolve())
                                             if pretrained_weights else None),
-                        if_no_weights=if_no_weights)
+                        if_no_weights=if_no_weights,
+                        lr_grid=(parse_lr_grid(lr_grid) if lr_grid is not None else
+                                 None if options.get("lr") is not None else COMPARE_LR_GRIDS[preset]),
+                        settings=parse_settings(image_sizes) if image_sizes else ())
     cfg = replace(cfg, out=str(out) if out else f"reports/{cfg.base.arch}-{preset}-{cfg.fingerprint()}")
     result = run_compare(cfg, progress=sys.stderr.isatty(), command=sys.argv)
     if as_json:

@@ -1,14 +1,19 @@
-"""`fastcifar compare`: ImageNet-pretrained vs random init on one recipe, over seeds and training-set fractions.
+"""`fastcifar compare`: ImageNet-pretrained vs random init, over settings, seeds and training-set fractions.
 
-Owns the experiment: planning the runs (one ordinary run directory per (init, fraction, seed) under
-`<out>/runs/`), where the pretrained weights come from (recorded once in pretrained.json, so a rerun cannot switch
-sources halfway), resuming (finished runs are skipped, interrupted ones continue from their last epoch, setup-only
-leftovers restart), and the two-level progress display. `fastcifar.report` turns the finished runs into
-report.md, the plots and results.json.
+Owns the experiment: planning the runs (one ordinary run directory per (init, fraction, seed[, setting]) under
+`<out>/runs/`), choosing each arm's peak learning rate on the validation split (`lr_grid`: one run per grid value
+under `<out>/lr-select/`, first seed, largest fraction), where the pretrained weights come from (recorded once in
+pretrained.json, so a rerun cannot switch sources halfway), resuming (finished runs are skipped, interrupted ones
+continue from their last epoch, setup-only leftovers restart), and the two-level progress display.
+`fastcifar.report` turns the finished runs into report.md, the plots and results.json.
 
-Fairness: both arms of a (seed, fraction) share every option, the same first-N training images, validation
-split, shuffling and augmentation; they differ only in the initial weights and in the input normalisation that
-goes with them (ImageNet mean/std for pretrained weights, CIFAR-10's for random init; model.json records it).
+Fairness: both arms of a (setting, seed, fraction) share every option, the same first-N training images,
+validation split, shuffling and augmentation. They differ in the initial weights, the input normalisation that
+goes with them (ImageNet mean/std for pretrained weights, CIFAR-10's for random init; model.json records it) and,
+with a grid, in the peak learning rate each arm chose for itself - a pretrained backbone and a random init do not
+share an optimum, so one shared lr would bias the answer. The choice sees only validation images, never the test
+set. A setting is an (image size, stem) pair: 32 px with the CIFAR stem handicaps ImageNet features by design,
+224 px with the ImageNet stem is how they were learned (the original study's setting).
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from fastcifar.config import COMPARE_INITS, CompareConfig, TrainConfig
+from fastcifar.config import COMPARE_INITS, CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import atomic_path, file_digest, read_jsonl, write_json
-from fastcifar.train import CONFIG_FILE, METRICS_FILE, STATE_FILE, is_finished
+from fastcifar.train import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished
 
-RUNS_DIR, COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "runs", "compare.json", "pretrained.json", "stand-in.pth"
+RUNS_DIR, SELECT_DIR = "runs", "lr-select"
+COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "compare.json", "pretrained.json", "stand-in.pth"
 # A fraction's batch shrinks (lr scaled linearly, Goyal et al.'s rule) until an epoch has this many steps: with
 # 1-3 steps per epoch the warm-up and decay of the schedule would be a handful of steps and mean nothing.
 MIN_STEPS_PER_EPOCH = 10
@@ -47,10 +53,16 @@ class PlannedRun:
     seed: int
     cfg: TrainConfig
     n_train: int  # training images after the validation split
+    setting: tuple[int, str] = (32, "cifar")  # (image size, stem)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.out)
+
+    @property
+    def key(self) -> tuple[tuple[int, str], str]:
+        """(setting, arm): what an lr choice applies to."""
+        return self.setting, self.init
 
 
 @dataclass
@@ -61,8 +73,8 @@ class CompareResult:
     counts: dict  # how many runs were already finished / resumed / started by this invocation
 
 
-def run_name(init: str, fraction: float, seed: int) -> str:
-    return f"{init}-f{fraction:g}-s{seed}"
+def run_name(init: str, fraction: float, seed: int, setting: tuple[int, str] | None = None) -> str:
+    return f"{init}-f{fraction:g}-s{seed}" + (f"-{setting_name(setting)}" if setting else "")
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -80,27 +92,82 @@ def fit_batch(batch_size: int, lr: float, n_train: int) -> tuple[int, float]:
     return fitted, lr * fitted / batch_size
 
 
-def plan_runs(cfg: CompareConfig, n_available: int, pretrained_init: str) -> list[PlannedRun]:
-    """Every run, seed-major: after the first seed the report already has one point per (init, fraction)."""
+def _plan_one(cfg: CompareConfig, pool: int, pretrained_init: str, *, setting: tuple[int, str], init: str,
+              fraction: float, seed: int, lr: float, folder: str, suffix: str = "") -> PlannedRun:
+    """One run of the experiment: the shared recipe with this point's data, seed, setting, arm and lr."""
     base = cfg.base
-    pool = min(base.train_limit or n_available, n_available)
+    limit = round(fraction * pool)
+    if limit < 10:
+        raise FastCifarError(f"--fractions {fraction:g} of {pool} training images is {limit} images; a run needs "
+                             "at least 10")
+    n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train_setup.split_train_val
+    batch, run_lr = fit_batch(base.batch_size, lr, n_train)
+    name = run_name(init, fraction, seed, setting if len(cfg.settings) > 1 else None) + suffix
+    run_cfg = replace(base, init=pretrained_init if init == "imagenet" else "random", seed=seed, train_limit=limit,
+                      batch_size=batch, lr=run_lr, image_size=setting[0], stem=setting[1],
+                      backbone_lr_scale=base.backbone_lr_scale if init == "imagenet" else 1.0,
+                      out=str(Path(cfg.out) / folder / name))
+    return PlannedRun(name=name, init=init, fraction=fraction, seed=seed, cfg=run_cfg, n_train=n_train,
+                      setting=setting)
+
+
+def _pool(cfg: CompareConfig, n_available: int) -> int:
+    return min(cfg.base.train_limit or n_available, n_available)
+
+
+def plan_selection(cfg: CompareConfig, n_available: int, pretrained_init: str) -> list[PlannedRun]:
+    """The lr-selection runs: every grid value for each (setting, arm), first seed, largest fraction."""
+    if cfg.lr_grid is None:
+        return []
+    pool = _pool(cfg, n_available)
+    return [_plan_one(cfg, pool, pretrained_init, setting=setting, init=init, fraction=cfg.fractions[-1],
+                      seed=cfg.seeds[0], lr=lr, folder=SELECT_DIR, suffix=f"-lr{lr:g}")
+            for setting in cfg.settings for init in COMPARE_INITS for lr in cfg.lr_grid]
+
+
+def plan_runs(cfg: CompareConfig, n_available: int, pretrained_init: str,
+              lrs: dict | None = None) -> list[PlannedRun]:
+    """Every run, seed-major: after the first seed the report already has one point per (init, fraction).
+
+    `lrs` maps (setting, arm) to the chosen peak lr (default: base.lr for both). With a grid, the run of the first
+    seed at the largest fraction is the selection run of the chosen lr (same data, seed and lr), reused as it is.
+    """
+    pool = _pool(cfg, n_available)
     runs = []
     for seed in cfg.seeds:
-        for fraction in cfg.fractions:
-            limit = round(fraction * pool)
-            if limit < 10:
-                raise FastCifarError(f"--fractions {fraction:g} of {pool} training images is {limit} images; "
-                                     "a run needs at least 10")
-            n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train_setup.split_train_val
-            batch, lr = fit_batch(base.batch_size, base.lr, n_train)
-            for init in COMPARE_INITS:
-                name = run_name(init, fraction, seed)
-                run_cfg = replace(base, init=pretrained_init if init == "imagenet" else "random", seed=seed,
-                                  train_limit=limit, batch_size=batch, lr=lr,
-                                  out=str(Path(cfg.out) / RUNS_DIR / name))
-                runs.append(PlannedRun(name=name, init=init, fraction=fraction, seed=seed, cfg=run_cfg,
-                                       n_train=n_train))
+        for setting in cfg.settings:
+            for fraction in cfg.fractions:
+                for init in COMPARE_INITS:
+                    lr = (lrs or {}).get((setting, init), cfg.base.lr)
+                    reused = lrs is not None and is_selection_point(cfg, seed, fraction)
+                    runs.append(_plan_one(cfg, pool, pretrained_init, setting=setting, init=init, fraction=fraction,
+                                          seed=seed, lr=lr, folder=SELECT_DIR if reused else RUNS_DIR,
+                                          suffix=f"-lr{lr:g}" if reused else ""))
     return runs
+
+
+def is_selection_point(cfg: CompareConfig, seed: int, fraction: float) -> bool:
+    """True for the (seed, fraction) whose runs the lr selection already trains (first seed, largest fraction)."""
+    return cfg.lr_grid is not None and seed == cfg.seeds[0] and fraction == cfg.fractions[-1]
+
+
+def choose_lrs(cfg: CompareConfig, selection: list[PlannedRun]) -> tuple[dict, dict]:
+    """Each (setting, arm)'s peak lr: the grid value with the best final validation accuracy (ties: the smaller).
+
+    Returns (lrs for plan_runs, the record for results.json: per setting name, per arm grid / val_acc / chosen).
+    """
+    lrs, record = {}, {}
+    for setting in cfg.settings:
+        for init in COMPARE_INITS:
+            runs = [r for r in selection if r.key == (setting, init)]
+            val = [json.loads((r.run_dir / SUMMARY_FILE).read_text())["val_acc"] for r in runs]
+            best = max(range(len(runs)), key=lambda i: (val[i], -i))
+            lrs[setting, init] = cfg.lr_grid[best]
+            record.setdefault(setting_name(setting), {})[init] = {
+                "grid": list(cfg.lr_grid), "val_acc": val, "chosen": cfg.lr_grid[best], "seed": runs[0].seed,
+                "fraction": runs[0].fraction, "n_val": runs[0].cfg.train_limit - runs[0].n_train,
+                "runs": [str(Path(SELECT_DIR) / r.name) for r in runs]}
+    return lrs, record
 
 
 # ---------------------------------------------------------------------------------------------- report directory
@@ -224,9 +291,10 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
                 raise FastCifarError(f"{exc} To try the pipeline without them, add --if-no-weights stand-in (the "
                                      "'pretrained' arm then starts from random weights too).") from None
             source = _stand_in(cfg, out, reason=str(exc))
-    if source["kind"] != "torchvision":  # fail before any training if the weights do not fit arch and stem
-        load_pretrained(build_resnet(cfg.base.arch, cfg.base.stem), read_state_dict(Path(source["init"])),
-                        cfg.base.stem)
+    if source["kind"] != "torchvision":  # fail before any training if the weights do not fit arch and stems
+        state_dict = read_state_dict(Path(source["init"]))
+        for stem in sorted({stem for _, stem in cfg.settings}):
+            load_pretrained(build_resnet(cfg.base.arch, stem), state_dict, stem)
     return source
 
 
@@ -253,7 +321,7 @@ RUN_ACTIONS: dict[str, Callable] = {"interrupted": _resume, "new": _start}  # fi
 
 def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook | None = None,
             command: list[str] | None = None) -> CompareResult:
-    """Train every planned run that is not finished yet, then write the report into `cfg.out`.
+    """Choose each arm's lr (with a grid), train every planned run not finished yet, write the report to `cfg.out`.
 
     `on_epoch_end(run_name, epoch, metrics)` is called after each epoch of each run (raising KeyboardInterrupt
     there stops the compare resumably). `command` is recorded in env.json (default: sys.argv).
@@ -266,21 +334,34 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     n_available = len(load_cifar10(cfg.base.data_dir, download=cfg.base.download, progress=progress).train)
     plan_runs(cfg, n_available, "random")  # bad fractions fail here, before anything is written
     source = resolve_pretrained(cfg, out)
-    runs = plan_runs(cfg, n_available, source["init"])
     env = env_info(command)
     env["command_line"] = shlex.join(env["command"])
     for name, obj in ((COMPARE_FILE, cfg.to_dict()), (PRETRAINED_FILE, source), ("env.json", env)):
         write_json(out / name, obj)
-    states = {run.name: run_state(run.run_dir) for run in runs}
-    for run in runs:
+    selection = plan_selection(cfg, n_available, source["init"])
+    # Run directory names do not depend on the lr, so the runs after the selection can be counted (and their
+    # states read) before it ends: one progress display and one ETA for the whole experiment.
+    later = [r for r in plan_runs(cfg, n_available, source["init"]) if not is_selection_point(cfg, r.seed, r.fraction)]
+    states = {run.name: run_state(run.run_dir) for run in selection + later}
+    for run in selection:
         if states[run.name] != "new":
             check_run_config(run)
-    display = _Progress(runs, states, progress)
-    display.log(_plan_line(cfg, runs, states, source))
+    display = _Progress(selection + later, states, progress)
+    display.log(_plan_line(cfg, selection, later, states, source))
     with display:
-        for run in runs:
+        for run in selection:
             _execute(run, states[run.name], display, on_epoch_end, out)
-    results = report.collect(cfg, source, runs, env)
+        lrs, lr_record = choose_lrs(cfg, selection) if selection else (None, None)
+        if lr_record:
+            display.log(_selection_line(lr_record))
+        runs = plan_runs(cfg, n_available, source["init"], lrs)
+        rest = [run for run in runs if not is_selection_point(cfg, run.seed, run.fraction)]  # trained above
+        for run in rest:
+            if states[run.name] != "new":
+                check_run_config(run)
+        for run in rest:
+            _execute(run, states[run.name], display, on_epoch_end, out)
+    results = report.collect(cfg, source, runs, env, lr_record)
     files = report.write_report(out, results)
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
@@ -307,17 +388,29 @@ def _execute(run: PlannedRun, state: str, display: "_Progress", hook: RunHook | 
     display.run_done(run, result.summary)
 
 
-def _plan_line(cfg: CompareConfig, runs: list[PlannedRun], states: dict, source: dict) -> str:
+def _plan_line(cfg: CompareConfig, selection: list[PlannedRun], later: list[PlannedRun], states: dict,
+               source: dict) -> str:
     done = sum(s == "finished" for s in states.values())
     warning = ("compare: WARNING - no ImageNet weights, so both arms start from random weights: this report checks "
                "the pipeline and the noise level, not pretraining. For the real comparison pass --pretrained-weights "
                "(or go online) with a new --out.\n" if source["kind"] == "stand-in" else "")
+    settings = ", ".join(f"{size} px with the {stem} stem" for size, stem in cfg.settings)
+    lr = (f"each arm's peak lr chosen from {', '.join(f'{v:g}' for v in cfg.lr_grid)} on the validation split "
+          f"({len(selection)} selection runs, first seed, largest fraction, reused as that point's runs)"
+          if cfg.lr_grid else f"one shared peak lr {cfg.base.lr:g}")
     return warning + (
-        f"compare: {len(runs)} runs = 2 inits x {len(cfg.seeds)} seed(s) x {len(cfg.fractions)} fraction(s) "
-        f"({', '.join(f'{f:g}' for f in cfg.fractions)}), {cfg.base.arch} {cfg.base.stem} stem at "
-        f"{cfg.base.image_size} px, {cfg.base.epochs} epochs, preset {cfg.base.preset}, device "
-        f"{cfg.base.device}; {done} already finished.\ncompare: pretrained arm = {source['label']}.\n"
+        f"compare: {len(selection) + len(later)} runs = 2 inits x {len(cfg.settings)} setting(s) x {len(cfg.seeds)} "
+        f"seed(s) x {len(cfg.fractions)} fraction(s) ({', '.join(f'{f:g}' for f in cfg.fractions)}), {cfg.base.arch} "
+        f"at {settings}, {cfg.base.epochs} epochs, preset {cfg.base.preset}, device {cfg.base.device}; {lr}; "
+        f"{done} already finished.\ncompare: pretrained arm = {source['label']}.\n"
         f"compare: report directory {cfg.out} (rerun the same command to resume)")
+
+
+def _selection_line(record: dict) -> str:
+    return "\n".join(f"compare: lr chosen on validation ({name}): " + "; ".join(
+        f"{init} {arm['chosen']:g} (val acc " + ", ".join(f"{lr:g}: {100 * v:.1f} %" for lr, v in
+                                                         zip(arm["grid"], arm["val_acc"])) + ")"
+        for init, arm in arms.items()) for name, arms in record.items())
 
 
 class _Progress:

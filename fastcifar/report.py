@@ -1,8 +1,9 @@
-"""The compare report: numbers from finished runs -> results.json, report.md and four plots.
+"""The compare report: numbers from finished runs -> results.json, report.md and four plots per setting.
 
 Owns what `fastcifar compare` writes once its runs are done: per-run records read back from each run directory
-(summary.json, metrics.jsonl), mean ± std over seeds per (init, fraction), the pretrained-minus-random gap with
-a Welch 95 % interval (`fastcifar.stats`), the conclusion paragraph generated from those numbers, the plots
+(summary.json, metrics.jsonl), one section per setting (image size + stem) with mean ± std over seeds per
+(init, fraction), the pretrained-minus-random gap with a Welch 95 % interval (`fastcifar.stats`) and the learning
+rate each arm chose on the validation split, the conclusion paragraph generated from those numbers, the plots
 (curves, data efficiency, per-class accuracy, confusion matrices) and the terminal summary. Everything printed
 or drawn is also in results.json.
 """
@@ -16,15 +17,17 @@ import time
 from pathlib import Path
 
 from fastcifar.compare import MIN_STEPS_PER_EPOCH
-from fastcifar.config import COMPARE_INITS
+from fastcifar.config import COMPARE_INITS, setting_name
 from fastcifar.fileio import atomic_path, read_jsonl, write_json, write_text
 from fastcifar.stats import mean_std, verdict, welch_ci
 from fastcifar.train import METRICS_FILE, SUMMARY_FILE
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-setting sections, lr_selection, run warnings
 ORIGINAL_STUDY = {"imagenet": 93.69, "random": 94.05}  # one 10-epoch run per model, test accuracy in %
 STYLE = {"imagenet": dict(color="#1f77b4", marker="o"), "random": dict(color="#d62728", marker="s")}
-PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png")
+PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png")  # one setting's figures
+PLOT_ALTS = ("test accuracy vs epoch and training time", "final accuracy vs training-set size",
+             "per-class accuracy", "confusion matrices")
 ARM_LABELS = {  # the pretrained arm's name says what its weights really were
     "torchvision": "ImageNet-pretrained", "stand-in": "pretrained (STAND-IN random weights)",
     "file": "pretrained (unverified weights file)",
@@ -50,8 +53,10 @@ def _run_record(run, out: Path) -> dict:
             "time_to_90pct_final_test_acc", "images_per_second", "device", "per_class_test_acc", "confusion",
             "class_names")
     return {"name": run.name, "init": run.init, "fraction": run.fraction, "seed": run.seed,
+            "setting": setting_name(run.setting), "image_size": run.setting[0], "stem": run.setting[1],
             "run_dir": os.path.relpath(run.run_dir, out), "train_limit": run.cfg.train_limit,
             "batch_size": run.cfg.batch_size, "lr": run.cfg.lr, **{k: summary.get(k) for k in keys},
+            "warnings": summary.get("warnings") or [],
             "curve": {k: [m.get(k) for m in metrics] for k in ("epoch", "test_acc", "elapsed_train_seconds")}}
 
 
@@ -61,7 +66,8 @@ def _spread(records: list[dict], key: str) -> tuple[float | None, float | None]:
 
 def _summary_row(init: str, fraction: float, records: list[dict], label: str) -> dict:
     first = records[0]
-    row = {"init": init, "label": label, "fraction": fraction, "train_limit": first["train_limit"],
+    row = {"setting": first["setting"], "init": init, "label": label, "fraction": fraction,
+           "train_limit": first["train_limit"],
            "n_train": first["n_train"], "batch_size": first["batch_size"], "lr": first["lr"],
            "epochs": first["epochs"], "n_seeds": len(records), "seeds": [r["seed"] for r in records]}
     for key, name in (("test_acc", "test_acc"), ("test_loss", "test_loss"), ("train_seconds", "train_seconds"),
@@ -74,7 +80,7 @@ def _gap_row(fraction: float, records: list[dict]) -> dict:
     acc = {init: [100 * r["test_acc"] for r in records if r["init"] == init] for init in COMPARE_INITS}
     ci = welch_ci(acc["imagenet"], acc["random"])
     gap = mean_std(acc["imagenet"])[0] - mean_std(acc["random"])[0]
-    return {"fraction": fraction, "gap_points": gap, "ci95_low_points": ci.low if ci else None,
+    return {"setting": records[0]["setting"], "fraction": fraction, "gap_points": gap, "ci95_low_points": ci.low if ci else None,
             "ci95_high_points": ci.high if ci else None, "welch_df": ci.df if ci else None,
             "se_points": ci.se if ci else None, "n_imagenet": len(acc["imagenet"]), "n_random": len(acc["random"]),
             "verdict": verdict(ci)}
@@ -96,29 +102,51 @@ def machine(env: dict) -> str:
     return f"CPU only ({env.get('cpu')}, {env.get('cpu_count')} cores; no GPU)"
 
 
-def collect(cfg, source: dict, runs: list, env: dict) -> dict:
+def setting_label(setting: str) -> str:
+    """'32px-cifar' -> '32 px, CIFAR stem (3x3/1)'."""
+    size, stem = setting.split("px-")
+    return f"{size} px, {'CIFAR stem (3x3/1, no max-pool)' if stem == 'cifar' else 'ImageNet stem (7x7/2 + max-pool)'}"
+
+
+def collect(cfg, source: dict, runs: list, env: dict, lr_selection: dict | None = None) -> dict:
     """Every number of the report, read from the finished run directories of `runs`."""
-    return summarize(cfg.to_dict(), source, [_run_record(run, Path(cfg.out)) for run in runs], env)
+    return summarize(cfg.to_dict(), source, [_run_record(run, Path(cfg.out)) for run in runs], env, lr_selection)
 
 
-def summarize(config: dict, source: dict, records: list[dict], env: dict) -> dict:
-    """results.json's content from per-run records (one per (init, fraction, seed))."""
-    labels = arm_labels(source)
-
+def _section(setting: str, records: list[dict], labels: dict, lr_selection: dict | None) -> dict:
+    """One setting's tables: rows per (init, fraction), gaps per fraction, per-class figures, the lr choice."""
     def select(init, fraction):
         return [r for r in records if r["init"] == init and r["fraction"] == fraction]
 
     fractions = sorted({r["fraction"] for r in records})
+    return {"setting": setting, "label": setting_label(setting),
+            "summary": [_summary_row(init, f, select(init, f), labels[init]) for f in fractions
+                        for init in COMPARE_INITS],
+            "gaps": [_gap_row(f, [r for r in records if r["fraction"] == f]) for f in fractions],
+            "per_class": {init: _per_class(select(init, fractions[-1])) for init in COMPARE_INITS},
+            "lr_selection": lr_selection}
+
+
+def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_selection: dict | None = None) -> dict:
+    """results.json's content from per-run records (one per (setting, init, fraction, seed)).
+
+    `sections` holds one block per setting; `summary` and `gaps` list every section's rows (each names its
+    setting) for scripts that want one table; `lr_selection` maps setting -> arm -> grid / val_acc / chosen.
+    """
+    labels = arm_labels(source)
+    settings = list(dict.fromkeys(r["setting"] for r in records))
+    sections = [_section(s, [r for r in records if r["setting"] == s], labels, (lr_selection or {}).get(s))
+                for s in settings]
     n_test = records[0]["n_test"]
-    p = _spread(select("random", fractions[-1]), "test_acc")[0]
+    top = max(r["fraction"] for r in records)
+    p = _spread([r for r in records if r["init"] == "random" and r["fraction"] == top], "test_acc")[0]
     results = {
         "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(env), "command": env.get("command_line"), "config": config,
         "pretrained": source, "labels": labels,
         "test_set": {"n_test": n_test, "binomial_se_points": 100 * math.sqrt(p * (1 - p) / n_test)},
-        "summary": [_summary_row(init, f, select(init, f), labels[init]) for f in fractions for init in COMPARE_INITS],
-        "gaps": [_gap_row(f, [r for r in records if r["fraction"] == f]) for f in fractions],
-        "per_class": {init: _per_class(select(init, fractions[-1])) for init in COMPARE_INITS},
+        "sections": sections, "summary": [row for s in sections for row in s["summary"]],
+        "gaps": [g for s in sections for g in s["gaps"]], "lr_selection": lr_selection,
         "original_study_test_acc_pct": ORIGINAL_STUDY, "runs": records,
     }
     results["conclusion"] = conclusion(results)
@@ -170,18 +198,28 @@ def _caveats(results: dict) -> list[str]:
         notes.append(f"Both arms are far from converged (best mean test accuracy {100 * best:.1f} %): this budget "
                      "checks the pipeline; the study's question needs the GPU budget (the original 10-epoch runs "
                      "reached ~94 %).")
-    notes += _timing_caveat(results["runs"])
+    notes += _warnings_caveat(results["runs"]) + _timing_caveat(results["runs"])
     ts = results["test_set"]
     notes.append(f"The test set has {ts['n_test']:,} images: one model's accuracy carries a binomial standard error "
                  f"of about ±{ts['binomial_se_points']:.2f} points.")
     return notes
 
 
+def _warnings_caveat(runs: list[dict]) -> list[str]:
+    warned = [r["name"] for r in runs if r.get("warnings")]
+    if not warned:
+        return []
+    return [f"{len(warned)} run(s) warned that their training loss was above chance after the first epoch or the "
+            f"warm-up, the mark of a blown-up start ({', '.join(warned[:4])}{' ...' if len(warned) > 4 else ''}; "
+            "see each run's summary.json): their accuracy understates what the arm can do."]
+
+
 def _timing_caveat(runs: list[dict]) -> list[str]:
     """Flag a busy machine: runs of the same size whose training times differ by more than 2x."""
     spreads = []
-    for fraction in {r["fraction"] for r in runs}:
-        seconds = [r["train_seconds"] for r in runs if r["fraction"] == fraction and r["train_seconds"]]
+    for setting, fraction in {(r["setting"], r["fraction"]) for r in runs}:
+        seconds = [r["train_seconds"] for r in runs
+                   if (r["setting"], r["fraction"]) == (setting, fraction) and r["train_seconds"]]
         spreads.append(max(seconds) / min(seconds) if seconds else 1.0)
     if max(spreads, default=1.0) <= 2.0:
         return []
@@ -193,24 +231,32 @@ def _seeds_text(n: int) -> str:
     return "one seed" if n == 1 else f"mean of {n} seeds"
 
 
-def conclusion(results: dict) -> str:
-    """One paragraph stating what the numbers support, per fraction (largest first), then its caveats."""
-    rows = {(r["init"], r["fraction"]): r for r in results["summary"]}
+def _findings(section: dict, name_setting: bool) -> list[str]:
+    """What one setting's numbers support, per fraction (largest first), then overall and time to 90 %."""
+    rows = {(r["init"], r["fraction"]): r for r in section["summary"]}
     sentences = []
-    for g in sorted(results["gaps"], key=lambda g: -g["fraction"]):
+    for g in sorted(section["gaps"], key=lambda g: -g["fraction"]):
         pre, rnd = rows["imagenet", g["fraction"]], rows["random", g["fraction"]]
         sentences.append(f"With {fraction_label(g['fraction'], pre['n_train'])} for training, "
                          f"{pre['label']} reaches {100 * pre['test_acc_mean']:.2f} % and random init "
                          f"{100 * rnd['test_acc_mean']:.2f} % ({_seeds_text(pre['n_seeds'])}): "
                          f"{GAP_SENTENCES[g['verdict']](g)}.")
-    sentences.append(_overall_sentence(results))
-    top = max(results["gaps"], key=lambda g: g["fraction"])["fraction"]
+    sentences.append(_overall_sentence(section))
+    top = max(section["gaps"], key=lambda g: g["fraction"])["fraction"]
     pre, rnd = rows["imagenet", top], rows["random", top]
     if pre["time_to_90pct_mean"] is not None and rnd["time_to_90pct_mean"] is not None:
         sentences.append(f"With the most training data, pretrained reaches 90 % of its final accuracy after "
                          f"{pre['time_to_90pct_mean']:.1f} s of training, random init after "
                          f"{rnd['time_to_90pct_mean']:.1f} s.")
-    return " ".join(sentences + _caveats(results))
+    if name_setting:
+        sentences[0] = f"At {section['label']}: {sentences[0][0].lower()}{sentences[0][1:]}"
+    return sentences
+
+
+def conclusion(results: dict) -> str:
+    """One paragraph stating what the numbers support, per setting and fraction, then its caveats."""
+    named = len(results["sections"]) > 1
+    return " ".join([s for section in results["sections"] for s in _findings(section, named)] + _caveats(results))
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -247,23 +293,60 @@ def _gap_table(results: dict) -> list[str]:
     return lines
 
 
+def _lr_table(section: dict) -> list[str]:
+    """How each arm's peak lr was chosen: every grid value's final validation accuracy, the winner in bold."""
+    record = section["lr_selection"]
+    if not record:
+        return []
+    lines = ["| model | peak lr: final validation accuracy (%) | chosen |", "|---|---|---:|"]
+    for init, arm in record.items():
+        cells = " · ".join(f"**{lr:g}: {100 * v:.1f}**" if lr == arm["chosen"] else f"{lr:g}: {100 * v:.1f}"
+                           for lr, v in zip(arm["grid"], arm["val_acc"]))
+        label = next(r["label"] for r in section["summary"] if r["init"] == init)
+        lines.append(f"| {label} | {cells} | **{arm['chosen']:g}** |")
+    arm = next(iter(record.values()))
+    return ["### Learning rate, chosen per arm on the validation split", "", *lines, "",
+            f"Each arm trained once per grid value (seed {arm['seed']}, {100 * arm['fraction']:g} % of the data, the "
+            f"full epoch budget) and kept the value with the best final accuracy on its {arm['n_val']:,} validation "
+            "images (ties: the smaller lr). **The test set played no part in the choice.** The chosen run is also "
+            "that seed's and fraction's run in the tables above; smaller fractions scale the chosen lr with their "
+            "batch.", ""]
+
+
+def _section_markdown(section: dict, files: list[str]) -> list[str]:
+    figures = [f"![{alt}]({name})" for alt, name in zip(PLOT_ALTS, files)]
+    return [f"## {section['label']}", "",
+            "### Test accuracy (mean ± std over seeds)", "", *_results_table(section), "",
+            "### Accuracy gap", "", *_gap_table(section), "", *_lr_table(section),
+            "### Figures", "", *[line for f in figures for line in (f, "")]]
+
+
 def render_markdown(results: dict) -> str:
     cfg, base = results["config"], results["config"]["base"]
-    runs = "\n".join(f"| `{r['run_dir']}` | {100 * r['test_acc']:.2f} | {r['test_loss']:.3f} | "
-                     f"{r['train_seconds']:.1f} |" for r in results["runs"])
+    runs = "\n".join(f"| `{r['run_dir']}` | {r['setting']} | {r['lr']:g} | {100 * r['test_acc']:.2f} | "
+                     f"{r['test_loss']:.3f} | {r['train_seconds']:.1f} |" for r in results["runs"])
+    lr = ("peak lr chosen per arm from " + ", ".join(f"{v:g}" for v in cfg["lr_grid"]) + " on the validation split"
+          if cfg.get("lr_grid") else f"one shared peak lr {base['lr']:g}")
+    if base.get("backbone_lr_scale", 1.0) != 1.0:
+        lr += f" (the pretrained backbone at {base['backbone_lr_scale']:g}x the head's lr)"
+    settings = "; ".join(s["label"] for s in results["sections"])
+    names = plot_files([s["setting"] for s in results["sections"]])
     return "\n".join([
         f"# ImageNet-pretrained vs random init: {base['arch']} on CIFAR-10 ({base['preset']} preset)", "",
         f"Made {results['created']} on {results['machine']}. Command: `{results['command']}`", "",
-        f"**Pretrained arm:** {results['pretrained']['label']}. **Recipe shared by both arms:** {base['arch']}, "
-        f"{base['stem']} stem at {base['image_size']} px, {base['epochs']} epochs, SGD lr {base['lr']:g} "
-        f"(batch {base['batch_size']}), {base['schedule']} decay, label smoothing {base['label_smoothing']:g}, "
-        f"{100 * base['val_fraction']:g} % held out for validation, seeds {', '.join(map(str, cfg['seeds']))}.", "",
+        f"**Pretrained arm:** {results['pretrained']['label']}. **Setting(s):** {settings}. **Recipe:** "
+        f"{base['arch']}, {base['epochs']} epochs, SGD Nesterov, {lr} (batch {base['batch_size']}), "
+        f"{base['warmup_epochs']:g}-epoch warm-up then {base['schedule']} decay, label smoothing "
+        f"{base['label_smoothing']:g}, {100 * base['val_fraction']:g} % held out for validation, seeds "
+        f"{', '.join(map(str, cfg['seeds']))}.", "",
         "## Conclusion", "", results["conclusion"], "",
-        "## Test accuracy (mean ± std over seeds)", "", *_results_table(results), "",
-        f"Original study (one run per model, 10 epochs, full data): ImageNet-pretrained "
-        f"{ORIGINAL_STUDY['imagenet']} %, random init {ORIGINAL_STUDY['random']} %.", "",
-        "## Accuracy gap", "", *_gap_table(results), "",
+        f"Original study (one run per model, 10 epochs, full data, 224 px with the ImageNet stem): "
+        f"ImageNet-pretrained {ORIGINAL_STUDY['imagenet']} %, random init {ORIGINAL_STUDY['random']} %.", "",
+        *[line for section, files in zip(results["sections"], names) for line in _section_markdown(section, files)],
         "## How to read this", "",
+        "- *setting* is the image size and stem both arms train at. At 32 px the CIFAR stem keeps the resolution "
+        "but handicaps ImageNet features by design; at 224 px with the ImageNet stem they see images as they were "
+        "learned (the original study's setting). Every table and figure sits under its setting's heading.",
         "- *std* is the sample standard deviation over seeds; a seed sets the random init (and the new classifier), "
         "the validation split, shuffling and augmentation - the same for both arms of a seed.",
         "- *gap* is mean(pretrained) − mean(random) in accuracy points; its 95 % interval uses Welch's t (unequal "
@@ -271,13 +354,12 @@ def render_markdown(results: dict) -> str:
         "df 1, 4.3 at df 2, 2.8 at df 4), so only large gaps can be told from noise.",
         "- *training data* is the first N training images of the pool (then the validation split); a small fraction "
         f"trains with a smaller batch (lr scaled with it) so an epoch keeps at least {MIN_STEPS_PER_EPOCH} steps.",
-        "- *time to train* counts the training loop only (evaluation excluded); *time to 90 %* is the training time "
-        "until the test accuracy, measured after each epoch, first reached 90 % of that run's final accuracy.",
+        "- *time to train* counts the training loop only (evaluation and compile warm-up excluded); *time to 90 %* "
+        "is the training time until the test accuracy, measured after each epoch, first reached 90 % of that run's "
+        "final accuracy.",
         f"- {_caveats(results)[-1]}", "",
-        "## Figures", "", "![test accuracy vs epoch and training time](curves.png)", "",
-        "![final accuracy vs training-set size](data_efficiency.png)", "",
-        "![per-class accuracy](per_class.png)", "", "![confusion matrices](confusion.png)", "",
-        "## Runs", "", "| run directory | test acc (%) | test loss | train s |", "|---|---:|---:|---:|", runs, "",
+        "## Runs", "", "| run directory | setting | peak lr | test acc (%) | test loss | train s |",
+        "|---|---|---:|---:|---:|---:|", runs, "",
     ])
 
 
@@ -399,13 +481,25 @@ def plot_confusion(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-PLOTTERS = dict(zip(PLOTS, (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion)))
+PLOTTERS = (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion)
+
+
+def plot_files(settings: list[str]) -> list[list[str]]:
+    """Each setting's plot file names: PLOTS for a single setting, else PLOTS with '-<setting>' before '.png'."""
+    if len(settings) == 1:
+        return [list(PLOTS)]
+    return [[name.replace(".png", f"-{setting}.png") for name in PLOTS] for setting in settings]
 
 
 def write_report(out: Path, results: dict) -> list[Path]:
-    """results.json, report.md and the plots into `out` (each written atomically); returns the paths."""
+    """results.json, report.md and each setting's plots into `out` (each written atomically); returns the paths."""
     files = [write_json(out / "results.json", results), write_text(out / "report.md", render_markdown(results))]
-    return files + [plotter(results, out / name) for name, plotter in PLOTTERS.items()]
+    sections = results["sections"]
+    for section, names in zip(sections, plot_files([s["setting"] for s in sections])):
+        view = {**section, "labels": results["labels"],
+                "runs": [r for r in results["runs"] if r["setting"] == section["setting"]]}
+        files += [plotter(view, out / name) for plotter, name in zip(PLOTTERS, names)]
+    return files
 
 
 def print_summary(results: dict, files: list[Path]) -> None:
@@ -413,16 +507,18 @@ def print_summary(results: dict, files: list[Path]) -> None:
     from rich.table import Table
 
     table = Table(title=f"compare: test accuracy (%), mean ± std over seeds - {results['machine']}")
-    for column in ("training data", "model", "test acc", "train s", "gap (95 % CI)"):
-        table.add_column(column, justify="left" if column in ("training data", "model") else "right")
-    gaps = {g["fraction"]: g for g in results["gaps"]}
-    for r in sorted(results["summary"], key=lambda r: (-r["fraction"], r["init"])):
-        g = gaps[r["fraction"]]
-        gap = "" if r["init"] != "imagenet" else f"{g['gap_points']:+.2f}" + (
-            "" if g["ci95_low_points"] is None else f" ({g['ci95_low_points']:+.1f}…{g['ci95_high_points']:+.1f})")
-        table.add_row(fraction_label(r["fraction"], r["n_train"]), r["label"],
-                      _pm(r["test_acc_mean"], r["test_acc_std"], 100),
-                      _pm(r["train_seconds_mean"], r["train_seconds_std"], digits=1), gap)
+    for column in ("setting", "training data", "model", "peak lr", "test acc", "train s", "gap (95 % CI)"):
+        table.add_column(column, justify="left" if column in ("setting", "training data", "model") else "right")
+    gaps = {(g["setting"], g["fraction"]): g for g in results["gaps"]}
+    for section in results["sections"]:
+        for r in sorted(section["summary"], key=lambda r: (-r["fraction"], r["init"])):
+            g = gaps[r["setting"], r["fraction"]]
+            gap = "" if r["init"] != "imagenet" else f"{g['gap_points']:+.2f}" + (
+                "" if g["ci95_low_points"] is None else f" ({g['ci95_low_points']:+.1f}…{g['ci95_high_points']:+.1f})")
+            table.add_row(r["setting"], fraction_label(r["fraction"], r["n_train"]), r["label"], f"{r['lr']:g}",
+                          _pm(r["test_acc_mean"], r["test_acc_std"], 100),
+                          _pm(r["train_seconds_mean"], r["train_seconds_std"], digits=1), gap)
+        table.add_section()
     console = Console()
     console.print(table)
     console.print(results["conclusion"], highlight=False)

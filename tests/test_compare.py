@@ -97,8 +97,11 @@ def test_results_json_matches_the_run_directories(report):
         if ci is not None:
             assert (gap["ci95_low_points"], gap["ci95_high_points"]) == pytest.approx((ci.low, ci.high))
     assert {r["name"] for r in results["runs"]} == set(summaries)
-    assert results["per_class"]["random"]["fraction"] == 1.0
-    assert np.sum(results["per_class"]["random"]["confusion_sum"]) == 2 * 200  # 2 seeds x 200 test images
+    [section] = results["sections"]  # one setting: the preset's 32 px with its ImageNet stem
+    assert section["setting"] == "32px-imagenet" and section["summary"] == results["summary"]
+    assert section["per_class"]["random"]["fraction"] == 1.0
+    assert np.sum(section["per_class"]["random"]["confusion_sum"]) == 2 * 200  # 2 seeds x 200 test images
+    assert results["lr_selection"] is None and section["lr_selection"] is None  # --lr given: one shared lr
 
 
 def test_rerun_skips_finished_runs(report, monkeypatch):
@@ -199,9 +202,10 @@ def test_welch_ci_on_known_inputs():
     assert mean_std([2.0]) == (2.0, None) and mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
 
 
-def _records(accs: dict[str, list[float]], fraction: float = 1.0) -> list[dict]:
+def _records(accs: dict[str, list[float]], fraction: float = 1.0, setting: str = "32px-cifar") -> list[dict]:
     confusion = np.diag([100] * 10).tolist()
-    return [{"init": init, "fraction": fraction, "seed": seed, "test_acc": acc, "test_loss": 1 - acc,
+    return [{"init": init, "fraction": fraction, "seed": seed, "setting": setting, "name": f"{init}-s{seed}",
+             "test_acc": acc, "test_loss": 1 - acc,
              "train_seconds": 10.0, "time_to_90pct_final_test_acc": 5.0, "n_train": 900, "n_test": 1000,
              "train_limit": 1000, "batch_size": 64, "lr": 0.05, "epochs": 2, "per_class_test_acc": [acc] * 10,
              "confusion": confusion, "class_names": [str(c) for c in range(10)]}
@@ -278,3 +282,104 @@ def test_bad_input_is_one_message(extra, message, tmp_path, synthetic_dir, fake_
     result = CliRunner().invoke(cli, args + extra)
     assert result.exit_code in (1, 2) and message in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "r" / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- lr selection + settings
+
+
+def test_plan_selection_and_reuse_of_the_chosen_run():
+    base = TrainConfig(train_limit=10_000, batch_size=128, lr=0.1, val_fraction=0.1, backbone_lr_scale=0.5)
+    cfg = CompareConfig(base=base, seeds=(3, 4), fractions=(0.1, 1.0), out="r", lr_grid=(0.2, 0.05))
+    assert cfg.lr_grid == (0.05, 0.2)
+    selection = cmp.plan_selection(cfg, 50_000, "/w.pth")
+    assert [r.name for r in selection] == ["imagenet-f1-s3-lr0.05", "imagenet-f1-s3-lr0.2", "random-f1-s3-lr0.05",
+                                           "random-f1-s3-lr0.2"]
+    assert all(r.run_dir.parent == Path("r/lr-select") and r.fraction == 1.0 and r.seed == 3 for r in selection)
+    assert [r.cfg.lr for r in selection] == [0.05, 0.2, 0.05, 0.2]
+    # The backbone scale is the pretrained arm's only: a random init has no pretrained backbone to protect.
+    assert [r.cfg.backbone_lr_scale for r in selection] == [0.5, 0.5, 1.0, 1.0]
+    lrs = {((32, "cifar"), "imagenet"): 0.05, ((32, "cifar"), "random"): 0.2}
+    runs = cmp.plan_runs(cfg, 50_000, "/w.pth", lrs)
+    by_name = {r.name: r for r in runs}
+    # First seed, largest fraction: the selection run of the chosen lr, the same directory and config.
+    assert by_name["imagenet-f1-s3-lr0.05"].cfg == selection[0].cfg
+    assert by_name["random-f1-s3-lr0.2"].cfg == selection[3].cfg
+    assert by_name["imagenet-f1-s4"].cfg.lr == 0.05 and by_name["random-f1-s4"].cfg.lr == 0.2
+    small = by_name["random-f0.1-s3"].cfg  # 900 images: batch 64, the chosen lr scaled with it
+    assert small.batch_size == 64 and small.lr == pytest.approx(0.1)
+    assert CompareConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_lr_grid_selects_per_arm_on_validation_and_resumes(tmp_path, synthetic_dir, fake_weights, monkeypatch):
+    import fastcifar.train
+
+    out = tmp_path / "report"
+    args = [a for a in tiny_args(synthetic_dir, fake_weights, out) if a not in ("--lr", "0.05")]
+    args[args.index("--seeds") + 1] = "1"
+    args += ["--lr-grid", "0.1,0.02", "--json"]
+
+    def stop(name, epoch, metrics):  # Ctrl-C in the third selection run
+        raise KeyboardInterrupt
+
+    real_train = fastcifar.train.train
+    monkeypatch.setattr(fastcifar.train, "train", lambda cfg, **kw: real_train(
+        cfg, **{**kw, "on_epoch_end": stop if Path(cfg.out).name == "random-f1-s0-lr0.02" else kw["on_epoch_end"]}))
+    interrupted = CliRunner().invoke(cli, args)
+    assert interrupted.exit_code == 130, interrupted.output
+    first = (out / "lr-select" / "imagenet-f1-s0-lr0.02" / "metrics.jsonl").read_text()
+    monkeypatch.setattr(fastcifar.train, "train", real_train)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "lr-select" / "imagenet-f1-s0-lr0.02" / "metrics.jsonl").read_text() == first  # reused, not redone
+    results = json.loads(result.stdout)
+    record = results["lr_selection"]["32px-imagenet"]
+    assert set(record) == {"imagenet", "random"}
+    for init, arm in record.items():
+        assert arm["grid"] == [0.02, 0.1] and len(arm["val_acc"]) == 2
+        vals = [json.loads((out / "lr-select" / f"{init}-f1-s0-lr{lr:g}" / "summary.json").read_text())["val_acc"]
+                for lr in arm["grid"]]
+        assert arm["val_acc"] == vals and arm["chosen"] == arm["grid"][int(np.argmax(vals))]
+        # The chosen selection run is the fraction-1.0 run of the table: trained once, at the chosen lr.
+        [row] = [r for r in results["runs"] if r["init"] == init and r["fraction"] == 1.0]
+        assert row["run_dir"] == f"lr-select/{init}-f1-s0-lr{arm['chosen']:g}" and row["lr"] == arm["chosen"]
+    small = [r for r in results["runs"] if r["fraction"] == 0.5]
+    assert {r["init"]: r["lr"] for r in small} == {i: pytest.approx(a["chosen"]) for i, a in record.items()}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["imagenet-f0.5-s0", "random-f0.5-s0"]
+    md = (out / "report.md").read_text()
+    assert "### Learning rate, chosen per arm on the validation split" in md
+    assert "The test set played no part in the choice" in md and "peak lr chosen per arm from 0.02, 0.1" in md
+
+
+def test_two_settings_give_two_sections(tmp_path, synthetic_dir, fake_weights):
+    import matplotlib.image
+
+    out = tmp_path / "report"
+    args = tiny_args(synthetic_dir, fake_weights, out, "--image-sizes", "32:imagenet,40", "--seeds", "1",
+                     "--fractions", "1.0")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert [s["setting"] for s in results["sections"]] == ["32px-imagenet", "40px-imagenet"]
+    assert {(r["setting"], r["image_size"]) for r in results["runs"]} == {("32px-imagenet", 32), ("40px-imagenet", 40)}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        f"{i}-f1-s0-{s}" for i in ("imagenet", "random") for s in ("32px-imagenet", "40px-imagenet"))
+    md = (out / "report.md").read_text()
+    assert "## 32 px, ImageNet stem" in md and "## 40 px, ImageNet stem" in md and "At 40 px, ImageNet stem" in md
+    for setting in ("32px-imagenet", "40px-imagenet"):
+        for name in PLOTS:
+            file = name.replace(".png", f"-{setting}.png")
+            assert f"]({file})" in md and matplotlib.image.imread(out / file).shape[0] > 300
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr-grid", "fast"], "--lr-grid takes comma-separated learning rates"),
+    (["--lr-grid", "0.1,0.1"], "must be distinct"),
+    (["--lr-grid", "0.1", "--val-fraction", "0"], "give --val-fraction > 0"),
+    (["--image-sizes", "16"], "outside 32..512"),
+    (["--image-sizes", "32:resnet"], "unknown stem 'resnet'"),
+    (["--image-sizes", "big"], "--image-sizes takes sizes like"),
+])
+def test_bad_selection_or_setting_is_one_message(extra, message, tmp_path, synthetic_dir, fake_weights):
+    result = CliRunner().invoke(cli, tiny_args(synthetic_dir, fake_weights, tmp_path / "r") + extra)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()

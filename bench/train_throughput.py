@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps [default: 50 CUDA, 8 CPU]")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first [default: 15 CUDA, 2 CPU]")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    ap.add_argument("--layouts", default="nchw,channels_last", help="comma list of memory formats [both]")
     ap.add_argument("--out", type=Path, default=None, help="JSON path [default: bench/results/train_throughput-<device>.json]")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -90,12 +91,13 @@ def main() -> None:
     precisions = (args.precisions or ("bf16,fp16,fp32" if cuda else "fp32,bf16")).split(",")
     steps, warmup = args.steps or (50 if cuda else 8), args.warmup or (15 if cuda else 2)
     compiles = [False] if args.no_compile else [False, True]
+    layouts = [{"nchw": False, "channels_last": True}[name] for name in args.layouts.split(",")]
     env = env_info()
     gpu = env["gpus"][0]["name"] if env["gpus"] else None
     print(f"# training throughput: {args.arch} {args.stem} stem {args.image_size}px on {gpu or platform.processor() or 'CPU'}"
           f" ({env['cpu_count']} cpus), torch {torch.__version__}, steps {steps} after {warmup} warm-up")
     rows = []
-    for batch, precision, channels_last, compile_model in itertools.product(batches, precisions, [False, True], compiles):
+    for batch, precision, channels_last, compile_model in itertools.product(batches, precisions, layouts, compiles):
         ips = measure(args.arch, args.stem, args.image_size, batch, precision, channels_last, compile_model, device,
                       steps, warmup)
         row = dict(batch=batch, precision=precision, channels_last=channels_last, compile=compile_model,

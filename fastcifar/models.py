@@ -12,7 +12,9 @@ dropped. Every other tensor loads unchanged; only the classifier (`fc.*`) is rep
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,7 +92,9 @@ def imagenet_state_dict(arch: str) -> tuple[dict, str]:
 
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
     try:
-        return weights.get_state_dict(progress=True, check_hash=True), weights.url
+        # torch.hub announces the download on stdout; stdout belongs to --json output, so send it to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            return weights.get_state_dict(progress=True, check_hash=True), weights.url
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash is a RuntimeError
         raise FastCifarError(
             f"cannot get torchvision's ImageNet weights for {arch} from {weights.url} ({exc}). Offline, "

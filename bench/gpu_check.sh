@@ -12,11 +12,16 @@
 # the summary and the others still run:
 #   1 tta-fast     bench/time_to_accuracy.py --preset fast, 3 seeds (goal: >= 94 % mean in <= 12 s of training)
 #   2 tta-seed     bench/time_to_accuracy.py --preset seed, 1 seed (the 10-epoch study recipe on all 45k images)
+
 #   3 compare      fastcifar compare --preset fast --seeds 1 --fractions 0.1,1.0 --if-no-weights stand-in (with the
 #                  preset's lr grid: the per-arm learning-rate selection)
 #   4 throughput   bench/train_throughput.py: bf16, batch 1024, NCHW and channels_last, eager and compiled
 #   5 export       fastcifar export of the fast run (seed 0): ONNX + parity in ONNX Runtime
 #   6 bench        fastcifar bench of the same run: torch, torch-compiled, onnxruntime
+#   7 variants     the fast preset with one lever changed each (zero-init residual, lr 0.2, 20 epochs), 1 seed
+#                  each, last because it matters least: the next preset change is a measurement, not a guess
+# The steps run in this order inside one time budget (GPU_CHECK_BUDGET_S, default 480 s); a step never runs past
+# what is left of it, and one that would get under 10 s is skipped and named in the summary.
 # OUT_DIR (new or empty) receives at most 8 files: summary.md (also printed), tta-fast.json, tta-seed.json,
 # compare-results.json, train-throughput.json, export.json, bench.json and work.tar.gz (every log, the compare
 # report with its plots, each run's metrics and summary; no weights).
@@ -58,7 +63,7 @@ if [ "$dry" = 1 ]; then
   export_toy=(--verify-images 64)
   bench_args=(--backends torch,onnxruntime --batch-sizes 1,8 --min-time 0.05 --warmup 0.02 --latency-iters 3
               --max-images 64)
-  limits=(240 120 300 60 120 120)
+  limits=(240 120 300 60 120 120 150)
 else
   device=auto
   tta_toy=()
@@ -66,7 +71,7 @@ else
   throughput_args=(--batch-sizes 1024 --precisions bf16)
   export_toy=()
   bench_args=(--backends torch,torch-compiled,onnxruntime)
-  limits=(200 90 220 90 60 120)
+  limits=(200 90 220 90 60 120 120)
 fi
 
 printf 'step\trc\tseconds\n' > "$work/steps.tsv"
@@ -109,7 +114,17 @@ run_step bench "${limits[5]}" "$out/bench.json" "$py" -m fastcifar bench --model
   --data-dir "$data" --no-download --device "$device" --results-dir "$work/bench" --name gpu-check \
   --cache-dir "$work/cache" --json "${bench_args[@]}"
 
-"$py" "$repo/bench/gpu_check_summary.py" "$out" "$work/steps.tsv" "$work/env.txt" > "$out/summary.md"
+variants=("zero_init_residual=true" "lr=0.2" "epochs=20")
+mkdir -p "$work/variants"
+run_step variants "${limits[6]}" "$work/variants.out" bash -c '
+  py=$1 repo=$2 data=$3 device=$4 work=$5; shift 5
+  toy=(); while [ "$1" != "--" ]; do toy+=("$1"); shift; done; shift
+  for v in "$@"; do
+    "$py" "$repo/bench/time_to_accuracy.py" --data-dir "$data" --preset fast --seeds 1 --target 0.94 \
+      --device "$device" --out "$work/variants/${v%%=*}.json" "${toy[@]}" --set "$v" || exit 1
+  done' _ "$py" "$repo" "$data" "$device" "$work" "${tta_toy[@]}" -- "${variants[@]}"
+"$py" "$repo/bench/gpu_check_summary.py" "$out" "$work/steps.tsv" "$work/env.txt" "$work/variants" \
+  > "$out/summary.md"
 for f in "$out"/*.json; do  # a step that died before printing leaves an empty file: keep the count honest
   [ -s "$f" ] || rm -f "$f"
 done

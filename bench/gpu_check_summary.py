@@ -1,6 +1,6 @@
 """The closing table of bench/gpu_check.sh: each step's status and the figures that answer its question.
 
-    python bench/gpu_check_summary.py OUT_DIR STEPS_TSV ENV_TXT > OUT_DIR/summary.md
+    python bench/gpu_check_summary.py OUT_DIR STEPS_TSV ENV_TXT VARIANTS_DIR > OUT_DIR/summary.md
 
 Reads the JSON files the check wrote into OUT_DIR (any may be missing or empty: a failed step) and prints
 markdown: the machine, one row per step (exit code, seconds) and one line per measured figure with its goal.
@@ -101,7 +101,7 @@ def bench_lines(rows: list | None) -> list[str]:
 
 
 def main() -> int:
-    out, steps_file, env_file = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    out, steps_file, env_file, variants = (Path(a) for a in sys.argv[1:5])
     with steps_file.open() as f:
         steps = list(csv.DictReader(f, delimiter="\t"))
     env = env_file.read_text().splitlines() if env_file.is_file() else []
@@ -112,6 +112,9 @@ def main() -> int:
              "## Figures", "",
              *tta_lines("fast preset", load(out / "tta-fast.json"), ">= 94 % mean over 3 seeds in <= 12 s of training"),
              *tta_lines("seed preset", load(out / "tta-seed.json"), "the plain anchor reached 91.1 % in 10 epochs"),
+             *[line for f in sorted(variants.glob("*.json")) for line in
+               tta_lines(f"fast preset with {f.stem}={(load(f) or {}).get('overrides', {}).get(f.stem)}", load(f),
+                         "compare with the fast preset's seed 0")],
              *compare_lines(load(out / "compare-results.json")),
              *throughput_lines(load(out / "train-throughput.json")),
              *export_lines(load(out / "export.json")),

@@ -29,7 +29,7 @@ def test_dry_run_runs_every_step_and_writes_at_most_eight_files(tmp_path, synthe
     assert {p.name for p in out.iterdir()} == OUT_FILES
     summary = (out / "summary.md").read_text()
     assert summary in proc.stdout  # printed at the end too
-    for step in ("tta-fast", "tta-seed", "compare", "throughput", "export", "bench"):
+    for step in ("tta-fast", "tta-seed", "compare", "throughput", "export", "bench", "variants"):
         assert f"| {step} | 0 |" in summary, summary
     assert "Failed or skipped steps: none." in summary
     fast = json.loads((out / "tta-fast.json").read_text())

@@ -10,7 +10,7 @@ running the same computation on the same device.
     python bench/export.py --model runs/<run> --precisions fp32,int8 --batch-sizes 1,256   # a subset
 
 Method: artifacts come from the library calls `fastcifar export` makes (export_onnx, quantize_int8,
-build_engine), with their parity records. Speed comes from `fastcifar bench` (fastcifar/benchmark.py): each
+build_engine), with their parity records. Speed comes from `fastcifar bench` (fastcifar/bench/harness.py): each
 backend runs alone in a child process, warm-up excluded, CUDA events on the GPU; the machine's load average
 is recorded because other work on a shared 2-core machine moves CPU figures by 2x or more. On the CPU a
 second, interleaved measurement (torch eager and ONNX Runtime alternating call by call in one process)
@@ -88,7 +88,7 @@ def build_engines(records: list[dict], args) -> str | None:
 
 
 def measure(models: list[str], backends: tuple[str, ...], args) -> list[dict]:
-    from fastcifar.benchmark import BenchConfig, bench
+    from fastcifar.bench.harness import BenchConfig, bench
 
     if not models:
         return []

@@ -10,7 +10,7 @@ It is `fastcifar bench` with fixed settings, so the figures in bench/README.md c
 Without --model it measures two freshly initialised ResNet-18s (CIFAR stem: 3x3/1, no max-pool; ImageNet
 stem: 7x7/2 + max-pool, ~16x fewer FLOPs at 32 px). Speed does not depend on the weights; accuracy and the
 accuracy drop then only show the plumbing (agreement and |logit diff| stay meaningful).
-Each backend runs alone in its own process (see fastcifar/bench_worker.py for the timing method).
+Each backend runs alone in its own process (see fastcifar/bench/worker.py for the timing method).
 Writes bench/results/<name>.json, .md and .png and prints the markdown for the README.
 """
 
@@ -41,8 +41,8 @@ def untrained_models(root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastcifar.bench_report import markdown
-    from fastcifar.benchmark import BenchConfig, bench, parse_backends, parse_batch_sizes
+    from fastcifar.bench.report import markdown
+    from fastcifar.bench.harness import BenchConfig, bench, parse_backends, parse_batch_sizes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="run dir / .onnx (repeat); default: untrained ResNet-18s")

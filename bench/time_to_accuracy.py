@@ -5,7 +5,7 @@ mean test accuracy over 3 seeds in <= 12 s of training (ResNet-18, cifar stem, 3
 needed 20 epochs / 19.4 s for 93.8 % (../shared/measurements/gpu-2026-11-26.md).
 
 What the clock holds (airbench's convention): the training loop only. torch.compile is warmed up on throw-away
-batches before the clock starts (`fastcifar.train.train` does this whenever it compiles) and its cost is
+batches before the clock starts (`fastcifar.train.loop.train` does this whenever it compiles) and its cost is
 reported beside the figures: the first seed pays the cold compile, later seeds hit the warm cache. Evaluation
 after each epoch is outside the clock too. Per seed and as mean ± std: training seconds, final test accuracy
 (flip TTA), and the training seconds until the first epoch whose test accuracy reached --target.
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastcifar.config import TrainConfig, make_train_config  # noqa: E402
 from fastcifar.fileio import read_jsonl, write_json  # noqa: E402
 from fastcifar.runtime import env_info  # noqa: E402
-from fastcifar.train import METRICS_FILE, train  # noqa: E402
+from fastcifar.train.loop import METRICS_FILE, train  # noqa: E402
 
 
 def parse_overrides(pairs: list[str]) -> dict:

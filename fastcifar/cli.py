@@ -198,7 +198,7 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, as_json: bool,
       fastcifar train --resume runs/resnet18-random-20261124-101500
     """
     from fastcifar.config import make_train_config
-    from fastcifar.train import resume, train as run_training
+    from fastcifar.train.loop import resume, train as run_training
 
     progress = sys.stderr.isatty()
     if resume_dir is not None:
@@ -270,10 +270,10 @@ def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_
     """
     from dataclasses import replace
 
-    from fastcifar.compare import compare as run_compare, parse_fractions
+    from fastcifar.study.compare import compare as run_compare, parse_fractions
     from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, CompareConfig, make_train_config,
                                   parse_lr_grid, parse_settings)
-    from fastcifar.report import print_summary
+    from fastcifar.study.report import print_summary
 
     preset = _auto_preset(preset, options.get("device"))
     overrides = _train_overrides(options)
@@ -327,7 +327,7 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
     """
     import logging
 
-    from fastcifar.demo import serve
+    from fastcifar.serve.demo import serve
 
     logger = logging.getLogger("fastcifar")  # our notes only; Gradio/httpx keep their own (noisy) loggers quiet
     logger.setLevel(logging.INFO)
@@ -363,7 +363,7 @@ def predict(images: tuple[Path, ...], model: Path, backend: str, device: str, to
       fastcifar predict cat.jpg photos/ --model runs/resnet18-imagenet
       fastcifar predict *.png --model exported/resnet18-imagenet.onnx --topk 1 --json
     """
-    from fastcifar.inference import load_predictor, predict_files
+    from fastcifar.serve.predictor import load_predictor, predict_files
 
     predictor = load_predictor(model, None if backend == "auto" else backend, device)
     results, failures = predict_files(predictor, images, topk=topk)
@@ -436,7 +436,7 @@ def bench(models, backends, batch_sizes, data_dir, download, device, max_images,
       fastcifar bench --model runs/r18 --backends torch,onnxruntime --batch-sizes 1,256 --json
       fastcifar bench --model exported/r18.onnx --reference runs/r18 --max-accuracy-drop 0.1   # CI gate
     """
-    from fastcifar.benchmark import BenchConfig, bench as run_bench, parse_backends, parse_batch_sizes
+    from fastcifar.bench.harness import BenchConfig, bench as run_bench, parse_backends, parse_batch_sizes
 
     cfg = BenchConfig(models=tuple(str(m) for m in models), backends=parse_backends(backends),
                       batch_sizes=parse_batch_sizes(batch_sizes), data_dir=str(data_dir) if data_dir else None,
@@ -449,7 +449,7 @@ def bench(models, backends, batch_sizes, data_dir, download, device, max_images,
     if as_json:
         click.echo(json.dumps(report.rows))
     else:
-        from fastcifar.bench_report import print_table
+        from fastcifar.bench.report import print_table
 
         print_table(report)
         for file in report.files:

@@ -25,7 +25,7 @@ def _bench(*args):
 
 
 def test_parity_metrics_and_gate():
-    from fastcifar.benchmark import gate_failures, parity_metrics
+    from fastcifar.bench.harness import gate_failures, parity_metrics
 
     labels = np.array([0, 1, 2, 3])
     ref = np.eye(4, 10)  # predicts 0,1,2,3: 100 %
@@ -49,7 +49,7 @@ def test_parity_metrics_and_gate():
 
 
 def test_merge_rounds_keeps_the_best_round():
-    from fastcifar.benchmark import merge_rounds
+    from fastcifar.bench.harness import merge_rounds
 
     def run(img_s, p50, host):
         return {"throughput": {"1": img_s, "64": 10 * img_s}, "throughput_h2d": {"1": None, "64": None},
@@ -65,7 +65,7 @@ def test_merge_rounds_keeps_the_best_round():
 
 
 def test_options_are_validated():
-    from fastcifar.benchmark import BenchConfig, parse_backends, parse_batch_sizes
+    from fastcifar.bench.harness import BenchConfig, parse_backends, parse_batch_sizes
 
     assert parse_batch_sizes("1, 64,256") == (1, 64, 256)
     for bad in ("", "0,4", "a,b"):
@@ -81,7 +81,7 @@ def test_options_are_validated():
 
 
 def test_timing_helpers():
-    from fastcifar.bench_worker import calibrated_iters, percentile_ms, tile_batch, time_calls
+    from fastcifar.bench.worker import calibrated_iters, percentile_ms, tile_batch, time_calls
 
     assert calibrated_iters(0.1, 1.0, 3) == 10 and calibrated_iters(2.0, 1.0, 3) == 3
     assert calibrated_iters(0.0, 1.0, 3) == 100_000
@@ -102,18 +102,18 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
 
     import torch  # noqa: F401 - makes this (parent) process large
 
-    from fastcifar.bench_worker import peak_rss_mb
+    from fastcifar.bench.worker import peak_rss_mb
 
     ballast = np.ones(200 * 2**20 // 8)  # +200 MB resident here, before the child is started
-    child = subprocess.run([sys.executable, "-c", "from fastcifar.bench_worker import peak_rss_mb; "
+    child = subprocess.run([sys.executable, "-c", "from fastcifar.bench.worker import peak_rss_mb; "
                             "print(peak_rss_mb())"], capture_output=True, text=True, check=True)
     assert float(child.stdout) < 150 < peak_rss_mb()  # ru_maxrss would report the parent's peak here
     del ballast
 
 
 def test_report_rendering_with_skipped_and_failed_rows(tmp_path):
-    from fastcifar.bench_report import markdown, table_rows, write_reports
-    from fastcifar.benchmark import BenchReport
+    from fastcifar.bench.report import markdown, table_rows, write_reports
+    from fastcifar.bench.harness import BenchReport
 
     ok = {"model": "runs/r18", "backend": "torch", "status": "ok", "reason": None, "device": "cpu", "images": 10,
           "accuracy": 0.9, "accuracy_drop": 0.0, "agreement": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0,
@@ -181,7 +181,7 @@ def gate_setup(tmp_path_factory, synthetic_dir):
 
     from conftest import make_saved_model
     from fastcifar.data.cifar import ensure_cifar, load_split
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
     from fastcifar.models import load_model, save_model
 
     root = tmp_path_factory.mktemp("gate")

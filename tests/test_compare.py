@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fastcifar import compare as cmp
+from fastcifar.study import compare as cmp
 from fastcifar.cli import cli
 from fastcifar.config import CompareConfig, TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.report import PLOTS, summarize
-from fastcifar.stats import mean_std, t_quantile, verdict, welch_ci
+from fastcifar.study.report import PLOTS, summarize
+from fastcifar.study.stats import mean_std, t_quantile, verdict, welch_ci
 
 REPORT_FILES = {"report.md", "results.json", "env.json", "compare.json", "pretrained.json", *PLOTS}
 
@@ -105,13 +105,13 @@ def test_results_json_matches_the_run_directories(report):
 
 
 def test_rerun_skips_finished_runs(report, monkeypatch):
-    import fastcifar.train
+    import fastcifar.train.loop
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(fastcifar.train, "train", must_not_train)
-    monkeypatch.setattr(fastcifar.train, "resume", must_not_train)
+    monkeypatch.setattr(fastcifar.train.loop, "train", must_not_train)
+    monkeypatch.setattr(fastcifar.train.loop, "resume", must_not_train)
     out = report["out"]
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*")}
     result = CliRunner().invoke(cli, report["args"])
@@ -129,7 +129,7 @@ def test_other_options_on_the_same_report_are_refused(report):
 
 
 def test_interrupted_run_resumes_and_setup_leftovers_restart(tmp_path, synthetic_dir, fake_weights, monkeypatch):
-    import fastcifar.train
+    import fastcifar.train.loop
 
     base = TrainConfig(data_dir=str(synthetic_dir), download=False, device="cpu", loader="tensor", stem="imagenet",
                        epochs=2, batch_size=8, lr=0.05, warmup_epochs=0.5, train_limit=40)
@@ -151,11 +151,11 @@ def test_interrupted_run_resumes_and_setup_leftovers_restart(tmp_path, synthetic
     assert cmp.run_state(runs / "random-f1-s0") == "new"
 
     calls = []
-    real_train, real_resume = fastcifar.train.train, fastcifar.train.resume
+    real_train, real_resume = fastcifar.train.loop.train, fastcifar.train.loop.resume
     # resume() continues through train(resume_dir=...): record which of the two each call was.
-    monkeypatch.setattr(fastcifar.train, "train", lambda cfg, **kw: calls.append(
+    monkeypatch.setattr(fastcifar.train.loop, "train", lambda cfg, **kw: calls.append(
         ("train" if kw.get("resume_dir") is None else "continue", Path(cfg.out).name)) or real_train(cfg, **kw))
-    monkeypatch.setattr(fastcifar.train, "resume", lambda d, **kw: calls.append(("resume", Path(d).name))
+    monkeypatch.setattr(fastcifar.train.loop, "resume", lambda d, **kw: calls.append(("resume", Path(d).name))
                         or real_resume(d, **kw))
     result = cmp.compare(cfg, progress=False)
     assert calls == [("resume", "imagenet-f1-s0"), ("continue", "imagenet-f1-s0"), ("train", "random-f1-s0")]
@@ -311,7 +311,7 @@ def test_plan_selection_and_reuse_of_the_chosen_run():
 
 
 def test_lr_grid_selects_per_arm_on_validation_and_resumes(tmp_path, synthetic_dir, fake_weights, monkeypatch):
-    import fastcifar.train
+    import fastcifar.train.loop
 
     out = tmp_path / "report"
     args = [a for a in tiny_args(synthetic_dir, fake_weights, out) if a not in ("--lr", "0.05")]
@@ -321,13 +321,13 @@ def test_lr_grid_selects_per_arm_on_validation_and_resumes(tmp_path, synthetic_d
     def stop(epoch, metrics):  # Ctrl-C in the third selection run
         raise KeyboardInterrupt
 
-    real_train = fastcifar.train.train
-    monkeypatch.setattr(fastcifar.train, "train", lambda cfg, **kw: real_train(
+    real_train = fastcifar.train.loop.train
+    monkeypatch.setattr(fastcifar.train.loop, "train", lambda cfg, **kw: real_train(
         cfg, **{**kw, "on_epoch_end": stop if Path(cfg.out).name == "random-f1-s0-lr0.02" else kw["on_epoch_end"]}))
     interrupted = CliRunner().invoke(cli, args)
     assert interrupted.exit_code == 130, interrupted.output
     first = (out / "lr-select" / "imagenet-f1-s0-lr0.02" / "metrics.jsonl").read_text()
-    monkeypatch.setattr(fastcifar.train, "train", real_train)
+    monkeypatch.setattr(fastcifar.train.loop, "train", real_train)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert (out / "lr-select" / "imagenet-f1-s0-lr0.02" / "metrics.jsonl").read_text() == first  # reused, not redone

@@ -53,7 +53,7 @@ def _test_images(out: Path, synthetic_dir: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, synthetic_dir):
     """The demo app on a free loopback port: yields (url, slots, image dir, gallery); closed after the module."""
-    from fastcifar import demo
+    from fastcifar.serve import demo
 
     root = tmp_path_factory.mktemp("demo")
     pretrained = make_saved_model(root / "pretrained", seed=1, data_dir=synthetic_dir)
@@ -73,7 +73,7 @@ def served(tmp_path_factory, synthetic_dir):
 
 
 def _expected(slots, path: Path) -> list[np.ndarray]:
-    from fastcifar.images import load_image
+    from fastcifar.serve.images import load_image
 
     return [s.predictor.predict(load_image(path, s.predictor.input_size)[None])[0] for s in slots]
 
@@ -115,7 +115,7 @@ def test_cli_help_states_every_default():
 
 
 def test_port_in_use_is_a_user_error(served):
-    from fastcifar import demo
+    from fastcifar.serve import demo
     from fastcifar.errors import FastCifarError
 
     url, slots, _, _ = served
@@ -124,10 +124,10 @@ def test_port_in_use_is_a_user_error(served):
 
 
 def test_gallery_holds_real_test_pixels(tmp_path, synthetic_dir, monkeypatch):
-    from fastcifar import demo
+    from fastcifar.serve import demo
     from fastcifar.data.cifar import find_batches_dir, load_class_names, load_split
     from fastcifar.errors import FastCifarError
-    from fastcifar.images import load_image
+    from fastcifar.serve.images import load_image
 
     examples = demo.cifar_examples(synthetic_dir, [], tmp_path / "gallery", per_class=2)
     root = find_batches_dir(synthetic_dir)

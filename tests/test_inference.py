@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fastcifar.errors import FastCifarError
-from fastcifar.inference import load_image
+from fastcifar.serve.predictor import load_image
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def _png_bytes() -> bytes:
 
 
 def test_find_images_walks_directories_and_reports_missing(tmp_path, pixels):
-    from fastcifar.images import find_images
+    from fastcifar.serve.images import find_images
 
     (tmp_path / "sub").mkdir()
     for name in ("b.png", "sub/a.jpg"):
@@ -150,7 +150,7 @@ def test_find_images_walks_directories_and_reports_missing(tmp_path, pixels):
 
 
 def test_torch_predictor_matches_the_model_applied_by_hand(tiny_model_dir, pixels):
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     predictor = load_predictor(tiny_model_dir, device="cpu")
     assert (predictor.backend, predictor.input_size, len(predictor.class_names)) == ("torch", 32, 10)
@@ -166,7 +166,7 @@ def test_torch_predictor_matches_the_model_applied_by_hand(tiny_model_dir, pixel
 def test_torch_predictor_resizes_for_larger_models(tmp_path, pixels):
     from conftest import make_saved_model
 
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     model_dir = make_saved_model(tmp_path / "r18-48", image_size=48)
     predictor = load_predictor(model_dir, "torch", "cpu")
@@ -175,7 +175,7 @@ def test_torch_predictor_resizes_for_larger_models(tmp_path, pixels):
 
 
 def test_predictor_rejects_wrong_pixels(tiny_model_dir, pixels):
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     predictor = load_predictor(tiny_model_dir, device="cpu")
     for bad in (pixels[0], pixels.astype(np.float32), pixels[:, :16]):
@@ -186,7 +186,7 @@ def test_predictor_rejects_wrong_pixels(tiny_model_dir, pixels):
 
 @pytest.mark.slow
 def test_torch_compiled_predictor_agrees_with_eager(tiny_model_dir, pixels):
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     compiled = load_predictor(tiny_model_dir, "torch-compiled", "cpu")
     assert compiled.backend == "torch-compiled"
@@ -198,7 +198,7 @@ def test_torch_compiled_predictor_agrees_with_eager(tiny_model_dir, pixels):
 
 
 def test_onnxruntime_predictor_same_top1_as_torch(tiny_model_dir, onnx_file, pixels):
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     ort_predictor = load_predictor(onnx_file, device="cpu")  # backend from the file type
     assert ort_predictor.backend == "onnxruntime"
@@ -212,7 +212,7 @@ def test_onnxruntime_predictor_same_top1_as_torch(tiny_model_dir, onnx_file, pix
 
 def test_normalized_input_onnx_gets_the_same_preprocessing(tiny_model_dir, tmp_path, pixels):
     from fastcifar.export.onnx import export_onnx
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     path = export_onnx(tiny_model_dir, tmp_path / "n.onnx", input_kind="normalized", verify=False).path
     predictor = load_predictor(path, device="cpu")
@@ -223,7 +223,7 @@ def test_normalized_input_onnx_gets_the_same_preprocessing(tiny_model_dir, tmp_p
 def test_run_dir_on_onnxruntime_exports_once_into_the_cache(tmp_path, pixels):
     from conftest import make_saved_model
 
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
     from fastcifar.models import load_model, save_model
 
     model_dir = make_saved_model(tmp_path / "run", seed=3)
@@ -245,7 +245,7 @@ def test_run_dir_on_onnxruntime_exports_once_into_the_cache(tmp_path, pixels):
 
 
 def test_failed_export_leaves_no_cache_entry(tmp_path, monkeypatch):
-    from fastcifar import artifacts
+    from fastcifar.serve import artifacts
 
     def broken(tmp_dir):
         (tmp_dir / "model.onnx").write_bytes(b"half")
@@ -257,7 +257,7 @@ def test_failed_export_leaves_no_cache_entry(tmp_path, monkeypatch):
 
 
 def test_backend_and_file_type_mismatches_are_explained(tiny_model_dir, onnx_file, tmp_path):
-    from fastcifar.inference import backend_unavailable, load_predictor
+    from fastcifar.serve.predictor import backend_unavailable, load_predictor
 
     with pytest.raises(FastCifarError, match="cannot be turned into one"):
         load_predictor(onnx_file, "torch", "cpu")
@@ -275,7 +275,7 @@ def test_backend_and_file_type_mismatches_are_explained(tiny_model_dir, onnx_fil
 
 
 def test_spec_from_metadata_accepts_both_spellings():
-    from fastcifar.inference import spec_from_metadata
+    from fastcifar.serve.predictor import spec_from_metadata
 
     raw = {"fastcifar.class_names": '["a", "b"]', "fastcifar.mean": "[0.5, 0.5, 0.5]",
            "fastcifar.std": "[0.2, 0.2, 0.2]", "fastcifar.input_size": "32", "fastcifar.arch": "resnet18"}
@@ -341,7 +341,7 @@ class _FakeEngine:
 def test_engine_runner_binds_tensors_and_checks_the_profile():
     import torch
 
-    from fastcifar.trt_runner import EngineRunner, torch_dtype
+    from fastcifar.serve.trt_runner import EngineRunner, torch_dtype
 
     assert torch_dtype(_Enum("HALF")) is torch.float16 and torch_dtype("DataType.BF16") is torch.bfloat16
     with pytest.raises(FastCifarError, match="FP8"):
@@ -363,7 +363,7 @@ def test_engine_runner_binds_tensors_and_checks_the_profile():
 
 @pytest.mark.tensorrt
 def test_tensorrt_predictor_same_top1_as_torch(tiny_model_dir, tmp_path, pixels):
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     predictor = load_predictor(tiny_model_dir, "tensorrt", "cuda", cache_dir=tmp_path)
     assert predictor.backend == "tensorrt" and predictor.artifact.suffix == ".engine"

@@ -94,7 +94,7 @@ def test_predict_real_cifar_pngs_through_onnx_equals_the_arrays(real_cifar, tiny
     """PNGs of real test images give exactly the predictions of the original uint8 arrays."""
     from fastcifar.data.cifar import ensure_cifar, load_split
     from fastcifar.export.onnx import export_onnx
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     test = load_split(ensure_cifar(real_cifar, download=False), "test")
     for i in range(8):

@@ -222,7 +222,7 @@ def test_engine_matches_onnxruntime(engines, synthetic_dir, precision, atol):
     import torch
 
     from fastcifar.data.cifar import load_cifar10
-    from fastcifar.trt_runner import EngineRunner
+    from fastcifar.serve.trt_runner import EngineRunner
 
     onnx_path, engine_path = engines[precision]
     engine, sidecar, warnings = trtx.load_engine(engine_path)

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from fastcifar.cli import cli
 from fastcifar.config import TrainConfig, make_train_config
 from fastcifar.errors import FastCifarError
-from fastcifar.train import NonFiniteLoss, divergence_warning, resume, train
-from fastcifar.train_setup import build_optimizer, lr_lambda, param_groups, split_train_val
+from fastcifar.train.loop import NonFiniteLoss, divergence_warning, resume, train
+from fastcifar.train.parts import build_optimizer, lr_lambda, param_groups, split_train_val
 
 RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "model.safetensors", "model.json", "state.pt", "summary.json"}
 

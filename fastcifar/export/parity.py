@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fastcifar.errors import DataError, FastCifarError
-from fastcifar.evaluate import parity_metrics
+from fastcifar.train.evaluate import parity_metrics
 from fastcifar.export.onnx import ExportResult, normalize_images, read_onnx_metadata, sha256_file
 
 # Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1).

@@ -3,7 +3,7 @@
 Owns: loading and warming the two models before anything is served (`load_models`), comparing them on one
 image (`compare_image` -> per-model probabilities, latency and an agree/disagree verdict), the example gallery
 (real CIFAR-10 test images upscaled for display, plus the user's own images), the page (`build_app`) and
-serving it (`serve`). Decoding and validating an image is `fastcifar.images.load_image`'s job; this
+serving it (`serve`). Decoding and validating an image is `fastcifar.serve.images.load_image`'s job; this
 module only turns its `FastCifarError` into a message in the page, so a bad upload never stops the server.
 
 The original study needed two upload boxes because its Gradio version could not feed one input to two models;
@@ -50,7 +50,7 @@ class Slot:
 
     key: str  # "pretrained" | "scratch"
     source: Path
-    predictor: Any  # fastcifar.inference.Predictor
+    predictor: Any  # fastcifar.serve.predictor.Predictor
 
     @property
     def title(self) -> str:
@@ -82,7 +82,7 @@ def load_models(pretrained: Path | str, scratch: Path | str, backend: str = "aut
 
 
 def _load_slot(key: str, path: Path, backend: str | None, device: str | None) -> Slot:
-    from fastcifar.inference import load_predictor
+    from fastcifar.serve.predictor import load_predictor
 
     if not path.exists():
         raise FastCifarError(f"--{key} {path} does not exist (expected a run directory, model.safetensors, "
@@ -124,7 +124,7 @@ def mislabel_note(slot: Slot) -> str | None:
 
 def compare_image(slots: Sequence[Slot], image: Any) -> list[Prediction]:
     """Run every slot on `image` (path, bytes or PIL image); `load_image` raises FastCifarError for bad input."""
-    from fastcifar.images import load_image
+    from fastcifar.serve.images import load_image
 
     pixels_by_size: dict[int, np.ndarray] = {}  # decode once per input size, not once per model
     results = []

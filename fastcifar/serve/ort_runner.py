@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from fastcifar.artifacts import DEFAULT_CACHE_DIR
+from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR
 from fastcifar.errors import FastCifarError
-from fastcifar.inference import CIFAR_PIXELS, Predictor, make_pixel_pipeline, spec_from_metadata
+from fastcifar.serve.predictor import CIFAR_PIXELS, Predictor, make_pixel_pipeline, spec_from_metadata
 
 
 def ort_providers(device) -> list:

@@ -3,14 +3,14 @@
 Owns `BenchConfig` and `bench(cfg)`. For each model and each requested backend it
   1. says "skipped: why" when the backend cannot run here (no GPU, no TensorRT, no compiler);
   2. gets the artifact the backend runs (the model itself, or an ONNX export / TensorRT engine made on the
-     fly and cached under exported/cache/ while the model is unchanged: fastcifar/artifacts.py);
-  3. runs the backend alone in a child process (fastcifar/bench_worker.py: why, and the timing method):
+     fly and cached under exported/cache/ while the model is unchanged: fastcifar/serve/artifacts.py);
+  3. runs the backend alone in a child process (fastcifar/bench/worker.py: why, and the timing method):
      logits on the test images, throughput per batch size, batch-1 latency, peak memory;
   4. compares its logits with the PyTorch fp32 reference (the run's own weights; for an .onnx/engine, the
      run named in its metadata when found, or --reference): accuracy and its drop in points, top-1 agreement,
      max/mean |logit diff|.
 `max_accuracy_drop` turns the result into a gate: any backend losing more points than that (or failing
-to run) makes `passed` false, and the CLI exits non-zero. Reports are written by fastcifar/bench_report.py.
+to run) makes `passed` false, and the CLI exits non-zero. Reports are written by fastcifar/bench/report.py.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-from fastcifar.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
+from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
-from fastcifar.evaluate import parity_metrics
-from fastcifar.inference import BACKENDS, backend_unavailable
+from fastcifar.train.evaluate import parity_metrics
+from fastcifar.serve.predictor import BACKENDS, backend_unavailable
 
 DEFAULT_BATCH_SIZES = (1, 64, 256, 1024)
 DEFAULT_RESULTS_DIR = Path("bench") / "results"
@@ -199,7 +199,7 @@ def run_worker(job: dict, workdir: Path, timeout_s: float) -> dict:
     """Run one job in a fresh interpreter; its result dict, or {'error': ...} when it failed or died."""
     job_file = workdir / f"{job['id']}.job.json"
     job_file.write_text(json.dumps(job))
-    command = [sys.executable, "-m", "fastcifar.bench_worker", str(job_file)]
+    command = [sys.executable, "-m", "fastcifar.bench.worker", str(job_file)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_worker_env())
     except subprocess.TimeoutExpired:
@@ -382,7 +382,7 @@ def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None
     report = BenchReport(rows=rows, env=env, config=cfg.to_dict(),
                          failures=gate_failures(rows, cfg.max_accuracy_drop))
     if cfg.results_dir:
-        from fastcifar.bench_report import write_reports
+        from fastcifar.bench.report import write_reports
 
         report.files = write_reports(report, Path(cfg.results_dir), cfg.name or default_name(cfg, device_type))
     return report

@@ -1,6 +1,6 @@
 """How `fastcifar bench` results are shown and kept: the rich table, and JSON + markdown + PNG files.
 
-Owns the presentation of `BenchReport` rows (fastcifar/benchmark.py), nothing else. Every file is written
+Owns the presentation of `BenchReport` rows (fastcifar/bench/harness.py), nothing else. Every file is written
 atomically; the PNG is git-ignored (bench/results/*.png), the JSON and markdown are the record.
 """
 

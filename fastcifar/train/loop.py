@@ -3,7 +3,7 @@
 Owns the training loop, its run directory (config.json, env.json, metrics.jsonl, state.pt, model.safetensors,
 model.json, summary.json - all written atomically, by rank 0 only), resume, Ctrl-C handling, the non-finite
 loss guard and DDP under torchrun. The loop reads top to bottom (nanoGPT's style); the pieces it calls
-(`setup_*`) live in `fastcifar.train_setup`.
+(`setup_*`) live in `fastcifar.train.parts`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume_dir: Path | None = 
     """
     import torch
 
-    from fastcifar import train_setup as setup
+    from fastcifar.train import parts as setup
 
     dist = dist_info_from_env()
     device = resolve_device(cfg.device, dist.local_rank)
@@ -96,7 +96,7 @@ class _Loop:
     def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir):
         import torch
 
-        from fastcifar.train_setup import autocast_factory, make_step, wrap_distributed
+        from fastcifar.train.parts import autocast_factory, make_step, wrap_distributed
 
         self.cfg, self.dist, self.device, self.model = cfg, dist, device, model
         self.optimizer, self.scheduler = opt
@@ -113,7 +113,7 @@ class _Loop:
         self.warmup_seconds = None
 
     def warm_up(self) -> None:
-        from fastcifar.train_setup import warm_up
+        from fastcifar.train.parts import warm_up
 
         self.warmup_seconds = warm_up(self.step, self.model, (self.optimizer, self.scheduler), self.ema, self.scaler,
                                       batch_size=self.data.train_options.batch_size, image_size=self.cfg.image_size,
@@ -179,7 +179,7 @@ class _Loop:
         return self.ema.module if self.ema is not None else self.model
 
     def evaluate_epoch(self, keep_predictions: bool = False) -> dict:
-        from fastcifar.evaluate import evaluate
+        from fastcifar.train.evaluate import evaluate
 
         out, results = {}, {}
         for name, loader in (("val", self.data.val), ("test", self.data.test)):
@@ -193,7 +193,7 @@ class _Loop:
         return (out, results) if keep_predictions else out
 
     def run(self, start_epoch, history, train_seconds, progress, on_epoch_end):
-        from fastcifar.train_setup import EpochProgress, save_state
+        from fastcifar.train.parts import EpochProgress, save_state
 
         with EpochProgress(self.cfg, self.data, start_epoch, progress and self.dist.is_main) as bar:
             for epoch in range(start_epoch, self.cfg.epochs):

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from fastcifar.errors import FastCifarError
-from fastcifar.inference import Predictor, make_pixel_pipeline, spec_from_metadata
+from fastcifar.serve.predictor import Predictor, make_pixel_pipeline, spec_from_metadata
 
 # trt.DataType member name -> torch dtype name (getattr'd lazily: torch is imported inside the functions).
 TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",

@@ -2,7 +2,7 @@
 
 Owns what `fastcifar compare` writes once its runs are done: per-run records read back from each run directory
 (summary.json, metrics.jsonl), one section per setting (image size + stem) with mean ± std over seeds per
-(init, fraction), the pretrained-minus-random gap with a Welch 95 % interval (`fastcifar.stats`) and the learning
+(init, fraction), the pretrained-minus-random gap with a Welch 95 % interval (`fastcifar.study.stats`) and the learning
 rate each arm chose on the validation split, the conclusion paragraph generated from those numbers, the plots
 (curves, data efficiency, per-class accuracy, confusion matrices) and the terminal summary. Everything printed
 or drawn is also in results.json.
@@ -16,11 +16,11 @@ import os
 import time
 from pathlib import Path
 
-from fastcifar.compare import MIN_STEPS_PER_EPOCH
+from fastcifar.study.compare import MIN_STEPS_PER_EPOCH
 from fastcifar.config import COMPARE_INITS, setting_name
 from fastcifar.fileio import atomic_path, read_jsonl, write_json, write_text
-from fastcifar.stats import mean_std, verdict, welch_ci
-from fastcifar.train import METRICS_FILE, SUMMARY_FILE
+from fastcifar.study.stats import mean_std, verdict, welch_ci
+from fastcifar.train.loop import METRICS_FILE, SUMMARY_FILE
 
 FORMAT_VERSION = 2  # 2: per-setting sections, lr_selection, run warnings
 ORIGINAL_STUDY = {"imagenet": 93.69, "random": 94.05}  # one 10-epoch run per model, test accuracy in %

@@ -5,7 +5,7 @@ Owns the experiment: planning the runs (one ordinary run directory per (init, fr
 under `<out>/lr-select/`, first seed, largest fraction), where the pretrained weights come from (recorded once in
 pretrained.json, so a rerun cannot switch sources halfway), resuming (finished runs are skipped, interrupted ones
 continue from their last epoch, setup-only leftovers restart), and the two-level progress display.
-`fastcifar.report` turns the finished runs into report.md, the plots and results.json.
+`fastcifar.study.report` turns the finished runs into report.md, the plots and results.json.
 
 Fairness: both arms of a (setting, seed, fraction) share every option, the same first-N training images,
 validation split, shuffling and augmentation. They differ in the initial weights, the input normalisation that
@@ -30,7 +30,7 @@ from typing import Callable
 from fastcifar.config import COMPARE_INITS, CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import atomic_path, file_digest, read_jsonl, write_json
-from fastcifar.train import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished
+from fastcifar.train.loop import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished
 
 RUNS_DIR, SELECT_DIR = "runs", "lr-select"
 COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "compare.json", "pretrained.json", "stand-in.pth"
@@ -100,7 +100,7 @@ def _plan_one(cfg: CompareConfig, pool: int, pretrained_init: str, *, setting: t
     if limit < 10:
         raise FastCifarError(f"--fractions {fraction:g} of {pool} training images is {limit} images; a run needs "
                              "at least 10")
-    n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train_setup.split_train_val
+    n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train.parts.split_train_val
     batch, run_lr = fit_batch(base.batch_size, lr, n_train)
     name = run_name(init, fraction, seed, setting if len(cfg.settings) > 1 else None) + suffix
     run_cfg = replace(base, init=pretrained_init if init == "imagenet" else "random", seed=seed, train_limit=limit,
@@ -302,13 +302,13 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
 
 
 def _resume(run: PlannedRun, hook):
-    from fastcifar.train import resume
+    from fastcifar.train.loop import resume
 
     return resume(run.run_dir, progress=False, on_epoch_end=hook)
 
 
 def _start(run: PlannedRun, hook):
-    from fastcifar.train import train
+    from fastcifar.train.loop import train
 
     if run.run_dir.exists():  # setup-only leftovers (no state.pt): nothing trained, nothing to keep
         shutil.rmtree(run.run_dir)
@@ -326,7 +326,7 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     `on_epoch_end(run_name, epoch, metrics)` is called after each epoch of each run (raising KeyboardInterrupt
     there stops the compare resumably). `command` is recorded in env.json (default: sys.argv).
     """
-    from fastcifar import report
+    from fastcifar.study import report
     from fastcifar.data.cifar import load_cifar10
     from fastcifar.runtime import env_info
 

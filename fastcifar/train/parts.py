@@ -1,4 +1,4 @@
-"""The parts `fastcifar.train` assembles: run directory, model, data, optimizer, precision, state, progress.
+"""The parts `fastcifar.train.loop` assembles: run directory, model, data, optimizer, precision, state, progress.
 
 Each function takes explicit arguments and returns what it built, so the training loop reads top to bottom.
 """

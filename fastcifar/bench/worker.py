@@ -1,4 +1,4 @@
-"""One backend's measurements, run in a process of its own: `python -m fastcifar.bench_worker JOB.json`.
+"""One backend's measurements, run in a process of its own: `python -m fastcifar.bench.worker JOB.json`.
 
 Owns the timing method of `fastcifar bench`. Why a process per backend: ONNX Runtime's spinning worker
 threads slowed PyTorch in the same process from 2.1k to 0.2k img/s here, CUDA caching allocators and
@@ -190,7 +190,7 @@ def measure_latency(predictor, images: np.ndarray, job: dict) -> dict:
 
 def run_job(job: dict) -> dict:
     """Load the predictor, write its logits on all images (if asked), then time it (if asked)."""
-    from fastcifar.inference import configure_fp32_reference, load_predictor
+    from fastcifar.serve.predictor import configure_fp32_reference, load_predictor
 
     if job["backend"].startswith("torch"):
         configure_fp32_reference()  # the PyTorch rows are the fp32 reference: no TF32 convolutions

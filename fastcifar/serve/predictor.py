@@ -3,8 +3,8 @@
 Owns `load_predictor(path, backend=None, device=None)` and the `Predictor` backends:
   torch           the run's model.safetensors in PyTorch eager (fp32: the parity reference)
   torch-compiled  the same behind torch.compile (static shapes: one compile per batch size)
-  onnxruntime     an .onnx file on ONNX Runtime: TensorRT EP, CUDA EP, then CPU (fastcifar/ort_runner.py)
-  tensorrt        a TensorRT engine on its own runner (fastcifar/trt_runner.py): CUDA tensors in and out
+  onnxruntime     an .onnx file on ONNX Runtime: TensorRT EP, CUDA EP, then CPU (fastcifar/serve/ort_runner.py)
+  tensorrt        a TensorRT engine on its own runner (fastcifar/serve/trt_runner.py): CUDA tensors in and out
 `backend=None` picks from the file type (run dir/.safetensors -> torch, .onnx -> onnxruntime, .engine ->
 tensorrt); a run directory given to onnxruntime/tensorrt is exported on the fly into the artifact cache.
 Preprocessing (resize to the model's image size, mean/std) always comes from the model's own metadata
@@ -12,7 +12,7 @@ Preprocessing (resize to the model's image size, mean/std) always comes from the
 
 Every predictor splits work into `to_input` (host pixels -> backend input on its device), `run` (may be
 asynchronous; output stays on the device) and `to_numpy`, so `fastcifar bench` can time the device-resident
-path and the host-to-device path separately. `load_image` (fastcifar/images.py) is re-exported here.
+path and the host-to-device path separately. `load_image` (fastcifar/serve/images.py) is re-exported here.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fastcifar.artifacts import BACKEND_ARTIFACT, DEFAULT_BACKEND, DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
+from fastcifar.serve.artifacts import BACKEND_ARTIFACT, DEFAULT_BACKEND, DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
-from fastcifar.images import find_images, load_image  # noqa: F401 - load_image is part of this module's API
+from fastcifar.serve.images import find_images, load_image  # noqa: F401 - load_image is part of this module's API
 
 BACKENDS = tuple(BACKEND_ARTIFACT)
 CIFAR_PIXELS = 32  # every fastcifar model takes CIFAR-resolution pixels; larger image sizes resize inside
@@ -280,13 +280,13 @@ def _load_torch(path, device, *, compile_model=False, threads=None, **_):
 
 
 def _load_onnxruntime(path, device, *, isolated=False, threads=None):
-    from fastcifar.ort_runner import OnnxRuntimePredictor
+    from fastcifar.serve.ort_runner import OnnxRuntimePredictor
 
     return OnnxRuntimePredictor(path, device, isolated=isolated, threads=threads)
 
 
 def _load_tensorrt(path, device, **_):
-    from fastcifar.trt_runner import TensorRTPredictor
+    from fastcifar.serve.trt_runner import TensorRTPredictor
 
     return TensorRTPredictor(path, device)
 

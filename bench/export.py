@@ -41,7 +41,7 @@ ORT_PRECISIONS = {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16", "int
 
 def make_artifacts(args) -> list[dict]:
     """ONNX files (and engines where possible), one record per precision with sizes, times and parity."""
-    from fastcifar.export.onnx import export_onnx
+    from fastcifar.export import export_onnx
     from fastcifar.export.parity import verify_onnx, write_parity
     from fastcifar.export.quantize import quantize_int8
 

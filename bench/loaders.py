@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fastcifar.data.cifar import load_cifar10  # noqa: E402
-from fastcifar.data.loaders import LoaderOptions, dali_available, make_loader  # noqa: E402
+from fastcifar.data.loaders import dali_available, make_loader  # noqa: E402
+from fastcifar.data.plan import LoaderOptions  # noqa: E402
 from fastcifar.errors import FastCifarError  # noqa: E402
 from fastcifar.fileio import write_json  # noqa: E402
 from fastcifar.runtime import resolve_device  # noqa: E402

@@ -268,28 +268,17 @@ def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_
       fastcifar compare --preset seed --seeds 5 --fractions 0.01,0.1,1.0 --out reports/seed5
       fastcifar compare --preset seed --image-sizes 32,224 --lr-grid 0.05,0.1,0.2 --backbone-lr-scale 0.1
     """
-    from dataclasses import replace
-
-    from fastcifar.study.compare import compare as run_compare, parse_fractions
-    from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, CompareConfig, make_train_config,
-                                  parse_lr_grid, parse_settings)
+    from fastcifar.config import make_compare_config
+    from fastcifar.study.compare import compare as run_compare
     from fastcifar.study.report import print_summary
 
     preset = _auto_preset(preset, options.get("device"))
-    overrides = _train_overrides(options)
-    first_seed = overrides.pop("seed", None) or 0
-    overrides.update(data_dir=str(data_dir.resolve()) if data_dir else None, download=download)
-    default_seeds, default_fractions = COMPARE_DEFAULTS[preset]
-    cfg = CompareConfig(base=make_train_config(preset, overrides),
-                        seeds=tuple(range(first_seed, first_seed + (seeds or default_seeds))),
-                        fractions=parse_fractions(fractions) if fractions else default_fractions,
-                        pretrained_weights=(str(pretrained_weights.expanduser().resolve())
-                                            if pretrained_weights else None),
-                        if_no_weights=if_no_weights,
-                        lr_grid=(parse_lr_grid(lr_grid) if lr_grid is not None else
-                                 None if options.get("lr") is not None else COMPARE_LR_GRIDS[preset]),
-                        settings=parse_settings(image_sizes) if image_sizes else ())
-    cfg = replace(cfg, out=str(out) if out else f"reports/{cfg.base.arch}-{preset}-{cfg.fingerprint()}")
+    overrides = {**_train_overrides(options), "data_dir": str(data_dir.resolve()) if data_dir else None,
+                 "download": download}
+    cfg = make_compare_config(preset, overrides, seeds=seeds, fractions=fractions, lr_grid=lr_grid,
+                              image_sizes=image_sizes, if_no_weights=if_no_weights,
+                              pretrained_weights=str(pretrained_weights.expanduser().resolve())
+                              if pretrained_weights else None, out=str(out) if out else None)
     result = run_compare(cfg, progress=sys.stderr.isatty(), command=sys.argv)
     if as_json:
         click.echo(json.dumps(result.results))

@@ -166,6 +166,10 @@ def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:
 # ---------------------------------------------------------------------------------------------- compare
 
 COMPARE_INITS = ("imagenet", "random")  # the two arms of `fastcifar compare`; run directories are named after them
+# A fraction's batch shrinks (lr scaled linearly, Goyal et al.'s rule) until an epoch has this many steps: with
+# 1-3 steps per epoch the warm-up and decay of the schedule would be a handful of steps and mean nothing.
+MIN_STEPS_PER_EPOCH = 10
+MIN_BATCH = 8  # BatchNorm statistics over fewer images are too noisy to train with
 IF_NO_WEIGHTS = ("fail", "stand-in")
 # (number of seeds, training-set fractions) when --seeds / --fractions are not given. A GPU affords 3 x 3 points
 # of 10-epoch runs in minutes; the CPU smoke budget affords 2 seeds x 2 fractions (8 runs).
@@ -202,6 +206,13 @@ def parse_settings(text: str) -> tuple[tuple[int, str], ...]:
     return tuple(settings)
 
 
+def parse_fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise FastCifarError(f"--fractions must be comma-separated numbers like 0.01,0.1,1.0, got '{text}'") from None
+
+
 def parse_lr_grid(text: str) -> tuple[float, ...] | None:
     """`--lr-grid 0.05,0.1,0.2` -> (0.05, 0.1, 0.2); `none` -> None (one shared lr)."""
     if text.strip().lower() == "none":
@@ -232,7 +243,7 @@ class CompareConfig:
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # of the training pool (all images, or base.train_limit)
     pretrained_weights: str | None = None  # torchvision-format state dict; None = torchvision's download/cache
     if_no_weights: str = "fail"  # fail | stand-in: when the ImageNet weights cannot be had (offline, no file)
-    out: str = "reports/compare"
+    out: str | None = None  # None: reports/<arch>-<preset>-<fingerprint>, so rerunning the same options resumes
     lr_grid: tuple[float, ...] | None = None  # None: both arms train at base.lr
     settings: tuple[tuple[int, str], ...] = ()  # (image size, stem) pairs; () = base's one setting
 
@@ -260,7 +271,6 @@ class CompareConfig:
                                          "weights with --pretrained-weights PATH (or let torchvision download them)"),
             (self.if_no_weights in IF_NO_WEIGHTS,
              f"unknown --if-no-weights '{self.if_no_weights}' (choose from {', '.join(IF_NO_WEIGHTS)})"),
-            (bool(self.out), "--out must not be empty"),
             (self.lr_grid is None or (len(self.lr_grid) >= 1 and all(lr > 0 for lr in self.lr_grid)),
              "--lr-grid needs positive learning rates (or none)"),
             (self.lr_grid is None or len(set(self.lr_grid)) == len(self.lr_grid), "--lr-grid values must be distinct"),
@@ -273,6 +283,8 @@ class CompareConfig:
                 raise FastCifarError(message)
         for size, stem in settings:  # the same checks as a training run's, before anything is written
             replace(self.base, image_size=size, stem=stem)
+        if not self.out:
+            object.__setattr__(self, "out", f"reports/{self.base.arch}-{self.base.preset}-{self.fingerprint()}")
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "seeds": list(self.seeds), "fractions": list(self.fractions),
@@ -299,3 +311,27 @@ class CompareConfig:
         d = self.to_dict()
         d.pop("out")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = None, fractions: str | None = None,
+                        lr_grid: str | None = None, image_sizes: str | None = None,
+                        pretrained_weights: str | None = None, if_no_weights: str = "fail",
+                        out: str | None = None) -> CompareConfig:
+    """CompareConfig from a preset, train overrides (None = not given) and compare's own options as typed.
+
+    The defaults the CLI documents live here, so Python callers get the same experiment: the preset's number of
+    seeds (counted from overrides' `seed`, default 0), fractions and lr grid (no grid when `lr` is given: one
+    shared lr), the preset's one setting, and the report directory reports/<arch>-<preset>-<fingerprint>.
+    """
+    overrides = dict(overrides)
+    first_seed = overrides.pop("seed", None) or 0
+    default_seeds, default_fractions = COMPARE_DEFAULTS[preset]
+    if lr_grid is not None:
+        grid = parse_lr_grid(lr_grid)
+    else:
+        grid = None if overrides.get("lr") is not None else COMPARE_LR_GRIDS[preset]
+    return CompareConfig(base=make_train_config(preset, overrides),
+                         seeds=tuple(range(first_seed, first_seed + (seeds or default_seeds))),
+                         fractions=parse_fractions(fractions) if fractions else default_fractions,
+                         pretrained_weights=pretrained_weights, if_no_weights=if_no_weights, lr_grid=grid,
+                         settings=parse_settings(image_sizes) if image_sizes else (), out=out)

@@ -20,15 +20,11 @@ from pathlib import Path
 
 from fastcifar.data.cifar import CLASS_NAMES
 from fastcifar.errors import FastCifarError
+from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, NATIVE_SIZE
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 STEMS = ("imagenet", "cifar")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# CIFAR-10 training-set statistics (0-1 scale), measured on ../shared/cifar10 by `fastcifar data`.
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 512
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = NATIVE_SIZE, 512  # images are only ever resized up from CIFAR's 32 px
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
 FORMAT_VERSION = 1
 

@@ -25,7 +25,8 @@ def _bench(*args):
 
 
 def test_parity_metrics_and_gate():
-    from fastcifar.bench.harness import gate_failures, parity_metrics
+    from fastcifar.bench.harness import gate_failures
+    from fastcifar.export.parity import parity_metrics
 
     labels = np.array([0, 1, 2, 3])
     ref = np.eye(4, 10)  # predicts 0,1,2,3: 100 %
@@ -204,7 +205,7 @@ def gate_setup(tmp_path_factory, synthetic_dir):
 
 
 def test_parity_gate_fails_on_a_broken_onnx_export(gate_setup, tmp_path):
-    from fastcifar.export.onnx import export_onnx
+    from fastcifar.export import export_onnx
 
     good, broken, data = gate_setup
     broken_onnx = export_onnx(broken, tmp_path / "broken.onnx", verify=False).path
@@ -219,7 +220,7 @@ def test_parity_gate_fails_on_a_broken_onnx_export(gate_setup, tmp_path):
 
 
 def test_parity_gate_needs_a_reference(gate_setup, tmp_path):
-    from fastcifar.export.onnx import export_onnx
+    from fastcifar.export import export_onnx
 
     good, _, data = gate_setup
     onnx_path = export_onnx(good, tmp_path / "orphan.onnx", verify=False).path  # its run is not findable from here

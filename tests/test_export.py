@@ -16,7 +16,9 @@ import torch
 
 from conftest import make_saved_model
 from fastcifar.errors import FastCifarError
+from fastcifar.export import export_onnx
 from fastcifar.export import onnx as ox
+from fastcifar.export.parity import verify_onnx
 from fastcifar.export import parity
 
 N_VERIFY = 64
@@ -26,7 +28,7 @@ MATRIX = [("fp32", "raw"), ("fp16", "raw"), ("fp32", "normalized"), ("fp16", "no
 @pytest.fixture(scope="module")
 def exports(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("exported")
-    return {(p, k): ox.export_onnx(tiny_model_dir, out, precision=p, input_kind=k, max_images=N_VERIFY)
+    return {(p, k): export_onnx(tiny_model_dir, out, precision=p, input_kind=k, max_images=N_VERIFY)
             for p, k in MATRIX}
 
 
@@ -132,20 +134,20 @@ def test_read_metadata_rejects_foreign_files(tmp_path):
 def test_resize_happens_inside_raw_graphs(tmp_path, synthetic_dir):
     """A model trained at 64 px: `raw` takes 32 px pixels and resizes inside; `normalized` takes 64 px."""
     run = make_saved_model(tmp_path / "r18-64", stem="imagenet", image_size=64, data_dir=synthetic_dir)
-    raw = ox.export_onnx(run, tmp_path / "out", max_images=32)
+    raw = export_onnx(run, tmp_path / "out", max_images=32)
     assert raw.parity["passed"] and raw.parity["top1_agreement"] == 1.0
     assert (raw.metadata["image_size"], raw.metadata["input_size"]) == (64, 32)
     assert "Resize" in {n.op_type for n in onnx.load(str(raw.path)).graph.node}
-    norm = ox.export_onnx(run, tmp_path / "out", input_kind="normalized", verify=False)
+    norm = export_onnx(run, tmp_path / "out", input_kind="normalized", verify=False)
     assert session(norm.path).get_inputs()[0].shape[1:] == [3, 64, 64]
     assert (norm.metadata["image_size"], norm.metadata["input_size"]) == (64, 64)
 
 
 def test_bf16_needs_opset_22_and_is_checked_by_emulation(tiny_model_dir, tmp_path):
     with pytest.raises(FastCifarError, match="opset 20 is too old for bf16"):
-        ox.export_onnx(tiny_model_dir, tmp_path, precision="bf16", opset=20)
+        export_onnx(tiny_model_dir, tmp_path, precision="bf16", opset=20)
     assert list(tmp_path.iterdir()) == []
-    result = ox.export_onnx(tiny_model_dir, tmp_path, precision="bf16", max_images=32)
+    result = export_onnx(tiny_model_dir, tmp_path, precision="bf16", max_images=32)
     assert result.opset == 22 and result.path.name == "resnet18-random-bf16.onnx"
     proto = onnx.load(str(result.path))
     assert onnx.TensorProto.BFLOAT16 in {t.data_type for t in proto.graph.initializer}
@@ -156,7 +158,7 @@ def test_bf16_needs_opset_22_and_is_checked_by_emulation(tiny_model_dir, tmp_pat
 def test_mismatch_fails_the_export_and_keeps_files(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(parity.REL_TOLERANCE, "fp32", 0.0)  # any rounding difference now counts as a mismatch
     with pytest.raises(FastCifarError, match="parity check failed.*max \\|logit diff\\|.*--no-verify"):
-        ox.export_onnx(tiny_model_dir, tmp_path, max_images=16)
+        export_onnx(tiny_model_dir, tmp_path, max_images=16)
     record = json.loads((tmp_path / "resnet18-random.parity.json").read_text())
     assert record["passed"] is False and record["failures"]
     assert (tmp_path / "resnet18-random.onnx").is_file()
@@ -164,15 +166,15 @@ def test_mismatch_fails_the_export_and_keeps_files(tiny_model_dir, tmp_path, mon
 
 def test_verify_detects_a_different_model(exports, tmp_path, synthetic_dir):
     other = make_saved_model(tmp_path / "other", seed=1, data_dir=synthetic_dir)
-    record = ox.verify_onnx(exports[("fp32", "raw")].path, other, max_images=N_VERIFY)
+    record = verify_onnx(exports[("fp32", "raw")].path, other, max_images=N_VERIFY)
     assert not record["passed"] and record["max_abs_diff"] > record["tolerance"]
 
 
 def test_missing_data_fails_before_writing_and_no_verify_needs_none(tiny_model_dir, tmp_path):
     with pytest.raises(FastCifarError, match="--no-verify"):
-        ox.export_onnx(tiny_model_dir, tmp_path / "out", data_dir=tmp_path / "nowhere")
+        export_onnx(tiny_model_dir, tmp_path / "out", data_dir=tmp_path / "nowhere")
     assert not (tmp_path / "out").exists()
-    result = ox.export_onnx(tiny_model_dir, tmp_path / "out", data_dir=tmp_path / "nowhere", verify=False)
+    result = export_onnx(tiny_model_dir, tmp_path / "out", data_dir=tmp_path / "nowhere", verify=False)
     assert result.parity is None and result.parity_path is None and result.path.is_file()
     assert list((tmp_path / "out").glob("*.json")) == []
 
@@ -181,7 +183,7 @@ def test_missing_data_fails_before_writing_and_no_verify_needs_none(tiny_model_d
                                             ({"input_kind": "nhwc"}, "unknown input kind")])
 def test_bad_options_are_user_errors(tiny_model_dir, tmp_path, kwargs, message):
     with pytest.raises(FastCifarError, match=message):
-        ox.export_onnx(tiny_model_dir, tmp_path, **kwargs)
+        export_onnx(tiny_model_dir, tmp_path, **kwargs)
 
 
 def test_parity_policy():
@@ -216,7 +218,7 @@ def test_int8_qdq_export(exports, tiny_model_dir):
     meta = ox.read_onnx_metadata(result.path)
     assert meta["precision"] == "int8" and meta["int8_calibration"]["n_images"] == 32
     assert meta["class_names"] == source.metadata["class_names"]
-    record = ox.verify_onnx(result.path, tiny_model_dir, max_images=N_VERIFY)
+    record = verify_onnx(result.path, tiny_model_dir, max_images=N_VERIFY)
     # an untrained net has near-tied logits, so agreement is not asserted; the logits must still track fp32
     assert record["mean_abs_diff"] < 0.1 * record["logit_scale"]
     with pytest.raises(FastCifarError, match="starts from an fp32 export"):
@@ -262,6 +264,6 @@ def test_cli_option_mistakes_write_nothing(tiny_model_dir, tmp_path, args, messa
 
 @pytest.mark.realdata
 def test_parity_on_real_test_images(exports, tiny_model_dir, real_cifar):
-    p = ox.verify_onnx(exports[("fp32", "raw")].path, tiny_model_dir, real_cifar, max_images=200)
+    p = verify_onnx(exports[("fp32", "raw")].path, tiny_model_dir, real_cifar, max_images=200)
     assert p["passed"] and p["top1_agreement"] == 1.0 and p["n_images"] == 200
     assert "cifar-10-batches-py" in p["data_dir"]

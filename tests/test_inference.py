@@ -25,7 +25,7 @@ def pixels():
 
 @pytest.fixture(scope="module")
 def onnx_file(tiny_model_dir, tmp_path_factory):
-    from fastcifar.export.onnx import export_onnx
+    from fastcifar.export import export_onnx
 
     return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "tiny.onnx", verify=False).path
 
@@ -211,7 +211,7 @@ def test_onnxruntime_predictor_same_top1_as_torch(tiny_model_dir, onnx_file, pix
 
 
 def test_normalized_input_onnx_gets_the_same_preprocessing(tiny_model_dir, tmp_path, pixels):
-    from fastcifar.export.onnx import export_onnx
+    from fastcifar.export import export_onnx
     from fastcifar.serve.predictor import load_predictor
 
     path = export_onnx(tiny_model_dir, tmp_path / "n.onnx", input_kind="normalized", verify=False).path
@@ -274,13 +274,15 @@ def test_backend_and_file_type_mismatches_are_explained(tiny_model_dir, onnx_fil
     assert backend_unavailable("torch", "cpu") is None and backend_unavailable("onnxruntime", "cpu") is None
 
 
-def test_spec_from_metadata_accepts_both_spellings():
-    from fastcifar.serve.predictor import spec_from_metadata
+def test_metadata_is_decoded_once_into_a_spec():
+    from fastcifar.preprocess import decode_metadata, spec_from_metadata
 
     raw = {"fastcifar.class_names": '["a", "b"]', "fastcifar.mean": "[0.5, 0.5, 0.5]",
-           "fastcifar.std": "[0.2, 0.2, 0.2]", "fastcifar.input_size": "32", "fastcifar.arch": "resnet18"}
+           "fastcifar.std": "[0.2, 0.2, 0.2]", "fastcifar.input_size": "32", "fastcifar.arch": "resnet18",
+           "pytorch.version": "2.14"}  # another producer's entry is dropped
     decoded = {"class_names": ["a", "b"], "mean": [0.5] * 3, "std": [0.2] * 3, "input_size": 32, "arch": "resnet18"}
-    assert spec_from_metadata(raw) == spec_from_metadata(decoded)
+    assert decode_metadata(raw) == decoded
+    assert spec_from_metadata(decode_metadata(raw)) == spec_from_metadata(decoded)
     assert spec_from_metadata(decoded)["input_kind"] == "raw"
     with pytest.raises(FastCifarError, match="never guessed"):
         spec_from_metadata({"class_names": ["a"]})

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from fastcifar.data import loaders
-from fastcifar.data.loaders import LoaderOptions, augment_params, epoch_plan, make_loader, shard_indices
+from fastcifar.data.loaders import make_loader
+from fastcifar.data.plan import LoaderOptions, augment_params, epoch_plan, shard_indices
 from fastcifar.errors import FastCifarError
 
 KINDS = [

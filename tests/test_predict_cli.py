@@ -68,7 +68,7 @@ def test_predict_table_output(tiny_model_dir, image_dir):
 
 
 def test_predict_onnx_matches_torch(tiny_model_dir, image_dir, tmp_path):
-    from fastcifar.export.onnx import export_onnx
+    from fastcifar.export import export_onnx
 
     onnx_path = export_onnx(tiny_model_dir, tmp_path / "m.onnx", verify=False).path
     runs = {model: json.loads(_invoke("predict", image_dir / "a.png", image_dir / "b.jpg", "--model", model,
@@ -93,7 +93,7 @@ def test_predict_user_errors_are_one_line_without_traceback(tiny_model_dir, imag
 def test_predict_real_cifar_pngs_through_onnx_equals_the_arrays(real_cifar, tiny_model_dir, tmp_path):
     """PNGs of real test images give exactly the predictions of the original uint8 arrays."""
     from fastcifar.data.cifar import ensure_cifar, load_split
-    from fastcifar.export.onnx import export_onnx
+    from fastcifar.export import export_onnx
     from fastcifar.serve.predictor import load_predictor
 
     test = load_split(ensure_cifar(real_cifar, download=False), "test")

@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fastcifar.errors import FastCifarError
+from fastcifar.export import export_onnx
 from fastcifar.export import onnx as ox
 from fastcifar.export import parity
 from fastcifar.export import tensorrt as trtx
@@ -209,7 +210,7 @@ def engines(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("trt")
     built = {}
     for precision in ("fp32", "fp16"):
-        onnx_path = ox.export_onnx(tiny_model_dir, out, precision=precision, max_images=64).path
+        onnx_path = export_onnx(tiny_model_dir, out, precision=precision, max_images=64).path
         built[precision] = (onnx_path, trtx.build_engine(onnx_path, batch="1:32:64", workspace_gib=2))
     int8 = quantize_int8(built["fp32"][0], tiny_model_dir, n_images=64, verify=False).path
     built["int8"] = (int8, trtx.build_engine(int8, batch="1:32:64", workspace_gib=2))

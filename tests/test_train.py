@@ -56,7 +56,8 @@ def test_training_learns_and_writes_the_run_directory(finished_run):
 
 def test_model_json_records_normalisation_and_reloads(finished_run, synthetic_dir):
     from fastcifar.data.cifar import load_cifar10
-    from fastcifar.models import CIFAR_MEAN, load_model
+    from fastcifar.models import load_model
+    from fastcifar.preprocess import CIFAR_MEAN
 
     meta = json.loads((finished_run.run_dir / "model.json").read_text())
     assert tuple(meta["mean"]) == CIFAR_MEAN and meta["init"] == "random" and meta["stem"] == "imagenet"
@@ -95,7 +96,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, synthetic
 def test_pretrained_state_dict_is_loaded(tmp_path, synthetic_dir):
     import torchvision
 
-    from fastcifar.models import IMAGENET_MEAN
+    from fastcifar.preprocess import IMAGENET_MEAN
 
     torch.manual_seed(1)
     fake = torchvision.models.resnet18().state_dict()  # a fabricated torchvision-format "ImageNet" checkpoint

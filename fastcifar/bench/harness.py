@@ -28,7 +28,7 @@ import numpy as np
 
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
-from fastcifar.train.evaluate import parity_metrics
+from fastcifar.export.parity import parity_metrics
 from fastcifar.serve.predictor import BACKENDS, backend_unavailable
 
 DEFAULT_BATCH_SIZES = (1, 64, 256, 1024)

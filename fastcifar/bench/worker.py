@@ -190,7 +190,8 @@ def measure_latency(predictor, images: np.ndarray, job: dict) -> dict:
 
 def run_job(job: dict) -> dict:
     """Load the predictor, write its logits on all images (if asked), then time it (if asked)."""
-    from fastcifar.serve.predictor import configure_fp32_reference, load_predictor
+    from fastcifar.serve.predictor import load_predictor
+    from fastcifar.serve.torch_runner import configure_fp32_reference
 
     if job["backend"].startswith("torch"):
         configure_fp32_reference()  # the PyTorch rows are the fp32 reference: no TF32 convolutions

@@ -23,15 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcifar.data.download import (ARCHIVE_NAME, BATCHES_DIR, CIFAR_MD5, CIFAR_URL, META_FILE, TEST_FILES,
+                                     TRAIN_FILES)
 from fastcifar.errors import DataError
 
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-ARCHIVE_NAME = "cifar-10-python.tar.gz"
-BATCHES_DIR = "cifar-10-batches-py"
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_FILES = ("test_batch",)
-META_FILE = "batches.meta"
 NUM_CLASSES = 10
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

@@ -3,7 +3,7 @@
 Owns `DaliLoader`. The pipeline is crop_mirror_normalize (crop of the zero-padded image at the planned
 offset, flip, mean/std, float) -> optional bilinear resize, on the GPU when the device is CUDA (`.gpu()`
 after the external source) and as a CPU pipeline (`device_id=None`) otherwise. Order, crop offsets and flips
-come from `loaders.epoch_plan`, exactly as for the tensor loader, so both give the same pixels for a seed.
+come from `plan.epoch_plan`, exactly as for the tensor loader, so both give the same pixels for a seed.
 
 Why the images are zero-padded once on the host instead of `fn.slice(..., out_of_bounds_policy="pad")` per
 batch: it makes the whole augmentation one DALI operator per sample. On the 2-core CPU that was ~25-30 %
@@ -28,40 +28,27 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastcifar.data.loaders import EpochPlan, LoaderOptions, check_arrays, epoch_plan, num_batches
-from fastcifar.data.tensor_loader import TORCH_DTYPES
+from fastcifar.data.plan import BaseLoader, EpochPlan, LoaderOptions, epoch_plan
+from fastcifar.preprocess import pixel_mean_std
 
 
-class DaliLoader:
-    """Loader contract of `fastcifar.data.loaders` over uint8 (N,H,W,3) `images`, augmented by DALI."""
+class DaliLoader(BaseLoader):
+    """Loader contract of `fastcifar.data.plan` over uint8 (N,H,W,3) `images`, augmented by DALI."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, options: LoaderOptions, device="cpu"):
-        check_arrays(images, labels, options)
-        self.options = options
-        self.batch_size = options.batch_size
-        self.device = torch.device(device)
-        self.epoch = 0
+        super().__init__(images, labels, options, device)
         pad = options.crop_padding
         self._shape = images.shape[1:3]
         self._padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # zeros, as RandomCrop pads
-        self._labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self.device)
-        self._dtype = TORCH_DTYPES[options.dtype]
-        self._len = num_batches(len(images), options)
         self._plan: EpochPlan | None = None  # set only while an epoch is being iterated
         self._pipe = self._build()
-
-    def __len__(self) -> int:
-        return self._len
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._plan is not None:
             # An earlier iteration was abandoned mid-epoch without being closed: its queued batches belong
             # to another plan, so end that epoch before starting this one.
             self._end_epoch()
-        plan = epoch_plan(len(self._padded), self.options, self.epoch)
+        plan = epoch_plan(self._n, self.options, self.epoch)
         order = torch.from_numpy(plan.order).to(self.device)
         self._plan = plan
         try:
@@ -83,6 +70,7 @@ class DaliLoader:
 
         opts, gpu = self.options, self.device.type == "cuda"
         h, w = self._shape
+        pixel_mean, pixel_std = pixel_mean_std(opts.mean, opts.std)
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu \
             else None
 
@@ -96,7 +84,7 @@ class DaliLoader:
                 images = images.gpu()  # crop positions and flips stay CPU argument inputs, as DALI requires
             images = fn.crop_mirror_normalize(
                 images, crop=[h, w], crop_pos_y=pos_y, crop_pos_x=pos_x, mirror=mirror, dtype=types.FLOAT,
-                output_layout="HWC", mean=[255 * m for m in opts.mean], std=[255 * s for s in opts.std])
+                output_layout="HWC", mean=pixel_mean, std=pixel_std)
             if (opts.image_size, opts.image_size) != (h, w):
                 images = fn.resize(images, size=[opts.image_size, opts.image_size],
                                    interp_type=types.INTERP_LINEAR, antialias=False)

@@ -20,9 +20,17 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from fastcifar.data.cifar import ARCHIVE_NAME, BATCHES_DIR, TRAIN_FILES
 from fastcifar.errors import DataError
 from fastcifar.fileio import file_digest
+
+# The official archive and the layout of what it holds (fastcifar/data/cifar.py reads that layout).
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+META_FILE = "batches.meta"
 
 def md5sum(path: Path) -> str:
     return file_digest(path, "md5")

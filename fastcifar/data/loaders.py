@@ -1,156 +1,15 @@
-"""The Loader interface and `make_loader(...)`, which picks the DALI pipeline or the tensor loader.
-
-Contract (DESIGN.md): iterating yields `(images, labels)` already on the training device: images float
-(`dtype`), normalised with mean/std, NCHW shape in channels_last memory format (when asked), at
-`image_size`; labels int64. `len(loader)` is batches per epoch; `set_epoch(e)` reshuffles deterministically
-from (seed, e). Under torchrun each rank sees a disjoint shard (`rank`, `world_size`).
-Training loaders (`train=True`) augment (4-px padded random crop, horizontal flip), shuffle globally
-every epoch and drop the ragged last batch; evaluation loaders (`train=False`) neither augment nor shuffle
-and yield every image exactly once (a smaller last batch).
-
-Both implementations take their randomness from here, not from their own generators: `epoch_plan` gives
-the sample order (`shard_indices`) and per-sample crop offsets and flips (`augment_params`) for an epoch,
-so the DALI pipeline and the tensor loader produce the same pixels for the same (seed, epoch) and the
-reference tests can compare them.
+"""`make_loader(...)`: the one call that builds a loader, the DALI pipeline or the tensor loader (`plan.py` holds
+the contract both follow).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Protocol
-
 import numpy as np
 
+from fastcifar.data.plan import Loader, LoaderOptions, check_arrays
 from fastcifar.errors import FastCifarError
 
 LOADER_KINDS = ("auto", "dali", "tensor")
-LOADER_DTYPES = ("float32", "bfloat16", "float16")
-
-
-class Loader(Protocol):
-    batch_size: int
-
-    def __iter__(self) -> Iterator[tuple["object", "object"]]: ...
-
-    def __len__(self) -> int: ...
-
-    def set_epoch(self, epoch: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class LoaderOptions:
-    """Everything a loader needs besides the data itself (shared by both implementations)."""
-
-    batch_size: int
-    train: bool
-    image_size: int = 32
-    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # 0-1 scale
-    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-    seed: int = 0
-    rank: int = 0
-    world_size: int = 1
-    channels_last: bool = True
-    crop_padding: int = 4
-    flip: bool = True
-    dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise FastCifarError(f"batch size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.rank < self.world_size:
-            raise FastCifarError(f"rank {self.rank} is outside world size {self.world_size}")
-        if self.image_size < 1:
-            raise FastCifarError(f"image size must be >= 1, got {self.image_size}")
-        if self.crop_padding < 0:
-            raise FastCifarError(f"crop padding must be >= 0, got {self.crop_padding}")
-        if self.seed < 0:  # numpy's SeedSequence (and DALI) refuse negative seeds
-            raise FastCifarError(f"seed must be >= 0, got {self.seed}")
-        if self.dtype not in LOADER_DTYPES:
-            raise FastCifarError(f"unknown loader dtype '{self.dtype}' (choose from {', '.join(LOADER_DTYPES)})")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise FastCifarError(f"mean and std need 3 values each, std > 0; got mean={self.mean} std={self.std}")
-
-
-def shard_indices(n: int, options: LoaderOptions, epoch: int) -> np.ndarray:
-    """This rank's sample order for `epoch`: a global permutation from (seed, epoch), split across ranks.
-
-    Training: every rank gets the same number of samples (the remainder after an even split is dropped,
-    so no sample is duplicated across GPUs). Evaluation: no shuffle, rank r takes indices r, r+W, ...
-    so every image is seen exactly once across ranks.
-    """
-    if options.train:
-        order = np.random.default_rng([options.seed, epoch]).permutation(n)
-        per_rank = n // options.world_size
-        return order[options.rank * per_rank:(options.rank + 1) * per_rank]
-    return np.arange(options.rank, n, options.world_size)
-
-
-def augment_params(n: int, seed: int, epoch: int, *, padding: int = 4, flip: bool = True):
-    """Per-image crop offsets and flips for `epoch`, indexed by dataset index: (dy, dx, flipped).
-
-    dy, dx in 0..2*padding are the top-left corner of the crop inside the zero-padded image (padding means
-    no shift); `flipped` is a bool per image (all False when `flip` is off). Indexed by dataset index rather
-    than by position in a shard, so an image gets the same augmentation whatever the world size. The stream
-    [seed, epoch, 1] is independent of the [seed, epoch] permutation in `shard_indices`.
-    """
-    rng = np.random.default_rng([seed, epoch, 1])
-    # Offsets and flips are always drawn, so turning flips off leaves the crops of a seed unchanged.
-    dy, dx = rng.integers(0, 2 * padding + 1, size=(2, n))
-    flipped = (rng.random(n) < 0.5) & flip
-    return dy, dx, flipped
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    """What one rank yields in one epoch, sample by sample, in order (host arrays shared by both loaders)."""
-
-    order: np.ndarray  # dataset indices
-    dy: np.ndarray  # crop row offset inside the zero-padded image, 0..2*padding
-    dx: np.ndarray  # crop column offset, likewise
-    flip: np.ndarray  # bool: mirror left-right after the crop
-    num_batches: int
-    batch_size: int
-
-    def batch(self, b: int) -> slice:
-        """Positions of batch `b` in the plan's arrays (the last eval batch may be short)."""
-        return slice(b * self.batch_size, min((b + 1) * self.batch_size, len(self.order)))
-
-
-def num_batches(n: int, options: LoaderOptions) -> int:
-    """Batches per epoch on this rank: training drops the ragged last batch, evaluation keeps it."""
-    if options.train:
-        return n // options.world_size // options.batch_size
-    per_rank = len(range(options.rank, n, options.world_size))  # the sizes shard_indices gives, uncomputed
-    return -(-per_rank // options.batch_size)
-
-
-def epoch_plan(n: int, options: LoaderOptions, epoch: int) -> EpochPlan:
-    """This rank's order and augmentation for `epoch`; evaluation is the centre crop, unflipped, in order."""
-    order = shard_indices(n, options, epoch)
-    batches = num_batches(n, options)
-    if options.train:
-        order = order[:batches * options.batch_size]  # the ragged tail is dropped, never padded
-        dy, dx, flip = augment_params(n, options.seed, epoch, padding=options.crop_padding, flip=options.flip)
-        dy, dx, flip = dy[order], dx[order], flip[order]
-    else:
-        dy = dx = np.full(len(order), options.crop_padding)
-        flip = np.zeros(len(order), dtype=bool)
-    return EpochPlan(order=order, dy=dy, dx=dx, flip=flip, num_batches=batches, batch_size=options.batch_size)
-
-
-def check_arrays(images, labels, options: LoaderOptions) -> None:
-    """Refuse data a loader cannot serve, with a message instead of a shape error deep inside an op."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        found = f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
-        raise FastCifarError(f"loader images must be a uint8 array (N, H, W, 3), found {found}")
-    if np.ndim(labels) != 1 or len(labels) != len(images):
-        raise FastCifarError(f"loader got {len(images)} images but labels of shape {np.shape(labels)}")
-    if len(images) == 0:
-        raise FastCifarError("loader got an empty dataset")
-    if options.train and num_batches(len(images), options) == 0:
-        per_rank = len(images) // options.world_size
-        raise FastCifarError(f"{per_rank} training images per rank cannot fill one batch of {options.batch_size}; "
-                             "lower the batch size")
 
 
 def make_loader(images: np.ndarray, labels: np.ndarray, options: LoaderOptions, *, kind: str = "auto",

@@ -2,7 +2,7 @@
 
 Owns `TensorLoader`. Per batch it does one gather that crops *and* flips (a linear index into the
 zero-padded images), one affine normalise, an optional bilinear resize and a dtype cast - no worker
-processes, no per-sample Python. Order and augmentation come from `loaders.epoch_plan`, the same plan the
+processes, no per-sample Python. Order and augmentation come from `plan.epoch_plan`, the same plan the
 DALI loader follows, so both yield the same pixels for the same (seed, epoch).
 
 Why one flat gather: on the 2-core CPU, crop+flip+normalise of 50k images ran at ~150-215k img/s this way
@@ -17,42 +17,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastcifar.data.loaders import LoaderOptions, check_arrays, epoch_plan, num_batches
+from fastcifar.data.plan import BaseLoader, LoaderOptions, epoch_plan
+from fastcifar.preprocess import scale_shift
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class TensorLoader:
-    """Loader contract of `fastcifar.data.loaders` over uint8 (N,H,W,3) `images` kept on `device`."""
+class TensorLoader(BaseLoader):
+    """Loader contract of `fastcifar.data.plan` over uint8 (N,H,W,3) `images` kept on `device`."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, options: LoaderOptions, device="cpu"):
-        check_arrays(images, labels, options)
-        self.options = options
-        self.batch_size = options.batch_size
-        self.device = torch.device(device)
-        self.epoch = 0
-        self._n, self._h, self._w = images.shape[:3]
+        super().__init__(images, labels, options, device)
+        self._h, self._w = images.shape[1:3]
         pad = options.crop_padding
         self._ph, self._pw = self._h + 2 * pad, self._w + 2 * pad
         data = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         # Zero padding (torchvision RandomCrop(padding=4)'s default) done once for the whole dataset; the
         # flat (pixels, 3) view lets one index_select fetch every crop, flipped or not, in a single pass.
         self._pixels = F.pad(data, (0, 0, pad, pad, pad, pad)).reshape(-1, 3)
-        self._labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self.device)
-        # (x - 255*mean) / (255*std) as one multiply-add: x * scale + shift.
-        std = torch.tensor(options.std, dtype=torch.float32, device=self.device) * 255
-        self._scale = 1.0 / std
-        self._shift = -torch.tensor(options.mean, dtype=torch.float32, device=self.device) * 255 / std
+        # (x / 255 - mean) / std as one multiply-add: x * scale + shift (fastcifar/preprocess.py).
+        scale, shift = scale_shift(options.mean, options.std)
+        self._scale = torch.tensor(scale, dtype=torch.float32, device=self.device)
+        self._shift = torch.tensor(shift, dtype=torch.float32, device=self.device)
         self._rows = torch.arange(self._h, device=self.device)
         self._cols = torch.arange(self._w, device=self.device)
-        self._dtype = TORCH_DTYPES[options.dtype]
-        self._len = num_batches(self._n, options)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = epoch_plan(self._n, self.options, self.epoch)

@@ -1,14 +1,15 @@
-"""Export: a saved model -> ONNX (+ parity check) -> optional INT8 Q/DQ ONNX -> optional TensorRT engine.
+"""Export: a saved model -> ONNX -> parity check -> optional INT8 Q/DQ ONNX -> optional TensorRT engine.
 
-Owns `export_model(...)`, the one call behind `fastcifar export`: it chains the steps and collects their
-results. The steps live in their own modules:
-  onnx.py      export_onnx / read_onnx_metadata (torch.onnx dynamo export, the graph, its metadata)
+Owns `export_model(...)`, the one call behind `fastcifar export`, and `export_onnx` (write + verify): they
+chain the steps and collect their results. The steps live in their own modules, none of which calls another
+step except through here (quantize.py verifies its own INT8 file with parity.py):
+  onnx.py      write_onnx / read_onnx_metadata (torch.onnx dynamo export, the graph, its metadata)
   parity.py    verify_onnx: ONNX Runtime vs the fp32 PyTorch model on real test images, tolerance policy
   quantize.py  quantize_int8: explicit INT8 (Q/DQ nodes) calibrated on training images with ONNX Runtime
   tensorrt.py  build_engine and the engine sidecar / compatibility checks (importable without TensorRT)
 
-This file stays import-light (no torch, onnx or tensorrt at import time) so the CLI and `inference.py` can
-import it cheaply.
+This file stays import-light (no torch, onnx or tensorrt at import time) so the CLI and `serve/` can import it
+cheaply.
 """
 
 from __future__ import annotations
@@ -31,6 +32,29 @@ class ExportSummary:
 
     def to_dict(self) -> dict:
         return {"onnx": [r.to_dict() for r in self.onnx], "engine": self.engine, "error": self.error}
+
+
+def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, precision: str = "fp32",
+                input_kind: str = "raw", opset: int | None = None, verify: bool = True,
+                data_dir: Path | str | None = None, max_images: int | None = None):
+    """Write the ONNX file (onnx.py), then, with `verify`, check it against the PyTorch model (parity.py).
+
+    The check compares ONNX Runtime with the fp32 PyTorch model on the first `max_images` (None: all) test images
+    of `data_dir` (default: the run's recorded data dir), writes `<name>.parity.json` beside the file and raises
+    FastCifarError on a mismatch beyond tolerance (the ONNX file and the parity JSON are kept for inspection).
+    Without test data the export fails before anything is written.
+    """
+    from fastcifar.export import onnx as onnx_export
+    from fastcifar.export import parity
+    from fastcifar.models import read_model_meta
+
+    test = parity.load_test_split(data_dir, read_model_meta(model_path)) if verify else None
+    result = onnx_export.write_onnx(model_path, out_path, precision=precision, input_kind=input_kind, opset=opset)
+    if verify:
+        result.parity = parity.verify_onnx(result.path, model_path, data_dir, max_images=max_images, test=test)
+        result.parity_path = parity.write_parity(result.path, result.parity)
+        parity.raise_on_mismatch(result)
+    return result
 
 
 def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, precision: str = "fp32",
@@ -64,8 +88,8 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
         if not onnx_path.is_file():
             raise FastCifarError(f"{onnx_path} does not exist")
     elif onnx:
-        result = onnx_export.export_onnx(model, out_dir, precision=precision, input_kind=input_kind, opset=opset,
-                                         verify=verify, data_dir=data_dir, max_images=max_images)
+        result = export_onnx(model, out_dir, precision=precision, input_kind=input_kind, opset=opset,
+                             verify=verify, data_dir=data_dir, max_images=max_images)
         summary.onnx.append(result)
         onnx_path = result.path
     else:

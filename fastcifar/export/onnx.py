@@ -1,9 +1,10 @@
 """ONNX export of a saved fastcifar model and its `fastcifar.*` metadata.
 
 Owns: the exported graph (`ExportModule`: optional in-graph preprocessing, the reduced-precision cast, the
-model, float32 logits out), `export_onnx` (torch.onnx.export with dynamo=True of the *uncompiled* eval model,
-explicit opset, dynamic batch, one self-contained file, then onnx.checker and the parity check of
-parity.py), and the metadata written into / read back from the file (`read_onnx_metadata`).
+model, float32 logits out), `write_onnx` (torch.onnx.export with dynamo=True of the *uncompiled* eval model,
+explicit opset, dynamic batch, one self-contained file, then onnx.checker), and the metadata written into /
+read back from the file (`read_onnx_metadata`). The parity check is parity.py's; `fastcifar.export.export_onnx`
+chains the two.
 
 Graph I/O contract (also in the README):
   raw         input `pixels`  uint8 [batch, 32, 32, 3] (NHWC, RGB, CIFAR's native pixels); the graph
@@ -26,21 +27,18 @@ import torch
 
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import atomic_path, file_digest
+from fastcifar.preprocess import META_PREFIX, NATIVE_SIZE, decode_metadata, normalize, scale_shift
 
 # torch dtype behind each graph precision. int8 graphs come from quantize.py (Q/DQ on an fp32 graph).
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INPUT_KINDS = ("raw", "normalized")
 INPUT_NAMES = {"raw": "pixels", "normalized": "images"}
 OUTPUT_NAME = "logits"
-RAW_SIZE = 32  # CIFAR's native resolution: what a `raw` graph takes, whatever size the model was trained at
 # Opset 20 is read by TensorRT 10.x/11.x and ONNX Runtime >= 1.17; bf16 Conv/Gemm only exist from opset 22.
 DEFAULT_OPSET = {"fp32": 20, "fp16": 20, "bf16": 22}
 MIN_OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}  # 18: the oldest opset the dynamo exporter emits
-META_PREFIX = "fastcifar."
 META_FORMAT_VERSION = 1
 # Metadata values that are JSON (lists, numbers, null); the rest are plain strings.
-JSON_META_KEYS = {"class_names", "mean", "std", "image_size", "input_size", "num_classes", "test_acc",
-                  "format_version", "int8_calibration"}
 
 
 @dataclass
@@ -94,11 +92,11 @@ class ExportModule(torch.nn.Module):
         self.model = fuse_batchnorm(copy.deepcopy(model).float().eval()).to(dtype)
         self.raw = input_kind == "raw"
         self.dtype = dtype
-        self.resize_to = spec.image_size if self.raw and spec.image_size != RAW_SIZE else None
-        mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std as one multiply-add per pixel
-        self.register_buffer("scale", 1.0 / (255.0 * std))
-        self.register_buffer("shift", -mean / std)
+        self.resize_to = spec.image_size if self.raw and spec.image_size != NATIVE_SIZE else None
+        # (x / 255 - mean) / std as one multiply-add per pixel, in the graph's own ops (fastcifar/preprocess.py)
+        scale, shift = scale_shift(spec.mean, spec.std)
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.raw:
@@ -113,18 +111,17 @@ class ExportModule(torch.nn.Module):
 def example_input(spec, input_kind: str, batch: int = 2) -> torch.Tensor:
     """A dummy input of the graph's input type. Batch 2: torch.export specialises sizes 0 and 1."""
     if input_kind == "raw":
-        return torch.randint(0, 256, (batch, RAW_SIZE, RAW_SIZE, 3), dtype=torch.uint8)
+        return torch.randint(0, 256, (batch, NATIVE_SIZE, NATIVE_SIZE, 3), dtype=torch.uint8)
     return torch.randn(batch, 3, spec.image_size, spec.image_size)
 
 
 def normalize_images(images: np.ndarray, spec) -> torch.Tensor:
     """uint8 NHWC pixels -> the model's float32 NCHW input at its image size (the reference preprocessing).
 
-    Written independently of ExportModule on purpose: the parity check then also tests the in-graph
-    preprocessing of `raw` graphs, not just the network.
+    numpy here, torch ops in ExportModule: the parity check then also tests the in-graph preprocessing of `raw`
+    graphs, not just the network (both from fastcifar/preprocess.py's one definition).
     """
-    x = images.astype(np.float32) / 255.0
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    x = normalize(images, spec.mean, spec.std)
     t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     if spec.image_size != t.shape[-1]:
         t = torch.nn.functional.interpolate(t, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False)
@@ -141,7 +138,7 @@ def onnx_metadata(spec, model_meta: dict, *, input_kind: str, precision: str, we
         "class_names": list(spec.class_names), "num_classes": spec.num_classes,
         "mean": list(spec.mean), "std": list(spec.std),  # 0-1 scale, RGB
         "image_size": spec.image_size,  # the size the network was trained at
-        "input_size": RAW_SIZE if input_kind == "raw" else spec.image_size,  # H/W of the input tensor
+        "input_size": NATIVE_SIZE if input_kind == "raw" else spec.image_size,  # H/W of the input tensor
         "input_kind": input_kind, "input_name": INPUT_NAMES[input_kind], "output_name": OUTPUT_NAME,
         "resize": "bilinear", "precision": precision,
         "arch": spec.arch, "stem": spec.stem, "init": spec.init,
@@ -159,16 +156,6 @@ def set_metadata(proto, props: dict) -> None:
     for key, value in keep + sorted(props.items()):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def decode_metadata(props: dict) -> dict:
-    """{'fastcifar.mean': '[...]', ...} -> {'mean': [...], ...}; non-fastcifar keys are dropped."""
-    out = {}
-    for key, value in props.items():
-        if key.startswith(META_PREFIX):
-            name = key[len(META_PREFIX):]
-            out[name] = json.loads(value) if name in JSON_META_KEYS else value
-    return out
 
 
 def read_onnx_metadata(path: Path | str) -> dict:
@@ -242,26 +229,20 @@ def torch_to_onnx(module: torch.nn.Module, example: torch.Tensor, input_name: st
     return program.model_proto
 
 
-def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, precision: str = "fp32",
-                input_kind: str = "raw", opset: int | None = None, verify: bool = True,
-                data_dir: Path | str | None = None, max_images: int | None = None) -> ExportResult:
-    """Export a run dir / model.safetensors to one self-contained ONNX file, then check it.
+def write_onnx(model_path: Path | str, out_path: Path | str | None = None, *, precision: str = "fp32",
+               input_kind: str = "raw", opset: int | None = None) -> ExportResult:
+    """Export a run dir / model.safetensors to one self-contained ONNX file and run onnx.checker on it.
 
-    out_path: a `.onnx` file, or a directory (default `exported/`) that gets `onnx_file_name(...)`.
-    Always runs onnx.checker; with `verify`, compares ONNX Runtime with the PyTorch model on the first
-    `max_images` (None: all) test images of `data_dir` (default: the run's recorded data dir), writes
-    `<name>.parity.json` beside the file and raises FastCifarError on a mismatch beyond tolerance
-    (the ONNX file and the parity JSON are kept for inspection).
+    out_path: a `.onnx` file, or a directory (default `exported/`) that gets `onnx_file_name(...)`. The parity
+    check against PyTorch is the next step (`fastcifar.export.export_onnx` chains both).
     """
     import onnx
 
-    from fastcifar.export import parity
     from fastcifar.models import load_model, resolve_model_files
 
     opset = _check_options(precision, input_kind, opset)
     start = time.perf_counter()
     model, spec, model_meta = load_model(model_path)
-    test = parity.load_test_split(data_dir, model_meta) if verify else None  # no data: fail before writing
     out_path = Path(out_path if out_path is not None else "exported").expanduser()
     if out_path.suffix != ".onnx":
         out_path = out_path / onnx_file_name(run_name_of(model_path, model_meta), precision, input_kind)
@@ -274,15 +255,9 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
     with atomic_path(out_path) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
         check_onnx_file(tmp)
-    result = ExportResult(path=out_path, parity=None, precision=precision, input_kind=input_kind, opset=opset,
-                          metadata=decode_metadata(props), size_bytes=out_path.stat().st_size)
-    if verify:
-        result.parity = parity.verify_onnx(out_path, model_path, data_dir, max_images=max_images, test=test)
-        result.parity_path = parity.write_parity(out_path, result.parity)
-    result.seconds = round(time.perf_counter() - start, 2)
-    if result.parity is not None:
-        parity.raise_on_mismatch(result)
-    return result
+    return ExportResult(path=out_path, parity=None, precision=precision, input_kind=input_kind, opset=opset,
+                        metadata=decode_metadata(props), size_bytes=out_path.stat().st_size,
+                        seconds=round(time.perf_counter() - start, 2))
 
 
 def check_onnx_file(path: Path) -> None:
@@ -293,10 +268,3 @@ def check_onnx_file(path: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - ValidationError / InferenceError
         raise FastCifarError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]} "
                              "(a fastcifar bug: please report it)") from None
-
-
-def verify_onnx(onnx_path: Path | str, model_path: Path | str, data_dir: Path | str | None = None, **kwargs) -> dict:
-    """ONNX Runtime vs the fp32 PyTorch model on real test images -> the parity record (parity.verify_onnx)."""
-    from fastcifar.export.parity import verify_onnx as verify
-
-    return verify(onnx_path, model_path, data_dir, **kwargs)

@@ -1,9 +1,9 @@
 """The parity check: an exported ONNX file in ONNX Runtime against the fp32 PyTorch model on real test images.
 
 Owns `verify_onnx` (the parity record: max/mean |logit diff|, top-1 agreement, both accuracies), the
-tolerance policy per precision (`parity_stats`), the ONNX Runtime session settings used for it, the bf16
-emulation for runtimes without bf16 kernels, and the `<name>.parity.json` sidecar. `fastcifar.export.onnx`
-re-exports `verify_onnx` (its public home in the API).
+tolerance policy per precision (`parity_stats`), `parity_metrics` (one set of logits against a reference: the
+numbers both this check and `fastcifar bench` report), the ONNX Runtime session settings used for it, the bf16
+emulation for runtimes without bf16 kernels, and the `<name>.parity.json` sidecar.
 
 The reference is the run's PyTorch model in fp32 on the CPU, fed by `normalize_images` - written apart from
 the exported graph's own preprocessing, so a `raw` graph's in-graph normalisation/resize is checked too.
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from fastcifar.errors import DataError, FastCifarError
-from fastcifar.train.evaluate import parity_metrics
 from fastcifar.export.onnx import ExportResult, normalize_images, read_onnx_metadata, sha256_file
 
 # Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1).
@@ -58,6 +57,20 @@ def raise_on_mismatch(result: ExportResult) -> None:
 
 
 PARITY_NEEDS_DATA = "The parity check needs the test images: pass --data-dir DIR, or --no-verify to skip it."
+
+
+def parity_metrics(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
+    """Accuracy of `logits`, and (given the reference logits) agreement, |logit diff| and the accuracy drop."""
+    pred = logits.argmax(1)
+    out = {"accuracy": float((pred == labels).mean()), "reference_accuracy": None, "accuracy_drop": None,
+           "agreement": None, "max_abs_diff": None, "mean_abs_diff": None}
+    if reference is not None:
+        diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+        ref_acc = float((reference.argmax(1) == labels).mean())
+        out.update(reference_accuracy=ref_acc, accuracy_drop=round((ref_acc - out["accuracy"]) * 100.0, 6),
+                   agreement=float((pred == reference.argmax(1)).mean()),
+                   max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
+    return out
 
 
 def find_data(data_dir: Path | str | None, model_meta: dict, why: str = PARITY_NEEDS_DATA) -> Path:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcifar.errors import FastCifarError
+from fastcifar.preprocess import META_PREFIX, decode_metadata
 from fastcifar.fileio import atomic_path
 
 # Convolutions only: the classifier (512x10 Gemm, a negligible share of the FLOPs) stays fp32 - alone it cost
@@ -126,15 +127,15 @@ def quantize_int8(onnx_path: Path | str, model_path: Path | str, *, n_images: in
         calibration = {"n_images": int(len(images)), "split": "train", "seed": seed, "method": CALIBRATION_METHOD,
                        **CALIBRATION_OPTIONS, "batch": CALIBRATION_BATCH, "quantized_ops": QUANTIZED_OPS,
                        "data_dir": str(root), "source_onnx": onnx_path.name}
-        props = {k: v for k, v in ((p.key, p.value) for p in proto.metadata_props) if k.startswith(ox.META_PREFIX)}
-        props.update({ox.META_PREFIX + "precision": "int8",
-                      ox.META_PREFIX + "int8_calibration": json.dumps(calibration)})
+        props = {k: v for k, v in ((p.key, p.value) for p in proto.metadata_props) if k.startswith(META_PREFIX)}
+        props.update({META_PREFIX + "precision": "int8",
+                      META_PREFIX + "int8_calibration": json.dumps(calibration)})
         ox.set_metadata(proto, props)
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
         ox.check_onnx_file(tmp)
     result = ox.ExportResult(path=out_path, parity=None, precision="int8", input_kind=meta["input_kind"],
                              opset=max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                             metadata=ox.decode_metadata(props), size_bytes=out_path.stat().st_size)
+                             metadata=decode_metadata(props), size_bytes=out_path.stat().st_size)
     if verify:
         result.parity = parity.verify_onnx(out_path, model_path, data_dir, max_images=max_images,
                                            test=(load_split(root, "test"), root))

@@ -165,7 +165,7 @@ def onnx_precision(onnx_path: Path | str) -> str:
     import onnx
     from onnx import TensorProto
 
-    from fastcifar.export.onnx import META_PREFIX
+    from fastcifar.preprocess import META_PREFIX
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
     recorded = {p.key: p.value for p in proto.metadata_props}.get(META_PREFIX + "precision")
@@ -196,7 +196,8 @@ def engine_sidecar(onnx_path: Path, engine_bytes: bytes, *, env: dict, plan: Bui
     """Everything a consumer needs to trust and feed the engine, without TensorRT (pure: no GPU needed)."""
     import onnx
 
-    from fastcifar.export.onnx import decode_metadata, sha256_file
+    from fastcifar.export.onnx import sha256_file
+    from fastcifar.preprocess import decode_metadata
 
     proto_meta = onnx.load(str(onnx_path), load_external_data=False).metadata_props
     return {

@@ -14,9 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR
 from fastcifar.errors import FastCifarError
-from fastcifar.serve.predictor import CIFAR_PIXELS, Predictor, make_pixel_pipeline, spec_from_metadata
+from fastcifar.preprocess import NATIVE_SIZE, spec_from_metadata
+from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR
+from fastcifar.serve.base import Predictor
+from fastcifar.serve.torch_runner import make_pixel_pipeline
 
 
 def ort_providers(device) -> list:
@@ -65,7 +67,7 @@ class OnnxRuntimePredictor(Predictor):
         self.output_name = self.session.get_outputs()[0].name
         self.normalized = self.spec.get("input_kind") == "normalized"
         if self.normalized:  # the graph takes float NCHW: preprocess with the same torch code as the reference
-            self.input_size = CIFAR_PIXELS
+            self.input_size = NATIVE_SIZE
             self._preprocess = _normalizer(self.spec)
         io = {"cuda": _OrtCudaIO, "cpu": _OrtCpuIO}[device.type]
         self.io = io(self.session, self.input_name, self.output_name, device.index or 0)

@@ -21,7 +21,9 @@ from typing import Callable
 import numpy as np
 
 from fastcifar.errors import FastCifarError
-from fastcifar.serve.predictor import Predictor, make_pixel_pipeline, spec_from_metadata
+from fastcifar.preprocess import NATIVE_SIZE, spec_from_metadata
+from fastcifar.serve.base import Predictor
+from fastcifar.serve.torch_runner import make_pixel_pipeline
 
 # trt.DataType member name -> torch dtype name (getattr'd lazily: torch is imported inside the functions).
 TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
@@ -112,7 +114,7 @@ class TensorRTPredictor(Predictor):
         self.max_batch = min(self.max_batch, self.batch_limit)
         self.preprocess = None
         if self.spec.get("input_kind") == "normalized":  # float NCHW input: same preprocessing as the reference
-            self.input_size = 32
+            self.input_size = NATIVE_SIZE
             self.preprocess = make_pixel_pipeline(torch.nn.Identity(), self.spec["mean"], self.spec["std"],
                                                   int(self.spec["image_size"])).to(device)
 

@@ -27,17 +27,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from fastcifar.config import COMPARE_INITS, CompareConfig, TrainConfig, setting_name
+from fastcifar.config import COMPARE_INITS, MIN_BATCH, MIN_STEPS_PER_EPOCH, CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import atomic_path, file_digest, read_jsonl, write_json
+from fastcifar.study import report
 from fastcifar.train.loop import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished
 
 RUNS_DIR, SELECT_DIR = "runs", "lr-select"
 COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "compare.json", "pretrained.json", "stand-in.pth"
-# A fraction's batch shrinks (lr scaled linearly, Goyal et al.'s rule) until an epoch has this many steps: with
-# 1-3 steps per epoch the warm-up and decay of the schedule would be a handful of steps and mean nothing.
-MIN_STEPS_PER_EPOCH = 10
-MIN_BATCH = 8  # BatchNorm statistics over fewer images are too noisy to train with
 STAND_IN_SEED = 1234
 # Filled per device when training starts, so a saved config may hold a value where the plan holds None/"auto".
 _RESOLVED_FIELDS = {"precision", "channels_last", "compile"}
@@ -75,13 +72,6 @@ class CompareResult:
 
 def run_name(init: str, fraction: float, seed: int, setting: tuple[int, str] | None = None) -> str:
     return f"{init}-f{fraction:g}-s{seed}" + (f"-{setting_name(setting)}" if setting else "")
-
-
-def parse_fractions(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise FastCifarError(f"--fractions must be comma-separated numbers like 0.01,0.1,1.0, got '{text}'") from None
 
 
 def fit_batch(batch_size: int, lr: float, n_train: int) -> tuple[int, float]:
@@ -326,7 +316,6 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     `on_epoch_end(run_name, epoch, metrics)` is called after each epoch of each run (raising KeyboardInterrupt
     there stops the compare resumably). `command` is recorded in env.json (default: sys.argv).
     """
-    from fastcifar.study import report
     from fastcifar.data.cifar import load_cifar10
     from fastcifar.runtime import env_info
 

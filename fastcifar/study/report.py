@@ -16,8 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from fastcifar.study.compare import MIN_STEPS_PER_EPOCH
-from fastcifar.config import COMPARE_INITS, setting_name
+from fastcifar.config import COMPARE_INITS, MIN_STEPS_PER_EPOCH, setting_name
 from fastcifar.fileio import atomic_path, read_jsonl, write_json, write_text
 from fastcifar.study.stats import mean_std, verdict, welch_ci
 from fastcifar.train.loop import METRICS_FILE, SUMMARY_FILE

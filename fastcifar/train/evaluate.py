@@ -1,8 +1,7 @@
 """Evaluation: loss, accuracy (optionally with flip test-time augmentation) and predictions of a model.
 
-Owns `evaluate(model, loader, ...)` and `parity_metrics` (one set of logits against a reference: the numbers
-both the export parity check and the benchmark report). It never touches training state: the model is put in eval mode for
-the call and restored to its previous mode afterwards.
+Owns `evaluate(model, loader, ...)`. It never touches training state: the model is put in eval mode for the
+call and restored to its previous mode afterwards.
 """
 
 from __future__ import annotations
@@ -63,17 +62,3 @@ def evaluate(model, loader, *, tta: bool = False, autocast=contextlib.nullcontex
         predictions=np.concatenate(preds) if keep_predictions and preds else None,
         labels=np.concatenate(labels_all) if keep_predictions and labels_all else None,
     )
-
-
-def parity_metrics(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
-    """Accuracy of `logits`, and (given the reference logits) agreement, |logit diff| and the accuracy drop."""
-    pred = logits.argmax(1)
-    out = {"accuracy": float((pred == labels).mean()), "reference_accuracy": None, "accuracy_drop": None,
-           "agreement": None, "max_abs_diff": None, "mean_abs_diff": None}
-    if reference is not None:
-        diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
-        ref_acc = float((reference.argmax(1) == labels).mean())
-        out.update(reference_accuracy=ref_acc, accuracy_drop=round((ref_acc - out["accuracy"]) * 100.0, 6),
-                   agreement=float((pred == reference.argmax(1)).mean()),
-                   max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
-    return out

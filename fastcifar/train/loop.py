@@ -291,7 +291,7 @@ def _distributed_record(loop: _Loop) -> dict:
     """Gather each rank's first-epoch shard and a weight digest: proof the ranks split data and stayed in sync."""
     import torch.distributed as td
 
-    from fastcifar.data.loaders import shard_indices
+    from fastcifar.data.plan import shard_indices
 
     opts = loop.data.train_options
     indices = shard_indices(loop.data.n_train, opts, 0)

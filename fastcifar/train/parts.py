@@ -118,7 +118,8 @@ def split_train_val(n: int, val_fraction: float, seed: int):
 def build_data(cfg: TrainConfig, spec, dist: DistInfo, device) -> TrainData:
     """Load CIFAR-10, apply --train-limit and the validation split, and build the three loaders."""
     from fastcifar.data.cifar import load_cifar10
-    from fastcifar.data.loaders import LoaderOptions, make_loader
+    from fastcifar.data.loaders import make_loader
+    from fastcifar.data.plan import LoaderOptions
 
     data = load_cifar10(cfg.data_dir, download=cfg.download, progress=dist.is_main)
     images, labels = data.train.images, data.train.labels

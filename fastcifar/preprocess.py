@@ -1,0 +1,69 @@
+"""The one home of how pixels become model input: normalisation constants, the native size, the scale/shift form,
+and the decoding of exported metadata back into a model spec.
+
+Every consumer derives from here: the training loaders (`data/tensor_loader.py`, `data/dali_loader.py`), the
+ONNX graph (`export/onnx.py`, which must compute it in its own ops to live in the graph), the parity reference
+and the serving pipelines (`serve/`). A model records which mean/std it was trained with (`model.json`, ONNX
+metadata, engine sidecar), so inference never guesses.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastcifar.errors import FastCifarError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, 0-1 scale, RGB: pretrained inits normalise with these
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# CIFAR-10 training-set statistics (0-1 scale), measured on ../shared/cifar10 by `fastcifar data`: random init.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+NATIVE_SIZE = 32  # CIFAR-10's pixels: what raw inputs are, whatever size a model trains at (it resizes inside)
+
+META_PREFIX = "fastcifar."  # ONNX metadata_props keys fastcifar writes
+JSON_META_KEYS = {"class_names", "mean", "std", "image_size", "input_size", "num_classes", "test_acc",
+                  "format_version", "int8_calibration"}
+REQUIRED_META = ("class_names", "mean", "std")
+
+
+def scale_shift(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (scale, shift) with `normalised = pixel * scale + shift` for uint8 pixels (0-255).
+
+    The same as (pixel / 255 - mean) / std, folded into one multiply-add: what every fastcifar pipeline computes.
+    """
+    return tuple(1.0 / (255.0 * s) for s in std), tuple(-m / s for m, s in zip(mean, std))
+
+
+def pixel_mean_std(mean, std) -> tuple[list[float], list[float]]:
+    """mean/std on the 0-255 pixel scale, for operators that take them so (DALI's crop_mirror_normalize)."""
+    return [255.0 * m for m in mean], [255.0 * s for s in std]
+
+
+def normalize(pixels, mean, std):
+    """uint8 NHWC numpy pixels -> float32 NHWC normalised numpy array (the reference of every pipeline)."""
+    import numpy as np
+
+    scale, shift = scale_shift(mean, std)
+    return pixels.astype(np.float32) * np.asarray(scale, np.float32) + np.asarray(shift, np.float32)
+
+
+def decode_metadata(props: dict) -> dict:
+    """{'fastcifar.mean': '[...]', ...} -> {'mean': [...], ...}; keys of other producers are dropped."""
+    out = {}
+    for key, value in props.items():
+        if key.startswith(META_PREFIX):
+            name = key[len(META_PREFIX):]
+            out[name] = json.loads(value) if name in JSON_META_KEYS else value
+    return out
+
+
+def spec_from_metadata(meta: dict) -> dict:
+    """Decoded metadata (an ONNX file's or an engine sidecar's) -> the spec a predictor runs on.
+
+    Preprocessing is never guessed: metadata without class names, mean and std is refused.
+    """
+    missing = [k for k in REQUIRED_META if not meta.get(k)]
+    if missing:
+        raise FastCifarError(f"the model's metadata lacks {', '.join(missing)}: was it exported by fastcifar "
+                             "(`fastcifar export`)? Preprocessing is never guessed")
+    return {"input_kind": "raw", **meta}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,14 @@ def test_a_backend_that_cannot_load_fails_the_run_with_its_reason(synthetic_dir,
     assert result.exit_code == 1
     assert "onnxruntime: FAILED" in result.stdout and "not a readable ONNX file" in result.stdout
     assert "bench failed" in result.stderr and "Traceback" not in result.output
+
+
+def test_worker_processes_import_this_fastcifar():
+    """The worker runs in a fresh interpreter: its PYTHONPATH starts at the folder that holds this package."""
+    import os
+
+    import fastcifar
+    from fastcifar.bench.harness import _worker_env
+
+    first = Path(_worker_env()["PYTHONPATH"].split(os.pathsep)[0])
+    assert (first / "fastcifar" / "__init__.py").resolve() == Path(fastcifar.__file__).resolve()

@@ -190,7 +190,7 @@ def find_reference(model: Path, explicit: str | None) -> Path | None:
 
 def _worker_env() -> dict:
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding fastcifar/ (a checkout or site)
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -347,10 +347,9 @@ def _reference_logits(model: Path, reference: Path | None, rows, logits, runner:
 
 
 def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
-    from fastcifar.data.cifar import default_data_dir, ensure_cifar, load_split
+    from fastcifar.data.cifar import load_split, locate_cifar
 
-    root = ensure_cifar(Path(cfg.data_dir) if cfg.data_dir else default_data_dir(), download=cfg.download,
-                        progress=False)
+    root = locate_cifar(cfg.data_dir, download=cfg.download)
     test = load_split(root, "test")
     n = len(test) if cfg.max_images is None else min(cfg.max_images, len(test))
     return test.images[:n], test.labels[:n], str(root)

@@ -189,6 +189,24 @@ def find_batches_dir(data_dir: Path) -> Path | None:
     return None
 
 
+def locate_cifar(data_dir: Path | str | None, recorded=(), *, download: bool = False, required: bool = True,
+                 progress: bool = False) -> Path | None:
+    """The batches directory a check (export parity, INT8 calibration, bench, the demo gallery) reads from.
+
+    An explicit `data_dir` must hold CIFAR-10 (or is downloaded into with `download`). Otherwise the places a run
+    recorded (`recorded`: model.json's data_dir) and then the default data dir are looked in, in that order;
+    when none holds it, `required` raises ensure_cifar's message for the default (or downloads there with
+    `download`), and not `required` returns None.
+    """
+    if data_dir:
+        return ensure_cifar(data_dir, download=download, progress=progress)
+    candidates = [Path(d).expanduser() for d in recorded if d] + [default_data_dir()]
+    found = next((root for root in map(find_batches_dir, candidates) if root is not None), None)
+    if found is not None or not required:
+        return found
+    return ensure_cifar(default_data_dir(), download=download, progress=progress)
+
+
 def ensure_cifar(data_dir: Path | str, *, download: bool = True, url: str = CIFAR_URL, md5: str = CIFAR_MD5,
                  progress: bool = True) -> Path:
     """Return the batches directory under `data_dir`, extracting or downloading the archive if needed."""

@@ -78,11 +78,10 @@ def find_data(data_dir: Path | str | None, model_meta: dict, why: str = PARITY_N
 
     Never downloads: an export should not fetch 160 MB behind the user's back.
     """
-    from fastcifar.data.cifar import default_data_dir, ensure_cifar
+    from fastcifar.data.cifar import locate_cifar
 
-    chosen = data_dir or model_meta.get("data_dir") or default_data_dir()
     try:
-        return ensure_cifar(chosen, download=False, progress=False)
+        return locate_cifar(data_dir, [model_meta.get("data_dir")])
     except DataError as exc:
         raise FastCifarError(f"{exc} {why}") from None
 

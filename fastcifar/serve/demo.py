@@ -182,18 +182,18 @@ def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: 
     """
     from PIL import Image
 
-    from fastcifar.data.cifar import default_data_dir, find_batches_dir, load_class_names, load_split
+    from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
 
-    if data_dir is not None:
-        root = find_batches_dir(Path(data_dir).expanduser())
-        if root is None:
-            raise FastCifarError(f"--data-dir {data_dir} holds no CIFAR-10 batch files (for the example gallery)")
-    else:
-        candidates = [d for p in model_paths for d in _recorded_data_dirs(p)] + [default_data_dir()]
-        root = next((r for r in map(find_batches_dir, candidates) if r is not None), None)
-        if root is None:
-            log.info("no CIFAR-10 found for the example gallery (looked in %s)", ", ".join(map(str, candidates)))
-            return []
+    recorded = [d for p in model_paths for d in _recorded_data_dirs(p)]
+    try:
+        root = locate_cifar(data_dir, recorded, required=data_dir is not None)
+    except FastCifarError as exc:
+        raise FastCifarError(f"--data-dir {data_dir} holds no CIFAR-10 batch files for the example gallery "
+                             f"({exc})") from None
+    if root is None:
+        log.info("no CIFAR-10 found for the example gallery (looked in %s and the default data dir)",
+                 ", ".join(map(str, recorded)) or "no recorded data dir")
+        return []
     try:
         test, names = load_split(root, "test"), load_class_names(root)
     except FastCifarError as exc:

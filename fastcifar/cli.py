@@ -14,7 +14,15 @@ from pathlib import Path
 import click
 
 from fastcifar import __version__
+# The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
+from fastcifar.config import EXPORT_PRECISIONS, IF_NO_WEIGHTS, PRECISIONS, PRESET_NAMES, SCHEDULES
+from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
+from fastcifar.models import ARCHS, STEMS
+from fastcifar.preprocess import INPUT_KINDS
+from fastcifar.serve.predictor import BACKENDS
+
+_BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 class _Group(click.Group):
@@ -108,13 +116,13 @@ def _default(name: str) -> str:
 
 # (option declarations, TrainConfig field) - shared by `train` and `compare`.
 _TRAIN_OPTIONS = [
-    (("--arch",), dict(type=click.Choice(["resnet18", "resnet34", "resnet50"]), help="torchvision ResNet.")),
+    (("--arch",), dict(type=click.Choice(ARCHS), help="torchvision ResNet.")),
     (("--init",), dict(help="random | imagenet (torchvision IMAGENET1K_V1, downloaded/cached by torchvision) | "
                             "path to a torchvision-format state dict (.pth/.pt/.safetensors).")),
-    (("--stem",), dict(type=click.Choice(["cifar", "imagenet"]),
+    (("--stem",), dict(type=click.Choice(STEMS),
                        help="cifar: 3x3/1 conv, no max-pool; imagenet: torchvision's 7x7/2 conv + max-pool.")),
     (("--image-size",), dict(type=int, help="Train/eval resolution (32-512; images are resized on the device).")),
-    (("--loader",), dict(type=click.Choice(["auto", "dali", "tensor"]),
+    (("--loader",), dict(type=click.Choice(LOADER_KINDS),
                          help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (DALI on CUDA).")),
     (("--val-fraction",), dict(type=float, help="Fraction of the training images held out for validation.")),
     (("--train-limit",), dict(type=int, help="Train on the first N training images only. [default: all]")),
@@ -124,7 +132,7 @@ _TRAIN_OPTIONS = [
     (("--weight-decay",), dict(type=float, help="Weight decay (not on BatchNorm weights or biases).")),
     (("--label-smoothing",), dict(type=float, help="Label smoothing of the cross-entropy loss.")),
     (("--warmup-epochs",), dict(type=float, help="Linear learning-rate warm-up length in epochs.")),
-    (("--schedule",), dict(type=click.Choice(["linear", "cosine"]), help="Decay after warm-up.")),
+    (("--schedule",), dict(type=click.Choice(SCHEDULES), help="Decay after warm-up.")),
     (("--ema",), dict(type=float, help="EMA decay per step for the evaluated weights (e.g. 0.999). [default: off]")),
     (("--zero-init-residual/--no-zero-init-residual",),
      dict(default=None, help="Zero the last BatchNorm scale of each residual block (random init only).")),
@@ -133,7 +141,7 @@ _TRAIN_OPTIONS = [
                                                      "head; compare applies it to the pretrained arm only).")),
     (("--tta/--no-tta",), dict(default=None, help="Horizontal-flip test-time augmentation at evaluation.")),
     (("--device",), dict(help="auto | cpu | cuda | cuda:N.")),
-    (("--precision",), dict(type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+    (("--precision",), dict(type=click.Choice(PRECISIONS),
                             help="Autocast precision; auto = bf16 on CUDA, fp32 on CPU (bf16 measured slower "
                                  "there: 0.86x with AMX, ~7x slower without).")),
     (("--channels-last/--no-channels-last",), dict(default=None, help="channels_last memory format. "
@@ -176,7 +184,7 @@ def _auto_preset(preset: str, device: str | None) -> str:
 
 
 @cli.command()
-@click.option("--preset", type=click.Choice(["auto", "seed", "fast", "smoke"]), default="auto", show_default=True,
+@click.option("--preset", type=click.Choice(("auto", *PRESET_NAMES)), default="auto", show_default=True,
               help="Budget and recipe: seed = the original 10-epoch study, fast = best time-to-accuracy on a GPU, "
                    "smoke = a few CPU minutes; auto = seed on a GPU, smoke on a CPU. Options given override it.")
 @train_options
@@ -224,7 +232,7 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, as_json: bool,
 
 
 @cli.command()
-@click.option("--preset", type=click.Choice(["auto", "seed", "fast", "smoke"]), default="auto", show_default=True,
+@click.option("--preset", type=click.Choice(("auto", *PRESET_NAMES)), default="auto", show_default=True,
               help="Budget and recipe of every run (as for `train`): auto = seed on a GPU, smoke on a CPU.")
 @train_options
 @data_dir_option
@@ -237,7 +245,7 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, as_json: bool,
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="torchvision-format ImageNet state dict (.pth/.pt/.safetensors) for the pretrained arm, for "
                    "offline machines. [default: torchvision's IMAGENET1K_V1 download/cache]")
-@click.option("--if-no-weights", type=click.Choice(["fail", "stand-in"]), default="fail", show_default=True,
+@click.option("--if-no-weights", type=click.Choice(IF_NO_WEIGHTS), default="fail", show_default=True,
               help="When the ImageNet weights cannot be had: fail with a message, or run the pretrained arm from "
                    "stand-in random weights (a pipeline check, labelled as such in the report).")
 @click.option("--lr-grid", default=None,
@@ -295,7 +303,7 @@ compare.params = [p for p in compare.params if p.name != "init"]
               help="The ImageNet-pretrained model: a run directory, model.safetensors, .onnx or TensorRT engine.")
 @click.option("--scratch", required=True, type=click.Path(path_type=Path),
               help="The from-scratch model, in any of the same forms.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "torch-compiled", "onnxruntime", "tensorrt"]),
+@click.option("--backend", type=click.Choice(_BACKEND_CHOICES),
               default="auto", show_default=True,
               help="Inference backend for both models; auto picks the one that runs the given file.")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -328,7 +336,6 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
 
 # ---------------------------------------------------------------------------------------------- predict / bench
 
-_BACKEND_CHOICES = ["auto", "torch", "torch-compiled", "onnxruntime", "tensorrt"]
 
 
 @cli.command()
@@ -453,10 +460,10 @@ def bench(models, backends, batch_sizes, data_dir, download, device, max_images,
               help="Export the ONNX file. --no-onnx reuses the one already in --out (for --trt / INT8 only).")
 @click.option("--trt", is_flag=True, default=False,
               help="Also build a TensorRT engine (needs TensorRT and an NVIDIA GPU). [default: off]")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True,
               help="Compute type inside the graph (the engine's precision under TensorRT 11). I/O stay "
                    "uint8/float32 in, float32 logits out.")
-@click.option("--input", "input_kind", type=click.Choice(["raw", "normalized"]), default="raw", show_default=True,
+@click.option("--input", "input_kind", type=click.Choice(INPUT_KINDS), default="raw", show_default=True,
               help="raw: uint8 NHWC 32x32 pixels in, normalisation (and resize) inside the graph. "
                    "normalized: float32 NCHW at the model's image size, already normalised.")
 @click.option("--opset", type=click.IntRange(min=18), default=None,

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from fastcifar.errors import FastCifarError
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SCHEDULES = ("cosine", "linear")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # training autocast
+EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")  # an exported graph's compute type
+SCHEDULES = ("linear", "cosine")
 PRESET_NAMES = ("seed", "fast", "smoke")
 
 

@@ -19,6 +19,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 NATIVE_SIZE = 32  # CIFAR-10's pixels: what raw inputs are, whatever size a model trains at (it resizes inside)
+# What an exported graph takes: `raw` uint8 NHWC pixels (normalised and resized inside the graph) or `normalized`
+# float NCHW input at the model's image size, already normalised.
+INPUT_KINDS = ("raw", "normalized")
 
 META_PREFIX = "fastcifar."  # ONNX metadata_props keys fastcifar writes
 JSON_META_KEYS = {"class_names", "mean", "std", "image_size", "input_size", "num_classes", "test_acc",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastcifar.errors import FastCifarError
+from fastcifar.fileio import file_digest
 
 DEFAULT_CACHE_DIR = Path("exported") / "cache"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -44,12 +45,9 @@ def artifact_kind(path: Path | str) -> str:
 
 
 def fingerprint(files: list[Path], settings: dict) -> str:
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for file in files:
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """The cache key: a sha256 over the settings and each source file's sha256 (fileio.file_digest)."""
+    payload = {"settings": settings, "files": [file_digest(file) for file in files]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _cache_entry(cache_dir: Path, label: str, key: str, filename: str, build: Callable[[Path], Path],

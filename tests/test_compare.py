@@ -386,3 +386,15 @@ def test_bad_selection_or_setting_is_one_message(extra, message, tmp_path, synth
     result = CliRunner().invoke(cli, tiny_args(synthetic_dir, fake_weights, tmp_path / "r") + extra)
     assert result.exit_code == 1 and message in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def test_library_gives_the_cli_defaults():
+    from fastcifar.config import make_compare_config
+
+    cfg = make_compare_config("smoke", {"seed": 3})
+    assert cfg.seeds == (3, 4) and cfg.fractions == (0.1, 1.0) and cfg.lr_grid == (0.025, 0.05)
+    assert cfg.out == f"reports/resnet18-smoke-{cfg.fingerprint()}" and cfg.settings == ((32, "imagenet"),)
+    assert make_compare_config("smoke", {"lr": 0.1}).lr_grid is None  # an explicit lr: one shared lr
+    assert make_compare_config("seed", {}, lr_grid="none").lr_grid is None
+    other = make_compare_config("smoke", {"seed": 3}, fractions="1.0")
+    assert other.out != cfg.out  # another experiment, another default report directory

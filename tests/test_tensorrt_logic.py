@@ -191,7 +191,7 @@ def test_default_timing_cache_is_per_version_and_gpu(tmp_path):
 
 
 def test_importable_without_tensorrt(monkeypatch):
-    """inference.py and the CLI import this module on machines without TensorRT."""
+    """serve/predictor.py and the CLI import this module on machines without TensorRT."""
     import importlib
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)

@@ -2,8 +2,9 @@
 
 Owns the training loop, its run directory (config.json, env.json, metrics.jsonl, state.pt, model.safetensors,
 model.json, summary.json - all written atomically, by rank 0 only), resume, Ctrl-C handling, the non-finite
-loss guard and DDP under torchrun. The loop reads top to bottom (nanoGPT's style); the pieces it calls
-(`setup_*`) live in `fastcifar.train.parts`.
+loss guard, the divergence warning, the compile warm-up outside the clock and DDP under torchrun. The loop
+reads top to bottom (nanoGPT's style); the pieces it assembles (`prepare_run_dir`, `build_model`,
+`build_data`, `build_optimizer`, `make_step`, `save_state`, ...) live in parts.py beside it.
 """
 
 from __future__ import annotations

@@ -89,14 +89,18 @@ def bench_lines(rows: list | None) -> list[str]:
         return ["- bench: no result"]
     lines = []
     for r in rows:
+        label = r.get("label", r["backend"])
         if r["status"] != "ok":
-            lines.append(f"- bench {r['backend']}: {r['status']}: {r.get('reason')}")
+            lines.append(f"- bench {label}: {r['status']}: {r.get('reason')}")
             continue
         speed = ", ".join(f"@{b} {v:,.0f}" for b, v in (r.get("throughput") or {}).items())
         latency = (r.get("latency_ms") or {}).get("p50")
-        lines.append(f"- bench {r['backend']} ({r['device']}): img/s {speed}; batch-1 p50 "
-                     f"{'-' if latency is None else f'{latency:.2f}'} ms; agreement {r['agreement']:.4f}, accuracy "
-                     f"{100 * r['accuracy']:.2f} %")
+        provider = f", {r['provider']}" if r.get("provider") else ""
+        lines.append(f"- bench {label} ({r.get('precision')}, {r['device']}{provider}): img/s {speed}; batch-1 p50 "
+                     f"{'-' if latency is None else f'{latency:.2f}'} ms; agreement {r['agreement']:.4f} with fp32, "
+                     f"accuracy {100 * r['accuracy']:.2f} %" + (f"; note: {r['note']}" if r.get("note") else ""))
+    lines.append("  Goals (one H100): torch-compiled bf16 >= 250k img/s @1024, <= 0.3 ms batch-1 p50, agreement "
+                 ">= 0.995.")
     return lines
 
 

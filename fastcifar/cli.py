@@ -20,7 +20,7 @@ from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
 from fastcifar.models import ARCHS, STEMS
 from fastcifar.preprocess import INPUT_KINDS
-from fastcifar.serve.predictor import BACKENDS
+from fastcifar.serve.predictor import BACKENDS, SERVING_PRECISIONS
 
 _BACKEND_CHOICES = ("auto", *BACKENDS)
 
@@ -316,8 +316,12 @@ compare.params = [p for p in compare.params if p.name != "init"]
                    "recorded data dir, else $FASTCIFAR_DATA, else ~/.cache/fastcifar; no CIFAR gallery if none]")
 @click.option("--examples", "examples_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder of your own images to add to the gallery. [default: none]")
+@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
+              help="What the torch / torch-compiled backends compute in (the model is cast; fp32 is the parity "
+                   "reference). An .onnx file or engine runs at the precision it was exported with. "
+                   "[default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
 def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, share: bool,
-         data_dir: Path | None, examples_dir: Path | None) -> None:
+         data_dir: Path | None, examples_dir: Path | None, precision: str | None) -> None:
     """Serve a web page: one image in, ImageNet-pretrained and from-scratch top-10 side by side.
 
     Example: fastcifar demo --pretrained runs/pretrained --scratch runs/scratch
@@ -331,7 +335,7 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler())
     serve(pretrained, scratch, backend=backend, host=host, port=port, share=share, data_dir=data_dir,
-          examples_dir=examples_dir)
+          examples_dir=examples_dir, precision=precision)
 
 
 # ---------------------------------------------------------------------------------------------- predict / bench
@@ -346,10 +350,16 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
               help="Inference backend; auto runs the given file as it is (run dir: torch, .onnx: onnxruntime, "
                    "engine: tensorrt). A run dir with onnxruntime/tensorrt is exported on the fly (cached).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
+@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
+              help="What the torch / torch-compiled backends compute in (the model is cast; fp32 is the parity "
+                   "reference). An .onnx file or engine runs at the precision it was exported with. "
+                   "[default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
 @click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Labels shown per image.")
 @click.option("--json", "as_json", is_flag=True,
-              help='Print a JSON list [{"file", "top": [{"label", "prob"}]}] instead of a table. [default: table]')
-def predict(images: tuple[Path, ...], model: Path, backend: str, device: str, topk: int, as_json: bool) -> None:
+              help='Print a JSON list [{"file", "top": [{"label", "prob"}], "backend", "precision"}] instead of a '
+                   'table. [default: table]')
+def predict(images: tuple[Path, ...], model: Path, backend: str, device: str, precision: str | None, topk: int,
+            as_json: bool) -> None:
     """Classify image files (any format Pillow reads; directories are walked) with a trained model.
 
     Unreadable files get a message on stderr and the others are still predicted; the exit code is 1 if any failed.
@@ -361,14 +371,16 @@ def predict(images: tuple[Path, ...], model: Path, backend: str, device: str, to
     """
     from fastcifar.serve.predictor import load_predictor, predict_files
 
-    predictor = load_predictor(model, None if backend == "auto" else backend, device)
+    predictor = load_predictor(model, None if backend == "auto" else backend, device, precision=precision)
     results, failures = predict_files(predictor, images, topk=topk)
+    for item in results:  # every output says what ran
+        item.update(backend=predictor.backend, precision=predictor.precision)
     for _, message in failures:
         click.secho(f"Error: {message}", fg="red", err=True)
     if as_json:
         click.echo(json.dumps(results))
     elif results:
-        _print_predictions(results, predictor.backend)
+        _print_predictions(results, f"{predictor.backend} {predictor.precision} on {predictor.device}")
     if failures:
         sys.exit(1)
 
@@ -390,11 +402,17 @@ def _print_predictions(results: list[dict], backend: str) -> None:
 @click.option("--model", "models", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Model to measure: run directory, model.safetensors, .onnx or engine. Repeat for several.")
 @click.option("--backends", default="torch,torch-compiled,onnxruntime,tensorrt", show_default=True,
-              help="Comma-separated backends; those that cannot run here are listed as 'skipped: why'.")
+              help="Comma-separated backends, each optionally with a precision for the torch ones (torch:fp32, "
+                   "torch:bf16, torch-compiled:fp16) so one run sets them side by side; those that cannot run "
+                   "here are listed as 'skipped: why'. The parity reference is always PyTorch fp32 eager.")
 @click.option("--batch-sizes", default="1,64,256,1024", show_default=True, help="Comma-separated batch sizes to time.")
 @data_dir_option
 @download_option
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
+@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
+              help="Precision of the torch backends that name none in --backends (the model is cast; fp32 is the "
+                   "parity reference). An .onnx file or engine runs at the precision it was exported with. "
+                   "[default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Score on the first N test images only. [default: all]")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
@@ -421,9 +439,9 @@ def _print_predictions(results: list[dict], backend: str) -> None:
               help="CPU threads per backend (torch and ONNX Runtime). [default: each runtime's own, one per core]")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the per-backend results as a JSON list instead of a table. [default: table]")
-def bench(models, backends, batch_sizes, data_dir, download, device, max_images, reference, max_accuracy_drop,
-          results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, repeats, threads,
-          as_json) -> None:
+def bench(models, backends, batch_sizes, data_dir, download, device, precision, max_images, reference,
+          max_accuracy_drop, results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, repeats,
+          threads, as_json) -> None:
     """Accuracy parity and speed of each inference backend; each backend runs alone in its own process.
 
     \b
@@ -440,7 +458,7 @@ def bench(models, backends, batch_sizes, data_dir, download, device, max_images,
                       reference=str(reference) if reference else None, max_accuracy_drop=max_accuracy_drop,
                       results_dir=str(results_dir) if save else None, name=name, cache_dir=str(cache_dir),
                       warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, latency_iters=latency_iters,
-                      repeats=repeats, threads=threads)
+                      repeats=repeats, threads=threads, precision=precision)
     report = run_bench(cfg, log=lambda message: click.echo(f"bench: {message}", err=True))
     if as_json:
         click.echo(json.dumps(report.rows))

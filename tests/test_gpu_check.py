@@ -39,7 +39,8 @@ def test_dry_run_runs_every_step_and_writes_at_most_eight_files(tmp_path, synthe
     assert set(compare["lr_selection"]["32px-imagenet"]) == {"imagenet", "random"}
     assert compare["pretrained"]["kind"] in ("stand-in", "torchvision")
     bench = json.loads((out / "bench.json").read_text())
-    assert {r["backend"] for r in bench} == {"torch", "onnxruntime"} and all(r["status"] == "ok" for r in bench)
+    assert {r["label"] for r in bench} == {"torch", "torch:bf16", "onnxruntime"}
+    assert all(r["status"] == "ok" for r in bench) and "torch:bf16 (bf16" in summary
     assert json.loads((out / "export.json").read_text())["onnx"][0]["parity"]["passed"]
     with tarfile.open(out / "work.tar.gz") as tar:
         names = tar.getnames()

@@ -45,7 +45,8 @@ def test_predict_json_schema_and_probabilities(tiny_model_dir, image_dir):
     items = json.loads(result.stdout)
     assert [Path(item["file"]).name for item in items] == GOOD
     for item in items:
-        assert set(item) == {"file", "top"} and len(item["top"]) == 3
+        assert set(item) == {"file", "top", "backend", "precision"} and len(item["top"]) == 3
+        assert (item["backend"], item["precision"]) == ("torch", "fp32")  # the CPU default, said in every item
         probs = [t["prob"] for t in item["top"]]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
         assert all(set(t) == {"label", "prob"} and isinstance(t["label"], str) for t in item["top"])

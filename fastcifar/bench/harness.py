@@ -29,7 +29,8 @@ import numpy as np
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
 from fastcifar.export.parity import parity_metrics
-from fastcifar.serve.predictor import BACKENDS, backend_unavailable
+from fastcifar.serve.predictor import (BACKENDS, SERVING_PRECISIONS, TORCH_BACKENDS, backend_unavailable,
+                                       resolve_precision)
 
 DEFAULT_BATCH_SIZES = (1, 64, 256, 1024)
 DEFAULT_RESULTS_DIR = Path("bench") / "results"
@@ -54,17 +55,20 @@ class BenchConfig:
     min_iters: int = 3
     latency_iters: int = 100
     threads: int | None = None  # CPU threads per backend (None: each runtime's default, all physical cores)
+    precision: str | None = None  # torch backends without their own ':precision' (None: bf16 CUDA, fp32 CPU)
     worker_timeout_s: float = 3600.0
     timing: bool = True  # False: accuracy and parity only
     repeats: int = 1  # timing rounds, round-robin over the backends; the best round counts (see merge_rounds)
 
     def __post_init__(self):
+        for spec in self.backends:
+            split_backend(spec)  # each one known, with a precision only where one applies
         checks = [
             (len(self.models) > 0, "give at least one --model"),
             (len(self.backends) > 0 and len(set(self.backends)) == len(self.backends),
              f"--backends must list distinct backends from {', '.join(BACKENDS)}"),
-            (all(b in BACKENDS for b in self.backends),
-             f"unknown backend in {','.join(self.backends)} (choose from {', '.join(BACKENDS)})"),
+            (self.precision is None or self.precision in SERVING_PRECISIONS,
+             f"unknown --precision '{self.precision}' (choose from {', '.join(SERVING_PRECISIONS)})"),
             (len(self.batch_sizes) > 0 and all(int(b) >= 1 for b in self.batch_sizes),
              f"--batch-sizes must be positive integers, got {self.batch_sizes}"),
             (self.max_images is None or self.max_images >= 1, "--max-images must be >= 1"),
@@ -104,9 +108,11 @@ class BenchReport:
 
 def gate_failures(rows: list[dict], max_accuracy_drop: float | None) -> list[str]:
     """Why the run fails: every backend that failed to run, and (with a limit) every drop beyond it."""
-    failures = [f"{r['model']} / {r['backend']}: failed ({r['reason']})" for r in rows if r["status"] == "failed"]
+    failures = [f"{r['model']} / {r.get('label', r['backend'])}: failed ({r['reason']})"
+                for r in rows if r["status"] == "failed"]
     if max_accuracy_drop is not None:
-        failures += [f"{r['model']} / {r['backend']}: accuracy {r['accuracy']:.2%} is {r['accuracy_drop']:.2f} "
+        failures += [f"{r['model']} / {r.get('label', r['backend'])}: accuracy {r['accuracy']:.2%} is "
+                     f"{r['accuracy_drop']:.2f} "
                      f"points below the PyTorch reference's {r['reference_accuracy']:.2%} "
                      f"(limit {max_accuracy_drop:g})"
                      for r in rows if r["status"] == "ok" and r["accuracy_drop"] is not None
@@ -144,11 +150,28 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """'torch:bf16' -> ('torch', 'bf16'); 'onnxruntime' -> ('onnxruntime', None). A precision is the torch
+    backends' only: an exported file runs at the precision it was exported with."""
+    name, _, precision = spec.partition(":")
+    if name not in BACKENDS:
+        raise FastCifarError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)}; the torch backends take "
+                             f"a precision too, e.g. torch:bf16)")
+    if precision and precision not in SERVING_PRECISIONS:
+        raise FastCifarError(f"unknown precision in '{spec}' (choose from {', '.join(SERVING_PRECISIONS)})")
+    if precision and name not in TORCH_BACKENDS:
+        raise FastCifarError(f"'{spec}': only {' and '.join(TORCH_BACKENDS)} take a precision; export a "
+                             f"{precision} ONNX file (fastcifar export --precision {precision}) to bench one")
+    return name, precision or None
+
+
 def parse_backends(text: str) -> tuple[str, ...]:
+    """`torch,torch:bf16,onnxruntime` -> ('torch', 'torch:bf16', 'onnxruntime'), each checked."""
     names = tuple(part.strip() for part in str(text).split(",") if part.strip())
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown or not names:
-        raise FastCifarError(f"unknown backend(s) {', '.join(unknown) or text!r} (choose from {', '.join(BACKENDS)})")
+    if not names:
+        raise FastCifarError(f"--backends needs at least one backend (choose from {', '.join(BACKENDS)})")
+    for name in names:
+        split_backend(name)
     return names
 
 
@@ -225,12 +248,13 @@ class _Runner:
         np.save(self.images_path, images)
         self.count = 0
 
-    def run(self, artifact: Path, backend: str, *, timing: bool, evaluate: bool = True
-            ) -> tuple[dict, np.ndarray | None]:
+    def run(self, artifact: Path, backend: str, *, timing: bool, evaluate: bool = True,
+            precision: str | None = None) -> tuple[dict, np.ndarray | None]:
         self.count += 1
-        job_id = f"{self.count:02d}-{backend}"
+        job_id = f"{self.count:02d}-{backend}" + (f"-{precision}" if precision else "")
         cfg = self.cfg
         job = {"id": job_id, "artifact": str(Path(artifact).resolve()), "backend": backend, "device": self.device,
+               "precision": precision,
                "device_type": self.device_type, "images": str(self.images_path), "eval_batch": max(cfg.batch_sizes),
                "batch_sizes": list(cfg.batch_sizes), "timing": timing, "warmup_s": cfg.warmup_s,
                "min_time_s": cfg.min_time_s, "min_iters": cfg.min_iters, "latency_iters": cfg.latency_iters,
@@ -246,82 +270,97 @@ class _Runner:
         return result, logits
 
 
-def _empty_row(model: str, backend: str, device: str, status: str, reason: str | None = None) -> dict:
-    return {"model": model, "backend": backend, "status": status, "reason": reason, "device": device,
+def _empty_row(model: str, spec: str, device: str, status: str, reason: str | None = None) -> dict:
+    backend, precision = split_backend(spec)
+    return {"model": model, "backend": backend, "label": spec, "precision": precision, "status": status,
+            "reason": reason, "device": device, "provider": None, "note": None,
             "artifact": None, "accuracy": None, "reference_accuracy": None, "accuracy_drop": None,
             "agreement": None, "max_abs_diff": None, "mean_abs_diff": None, "throughput": {},
             "throughput_h2d": {}, "latency_ms": None, "peak_host_mb": None, "peak_device_mb": None}
 
 
 def bench_model(model: str, cfg: BenchConfig, runner: _Runner, labels: np.ndarray) -> list[dict]:
-    """Rows (one per backend) for one model: run every available backend, then score against the reference."""
+    """Rows (one per backend spec) for one model: run every available backend, then score against the reference."""
     path = Path(model).expanduser()
     if not path.exists():
         raise FastCifarError(f"model {path} does not exist")
     reference = find_reference(path, cfg.reference)
     rows: dict[str, dict] = {}
     artifacts: dict[str, Path] = {}
-    for backend in cfg.backends:
-        prepared = _prepare(model, path, backend, cfg, runner)
+    for spec in cfg.backends:
+        prepared = _prepare(model, path, spec, cfg, runner)
         if isinstance(prepared, dict):
-            rows[backend] = prepared
+            rows[spec] = prepared
         else:
-            artifacts[backend] = prepared
+            artifacts[spec] = prepared
     runs, logits = _measure(artifacts, cfg, runner)
-    for backend, results in runs.items():
-        rows[backend] = _measured_row(model, runner.device, artifacts[backend], backend, results)
-    ordered = [rows[backend] for backend in cfg.backends]
+    for spec, results in runs.items():
+        rows[spec] = _measured_row(model, runner.device, artifacts[spec], spec, results)
+    ordered = [rows[spec] for spec in cfg.backends]
     ref_logits = _reference_logits(path, reference, ordered, logits, runner)
     for row in ordered:
         if row["status"] == "ok":
-            row.update(parity_metrics(logits[row["backend"]], labels, ref_logits))
+            row.update(parity_metrics(logits[row["label"]], labels, ref_logits))
             row["reference"] = str(reference) if reference is not None else None
     return ordered
 
 
-def _prepare(model: str, path: Path, backend: str, cfg: BenchConfig, runner: _Runner) -> Path | dict:
-    """The artifact `backend` runs (exported/built into the cache when needed), or a skipped/failed row."""
-    reason = backend_unavailable(backend, runner.device_type)
+def spec_precision(spec: str, cfg: BenchConfig, device_type: str) -> str | None:
+    """The precision a backend spec runs at: its own (torch:bf16), else --precision, else the device default."""
+    name, precision = split_backend(spec)
+    return resolve_precision(name, precision or (cfg.precision if name in TORCH_BACKENDS else None), device_type)
+
+
+def _prepare(model: str, path: Path, spec: str, cfg: BenchConfig, runner: _Runner) -> Path | dict:
+    """The artifact a backend runs (exported/built into the cache when needed), or a skipped/failed row.
+
+    A backend that cannot run here (package missing, no GPU) is 'skipped: why' and never fails the gate."""
+    name, _ = split_backend(spec)
+    reason = backend_unavailable(name, runner.device_type)
     if reason:
-        runner.log(f"{backend}: skipped: {reason}")
-        return _empty_row(model, backend, runner.device, "skipped", reason)
-    runner.log(f"{backend}: preparing {path.name}")
+        runner.log(f"{spec}: skipped: {reason}")
+        return _empty_row(model, spec, runner.device, "skipped", reason)
+    runner.log(f"{spec}: preparing {path.name}")
     try:
-        return ensure_artifact(path, backend, cfg.cache_dir)
+        return ensure_artifact(path, name, cfg.cache_dir)
     except FastCifarError as exc:
-        return _empty_row(model, backend, runner.device, "failed", f"export: {exc}")
+        return _empty_row(model, spec, runner.device, "failed", f"export: {exc}")
 
 
 def _measure(artifacts: dict[str, Path], cfg: BenchConfig, runner: _Runner) -> tuple[dict, dict]:
-    """({backend: [result per round]}, {backend: logits}); rounds go round-robin so load hits every backend alike."""
+    """({spec: [result per round]}, {spec: logits}); rounds go round-robin so load hits every backend alike."""
     runs: dict[str, list[dict]] = {}
     logits: dict[str, np.ndarray | None] = {}
     rounds = cfg.repeats if cfg.timing else 1
     for round_index in range(1, rounds + 1):
-        for backend, artifact in artifacts.items():
-            if round_index > 1 and "error" in runs[backend][0]:
+        for spec, artifact in artifacts.items():
+            if round_index > 1 and "error" in runs[spec][0]:
                 continue
-            runner.log(f"{backend}: measuring {artifact}" + (f" (round {round_index}/{rounds})" if rounds > 1 else ""))
-            result, out = runner.run(artifact, backend, timing=cfg.timing, evaluate=round_index == 1)
-            runs.setdefault(backend, []).append(result)
+            runner.log(f"{spec}: measuring {artifact}" + (f" (round {round_index}/{rounds})" if rounds > 1 else ""))
+            result, out = runner.run(artifact, split_backend(spec)[0], timing=cfg.timing,
+                                     evaluate=round_index == 1,
+                                     precision=spec_precision(spec, cfg, runner.device_type))
+            runs.setdefault(spec, []).append(result)
             if round_index == 1:
-                logits[backend] = out
+                logits[spec] = out
     return runs, logits
 
 
-def _measured_row(model: str, device: str, artifact: Path, backend: str, runs: list[dict]) -> dict:
+def _measured_row(model: str, device: str, artifact: Path, spec: str, runs: list[dict]) -> dict:
     failed = next((r for r in runs if "error" in r), None)
-    return _row_from_result(model, backend, device, artifact, failed or merge_rounds(runs))
+    return _row_from_result(model, spec, device, artifact, failed or merge_rounds(runs))
 
 
-def _row_from_result(model: str, backend: str, device: str, artifact: Path, result: dict) -> dict:
+def _row_from_result(model: str, spec: str, device: str, artifact: Path, result: dict) -> dict:
     if "error" in result:
-        return {**_empty_row(model, backend, device, "failed", result["error"]), "artifact": str(artifact)}
-    row = _empty_row(model, backend, device, "ok")
+        return {**_empty_row(model, spec, device, "failed", result["error"]), "artifact": str(artifact)}
+    row = _empty_row(model, spec, device, "ok")
     keys = ("throughput", "throughput_h2d", "first_call_s", "latency_ms", "peak_host_mb", "peak_device_mb",
             "load_s", "eval_s", "notes", "rounds", "throughput_rounds")
     row.update({k: result[k] for k in keys if k in result}, artifact=str(artifact))
-    row.update({k: v for k, v in result.get("predictor", {}).items() if k in ("providers", "image_size")})
+    # What really ran: the precision, the device (ONNX Runtime without a CUDA provider runs on the CPU), the note.
+    row.update({k: v for k, v in result.get("predictor", {}).items()
+                if k in ("providers", "provider", "image_size", "precision", "device", "note")})
     if all(v is None for v in row["throughput_h2d"].values()):
         row["throughput_h2d"] = None  # CPU: the input never leaves host memory
     return row
@@ -336,11 +375,13 @@ def _reference_logits(model: Path, reference: Path | None, rows, logits, runner:
 
     same = artifact_kind(model) == "weights" and \
         resolve_model_files(model)[0].resolve() == resolve_model_files(reference)[0].resolve()
-    torch_row = next((r for r in rows if r["backend"] == "torch" and r["status"] == "ok"), None)
+    # The reference is PyTorch fp32 eager: a torch row at another precision is measured against it, not used as it.
+    torch_row = next((r for r in rows if r["backend"] == "torch" and r["precision"] == "fp32"
+                      and r["status"] == "ok"), None)
     if same and torch_row is not None:
-        return logits["torch"]
+        return logits[torch_row["label"]]
     runner.log(f"reference: PyTorch fp32 on {reference}")
-    result, ref_logits = runner.run(reference, "torch", timing=False)
+    result, ref_logits = runner.run(reference, "torch", timing=False, precision="fp32")
     if "error" in result:
         raise FastCifarError(f"the PyTorch reference {reference} failed: {result['error']}")
     return ref_logits

@@ -25,6 +25,12 @@ def _status(row: dict) -> str:
     return {"ok": "ok", "skipped": f"skipped: {row['reason']}", "failed": f"FAILED: {row['reason']}"}[row["status"]]
 
 
+def backend_label(r: dict) -> str:
+    """'torch bf16', 'onnxruntime fp32 (CPUExecutionProvider)': what ran, as the row's table cell says it."""
+    label = r["backend"] + (f" {r['precision']}" if r.get("precision") else "")
+    return label + (f" ({r['provider']})" if r.get("provider") else "")
+
+
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, cells) shared by the terminal table and the markdown file."""
     sizes = _batch_sizes(rows)
@@ -34,14 +40,14 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     for r in rows:
         name = Path(r["model"]).name or r["model"]
         if r["status"] != "ok":
-            cells.append([name, r["backend"], _status(r)] + [""] * (len(header) - 3))
+            cells.append([name, backend_label(r), _status(r)] + [""] * (len(header) - 3))
             continue
         h2d = r.get("throughput_h2d") or {}
         speeds = [_fmt(r["throughput"].get(b), ",.0f") +
                   (f" ({_fmt(h2d.get(b), ',.0f')} h2d)" if h2d.get(b) is not None else "") for b in sizes]
         latency = r.get("latency_ms") or {}
         cells.append([
-            name, r["backend"], _fmt(r["accuracy"], ".2%"), _fmt(r["accuracy_drop"], "+.2f"),
+            name, backend_label(r), _fmt(r["accuracy"], ".2%"), _fmt(r["accuracy_drop"], "+.2f"),
             _fmt(r["agreement"], ".4f"), _fmt(r["max_abs_diff"], ".2e"), _fmt(r["mean_abs_diff"], ".2e"), *speeds,
             f"{_fmt(latency.get('p50'), '.2f')} / {_fmt(latency.get('p99'), '.2f')}",
             f"{_fmt(r.get('peak_host_mb'), ',.0f')} / {_fmt(r.get('peak_device_mb'), ',.0f')}",
@@ -68,8 +74,11 @@ def print_table(report, console=None) -> None:
         console.print(table)
     for r in report.rows:
         if r["status"] != "ok":
-            console.print(f"{Path(r['model']).name} / {r['backend']}: {_status(r)}", markup=False, highlight=False,
+            console.print(f"{Path(r['model']).name} / {r['label']}: {_status(r)}", markup=False, highlight=False,
                           style="yellow" if r["status"] == "skipped" else "red")
+        elif r.get("note"):
+            console.print(f"{Path(r['model']).name} / {r['label']}: note: {r['note']}", markup=False, highlight=False,
+                          style="yellow")
     for failure in report.failures:
         console.print(f"gate: {failure}", markup=False, highlight=False, style="bold red")
 
@@ -91,6 +100,7 @@ def markdown(report) -> str:
         "| " + " | ".join(h.replace("|", "\\|") for h in header) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
         *("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells), "",
+        *(f"- {Path(r['model']).name} / {r['label']}: {r['note']}" for r in report.rows if r.get("note")), "",
         "Accuracy: top-1 on the test images, no test-time augmentation. Drop, agreement and |Δlogit|: against "
         "the PyTorch fp32 eager reference. img/s: input already on the device (h2d: with the host-to-device "
         "copy in every call). Latency: batch 1, host pixels in, host logits out. Each backend ran alone in "
@@ -115,7 +125,7 @@ def chart_png(report) -> bytes | None:
     for ax, model in zip(axes[0], models):
         for r in (r for r in report.rows if r["model"] == model and r["status"] == "ok" and r["throughput"]):
             sizes = sorted(r["throughput"], key=int)
-            ax.plot([int(b) for b in sizes], [r["throughput"][b] for b in sizes], marker="o", label=r["backend"])
+            ax.plot([int(b) for b in sizes], [r["throughput"][b] for b in sizes], marker="o", label=backend_label(r))
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s",
                title=f"{Path(model).name} on {report.rows[0]['device']}")
         ax.grid(True, which="both", alpha=0.3)

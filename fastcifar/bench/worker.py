@@ -198,7 +198,7 @@ def run_job(job: dict) -> dict:
     memory = MemoryTracker(job["device_type"])
     started = time.perf_counter()
     predictor = load_predictor(job["artifact"], job["backend"], job["device"], isolated=True,
-                               threads=job.get("threads"))
+                               threads=job.get("threads"), precision=job.get("precision"))
     load_s = time.perf_counter() - started
     images = np.load(job["images"])
     started = time.perf_counter()

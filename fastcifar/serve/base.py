@@ -25,6 +25,8 @@ class Predictor:
     device: str = "cpu"
     timing: str = "wall"  # how bench times `run`: "events" (CUDA events on torch's stream) or "wall"
     max_batch: int = 256  # larger inputs are split: bounded memory whatever the caller passes
+    precision: str = "fp32"  # what the model computes in (an exported file's: its metadata says)
+    note: str | None = None  # how this backend runs differently from what was asked, and the fix
 
     def __init__(self, spec: dict, artifact: Path):
         self.spec = spec
@@ -69,7 +71,8 @@ class Predictor:
 
     def describe(self) -> dict:
         return {"backend": self.backend, "device": self.device, "artifact": str(self.artifact),
-                "input_size": self.input_size, "image_size": self.image_size}
+                "input_size": self.input_size, "image_size": self.image_size, "precision": self.precision,
+                "note": self.note}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ class Prediction:
 
 
 def load_models(pretrained: Path | str, scratch: Path | str, backend: str = "auto",
-                device: str | None = None) -> tuple[Slot, Slot]:
+                device: str | None = None, precision: str | None = None) -> tuple[Slot, Slot]:
     """Load both predictors and run each once, so a missing or broken model fails before a port is opened.
 
     The warm-up run also keeps first-call costs (allocations, compile, TensorRT context) out of the
@@ -76,19 +76,19 @@ def load_models(pretrained: Path | str, scratch: Path | str, backend: str = "aut
     """
     if backend not in BACKEND_CHOICES:
         raise FastCifarError(f"unknown backend '{backend}' (choose from {', '.join(BACKEND_CHOICES)})")
-    slots = tuple(_load_slot(key, Path(path).expanduser(), None if backend == "auto" else backend, device)
+    slots = tuple(_load_slot(key, Path(path).expanduser(), None if backend == "auto" else backend, device, precision)
                   for key, path in (("pretrained", pretrained), ("scratch", scratch)))
     return slots[0], slots[1]
 
 
-def _load_slot(key: str, path: Path, backend: str | None, device: str | None) -> Slot:
+def _load_slot(key: str, path: Path, backend: str | None, device: str | None, precision: str | None = None) -> Slot:
     from fastcifar.serve.predictor import load_predictor
 
     if not path.exists():
         raise FastCifarError(f"--{key} {path} does not exist (expected a run directory, model.safetensors, "
                              ".onnx or TensorRT engine)")
     try:
-        predictor = load_predictor(path, backend=backend, device=device)
+        predictor = load_predictor(path, backend=backend, device=device, precision=precision)
     except FastCifarError as exc:
         raise FastCifarError(f"--{key} {path}: {exc}") from None
     size = int(predictor.input_size)
@@ -276,7 +276,7 @@ def _page_results(gr, slots: Sequence[Slot], value: Any) -> tuple:
 
 
 def _where(slot: Slot) -> str:
-    return f"{slot.predictor.backend} on {getattr(slot.predictor, 'device', 'cpu')}"
+    return f"{slot.predictor.backend} {slot.predictor.precision} on {getattr(slot.predictor, 'device', 'cpu')}"
 
 
 def _header(slots: Sequence[Slot]) -> str:
@@ -354,9 +354,9 @@ def launch_app(app, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
 
 def serve(pretrained: Path | str, scratch: Path | str, *, backend: str = "auto", host: str = "127.0.0.1",
           port: int = 7860, share: bool = False, data_dir: Path | None = None,
-          examples_dir: Path | None = None) -> None:
+          examples_dir: Path | None = None, precision: str | None = None) -> None:
     """`fastcifar demo`: check both models and the example folders, then serve until Ctrl-C."""
-    slots = load_models(pretrained, scratch, backend)
+    slots = load_models(pretrained, scratch, backend, precision=precision)
     extra = user_examples(examples_dir)
     with tempfile.TemporaryDirectory(prefix="fastcifar-demo-") as tmp:
         examples = cifar_examples(data_dir, [s.source for s in slots], Path(tmp)) + extra

@@ -21,23 +21,65 @@ from fastcifar.serve.base import Predictor
 from fastcifar.serve.torch_runner import make_pixel_pipeline
 
 
-def ort_providers(device) -> list:
-    """Execution providers in preference order for `device`: TensorRT EP, CUDA EP, CPU (what is installed)."""
+def _installed_ort_packages() -> set[str]:
+    """Which ONNX Runtime distributions pip installed (`onnxruntime`, `onnxruntime-gpu`, ...)."""
+    from importlib import metadata
+
+    names = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"}
+    found = set()
+    for name in names:
+        try:
+            metadata.version(name)
+            found.add(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def no_cuda_provider_note(packages: set[str]) -> str:
+    """Why ONNX Runtime has no CUDA provider on a CUDA machine, and the fix (one line)."""
+    if {"onnxruntime", "onnxruntime-gpu"} <= packages:
+        why = ("`onnxruntime` and `onnxruntime-gpu` are both installed and the CPU package shadows the GPU one; "
+               "fix: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    elif "onnxruntime-gpu" in packages:
+        why = ("`onnxruntime-gpu` is installed but its CUDA provider is not usable (CUDA/cuDNN libraries it was "
+               "built for are missing); fix: install the CUDA and cuDNN versions its release notes name")
+    else:
+        why = ("only the CPU package `onnxruntime` is installed; fix: pip uninstall -y onnxruntime && pip install "
+               "onnxruntime-gpu")
+    return f"ran on ONNX Runtime's CPU provider: no CUDAExecutionProvider here ({why})"
+
+
+def ort_providers(device, available=None, tensorrt_importable: bool | None = None,
+                  packages: set[str] | None = None) -> tuple[list, str | None]:
+    """(execution providers in preference order for `device`, a note when they are not what a GPU should get).
+
+    TensorRT EP, CUDA EP, CPU - only those installed and usable. On a CUDA machine whose ONNX Runtime has no CUDA
+    provider (a CPU-only `onnxruntime` next to or instead of `onnxruntime-gpu`, a common state), the CPU
+    provider runs and the note says so with the fix, instead of failing the run. `available`,
+    `tensorrt_importable` and `packages` default to what this machine has (tests pass fakes).
+    """
     import importlib.util
 
-    import onnxruntime as ort
-
     if device.type != "cuda":
-        return ["CPUExecutionProvider"]
-    available = set(ort.get_available_providers())
+        return ["CPUExecutionProvider"], None
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        return ["CPUExecutionProvider"], no_cuda_provider_note(_installed_ort_packages() if packages is None
+                                                               else packages)
     options = {"device_id": str(device.index or 0)}
     wanted = [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     # onnxruntime-gpu lists the TensorRT EP even where TensorRT's libraries are absent, and then prints a
     # screen of load errors before falling back: only ask for it when the tensorrt package imports.
-    if importlib.util.find_spec("tensorrt") is not None:
+    if tensorrt_importable is None:
+        tensorrt_importable = importlib.util.find_spec("tensorrt") is not None
+    if tensorrt_importable and "TensorrtExecutionProvider" in available:
         wanted.insert(0, ("TensorrtExecutionProvider", {**options, "trt_engine_cache_enable": "True",
                                                         "trt_engine_cache_path": str(DEFAULT_CACHE_DIR / "ort-trt")}))
-    return [p for p in wanted if (p[0] if isinstance(p, tuple) else p) in available]
+    return wanted, None
 
 
 class OnnxRuntimePredictor(Predictor):
@@ -57,8 +99,9 @@ class OnnxRuntimePredictor(Predictor):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: ORT's warnings about graph rewrites are noise to users
+        providers, self.note = ort_providers(device)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=ort_providers(device))
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for corrupt models
             raise FastCifarError(f"ONNX Runtime cannot load {path} ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -69,7 +112,13 @@ class OnnxRuntimePredictor(Predictor):
         if self.normalized:  # the graph takes float NCHW: preprocess with the same torch code as the reference
             self.input_size = NATIVE_SIZE
             self._preprocess = _normalizer(self.spec)
-        io = {"cuda": _OrtCudaIO, "cpu": _OrtCpuIO}[device.type]
+        self.precision = self.spec.get("precision", "fp32")
+        # Inputs go where the session really runs: device-resident IO binding only with the CUDA provider in use.
+        on_gpu = device.type == "cuda" and any(p in self.providers for p in ("CUDAExecutionProvider",
+                                                                             "TensorrtExecutionProvider"))
+        if not on_gpu:
+            self.device, self.timing = "cpu", "wall"
+        io = _OrtCudaIO if on_gpu else _OrtCpuIO
         self.io = io(self.session, self.input_name, self.output_name, device.index or 0)
 
     def to_input(self, pixels):
@@ -82,7 +131,7 @@ class OnnxRuntimePredictor(Predictor):
         return self.io.to_numpy(outputs)
 
     def describe(self):
-        return {**super().describe(), "providers": self.providers}
+        return {**super().describe(), "providers": self.providers, "provider": self.providers[0]}
 
 
 def _normalizer(spec: dict) -> Callable[[np.ndarray], np.ndarray]:

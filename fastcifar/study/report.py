@@ -79,7 +79,8 @@ def _gap_row(fraction: float, records: list[dict]) -> dict:
     acc = {init: [100 * r["test_acc"] for r in records if r["init"] == init] for init in COMPARE_INITS}
     ci = welch_ci(acc["imagenet"], acc["random"])
     gap = mean_std(acc["imagenet"])[0] - mean_std(acc["random"])[0]
-    return {"setting": records[0]["setting"], "fraction": fraction, "gap_points": gap, "ci95_low_points": ci.low if ci else None,
+    return {"setting": records[0]["setting"], "fraction": fraction, "gap_points": gap,
+            "ci95_low_points": ci.low if ci else None,
             "ci95_high_points": ci.high if ci else None, "welch_df": ci.df if ci else None,
             "se_points": ci.se if ci else None, "n_imagenet": len(acc["imagenet"]), "n_random": len(acc["random"]),
             "verdict": verdict(ci)}
@@ -512,8 +513,8 @@ def print_summary(results: dict, files: list[Path]) -> None:
     for section in results["sections"]:
         for r in sorted(section["summary"], key=lambda r: (-r["fraction"], r["init"])):
             g = gaps[r["setting"], r["fraction"]]
-            gap = "" if r["init"] != "imagenet" else f"{g['gap_points']:+.2f}" + (
-                "" if g["ci95_low_points"] is None else f" ({g['ci95_low_points']:+.1f}…{g['ci95_high_points']:+.1f})")
+            ci = "" if g["ci95_low_points"] is None else f" ({g['ci95_low_points']:+.1f}…{g['ci95_high_points']:+.1f})"
+            gap = "" if r["init"] != "imagenet" else f"{g['gap_points']:+.2f}{ci}"
             table.add_row(r["setting"], fraction_label(r["fraction"], r["n_train"]), r["label"], f"{r['lr']:g}",
                           _pm(r["test_acc_mean"], r["test_acc_std"], 100),
                           _pm(r["train_seconds_mean"], r["train_seconds_std"], digits=1), gap)

@@ -158,7 +158,8 @@ class _Loop:
         totals = self._all_reduce(torch.cat([torch.stack([loss_sum, late_sum, correct.double()]), counts]))
         n, n_late = max(float(totals[3]), 1.0), max(float(totals[4]), 1.0)
         return {"train_loss": float(totals[0]) / n, "train_loss_second_half": float(totals[1]) / n_late,
-                "train_acc": float(totals[2]) / n, "train_seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
+                "train_acc": float(totals[2]) / n, "train_seconds": seconds,
+                "images_per_second": n / max(seconds, 1e-9)}
 
     def _check_finite(self, first_bad) -> None:
         step = int(self._all_reduce(first_bad.double(), op="max"))

@@ -100,7 +100,7 @@ def main() -> int:
             cfg = make_train_config(args.preset, {**overrides, "data_dir": args.data_dir, "device": args.device,
                                                   "seed": seed, "out": str(runs_dir / f"seed{seed}"),
                                                   "download": False})
-            result = train(cfg, progress=sys.stderr.isatty())
+            result = train(cfg, progress="bar" if sys.stderr.isatty() else "lines")
             s, metrics = result.summary, read_jsonl(result.run_dir / METRICS_FILE)
             run = {k: s[k] for k in ("seed", "test_acc", "val_acc", "train_seconds", "images_per_second", "epochs",
                                      "device", "precision", "compile", "channels_last", "loader",

@@ -193,9 +193,14 @@ def _auto_preset(preset: str, device: str | None) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory to create (must not exist or be empty). [default: runs/<arch>-<init>-<time>]")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
-              help="Continue an interrupted run directory exactly where its last finished epoch left off.")
+              help="Continue an interrupted run directory exactly where its last finished epoch left off, with the "
+                   "options it was started with (give no other training option beside it).")
+@click.option("--keep-state/--no-keep-state", default=False, show_default=True,
+              help="Keep state.pt (optimizer, RNG; ~90 MB for ResNet-18) in a finished run. Serving and reports "
+                   "never need it; an unfinished run always keeps it to resume.")
 @json_option
-def train(preset: str, data_dir, download: bool, out, resume_dir, as_json: bool, **options) -> None:
+def train(preset: str, data_dir, download: bool, out, resume_dir, keep_state: bool, as_json: bool,
+          **options) -> None:
     """Train a ResNet on CIFAR-10 into a run directory (model.safetensors, metrics, summary).
 
     \b
@@ -208,15 +213,21 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, as_json: bool,
     from fastcifar.config import make_train_config
     from fastcifar.train.loop import resume, train as run_training
 
-    progress = sys.stderr.isatty()
+    progress = "bar" if sys.stderr.isatty() else "lines"  # a log file gets one plain line per epoch
     if resume_dir is not None:
-        result = resume(resume_dir, progress=progress)
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in ("resume_dir", "as_json",
+                 "keep_state") and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise FastCifarError(f"--resume continues {resume_dir} with the options it was started with; drop "
+                                 f"{', '.join(given)} (or start a new run with --out)")
+        result = resume(resume_dir, progress=progress, keep_state=keep_state)
     else:
         overrides = _train_overrides(options)
         overrides.update(data_dir=str(data_dir) if data_dir else None, download=download,
                          out=str(out) if out else None)
         cfg = make_train_config(_auto_preset(preset, options.get("device")), overrides)
-        result = run_training(cfg, progress=progress)
+        result = run_training(cfg, progress=progress, keep_state=keep_state)
     if not result.summary:  # non-zero ranks under torchrun
         return
     if as_json:

@@ -20,7 +20,7 @@ from fastcifar.errors import FastCifarError
 from fastcifar.train.loop import NonFiniteLoss, divergence_warning, resume, train
 from fastcifar.train.parts import build_optimizer, lr_lambda, param_groups, split_train_val
 
-RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "model.safetensors", "model.json", "state.pt", "summary.json"}
+RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "model.safetensors", "model.json", "summary.json"}
 
 
 def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
@@ -39,7 +39,7 @@ def finished_run(tmp_path_factory, synthetic_dir):
 
 def test_training_learns_and_writes_the_run_directory(finished_run):
     run, summary = finished_run.run_dir, finished_run.summary
-    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert {p.name for p in run.iterdir()} == RUN_FILES  # state.pt is only for resuming: gone once finished
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
     # Chance is 10 %; the synthetic classes are learnable within a few epochs.
     assert summary["test_acc"] > 0.6, summary
@@ -255,7 +255,6 @@ def test_presets_and_overrides():
     (["--image-size", "1000"], "outside 32..512"),
     (["--init", "/nonexistent/weights.pth"], "--init must be"),
     (["--device", "cuda"], "CUDA is not available"),
-    (["--resume", "/nonexistent/run"], "cannot resume"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--batch-size", "100000"], "cannot fill one batch"),
 ])
@@ -266,6 +265,15 @@ def test_bad_input_is_one_message(args, message, synthetic_dir, tmp_path):
                                       "--preset", "smoke", "--device", "cpu", *args])
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_resume_takes_no_other_options(tmp_path, finished_run):
+    result = CliRunner().invoke(cli, ["train", "--resume", "/nonexistent/run"])
+    assert result.exit_code == 1 and "cannot resume /nonexistent/run" in result.output
+    result = CliRunner().invoke(cli, ["train", "--resume", str(finished_run.run_dir), "--epochs", "5"])
+    assert result.exit_code == 1 and "drop --epochs" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["train", "--resume", str(finished_run.run_dir)])
+    assert result.exit_code == 1 and "already finished" in result.output
 
 
 def test_existing_run_dir_is_never_overwritten(tmp_path, synthetic_dir):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -44,14 +45,17 @@ class NonFiniteLoss(FastCifarError):
 EpochHook = Callable[[int, dict], None]
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, resume_dir: Path | None = None,
-          on_epoch_end: EpochHook | None = None, warm_up: bool | None = None) -> TrainResult:
+def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | None = None,
+          on_epoch_end: EpochHook | None = None, warm_up: bool | None = None, keep_state: bool = False
+          ) -> TrainResult:
     """Train `cfg` (or continue the run in `resume_dir`) and return the run directory and summary.
 
+    `progress`: 'bar' (True), 'lines' (the run header and one plain line per epoch, for logs) or 'off' (False).
     `on_epoch_end(epoch, metrics)` is called on rank 0 after each epoch's state is saved (compare's progress
     display uses it; raising KeyboardInterrupt there stops the run resumably). `warm_up` (default: when compiling)
     runs two throw-away steps before the clock starts, so compile time stays out of `train_seconds`; the summary
-    reports it apart as `compile_warmup_seconds`.
+    reports it apart as `compile_warmup_seconds`. A finished run keeps what serving and reporting need; its
+    state.pt (optimizer, RNG: ~90 MB for a ResNet-18, only for resuming) is removed unless `keep_state`.
     """
     import torch
 
@@ -62,30 +66,38 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume_dir: Path | None = 
     cfg = cfg.resolved(device.type)
     setup.init_distributed(dist, device)
     try:
-        run_dir = setup.prepare_run_dir(cfg, resume_dir, dist)
+        # The model first: a bad --init fails before anything is created; then the directory, then the data.
         model, spec = setup.build_model(cfg, device)
-        data = setup.build_data(cfg, spec, dist, device)
-        if dist.is_main and resume_dir is None:
-            write_json(run_dir / CONFIG_FILE, cfg.to_dict())
-            write_json(run_dir / "env.json", env_info())
-        opt = setup.build_optimizer(model, cfg, len(data.train), device)
-        ema = setup.build_ema(model, cfg)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        start_epoch, history, train_seconds = 0, [], 0.0
-        if resume_dir is not None:
-            start_epoch, train_seconds = setup.load_state(run_dir / STATE_FILE, model, opt, ema, scaler, device)
-            history = read_jsonl(run_dir / METRICS_FILE)[:start_epoch]
-        elif dist.is_main:  # a state exists from the first moment, so Ctrl-C in epoch 1 is resumable too
-            setup.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
-        loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir)
-        if cfg.compile if warm_up is None else warm_up:
-            loop.warm_up()
+        run_dir, created = setup.prepare_run_dir(cfg, resume_dir, dist)
+        try:
+            data = setup.build_data(cfg, spec, dist, device)
+            if dist.is_main and resume_dir is None:
+                write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+                write_json(run_dir / "env.json", env_info())
+            opt = setup.build_optimizer(model, cfg, len(data.train), device)
+            ema = setup.build_ema(model, cfg)
+            scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+            start_epoch, history, train_seconds = 0, [], 0.0
+            if resume_dir is not None:
+                start_epoch, train_seconds = setup.load_state(run_dir / STATE_FILE, model, opt, ema, scaler, device)
+                history = read_jsonl(run_dir / METRICS_FILE)[:start_epoch]
+            elif dist.is_main:  # a state exists from the first moment, so Ctrl-C in epoch 1 is resumable too
+                setup.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
+            loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir)
+            if cfg.compile if warm_up is None else warm_up:
+                loop.warm_up()
+        except BaseException:
+            if created is not None:  # failed before its first epoch: leave nothing behind (never a user's dir)
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         try:
             history, train_seconds = loop.run(start_epoch, history, train_seconds, progress, on_epoch_end)
         except KeyboardInterrupt:
             raise FastCifarError(f"interrupted; the state of the last finished epoch is saved in {run_dir}. "
                                  f"Continue with: fastcifar train --resume {run_dir}", exit_code=130) from None
         summary = _finish(loop, spec, history, train_seconds)
+        if dist.is_main and not keep_state:  # finished: nothing left to resume, and it is the largest file
+            (run_dir / STATE_FILE).unlink(missing_ok=True)
         return TrainResult(run_dir=run_dir, summary=summary)
     finally:
         setup.destroy_distributed(dist)
@@ -195,9 +207,11 @@ class _Loop:
         return (out, results) if keep_predictions else out
 
     def run(self, start_epoch, history, train_seconds, progress, on_epoch_end):
-        from fastcifar.train.parts import EpochProgress, save_state
+        from fastcifar.train.parts import EpochProgress, progress_mode, save_state
 
-        with EpochProgress(self.cfg, self.data, start_epoch, progress and self.dist.is_main) as bar:
+        mode = progress_mode(progress) if self.dist.is_main else "off"
+        with EpochProgress(self.cfg, self.data, start_epoch, mode) as bar:
+            bar.header(self.device, self.data, self.run_dir, start_epoch)
             for epoch in range(start_epoch, self.cfg.epochs):
                 bar.start_epoch(epoch)
                 metrics = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
@@ -321,13 +335,16 @@ def is_finished(run_dir: Path) -> bool:
         return False
 
 
-def resume(run_dir: Path | str, *, progress: bool = True, on_epoch_end: EpochHook | None = None) -> TrainResult:
+def resume(run_dir: Path | str, *, progress: bool | str = True, on_epoch_end: EpochHook | None = None,
+           keep_state: bool = False) -> TrainResult:
     """Continue an interrupted run from its last finished epoch (optimizer, scheduler, RNG, EMA, scaler)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / STATE_FILE).is_file():
-        raise FastCifarError(f"cannot resume {run_dir}: it has no {CONFIG_FILE} and {STATE_FILE} "
-                             "(is it a fastcifar run directory?)")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FastCifarError(f"cannot resume {run_dir}: it has no {CONFIG_FILE} (is it a fastcifar run directory?)")
     cfg = TrainConfig.load(run_dir / CONFIG_FILE)
     if is_finished(run_dir):
         raise FastCifarError(f"{run_dir} already finished ({cfg.epochs} epochs); nothing to resume")
-    return train(replace(cfg, out=str(run_dir)), progress=progress, resume_dir=run_dir, on_epoch_end=on_epoch_end)
+    if not (run_dir / STATE_FILE).is_file():
+        raise FastCifarError(f"cannot resume {run_dir}: it has no {STATE_FILE} (the state of its last epoch)")
+    return train(replace(cfg, out=str(run_dir)), progress=progress, resume_dir=run_dir, on_epoch_end=on_epoch_end,
+                 keep_state=keep_state)

@@ -60,22 +60,42 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.arch}-{init}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo) -> Path:
-    """The run directory: new and empty (never overwrite a user's run), or the one being resumed."""
+def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo) -> tuple[Path, Path | None]:
+    """(the run directory, the topmost directory this call created or None).
+
+    The run directory is new and empty (a user's run is never overwritten), or the one being resumed. A path
+    that cannot be a directory (under a file, in /proc, no permission) is one message naming it. The second
+    value lets a run that fails before its first epoch remove exactly what it created, never what existed.
+    """
     if resume_dir is not None:
-        return Path(resume_dir)
+        return Path(resume_dir), None
     name = [str(Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg))]
     if dist.enabled:  # every rank must use rank 0's timestamped name
         import torch.distributed as td
 
         td.broadcast_object_list(name, src=0)
     run_dir = Path(name[0])
+    created = None
     if dist.is_main:
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise FastCifarError(f"{run_dir} already exists and is not empty; choose another --out, or continue "
                                  f"it with: fastcifar train --resume {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        created = first_missing(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FastCifarError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+    return run_dir, created
+
+
+def first_missing(path: Path) -> Path | None:
+    """The topmost ancestor of `path` (or `path` itself) that does not exist yet: what mkdir(parents) creates."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------- model + data
@@ -319,21 +339,46 @@ def load_state(path: Path, model, opt, ema, scaler, device) -> tuple[int, float]
 # ---------------------------------------------------------------------------------------------- progress
 
 
-class EpochProgress:
-    """A rich progress bar over images (run total + current epoch) and one printed line per epoch."""
+PROGRESS_MODES = ("bar", "lines", "off")
 
-    def __init__(self, cfg: TrainConfig, data: TrainData, start_epoch: int, enabled: bool):
+
+def progress_mode(progress) -> str:
+    """'bar' (a rich bar on a terminal), 'lines' (plain lines for logs: nohup, CI, cluster jobs) or 'off';
+    True/False mean 'bar'/'off'."""
+    mode = {True: "bar", False: "off"}.get(progress, progress) if isinstance(progress, bool) else progress
+    if mode not in PROGRESS_MODES:
+        raise FastCifarError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
+    return mode
+
+
+class EpochProgress:
+    """A rich progress bar over images (run total + current epoch) - in 'bar' mode - and, in 'bar' and 'lines'
+    modes, the run header and one printed line per epoch on stderr."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, start_epoch: int, mode: str):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-        self.cfg, self.enabled = cfg, enabled
-        self.console = Console(stderr=True)
+        self.cfg, self.enabled = cfg, mode != "off"
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)  # soft wrap: one line per epoch in logs
         per_epoch = len(data.train) * data.train_options.batch_size * data.train_options.world_size
         self.progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                                  "img", TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
-                                 disable=not enabled, transient=True)
+                                 disable=mode != "bar", transient=True)
         self.run_task = self.progress.add_task("run", total=per_epoch * cfg.epochs, completed=per_epoch * start_epoch)
         self.epoch_task = self.progress.add_task("epoch", total=per_epoch)
+
+    def header(self, device, data: TrainData, run_dir: Path, start_epoch: int) -> None:
+        """The run's facts before its first epoch: device, precision, loader, images, batches, where it goes."""
+        if not self.enabled:
+            return
+        cfg = self.cfg
+        speed = f"{cfg.precision}{', channels_last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}"
+        self.console.print(
+            f"train: {cfg.arch} ({cfg.init} init, {cfg.stem} stem, {cfg.image_size} px) on {device} ({speed}), "
+            f"{data.kind} loader, {data.n_train:,} training / {data.n_val:,} val / {data.n_test:,} test images, "
+            f"{len(data.train)} batches of {cfg.batch_size} per epoch, lr {cfg.lr:g}, epochs "
+            f"{start_epoch + 1}-{cfg.epochs} -> {run_dir}", markup=False)
 
     def __enter__(self):
         self.progress.__enter__()

@@ -8,6 +8,7 @@ non-zero exit code; nothing here prints a traceback for them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,11 @@ _BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 class _Group(click.Group):
-    """Turns FastCifarError and Ctrl-C into a one-line message and an exit code."""
+    """Turns FastCifarError, a filesystem error on a path the user gave, and Ctrl-C into one line and an exit code.
+
+    An OSError that reaches here is a path that cannot be read or written (a directory under a file, /proc, no
+    permission, a full disk): its message names the path and the reason. FASTCIFAR_DEBUG=1 shows the traceback.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
@@ -34,6 +39,12 @@ class _Group(click.Group):
         except FastCifarError as exc:
             click.secho(f"Error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            if os.environ.get("FASTCIFAR_DEBUG"):
+                raise
+            where = exc.filename if exc.filename is not None else "a file"
+            click.secho(f"Error: cannot use {where}: {exc.strerror or exc}", fg="red", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="yellow", err=True)
             ctx.exit(130)
@@ -103,15 +114,23 @@ def _print_data_stats(stats: dict) -> None:
 # ---------------------------------------------------------------------------------------------- train
 
 
+_NONE_WORDS = {"train_limit": "all", "ema": "off"}  # what a None default means, per option
+
+
 def _default(name: str) -> str:
     """'[default: X; smoke: Y]' from TrainConfig and the presets, so --help never lies about defaults."""
     from dataclasses import fields
 
     from fastcifar.config import PRESETS, TrainConfig
 
+    def word(value):
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return _NONE_WORDS.get(name, "none") if value is None else str(value)
+
     base = {f.name: f.default for f in fields(TrainConfig)}[name]
-    per_preset = [f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v and v[name] != base]
-    return "[default: " + "; ".join([str(base)] + per_preset) + "]"
+    per_preset = [f"{p}: {word(v[name])}" for p, v in PRESETS.items() if name in v and v[name] != base]
+    return "[default: " + "; ".join([word(base)] + per_preset) + "]"
 
 
 # (option declarations, TrainConfig field) - shared by `train` and `compare`.
@@ -125,7 +144,7 @@ _TRAIN_OPTIONS = [
     (("--loader",), dict(type=click.Choice(LOADER_KINDS),
                          help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (DALI on CUDA).")),
     (("--val-fraction",), dict(type=float, help="Fraction of the training images held out for validation.")),
-    (("--train-limit",), dict(type=int, help="Train on the first N training images only. [default: all]")),
+    (("--train-limit",), dict(type=int, help="Train on the first N training images only.")),
     (("--epochs",), dict(type=int, help="Training epochs.")),
     (("--batch-size",), dict(type=int, help="Global batch size (split across torchrun ranks).")),
     (("--lr",), dict(type=float, help="Peak learning rate (SGD Nesterov, warm-up then decay to 0).")),
@@ -133,7 +152,7 @@ _TRAIN_OPTIONS = [
     (("--label-smoothing",), dict(type=float, help="Label smoothing of the cross-entropy loss.")),
     (("--warmup-epochs",), dict(type=float, help="Linear learning-rate warm-up length in epochs.")),
     (("--schedule",), dict(type=click.Choice(SCHEDULES), help="Decay after warm-up.")),
-    (("--ema",), dict(type=float, help="EMA decay per step for the evaluated weights (e.g. 0.999). [default: off]")),
+    (("--ema",), dict(type=float, help="EMA decay per step for the evaluated weights (e.g. 0.999).")),
     (("--zero-init-residual/--no-zero-init-residual",),
      dict(default=None, help="Zero the last BatchNorm scale of each residual block (random init only).")),
     (("--backbone-lr-scale",), dict(type=float, help="Learning-rate multiplier for every layer but the classifier "
@@ -151,7 +170,7 @@ _TRAIN_OPTIONS = [
     (("--compile-mode",), dict(help="torch.compile mode, e.g. max-autotune-no-cudagraphs. [default: torch's]")),
     (("--seed",), dict(type=int, help="Seed for init, split, shuffling and augmentation.")),
 ]
-_NO_DEFAULT_TEXT = {"train_limit", "ema", "channels_last", "compile", "compile_mode"}
+_NO_DEFAULT_TEXT = {"channels_last", "compile", "compile_mode"}  # device-dependent: their help says how
 
 
 def train_options(func):
@@ -547,12 +566,13 @@ def _print_export(summary) -> None:
     if summary.onnx:
         table = Table(title=f"ONNX export -> {summary.onnx[0].path.parent}", box=box.SIMPLE_HEAD)
         table.add_column("file", no_wrap=True)
-        for column in ("max |diff|", "agree", "acc torch→onnx", "parity"):
+        for column in ("max |diff|", "agree", "test acc torch→onnx (no TTA)", "parity"):
             table.add_column(column, justify="right")
         for r in summary.onnx:
             p = r.parity
             cells = ([f"{p['max_abs_diff']:.3g}", f"{p['top1_agreement']:.3f}",
-                      f"{p['torch_accuracy']:.3f}→{p['onnx_accuracy']:.3f}", "ok" if p["passed"] else "FAILED"]
+                      f"{100 * p['torch_accuracy']:.2f} %→{100 * p['onnx_accuracy']:.2f} %",
+                      "ok" if p["passed"] else "FAILED"]
                      if p else ["-", "-", "-", "not checked"])
             table.add_row(r.path.name, *cells)
         console.print(table)

@@ -1,4 +1,5 @@
-"""Atomic file writes: every file fastcifar writes appears whole or not at all (temp file + rename)."""
+"""Atomic file writes (every file fastcifar writes appears whole or not at all: temp file + rename), output
+directories that fail with one message naming them, JSON lines and file digests."""
 
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def make_dir(path: Path | str, what: str) -> Path:
+    """Create output directory `path` (and its parents) now, before any work is spent on what goes in it.
+
+    A path that cannot be a directory (under a file, in /proc, no permission) is one FastCifarError naming the
+    option (`what`, e.g. '--results-dir'), the path and the reason."""
+    from fastcifar.errors import FastCifarError
+
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FastCifarError(f"{what} {path} cannot be created: {exc.strerror or exc}") from None
+    return path
 
 
 def write_bytes(dest: Path | str, data: bytes) -> Path:

@@ -235,6 +235,9 @@ def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
     else:
         weights, meta = path, path.with_name(MODEL_META)
     if not weights.is_file():
+        if path.is_dir() and (path / "config.json").is_file():  # a run directory that has not finished
+            raise FastCifarError(f"{path} is an unfinished run (no {MODEL_FILE} yet): continue it with "
+                                 f"fastcifar train --resume {path}")
         raise FastCifarError(f"no model at {path}: expected a run directory holding {MODEL_FILE} or a "
                              f"{MODEL_FILE} file")
     if not meta.is_file():

@@ -28,6 +28,7 @@ import numpy as np
 
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
+from fastcifar.fileio import make_dir
 from fastcifar.export.parity import parity_metrics
 from fastcifar.serve.predictor import (BACKENDS, SERVING_PRECISIONS, TORCH_BACKENDS, backend_unavailable,
                                        resolve_precision)
@@ -411,6 +412,8 @@ def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None
             raise FastCifarError(f"--max-accuracy-drop needs a PyTorch reference for {model}: pass --reference "
                                  "RUN_DIR (the run it was exported from)")
     images, labels, root = _test_images(cfg)
+    if cfg.results_dir:
+        make_dir(cfg.results_dir, "--results-dir")
     log(f"{len(images)} test images from {root}, device {device}")
     load_start = _busy_check(device_type, log)
     rows: list[dict] = []

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastcifar.errors import FastCifarError
+from fastcifar.fileio import make_dir
 
 DEFAULT_OUT_DIR = Path("exported")
 
@@ -83,6 +84,11 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
         raise FastCifarError(f"--int8-calib-images calibrates the fp32 graph (non-quantized layers stay fp32); "
                              f"drop --precision {precision}")
     summary = ExportSummary()
+    if not is_onnx_file:
+        from fastcifar.models import resolve_model_files
+
+        resolve_model_files(model)  # a missing or unfinished run is refused before --out is created
+    make_dir(out_dir, "--out")  # before minutes of export, not after
     if is_onnx_file:
         onnx_path = model
         if not onnx_path.is_file():

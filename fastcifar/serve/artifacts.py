@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import file_digest
+from fastcifar.fileio import file_digest, make_dir
 
 DEFAULT_CACHE_DIR = Path("exported") / "cache"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -53,7 +53,7 @@ def fingerprint(files: list[Path], settings: dict) -> str:
 def _cache_entry(cache_dir: Path, label: str, key: str, filename: str, build: Callable[[Path], Path],
                  describe: dict) -> Path:
     """cache_dir/<label>-<key>/<filename>, built by `build(tmp_dir) -> file` when absent, renamed in whole."""
-    final_dir = Path(cache_dir).expanduser() / f"{label}-{key[:16]}"
+    final_dir = make_dir(cache_dir, "--cache-dir") / f"{label}-{key[:16]}"
     if (final_dir / filename).is_file():
         return final_dir / filename
     final_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -343,13 +343,19 @@ def launch_app(app, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     """Serve `app`; with block=False return once the server is up (tests). Port in use -> FastCifarError."""
     gr = _gradio()
     try:
-        return app.queue(default_concurrency_limit=1).launch(
-            server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+        # quiet: Gradio's own hints name its Python API ("set share=True in launch()"); ours name the flags.
+        result = app.queue(default_concurrency_limit=1).launch(
+            server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
             max_file_size=MAX_UPLOAD, show_error=False, ssr_mode=False, mcp_server=False, pwa=False,
             enable_monitoring=False, footer_links=["api", "settings"], css=CSS, theme=gr.themes.Default())
     except OSError as exc:
         raise FastCifarError(f"cannot serve the demo on {host}:{port} ({exc}). Is the port in use? Choose "
                              "another with --port.") from None
+    print(f"Running on local URL: {app.local_url or f'http://{host}:{port}/'}"
+          + ("" if share else "  (add --share for a temporary public *.gradio.live link)"), flush=True)
+    if block:
+        app.block_thread()
+    return result
 
 
 def serve(pretrained: Path | str, scratch: Path | str, *, backend: str = "auto", host: str = "127.0.0.1",

@@ -22,6 +22,7 @@ Conversion, in order:
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -115,6 +116,16 @@ def _to_rgb(image, name: str):
 
 def load_image(source, size: int = 32) -> np.ndarray:
     """Read `source` (path, bytes, file object or PIL image) as uint8 RGB (size, size, 3); see module doc."""
+    from PIL import Image
+
+    # Pillow warns (with its own file path) between 89 and 179 megapixels and refuses above; the refusal is
+    # handled below as one message, and an image in the warning band is simply decoded and shrunk to `size`.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _load_image(source, size)
+
+
+def _load_image(source, size: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     name = _describe(source)

@@ -187,9 +187,10 @@ def predict_files(predictor: Predictor, paths, *, topk: int = 3, batch_size: int
     """
     if topk < 1:
         raise FastCifarError(f"--topk must be >= 1, got {topk}")
+    if topk > len(predictor.class_names):
+        raise FastCifarError(f"--topk {topk} is more than the model's {len(predictor.class_names)} classes")
     files, failures = find_images(paths)
     results = []
-    k = min(topk, len(predictor.class_names))
     for start in range(0, len(files), batch_size):  # decode one batch at a time: any folder size fits in memory
         chunk = []
         for file in files[start:start + batch_size]:
@@ -201,7 +202,7 @@ def predict_files(predictor: Predictor, paths, *, topk: int = 3, batch_size: int
             continue
         probs = predictor.predict(np.stack([pixels for _, pixels in chunk]))
         for (name, _), row in zip(chunk, probs):
-            order = np.argsort(-row, kind="stable")[:k]
+            order = np.argsort(-row, kind="stable")[:topk]
             results.append({"file": name, "top": [{"label": predictor.class_names[i], "prob": float(row[i])}
                                                   for i in order]})
     return results, failures

@@ -1,0 +1,143 @@
+"""Every verb against bad input through the real CLI: a non-zero exit, exactly one `Error:` line, no traceback, and
+nothing new on disk - not a run directory, not a report, not a cache entry."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastcifar.cli import cli
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, synthetic_dir, tiny_model_dir):
+    """Inputs the cases point at: a text file posing as an image/weights, an empty dir, an unfinished run."""
+    root = tmp_path_factory.mktemp("places")
+    (root / "text.png").write_text("not an image")
+    (root / "empty").mkdir()
+    unfinished = root / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps({"epochs": 2}))
+    return {"DATA": str(synthetic_dir), "MODEL": str(tiny_model_dir), "TEXT": str(root / "text.png"),
+            "EMPTY": str(root / "empty"), "UNFINISHED": str(unfinished)}
+
+
+CASES = [
+    # data
+    ("data", ["--data-dir", "{EMPTY}", "--no-download"], "CIFAR-10 not found"),
+    ("data", ["--data-dir", "{TEXT}"], "is a file"),
+    # train
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "file.png/sub"], "Not a directory"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "/proc/x"], "/proc/x"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--init", "{TEXT}"], "not a readable state dict"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--epochs", "0"], "--epochs must be >= 1"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--val-fraction", "2"], "--val-fraction"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--lr", "abc"], "'abc' is not a valid float"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu"], "CIFAR-10 not found"),
+    ("train", ["--resume", "{UNFINISHED}", "--epochs", "5"], "drop --epochs"),
+    ("train", ["--resume", "{EMPTY}"], "cannot resume"),
+    # compare
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--fractions", "abc"], "comma-separated numbers"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--lr-grid", "x"], "--lr-grid takes"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--image-sizes", "16"], "outside 32..512"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--pretrained-weights", "{TEXT}"],
+     "not a readable state dict"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "{TEXT}"], "is a file"),
+    # export
+    ("export", ["{MODEL}", "--out", "/proc/x"], "--out /proc/x cannot be created"),
+    ("export", ["{UNFINISHED}", "--out", "out"], "unfinished run"),
+    ("export", ["nowhere/run", "--out", "out"], "no model at nowhere/run"),
+    ("export", ["{MODEL}", "--out", "out", "--trt", "--batch", "8:2:4"], "--batch"),
+    # predict
+    ("predict", ["{TEXT}", "--model", "nowhere"], "does not exist"),
+    ("predict", ["{TEXT}", "--model", "{MODEL}", "--device", "cpu"], "not an image"),
+    ("predict", ["{TEXT}", "--model", "{MODEL}", "--device", "cpu", "--topk", "20"], "more than the model's 10"),
+    ("predict", ["{TEXT}", "--model", "{UNFINISHED}", "--device", "cpu"], "unfinished run"),
+    ("predict", ["{TEXT}", "--model", "{MODEL}", "--backend", "onnxruntime", "--precision", "bf16"],
+     "exported with"),
+    # bench
+    ("bench", ["--model", "{MODEL}", "--backends", "pytorch"], "unknown backend 'pytorch'"),
+    ("bench", ["--model", "{MODEL}", "--batch-sizes", "0"], "--batch-sizes must be positive"),
+    ("bench", ["--model", "nowhere"], "does not exist"),
+    ("bench", ["--model", "{MODEL}", "--data-dir", "{DATA}", "--device", "cpu", "--results-dir", "/proc/x"],
+     "--results-dir /proc/x cannot be created"),
+    # demo
+    ("demo", ["--pretrained", "nowhere", "--scratch", "{MODEL}"], "does not exist"),
+    ("demo", ["--pretrained", "{UNFINISHED}", "--scratch", "{MODEL}"], "unfinished run"),
+    ("demo", ["--pretrained", "{MODEL}", "--scratch", "{MODEL}", "--port", "70000"], "70000"),
+]
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("verb, args, message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_is_one_error_line_and_leaves_nothing(verb, args, message, places, tmp_path, monkeypatch):
+    (tmp_path / "file.png").write_text("a file where a directory is asked for")
+    monkeypatch.chdir(tmp_path)  # default outputs (runs/, reports/, exported/, bench/results/) would land here
+    monkeypatch.setenv("FASTCIFAR_DATA", str(tmp_path / "no-data-here"))
+    before = _tree(tmp_path)
+    result = CliRunner().invoke(cli, [verb, *(a.format(**places) for a in args)])
+    output = result.output
+    assert result.exit_code != 0, output
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, output
+    assert message in errors[0], output
+    assert "Traceback" not in output and not isinstance(result.exception, (AssertionError, TypeError, KeyError))
+    assert _tree(tmp_path) == before, f"left behind: {sorted(_tree(tmp_path) - before)}"
+    assert not os.path.exists(os.path.join(places["UNFINISHED"], "model.safetensors"))
+
+
+def test_train_logs_one_line_per_epoch_without_a_terminal(tmp_path, synthetic_dir):
+    """`fastcifar train ... > log 2>&1` (nohup, CI, a cluster job): the header and every epoch reach the log."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log"
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-m", "fastcifar", "train", "--data-dir", str(synthetic_dir),
+                               "--device", "cpu", "--preset", "smoke", "--train-limit", "200", "--epochs", "2",
+                               "--batch-size", "32", "--out", str(tmp_path / "run")],
+                              stdout=out, stderr=subprocess.STDOUT, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "train: resnet18 (random init, imagenet stem, 32 px) on cpu (fp32)" in text
+    assert [line.split("/")[0] for line in text.splitlines() if line.startswith("epoch")] == ["epoch   1", "epoch   2"]
+
+
+def test_image_in_pillows_warning_band_is_read_without_a_raw_warning(tmp_path, monkeypatch):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from fastcifar.serve.images import load_image
+
+    Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # 10,000 px: above the warning, below the refusal
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = load_image(tmp_path / "big.png")
+    assert pixels.shape == (32, 32, 3) and not [w for w in caught if "DecompressionBomb" in str(w.category)]
+
+
+def test_busy_machine_times_are_not_told_as_a_speed_result():
+    from fastcifar.study.report import summarize
+
+    records = [{"init": init, "fraction": 1.0, "seed": seed, "setting": "32px-cifar", "name": f"{init}-{seed}",
+                "test_acc": 0.8, "test_loss": 0.5, "train_seconds": seconds, "time_to_90pct_final_test_acc": seconds,
+                "n_train": 900, "n_test": 1000, "train_limit": 1000, "batch_size": 64, "lr": 0.05, "epochs": 2,
+                "per_class_test_acc": [0.8] * 10, "confusion": np.eye(10, dtype=int).tolist(),
+                "class_names": [str(c) for c in range(10)]}
+               for (init, seed, seconds) in [("imagenet", 0, 10.0), ("imagenet", 1, 90.0), ("random", 0, 11.0),
+                                             ("random", 1, 12.0)]]
+    source = {"kind": "torchvision", "verified_imagenet": True, "label": "x"}
+    text = summarize({}, source, records, {})["conclusion"]
+    assert "the machine was busy" in text and "reaches 90 % of its final accuracy" not in text

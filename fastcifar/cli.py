@@ -548,7 +548,8 @@ def export(model: Path, onnx: bool, trt: bool, precision: str, input_kind: str, 
 
     summary = export_model(model, onnx=onnx, trt=trt, precision=precision, input_kind=input_kind, opset=opset,
                            out_dir=out_dir, data_dir=data_dir, verify=verify, max_images=verify_images or None,
-                           batch=batch, workspace_gib=workspace_gib, int8_calib_images=int8_calib_images)
+                           batch=batch, workspace_gib=workspace_gib, int8_calib_images=int8_calib_images,
+                           log=lambda message: click.echo(f"export: {message}", err=True))
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:

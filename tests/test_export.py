@@ -244,8 +244,11 @@ def test_cli_export_then_trt_without_tensorrt(tiny_model_dir, tmp_path, no_tenso
     assert onnx_result["parity"]["passed"] and (out / "resnet18-random.onnx").is_file()
     assert (out / "resnet18-random.parity.json").is_file()
     assert summary["engine"] is None and "pypi.nvidia.com" in summary["error"]
-    error_lines = result.stderr.strip().splitlines()
+    stderr = result.stderr.strip().splitlines()
+    error_lines = [line for line in stderr if line.startswith("Error")]
     assert len(error_lines) == 1 and error_lines[0].startswith("Error: --trt: no TensorRT engine built")
+    assert all(line.startswith(("export: ", "Error")) for line in stderr)  # step lines, then the one error
+    assert any("building the TensorRT engine" in line for line in stderr)
     assert "Traceback" not in result.output
 
 

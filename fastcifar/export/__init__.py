@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import make_dir
@@ -37,7 +38,8 @@ class ExportSummary:
 
 def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, precision: str = "fp32",
                 input_kind: str = "raw", opset: int | None = None, verify: bool = True,
-                data_dir: Path | str | None = None, max_images: int | None = None):
+                data_dir: Path | str | None = None, max_images: int | None = None,
+                log: Callable[[str], None] = lambda message: None):
     """Write the ONNX file (onnx.py), then, with `verify`, check it against the PyTorch model (parity.py).
 
     The check compares ONNX Runtime with the fp32 PyTorch model on the first `max_images` (None: all) test images
@@ -50,8 +52,10 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
     from fastcifar.models import read_model_meta
 
     test = parity.load_test_split(data_dir, read_model_meta(model_path)) if verify else None
+    log(f"writing the ONNX graph ({precision}, {input_kind} input) of {model_path}")
     result = onnx_export.write_onnx(model_path, out_path, precision=precision, input_kind=input_kind, opset=opset)
     if verify:
+        log(f"checking {result.path.name} against PyTorch fp32 on {max_images or 'all'} test images")
         result.parity = parity.verify_onnx(result.path, model_path, data_dir, max_images=max_images, test=test)
         result.parity_path = parity.write_parity(result.path, result.parity)
         parity.raise_on_mismatch(result)
@@ -61,11 +65,13 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
 def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, precision: str = "fp32",
                  input_kind: str = "raw", opset: int | None = None, out_dir: Path | str = DEFAULT_OUT_DIR,
                  data_dir: Path | str | None = None, verify: bool = True, max_images: int | None = None,
-                 batch: str = "1:256:1024", workspace_gib: float = 4.0, int8_calib_images: int = 0) -> ExportSummary:
+                 batch: str = "1:256:1024", workspace_gib: float = 4.0, int8_calib_images: int = 0,
+                 log: Callable[[str], None] = lambda message: None) -> ExportSummary:
     """Export `model` (run dir, model.safetensors, or an .onnx for the TensorRT step alone) as asked.
 
     Option mistakes (bad --batch, INT8 without a run directory, ...) are raised before anything is written.
     A missing TensorRT or GPU does not raise: it lands in `summary.error` after the ONNX files are written.
+    `log(message)` hears each step as it starts (the CLI prints them on stderr).
     """
     from fastcifar.export import onnx as onnx_export
     from fastcifar.export import tensorrt
@@ -95,7 +101,7 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
             raise FastCifarError(f"{onnx_path} does not exist")
     elif onnx:
         result = export_onnx(model, out_dir, precision=precision, input_kind=input_kind, opset=opset,
-                             verify=verify, data_dir=data_dir, max_images=max_images)
+                             verify=verify, data_dir=data_dir, max_images=max_images, log=log)
         summary.onnx.append(result)
         onnx_path = result.path
     else:
@@ -106,11 +112,13 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
     if int8_calib_images:
         from fastcifar.export.quantize import quantize_int8
 
+        log(f"quantizing to INT8 (Q/DQ) with {int8_calib_images} calibration images")
         result = quantize_int8(onnx_path, model, n_images=int8_calib_images, data_dir=data_dir, verify=verify,
                                max_images=max_images)
         summary.onnx.append(result)
         onnx_path = result.path
     if trt:
+        log(f"building the TensorRT engine from {onnx_path.name} (batch {batch})")
         try:
             engine = tensorrt.build_engine(onnx_path, batch=batch, workspace_gib=workspace_gib)
             summary.engine = {"path": str(engine), "sidecar": tensorrt.read_engine_sidecar(engine)}

@@ -94,21 +94,17 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
         from fastcifar.models import resolve_model_files
 
         resolve_model_files(model)  # a missing or unfinished run is refused before --out is created
-    make_dir(out_dir, "--out")  # before minutes of export, not after
-    if is_onnx_file:
-        onnx_path = model
+    if is_onnx_file or not onnx:  # the ONNX file to continue from must exist before anything is created
+        onnx_path = model if is_onnx_file else onnx_export.default_onnx_path(model, out_dir, precision, input_kind)
         if not onnx_path.is_file():
-            raise FastCifarError(f"{onnx_path} does not exist")
-    elif onnx:
+            raise FastCifarError(f"{onnx_path} does not exist" + ("" if is_onnx_file else
+                                 ": --no-onnx reuses it, so export it first (drop --no-onnx)"))
+    make_dir(out_dir, "--out")  # before minutes of export, not after
+    if onnx and not is_onnx_file:
         result = export_onnx(model, out_dir, precision=precision, input_kind=input_kind, opset=opset,
                              verify=verify, data_dir=data_dir, max_images=max_images, log=log)
         summary.onnx.append(result)
         onnx_path = result.path
-    else:
-        onnx_path = onnx_export.default_onnx_path(model, out_dir, precision, input_kind)
-        if not onnx_path.is_file():
-            raise FastCifarError(f"--no-onnx reuses {onnx_path}, which does not exist: export it first "
-                                 "(drop --no-onnx)")
     if int8_calib_images:
         from fastcifar.export.quantize import quantize_int8
 

@@ -19,7 +19,9 @@
 #   5 export       fastcifar export of the fast run (seed 0): ONNX + parity in ONNX Runtime
 #   6 bench        fastcifar bench of the same run: torch fp32 (the reference) and bf16, torch-compiled bf16
 #                  (CUDA graphs), onnxruntime (its provider, or why it fell back to the CPU)
-#   7 variants     the fast preset with one lever changed each (zero-init residual, lr 0.2, 20 epochs), 1 seed
+#   7 loaders      bench/loaders.py: the tensor loader and, when DALI is installed, the DALI GPU pipeline (its
+#                  cuda_stream path); without DALI the step says it skipped it
+#   8 variants     the fast preset with one lever changed each (zero-init residual, lr 0.2, 20 epochs), 1 seed
 #                  each, last because it matters least: the next preset change is a measurement, not a guess
 # The steps run in this order inside one time budget (GPU_CHECK_BUDGET_S, default 480 s); a step never runs past
 # what is left of it, and one that would get under 10 s is skipped and named in the summary.
@@ -64,7 +66,8 @@ if [ "$dry" = 1 ]; then
   export_toy=(--verify-images 64)
   bench_args=(--backends torch,torch:bf16,onnxruntime --batch-sizes 1,8 --min-time 0.05 --warmup 0.02
               --latency-iters 3 --max-images 64)
-  limits=(240 120 300 60 120 120 150)
+  limits=(240 120 300 60 120 120 150 60)
+  loader_args=(--epochs 1 --batch-size 64)
 else
   device=auto
   tta_toy=()
@@ -74,7 +77,8 @@ else
   # fp32 eager is the parity reference; the goals (issue 12): torch-compiled bf16 >= 250k img/s at batch 1024,
   # <= 0.3 ms at batch 1, agreement >= 99.5 %; onnxruntime shows its provider (and a note if it fell back).
   bench_args=(--backends torch:fp32,torch:bf16,torch-compiled:bf16,onnxruntime --batch-sizes 1,256,1024)
-  limits=(200 90 220 90 60 120 120)
+  limits=(200 90 220 90 60 120 120 60)
+  loader_args=(--epochs 3 --batch-size 512)
 fi
 
 printf 'step\trc\tseconds\n' > "$work/steps.tsv"
@@ -117,6 +121,12 @@ run_step bench "${limits[5]}" "$out/bench.json" "$py" -m fastcifar bench --model
   --data-dir "$data" --no-download --device "$device" --results-dir "$work/bench" --name gpu-check \
   --cache-dir "$work/cache" --json "${bench_args[@]}"
 
+run_step loaders "${limits[7]}" "$work/loaders.out" bash -c '
+  py=$1; shift
+  if "$py" -c "import nvidia.dali" 2>/dev/null; then kinds=(tensor dali); else
+    echo "DALI is not installed: the DALI GPU loader is skipped (pip install nvidia-dali-cuda130)" >&2; kinds=(tensor); fi
+  "$py" "$@" --loaders "${kinds[@]}"' _ "$py" "$repo/bench/loaders.py" --data-dir "$data" --device "$device" \
+  --out "$work/loaders.json" "${loader_args[@]}"
 variants=("zero_init_residual=true" "lr=0.2" "epochs=20")
 mkdir -p "$work/variants"
 run_step variants "${limits[6]}" "$work/variants.out" bash -c '
@@ -127,7 +137,7 @@ run_step variants "${limits[6]}" "$work/variants.out" bash -c '
       --device "$device" --out "$work/variants/${v%%=*}.json" "${toy[@]}" --set "$v" || exit 1
   done' _ "$py" "$repo" "$data" "$device" "$work" "${tta_toy[@]}" -- "${variants[@]}"
 "$py" "$repo/bench/gpu_check_summary.py" "$out" "$work/steps.tsv" "$work/env.txt" "$work/variants" \
-  > "$out/summary.md"
+  "$work/loaders.json" > "$out/summary.md"
 for f in "$out"/*.json; do  # a step that died before printing leaves an empty file: keep the count honest
   [ -s "$f" ] || rm -f "$f"
 done

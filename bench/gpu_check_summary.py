@@ -1,6 +1,6 @@
 """The closing table of bench/gpu_check.sh: each step's status and the figures that answer its question.
 
-    python bench/gpu_check_summary.py OUT_DIR STEPS_TSV ENV_TXT VARIANTS_DIR > OUT_DIR/summary.md
+    python bench/gpu_check_summary.py OUT_DIR STEPS_TSV ENV_TXT VARIANTS_DIR LOADERS_JSON > OUT_DIR/summary.md
 
 Reads the JSON files the check wrote into OUT_DIR (any may be missing or empty: a failed step) and prints
 markdown: the machine, one row per step (exit code, seconds) and one line per measured figure with its goal.
@@ -104,8 +104,16 @@ def bench_lines(rows: list | None) -> list[str]:
     return lines
 
 
+def loader_lines(d: dict | None) -> list[str]:
+    if not d:
+        return ["- loaders: no result"]
+    cells = ", ".join(f"{kind} {r['img_per_s_median']:,} img/s" for kind, r in d["results"].items())
+    missing = "" if "dali" in d["results"] else " (DALI not installed: its GPU pipeline not measured)"
+    return [f"- loaders on {d['device']}, batch {d['batch_size']}: {cells}{missing}"]
+
+
 def main() -> int:
-    out, steps_file, env_file, variants = (Path(a) for a in sys.argv[1:5])
+    out, steps_file, env_file, variants, loaders = (Path(a) for a in sys.argv[1:6])
     with steps_file.open() as f:
         steps = list(csv.DictReader(f, delimiter="\t"))
     env = env_file.read_text().splitlines() if env_file.is_file() else []
@@ -122,7 +130,8 @@ def main() -> int:
              *compare_lines(load(out / "compare-results.json")),
              *throughput_lines(load(out / "train-throughput.json")),
              *export_lines(load(out / "export.json")),
-             *bench_lines(load(out / "bench.json")), "",
+             *bench_lines(load(out / "bench.json")),
+             *loader_lines(load(loaders)), "",
              f"Failed or skipped steps: {', '.join(failed) if failed else 'none'}."]
     print("\n".join(lines))
     return 0

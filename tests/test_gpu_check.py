@@ -29,7 +29,7 @@ def test_dry_run_runs_every_step_and_writes_at_most_eight_files(tmp_path, synthe
     assert {p.name for p in out.iterdir()} == OUT_FILES
     summary = (out / "summary.md").read_text()
     assert summary in proc.stdout  # printed at the end too
-    for step in ("tta-fast", "tta-seed", "compare", "throughput", "export", "bench", "variants"):
+    for step in ("tta-fast", "tta-seed", "compare", "throughput", "export", "bench", "loaders", "variants"):
         assert f"| {step} | 0 |" in summary, summary
     assert "Failed or skipped steps: none." in summary
     fast = json.loads((out / "tta-fast.json").read_text())
@@ -41,6 +41,7 @@ def test_dry_run_runs_every_step_and_writes_at_most_eight_files(tmp_path, synthe
     bench = json.loads((out / "bench.json").read_text())
     assert {r["label"] for r in bench} == {"torch", "torch:bf16", "onnxruntime"}
     assert all(r["status"] == "ok" for r in bench) and "torch:bf16 (bf16" in summary
+    assert "- loaders on cpu, batch 64: tensor" in summary
     assert json.loads((out / "export.json").read_text())["onnx"][0]["parity"]["passed"]
     with tarfile.open(out / "work.tar.gz") as tar:
         names = tar.getnames()

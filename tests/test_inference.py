@@ -349,12 +349,25 @@ def test_engine_runner_binds_tensors_and_checks_the_profile():
     with pytest.raises(FastCifarError, match="FP8"):
         torch_dtype(_Enum("FP8"))
     engine = _FakeEngine()
-    runner = EngineRunner(engine, stream_of=lambda tensor: 1234)
+    class FakeStream:  # the ordering calls, without CUDA
+        def __init__(self):
+            self.calls = []
+
+        def begin(self, x):
+            self.calls.append("begin")
+            return 1234
+
+        def end(self, x, out):
+            self.calls.append("end")
+
+    stream = FakeStream()
+    runner = EngineRunner(engine, stream=stream)
     assert (runner.input, runner.output, runner.min_batch, runner.max_batch) == ("pixels", "logits", 1, 1024)
     x = torch.zeros(8, 32, 32, 3, dtype=torch.uint8)
     out = runner(x)
     ctx = engine.context
-    assert ctx.shapes == {"pixels": (8, 32, 32, 3)} and ctx.streams == [1234]
+    assert ctx.shapes == {"pixels": (8, 32, 32, 3)} and ctx.streams == [1234]  # its own stream, not 0
+    assert stream.calls == ["begin", "end"]  # waits on the caller's stream, then the caller waits on it
     assert ctx.addresses == {"pixels": x.data_ptr(), "logits": out.data_ptr()}
     assert out.shape == (8, 10) and out.dtype == torch.float32
     with pytest.raises(FastCifarError, match="outside the engine's profile 1..1024"):

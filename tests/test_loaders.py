@@ -282,3 +282,26 @@ def test_loader_bench_runs_end_to_end(synthetic_dir, tmp_path):
     assert record["results"]["dataloader"]["x_dataloader"] == 1.0
     with pytest.raises(FastCifarError):
         bench.main(["--data-dir", str(synthetic_dir), "--epochs", "0"])
+
+
+def test_dali_on_cuda_runs_on_torchs_current_stream(monkeypatch):
+    """DALI 2.4's run() without a stream is host-synchronous; on CUDA the loader passes torch's current stream."""
+    import torch
+
+    from fastcifar.data.dali_loader import DaliLoader
+
+    class Pipe:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, *args):
+            self.calls.append(args)
+            return ("batch",)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {"cuda_stream": 77})())
+    loader = DaliLoader.__new__(DaliLoader)  # only the stepping logic: no pipeline build, no GPU
+    loader._pipe, loader.device = Pipe(), torch.device("cuda", 0)
+    assert loader._run() == ("batch",) and loader._pipe.calls == [(77,)]
+    loader.device = torch.device("cpu")
+    loader._run()
+    assert loader._pipe.calls[-1] == ()  # the CPU pipeline takes no stream

@@ -74,7 +74,7 @@ def test_ort_providers_degrade_to_cpu_with_the_fix():
     _, both = ort_providers(gpu, available=["CPUExecutionProvider"], packages={"onnxruntime", "onnxruntime-gpu"})
     assert "both installed" in both and "pip uninstall -y onnxruntime onnxruntime-gpu" in both
     providers, note = ort_providers(gpu, available=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                                    tensorrt_importable=False)
+                                    tensorrt_version=None)
     assert note is None and providers == [("CUDAExecutionProvider", {"device_id": "1"}), "CPUExecutionProvider"]
     assert ort_providers(torch.device("cpu")) == (["CPUExecutionProvider"], None)
 
@@ -149,3 +149,52 @@ def test_predict_with_bf16_says_what_ran(tiny_model_dir, tmp_path):
     refused = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_dir),
                                        "--backend", "onnxruntime", "--precision", "bf16"])
     assert refused.exit_code == 1 and "exported with" in refused.output and "Traceback" not in refused.output
+
+
+ALL_EPS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_ort_tensorrt_provider_only_when_the_major_versions_match(tmp_path):
+    from fastcifar.serve.ort_runner import ort_providers, ort_tensorrt_major
+
+    gpu = torch.device("cuda", 0)
+    providers, note = ort_providers(gpu, available=ALL_EPS, tensorrt_version="10.16.1.11", built_major=10)
+    assert providers[0][0] == "TensorrtExecutionProvider" and providers[0][1]["device_id"] == "0" and note is None
+    providers, note = ort_providers(gpu, available=ALL_EPS, tensorrt_version="11.4.0.106", built_major=10)
+    assert [p[0] if isinstance(p, tuple) else p for p in providers] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "built against TensorRT 10" in note and "11.4.0.106" in note
+    providers, note = ort_providers(gpu, available=ALL_EPS, tensorrt_version=None, built_major=10)
+    assert providers[0][0] == "CUDAExecutionProvider" and note is None  # no TensorRT: nothing to explain
+    (tmp_path / "libonnxruntime_providers_tensorrt.so").write_bytes(b"\x7fELF...libnvinfer.so.10\x00...")
+    assert ort_tensorrt_major(tmp_path) == 10 and ort_tensorrt_major(tmp_path / "none") is None
+
+
+def test_a_provider_that_cannot_start_is_dropped_with_its_options_kept():
+    """onnxruntime's own fallback would recreate the session with default providers and no device_id."""
+    from fastcifar.serve.ort_runner import create_session
+
+    made = []
+
+    class Session:
+        def __init__(self, path, options, providers):
+            made.append(providers)
+            self.providers = [p[0] if isinstance(p, tuple) else p for p in providers
+                              if (p[0] if isinstance(p, tuple) else p) != "TensorrtExecutionProvider"]
+            self.fallback = True
+
+        def get_providers(self):
+            return self.providers
+
+        def disable_fallback(self):
+            self.fallback = False
+
+    fake_ort = type("ort", (), {"InferenceSession": Session})
+    asked = [("TensorrtExecutionProvider", {"device_id": "1"}), ("CUDAExecutionProvider", {"device_id": "1"}),
+             "CPUExecutionProvider"]
+    session, note = create_session(fake_ort, "m.onnx", None, asked)
+    assert made == [asked, asked[1:]]  # made again from what was asked, the CUDA options intact
+    assert not session.fallback and "TensorrtExecutionProvider could not start" in note
+    assert "ran on CUDAExecutionProvider" in note
+    made.clear()
+    session, note = create_session(fake_ort, "m.onnx", None, asked[1:])
+    assert made == [asked[1:]] and note is None and not session.fallback

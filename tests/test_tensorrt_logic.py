@@ -62,16 +62,70 @@ def test_parse_profile_rejects(text):
         trtx.parse_profile(text)
 
 
-@pytest.mark.parametrize("version,precision,typed,flags", [
-    ("10.16.1.11", "fp32", False, ()), ("10.16.1.11", "fp16", False, ("FP16",)),
-    ("10.3.0", "bf16", False, ("BF16",)), ("10.16.1.11", "int8", False, ("INT8",)),
-    ("11.4.0.6", "fp32", True, ()), ("11.4.0.6", "fp16", True, ()), ("11.0.0", "bf16", True, ()),
-    ("11.4.0.6", "int8", True, ()), ("12.1.0", "fp16", True, ()),
+@pytest.mark.parametrize("version,precision,network_flags", [
+    ("10.16.1.11", "fp32", ("STRONGLY_TYPED",)), ("10.16.1.11", "fp16", ("STRONGLY_TYPED",)),
+    ("10.3.0", "bf16", ("STRONGLY_TYPED",)), ("10.16.1.11", "int8", ("STRONGLY_TYPED",)),
+    ("11.4.0.6", "fp32", ()), ("11.4.0.6", "fp16", ()), ("11.0.0", "bf16", ()), ("11.4.0.6", "int8", ()),
+    ("12.1.0", "fp16", ()),
 ])
-def test_precision_plan_by_version(version, precision, typed, flags):
+def test_precision_plan_is_strongly_typed_on_both_majors(version, precision, network_flags):
+    """No deprecated BuilderFlag.FP16/BF16/INT8: the graph's types carry the precision on 10 and 11 alike."""
     plan = trtx.precision_plan(version, precision)
-    assert (plan.strongly_typed, plan.builder_flags, plan.precision) == (typed, flags, precision)
-    assert plan.trt_major == int(version.split(".")[0])
+    assert (plan.strongly_typed, plan.builder_flags, plan.precision) == (True, (), precision)
+    assert plan.network_flags == network_flags and plan.trt_major == int(version.split(".")[0])
+
+
+def test_network_flags_are_the_creation_flag_bits():
+    class Flags:
+        STRONGLY_TYPED = 1  # TensorRT 10's enum value
+
+    fake_trt = type("trt", (), {"NetworkDefinitionCreationFlag": Flags})
+    assert trtx.network_flags(fake_trt, trtx.precision_plan("10.16.1", "fp16")) == 2
+    assert trtx.network_flags(fake_trt, trtx.precision_plan("11.4.0", "fp16")) == 0
+
+
+def test_a_timing_cache_from_another_gpu_is_replaced_not_fatal(capsys):
+    """set_timing_cache returns False on a mismatch: the build gets a fresh cache instead of none."""
+    class Config:
+        def __init__(self):
+            self.caches = []
+
+        def set_memory_pool_limit(self, pool, size):
+            pass
+
+        def create_timing_cache(self, data):
+            return ("cache", data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.caches.append(cache)
+            return cache[1] == b""  # the stale bytes are refused
+
+        def add_optimization_profile(self, profile):
+            pass
+
+    class Shapes:
+        def set_shape(self, *args):
+            pass
+
+    class Builder:
+        config = Config()
+
+        def create_builder_config(self):
+            return self.config
+
+        def create_optimization_profile(self):
+            return Shapes()
+
+    class Input:
+        name, shape = "pixels", (-1, 32, 32, 3)
+
+    network = type("Network", (), {"get_input": lambda self, i: Input()})()
+    fake_trt = type("trt", (), {"MemoryPoolType": type("M", (), {"WORKSPACE": 0})})
+    builder = Builder()
+    config = trtx._builder_config(fake_trt, builder, network, trtx.precision_plan("11.4.0", "fp32"),
+                                  trtx.parse_profile("1:8:16"), 1.0, b"stale bytes")
+    assert config.caches == [("cache", b"stale bytes"), ("cache", b"")]
+    assert "refused the timing cache" in capsys.readouterr().err
 
 
 def test_precision_plan_rejects_old_versions_and_unknown_precisions():
@@ -127,6 +181,7 @@ def test_sidecar_records_what_a_consumer_needs(tmp_path):
     s = trtx.read_engine_sidecar(engine)
     assert (s["tensorrt_version"], s["gpu_name"], s["compute_capability"]) == tuple(H100.values())
     assert (s["precision"], s["strongly_typed"], s["builder_flags"]) == ("fp16", True, [])
+    assert s["network_flags"] == ([] if trtx.trt_major(s["tensorrt_version"]) >= 11 else ["STRONGLY_TYPED"])
     assert s["profile"] == {"min": 1, "opt": 256, "max": 1024}
     assert s["input"] == {"name": "pixels", "shape": [-1, 32, 32, 3], "dtype": "uint8"}
     assert s["output"] == {"name": "logits", "shape": [-1, 3], "dtype": "float32"}
@@ -230,7 +285,7 @@ def test_engine_matches_onnxruntime(engines, synthetic_dir, precision, atol):
     assert warnings == [] and sidecar["precision"] == precision
     assert sidecar["gpu_name"] == torch.cuda.get_device_name() and sidecar["profile"]["max"] == 64
     assert sidecar["tensorrt_version"] == trtx.trt_version()
-    assert sidecar["strongly_typed"] == (trtx.trt_major(trtx.trt_version()) >= 11)
+    assert sidecar["strongly_typed"] and sidecar["builder_flags"] == []
     assert sidecar["timing_cache"] and Path(sidecar["timing_cache"]).is_file()
     images = load_cifar10(synthetic_dir, download=False).test.images[:37]
     want = parity.make_ort_session(onnx_path, ["CPUExecutionProvider"]).run(None, {"pixels": images})[0]

@@ -56,7 +56,7 @@ class DaliLoader(BaseLoader):
                 if self._plan is not plan:
                     raise RuntimeError("this DaliLoader iteration was superseded by a newer one; "
                                        "iterate one epoch at a time")
-                (images,) = self._pipe.run()
+                (images,) = self._run()
                 yield self._to_torch(images), self._labels[order[plan.batch(b)]]
         finally:
             # Also reached when the consumer stops early (the generator is closed).
@@ -105,6 +105,14 @@ class DaliLoader(BaseLoader):
         span = max(2 * self.options.crop_padding, 1)
         pos_y, pos_x = (np.asarray(d[rows], dtype=np.float32) / span for d in (plan.dy, plan.dx))
         return self._padded[plan.order[rows]], pos_y, pos_x, plan.flip[rows].astype(np.int32)
+
+    def _run(self):
+        """One pipeline step. On CUDA the outputs come on torch's current stream (`run(cuda_stream)`): without a
+        stream DALI 2.4's run() is host-synchronous, blocking the host every batch instead of letting the next
+        batch overlap the training step. The copy in `_to_torch` is queued on that same stream."""
+        if self.device.type == "cuda":
+            return self._pipe.run(torch.cuda.current_stream(self.device).cuda_stream)
+        return self._pipe.run()
 
     def _end_epoch(self) -> None:
         """Make the callback end the epoch, discard the (at most prefetch-depth) queued batches, reset."""

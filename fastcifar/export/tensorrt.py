@@ -9,17 +9,18 @@ the call). Profile parsing, the version -> precision plan and the sidecar checks
 on CPU. Verified on a GPU: nothing yet (no GPU and no TensorRT wheel on the development machine; the
 `tensorrt`-marked tests in tests/test_tensorrt_logic.py are the GPU check).
 
-Precision, by TensorRT major version:
-  11+  networks are always strongly typed: each layer runs in the type the ONNX graph gives it, so an fp16 /
-       bf16 export gives an fp16 / bf16 engine and INT8 comes from Q/DQ nodes. There are no precision flags.
-  10   weak typing with builder flags (FP16 / BF16 / INT8) that allow the builder to pick reduced-precision
-       kernels; the ONNX file is the same one, so both versions build from identical exports.
+Precision: one strongly typed plan for both majors. Each layer runs in the type the ONNX graph gives it, so an
+fp16 / bf16 export gives an fp16 / bf16 engine and INT8 comes from Q/DQ nodes; no precision flags (TensorRT 11
+removed BuilderFlag.FP16/BF16/INT8, and 10.12+ deprecates them in favour of strong typing).
+  11+  networks are always strongly typed: create_network(0).
+  10   strong typing is asked for: create_network(1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -35,8 +36,7 @@ INSTALL_HINT = ("get it with: pip install --extra-index-url https://pypi.nvidia.
 SIDECAR_FORMAT_VERSION = 1
 DEFAULT_BATCH = "1:256:1024"
 DEFAULT_WORKSPACE_GIB = 4.0
-# TensorRT 10 builder flags per ONNX precision (weak typing: the flag *allows* the reduced-precision kernels).
-TRT10_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8",)}
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # what an ONNX file's graph types can say
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ class BuildPlan:
     precision: str
     trt_major: int
     strongly_typed: bool
-    builder_flags: tuple[str, ...]  # names in trt.BuilderFlag
+    builder_flags: tuple[str, ...]  # names in trt.BuilderFlag (none: strong typing carries the precision)
+    network_flags: tuple[str, ...] = ()  # names in trt.NetworkDefinitionCreationFlag
 
 
 def trt_major(version: str) -> int:
@@ -86,27 +87,20 @@ def trt_major(version: str) -> int:
     return int(match.group(1))
 
 
-def _plan_weakly_typed(precision: str, major: int) -> BuildPlan:
-    return BuildPlan(precision, major, strongly_typed=False, builder_flags=TRT10_FLAGS[precision])
-
-
-def _plan_strongly_typed(precision: str, major: int) -> BuildPlan:
-    return BuildPlan(precision, major, strongly_typed=True, builder_flags=())
-
-
-# Key: TensorRT major version (later versions use the newest entry); value: the plan for a precision.
-PLANS = {10: _plan_weakly_typed, 11: _plan_strongly_typed}
+MIN_TRT_MAJOR = 10
 
 
 def precision_plan(trt_version: str, precision: str) -> BuildPlan:
     """The build plan for an ONNX file of `precision` ('fp32' | 'fp16' | 'bf16' | 'int8') on `trt_version`."""
     major = trt_major(trt_version)
-    if major < min(PLANS):
+    if major < MIN_TRT_MAJOR:
         raise FastCifarError(f"TensorRT {trt_version} is too old: fastcifar builds engines with TensorRT 10 or 11; "
                              + INSTALL_HINT)
-    if precision not in TRT10_FLAGS:
-        raise FastCifarError(f"unknown precision '{precision}' (expected one of {', '.join(TRT10_FLAGS)})")
-    return PLANS[max(v for v in PLANS if v <= major)](precision, major)
+    if precision not in ENGINE_PRECISIONS:
+        raise FastCifarError(f"unknown precision '{precision}' (expected one of {', '.join(ENGINE_PRECISIONS)})")
+    # 11 made strong typing the only mode (the flag is gone or a no-op); 10 has it behind a creation flag.
+    return BuildPlan(precision, major, strongly_typed=True, builder_flags=(),
+                     network_flags=("STRONGLY_TYPED",) if major == 10 else ())
 
 
 def trt_version() -> str | None:
@@ -206,6 +200,7 @@ def engine_sidecar(onnx_path: Path, engine_bytes: bytes, *, env: dict, plan: Bui
         "tensorrt_version": env["tensorrt_version"], "gpu_name": env["gpu_name"],
         "compute_capability": env["compute_capability"],
         "precision": plan.precision, "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags),
+        "network_flags": list(plan.network_flags),
         "profile": asdict(profile), "workspace_gib": workspace_gib, **onnx_io(onnx_path),
         "source_onnx": str(Path(onnx_path).resolve()), "source_onnx_sha256": sha256_file(Path(onnx_path)),
         "timing_cache": str(timing_cache) if timing_cache else None, "build_seconds": round(build_seconds, 2),
@@ -275,8 +270,13 @@ def default_timing_cache(directory: Path, env: dict) -> Path:
     return directory / f"trt-timing-{env['tensorrt_version']}-sm{cc}.cache"
 
 
-def _parse_onnx(trt, builder, logger, onnx_path: Path):
-    network = builder.create_network(0)  # explicit batch is the only mode (10), strong typing is implied (11)
+def network_flags(trt, plan: BuildPlan) -> int:
+    """The create_network bit mask for `plan` (explicit batch is the only mode in both majors)."""
+    return sum(1 << int(getattr(trt.NetworkDefinitionCreationFlag, name)) for name in plan.network_flags)
+
+
+def _parse_onnx(trt, builder, logger, onnx_path: Path, plan: BuildPlan):
+    network = builder.create_network(network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -295,7 +295,12 @@ def _builder_config(trt, builder, network, plan: BuildPlan, profile: Profile, wo
     shapes = builder.create_optimization_profile()
     shapes.set_shape(tensor.name, (profile.min, *dims), (profile.opt, *dims), (profile.max, *dims))
     config.add_optimization_profile(shapes)
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+        # A cache from another GPU or TensorRT is refused (False); the build then has none and the cache could not
+        # be written afterwards. Start a fresh one and say so.
+        print("TensorRT refused the timing cache (made on another GPU or TensorRT version): building with a fresh "
+              "one, which replaces it", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     return config
 
 
@@ -334,7 +339,7 @@ def build_engine(onnx_path: Path | str, engine_path: Path | str | None = None, *
         builder = trt.Builder(logger)
     except TypeError as exc:  # "factory function returned nullptr" after a CUDA initialisation failure
         raise FastCifarError(f"TensorRT could not initialise CUDA ({exc}); check the NVIDIA driver") from None
-    network, _parser = _parse_onnx(trt, builder, logger, onnx_path)
+    network, _parser = _parse_onnx(trt, builder, logger, onnx_path, plan)
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
     config = _builder_config(trt, builder, network, plan, profile, workspace_gib, cache_bytes)
     serialized = builder.build_serialized_network(network, config)
@@ -342,9 +347,10 @@ def build_engine(onnx_path: Path | str, engine_path: Path | str | None = None, *
         raise FastCifarError(f"TensorRT failed to build an engine from {onnx_path.name} (its log is above); a "
                              "larger --workspace-gib or a smaller --batch MAX may help")
     engine_bytes = bytes(memoryview(serialized))
-    if cache_path:
+    cache = config.get_timing_cache() if cache_path else None
+    if cache is not None:
         # the config's cache now also holds this build's timings: the next build of a similar net is faster
-        write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        write_bytes(cache_path, bytes(memoryview(cache.serialize())))
     write_bytes(engine_path, engine_bytes)
     write_json(sidecar_path(engine_path), engine_sidecar(
         onnx_path, engine_bytes, env=env, plan=plan, profile=profile, workspace_gib=workspace_gib,

@@ -50,17 +50,52 @@ def no_cuda_provider_note(packages: set[str]) -> str:
     return f"ran on ONNX Runtime's CPU provider: no CUDAExecutionProvider here ({why})"
 
 
-def ort_providers(device, available=None, tensorrt_importable: bool | None = None,
-                  packages: set[str] | None = None) -> tuple[list, str | None]:
+def ort_tensorrt_major(capi_dir: Path | None = None) -> int | None:
+    """The TensorRT major version this onnxruntime's TensorRT provider library links (libnvinfer.so.N), if any.
+
+    Why: onnxruntime-gpu 1.31 links libnvinfer.so.10; with TensorRT 11 installed its TensorRT provider cannot
+    load, and onnxruntime then prints an "EP Error ... Falling back" banner and retries without our options."""
+    import re
+
+    if capi_dir is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("onnxruntime")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        capi_dir = Path(list(spec.submodule_search_locations)[0]) / "capi"
+    library = Path(capi_dir) / "libonnxruntime_providers_tensorrt.so"
+    if not library.is_file():
+        return None
+    found = re.search(rb"libnvinfer\.so\.(\d+)", library.read_bytes())
+    return int(found.group(1)) if found else None
+
+
+def _tensorrt_ep_block(installed_version: str | None, built_major: int | None) -> str | None:
+    """Why onnxruntime's TensorRT provider must not be asked for here (None: it may be)."""
+    from fastcifar.export.tensorrt import trt_major
+
+    if installed_version is None:
+        return "TensorRT is not installed"
+    if built_major is None:
+        return "this onnxruntime has no TensorRT provider library"
+    if trt_major(installed_version) != built_major:
+        return (f"this onnxruntime was built against TensorRT {built_major} and TensorRT {installed_version} is "
+                "installed (fastcifar's own tensorrt backend runs that version)")
+    return None
+
+
+def ort_providers(device, available=None, tensorrt_version: str | None | bool = False,
+                  packages: set[str] | None = None, built_major: int | None | bool = False
+                  ) -> tuple[list, str | None]:
     """(execution providers in preference order for `device`, a note when they are not what a GPU should get).
 
     TensorRT EP, CUDA EP, CPU - only those installed and usable. On a CUDA machine whose ONNX Runtime has no CUDA
     provider (a CPU-only `onnxruntime` next to or instead of `onnxruntime-gpu`, a common state), the CPU
-    provider runs and the note says so with the fix, instead of failing the run. `available`,
-    `tensorrt_importable` and `packages` default to what this machine has (tests pass fakes).
+    provider runs and the note says so with the fix, instead of failing the run. The TensorRT provider is asked
+    for only when the installed TensorRT's major version is the one onnxruntime was built against. `available`,
+    `tensorrt_version`, `packages` and `built_major` default (False) to what this machine has (tests pass fakes).
     """
-    import importlib.util
-
     if device.type != "cuda":
         return ["CPUExecutionProvider"], None
     if available is None:
@@ -72,14 +107,45 @@ def ort_providers(device, available=None, tensorrt_importable: bool | None = Non
                                                                else packages)
     options = {"device_id": str(device.index or 0)}
     wanted = [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-    # onnxruntime-gpu lists the TensorRT EP even where TensorRT's libraries are absent, and then prints a
-    # screen of load errors before falling back: only ask for it when the tensorrt package imports.
-    if tensorrt_importable is None:
-        tensorrt_importable = importlib.util.find_spec("tensorrt") is not None
-    if tensorrt_importable and "TensorrtExecutionProvider" in available:
-        wanted.insert(0, ("TensorrtExecutionProvider", {**options, "trt_engine_cache_enable": "True",
-                                                        "trt_engine_cache_path": str(DEFAULT_CACHE_DIR / "ort-trt")}))
-    return wanted, None
+    # onnxruntime-gpu lists the TensorRT EP even where TensorRT's libraries are absent or of another major
+    # version, and then prints a screen of load errors before falling back: ask only when it can load.
+    note = None
+    if "TensorrtExecutionProvider" in available:
+        if tensorrt_version is False:
+            from fastcifar.export.tensorrt import trt_version
+
+            tensorrt_version = trt_version()
+        blocked = _tensorrt_ep_block(tensorrt_version, ort_tensorrt_major() if built_major is False else built_major)
+        if blocked is None:
+            cache = str(DEFAULT_CACHE_DIR / "ort-trt")
+            wanted.insert(0, ("TensorrtExecutionProvider", {**options, "trt_engine_cache_enable": "True",
+                                                            "trt_engine_cache_path": cache}))
+        elif tensorrt_version is not None:  # TensorRT is here but this onnxruntime cannot use it: say why
+            note = f"ONNX Runtime's TensorRT provider not used: {blocked}"
+    return wanted, note
+
+
+def create_session(ort, path: Path, options, providers: list) -> tuple[object, str | None]:
+    """An InferenceSession on exactly `providers` (with their options), never a silent fallback.
+
+    onnxruntime retries a session whose provider fails to start with its default providers and no options
+    (losing device_id: the wrong GPU on a multi-GPU machine). The providers it really got are checked against
+    the ones asked for; when one is missing, the session is made again from the asked list without it, options
+    kept, and the returned note names what could not start. Fallback at run time is switched off too.
+    """
+    def name(provider):
+        return provider[0] if isinstance(provider, tuple) else provider
+
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    got = session.get_providers()
+    missing = [name(p) for p in providers if name(p) not in got]
+    note = None
+    if missing:
+        kept = [p for p in providers if name(p) in got]
+        session = ort.InferenceSession(str(path), options, providers=kept)
+        note = f"{', '.join(missing)} could not start here (see onnxruntime's log); ran on {name(kept[0])}"
+    session.disable_fallback()
+    return session, note
 
 
 class OnnxRuntimePredictor(Predictor):
@@ -101,7 +167,8 @@ class OnnxRuntimePredictor(Predictor):
         options.log_severity_level = 3  # errors only: ORT's warnings about graph rewrites are noise to users
         providers, self.note = ort_providers(device)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session, started = create_session(ort, path, options, providers)
+            self.note = "; ".join(n for n in (self.note, started) if n) or None
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for corrupt models
             raise FastCifarError(f"ONNX Runtime cannot load {path} ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -7,8 +7,9 @@ an engine file (TensorRT version, GPU, sidecar hash) are fastcifar/export/tensor
 The API used exists unchanged in TensorRT 10 and 11: `num_io_tensors` / `get_tensor_name` /
 `get_tensor_mode` / `get_tensor_dtype` / `get_tensor_profile_shape` on the engine, and
 `set_input_shape` / `get_tensor_shape` / `set_tensor_address` / `execute_async_v3` on the context.
-Work is queued on torch's current CUDA stream, so torch's caching allocator keeps the input alive until
-the engine has read it and CUDA events on that stream time the engine exactly.
+Work is queued on a dedicated CUDA stream ordered against torch's current stream on both sides
+(`DedicatedStream`), so the engine never runs on the default stream, torch's caching allocator keeps the input
+alive until the engine has read it, and CUDA events on the current stream still time the engine exactly.
 Verified here: the binding logic, against a fake engine (tests/test_inference.py). Needs a GPU: the rest
 (`tensorrt`-marked tests).
 """
@@ -16,7 +17,6 @@ Verified here: the binding logic, against a fake engine (tests/test_inference.py
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -45,16 +45,39 @@ def _is_input(engine, name: str) -> bool:
     return (getattr(mode, "name", None) or str(mode).rsplit(".", 1)[-1]) == "INPUT"
 
 
-def _current_stream(tensor) -> int:
-    import torch
+class DedicatedStream:
+    """The engine's own CUDA stream, ordered against torch's current stream on both sides.
 
-    return torch.cuda.current_stream(tensor.device).cuda_stream
+    Why not torch's current stream: that is the default stream (0) unless someone set one, and TensorRT on the
+    default stream adds device-wide synchronisations (its docs warn about it), which also skews the CUDA-event
+    timings `fastcifar bench` takes. The engine waits for whatever produced its input on the current stream,
+    and the current stream waits for the engine, so callers and events on the current stream see the result.
+    """
+
+    def __init__(self):
+        self.stream = None
+
+    def begin(self, x) -> int:
+        import torch
+
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=x.device)
+        self.stream.wait_stream(torch.cuda.current_stream(x.device))
+        x.record_stream(self.stream)  # the allocator keeps x until the engine has read it
+        return self.stream.cuda_stream
+
+    def end(self, x, out) -> None:
+        import torch
+
+        current = torch.cuda.current_stream(x.device)
+        current.wait_stream(self.stream)
+        out.record_stream(current)
 
 
 class EngineRunner:
     """One execution context of a one-input, one-output engine (what fastcifar exports)."""
 
-    def __init__(self, engine, *, stream_of: Callable = _current_stream):
+    def __init__(self, engine, *, stream: DedicatedStream | None = None):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if _is_input(engine, n)]
         outputs = [n for n in names if not _is_input(engine, n)]
@@ -70,7 +93,7 @@ class EngineRunner:
         self.context = engine.create_execution_context()
         if self.context is None:
             raise FastCifarError("TensorRT could not create an execution context (out of GPU memory?)")
-        self.stream_of = stream_of
+        self.stream = stream or DedicatedStream()
 
     def check(self, x) -> None:
         if x.dtype != self.input_dtype or tuple(x.shape[1:]) != self.item_shape:
@@ -91,8 +114,9 @@ class EngineRunner:
         out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.output_dtype, device=x.device)
         self.context.set_tensor_address(self.input, x.data_ptr())
         self.context.set_tensor_address(self.output, out.data_ptr())
-        if not self.context.execute_async_v3(self.stream_of(x)):
+        if not self.context.execute_async_v3(self.stream.begin(x)):
             raise FastCifarError("TensorRT failed to execute the engine (its log is above)")
+        self.stream.end(x, out)
         return out
 
 

@@ -429,6 +429,52 @@ def _print_predictions(results: list[dict], backend: str) -> None:
 
 
 @cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
+              help="Inference backend; auto runs the given file as it is (as for predict).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
+@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
+              help="Precision of the torch backends. [default: bf16 on CUDA, fp32 on the CPU]")
+@data_dir_option
+@click.option("--corruptions", default="all", show_default=True,
+              help="all | none | comma-separated names among: gaussian_noise, shot_noise, impulse_noise, "
+                   "gaussian_blur, contrast, brightness, saturate, pixelate, jpeg_compression.")
+@click.option("--severities", default="1-5", show_default=True, help="Severities 1-5, e.g. 1,3,5 or 1-5.")
+@click.option("--cifar10c", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of the official CIFAR-10-C files (<corruption>.npy + labels.npy): numbers comparable "
+                   "with papers. [default: corruptions generated from the test images on the device]")
+@click.option("--max-images", type=int, default=None, help="First N test images only. [default: all]")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the reliability diagram (reliability.png). [default: none]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated corruptions.")
+@json_option
+def evaluate(model: Path, backend: str, device: str, precision: str | None, data_dir: Path | None, corruptions: str,
+             severities: str, cifar10c: Path | None, max_images: int | None, plots: Path | None, seed: int,
+             as_json: bool) -> None:
+    """Calibration and corruption robustness of MODEL on the CIFAR-10 test split (what pretraining buys beyond
+    top-1): accuracy, NLL, Brier score, ECE (15 bins), reliability diagram; accuracy per corruption and severity
+    (CIFAR-10-C's definitions), their mean and its ratio to clean accuracy.
+
+    \b
+    Examples:
+      fastcifar evaluate runs/r18 --data-dir ../shared/cifar10 --corruptions all --severities 1,3,5 --json
+      fastcifar evaluate exported/r18.onnx --corruptions gaussian_noise,contrast --plots reports/eval
+      fastcifar evaluate runs/r18 --cifar10c ~/data/CIFAR-10-C
+    """
+    from fastcifar.robustness import parse_corruptions, parse_severities
+    from fastcifar.serve.evaluate import evaluate_model, print_evaluation
+
+    result = evaluate_model(model, backend=None if backend == "auto" else backend, device=device, precision=precision,
+                            data_dir=data_dir, corruptions=parse_corruptions(corruptions),
+                            severities=parse_severities(severities), cifar10c=cifar10c, max_images=max_images,
+                            plots=plots, seed=seed, log=lambda message: click.echo(f"evaluate: {message}", err=True))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        print_evaluation(result)
+
+
+@cli.command()
 @click.option("--model", "models", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Model to measure: run directory, model.safetensors, .onnx or engine. Repeat for several.")
 @click.option("--backends", default="torch,torch-compiled,onnxruntime,tensorrt", show_default=True,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fastcifar.data.cifar import CLASS_NAMES
 from fastcifar.errors import FastCifarError
-from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, NATIVE_SIZE
+from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, NATIVE_SIZE, area_overlaps
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 STEMS = ("imagenet", "cifar")
@@ -128,16 +128,6 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def _area_matrix(k_in: int, k_out: int):
-    """(k_out, k_in) overlap of output cells of width k_in/k_out with unit input cells; columns sum to 1."""
-    import torch
-
-    edges = torch.linspace(0, k_in, k_out + 1, dtype=torch.float64)
-    lo = torch.maximum(edges[:-1, None], torch.arange(k_in, dtype=torch.float64)[None, :])
-    hi = torch.minimum(edges[1:, None], torch.arange(1, k_in + 1, dtype=torch.float64)[None, :])
-    return (hi - lo).clamp(min=0)
-
-
 def adapt_conv1_to_cifar(weight):
     """7x7 ImageNet conv1 kernel -> 3x3 CIFAR kernel by exact area resampling.
 
@@ -147,7 +137,7 @@ def adapt_conv1_to_cifar(weight):
     """
     import torch
 
-    a = _area_matrix(weight.shape[-1], 3).to(weight.dtype)
+    a = area_overlaps(weight.shape[-1], 3).to(weight.dtype)
     return torch.einsum("ij,ocjk,lk->ocil", a, weight, a)
 
 

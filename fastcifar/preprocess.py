@@ -50,6 +50,26 @@ def normalize(pixels, mean, std):
     return pixels.astype(np.float32) * np.asarray(scale, np.float32) + np.asarray(shift, np.float32)
 
 
+def area_overlaps(k_in: int, k_out: int):
+    """(k_out, k_in) overlap of output cells of width k_in/k_out with unit input cells; columns sum to 1.
+
+    The exact area (box) resampling kernel: summed, it moves a 7x7 filter to 3x3 keeping its total (models.py);
+    row-normalised (`area_weights`) it is PIL's BOX resize.
+    """
+    import torch
+
+    edges = torch.linspace(0, k_in, k_out + 1, dtype=torch.float64)
+    lo = torch.maximum(edges[:-1, None], torch.arange(k_in, dtype=torch.float64)[None, :])
+    hi = torch.minimum(edges[1:, None], torch.arange(1, k_in + 1, dtype=torch.float64)[None, :])
+    return (hi - lo).clamp(min=0)
+
+
+def area_weights(k_in: int, k_out: int):
+    """(k_out, k_in) box-resize weights: each output pixel is the area-weighted mean of the input it covers."""
+    overlaps = area_overlaps(k_in, k_out)
+    return overlaps / overlaps.sum(dim=1, keepdim=True)
+
+
 def decode_metadata(props: dict) -> dict:
     """{'fastcifar.mean': '[...]', ...} -> {'mean': [...], ...}; keys of other producers are dropped."""
     out = {}

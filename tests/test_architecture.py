@@ -20,6 +20,8 @@ UPWARD = {
     "fastcifar.preprocess": ("fastcifar.train", "fastcifar.study", "fastcifar.serve", "fastcifar.bench",
                              "fastcifar.export", "fastcifar.cli"),
     "fastcifar.export": ("fastcifar.train", "fastcifar.study", "fastcifar.serve", "fastcifar.bench", "fastcifar.cli"),
+    "fastcifar.robustness": ("fastcifar.train", "fastcifar.study", "fastcifar.serve", "fastcifar.bench",
+                             "fastcifar.export", "fastcifar.cli"),
     "fastcifar.train": ("fastcifar.study", "fastcifar.serve", "fastcifar.bench", "fastcifar.cli"),
     "fastcifar.study": ("fastcifar.serve", "fastcifar.bench", "fastcifar.cli"),
     "fastcifar.serve": ("fastcifar.study", "fastcifar.bench", "fastcifar.cli"),

@@ -66,6 +66,12 @@ CASES = [
     ("bench", ["--model", "nowhere"], "does not exist"),
     ("bench", ["--model", "{MODEL}", "--data-dir", "{DATA}", "--device", "cpu", "--results-dir", "/proc/x"],
      "--results-dir /proc/x cannot be created"),
+    # evaluate
+    ("evaluate", ["nowhere/run"], "does not exist"),
+    ("evaluate", ["{MODEL}", "--corruptions", "fog"], "unknown corruption(s) fog"),
+    ("evaluate", ["{MODEL}", "--data-dir", "{DATA}", "--device", "cpu", "--corruptions", "none", "--plots",
+                  "/proc/x"], "--plots /proc/x cannot be created"),
+    ("evaluate", ["{UNFINISHED}", "--device", "cpu"], "unfinished run"),
     # demo
     ("demo", ["--pretrained", "nowhere", "--scratch", "{MODEL}"], "does not exist"),
     ("demo", ["--pretrained", "{UNFINISHED}", "--scratch", "{MODEL}"], "unfinished run"),

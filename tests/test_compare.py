@@ -399,3 +399,22 @@ def test_library_gives_the_cli_defaults():
     assert make_compare_config("seed", {}, lr_grid="none").lr_grid is None
     other = make_compare_config("smoke", {"seed": 3}, fractions="1.0")
     assert other.out != cfg.out  # another experiment, another default report directory
+
+
+def test_report_holds_calibration_and_robustness_of_every_final_model(report):
+    out = report["out"]
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        assert 0 <= run["ece"] <= 1 and run["nll"] > 0 and 0 <= run["mean_corruption_acc"] <= 1
+        assert len(run["corruption_acc"]) == 9 and all(set(by) == {"1", "3", "5"} for by in run["corruption_acc"].values())
+        cached = json.loads((out / run["run_dir"] / "robustness.json").read_text())
+        assert cached["clean"]["ece"] == run["ece"]  # one evaluation, cached in the run directory
+    [section] = results["sections"]
+    assert {(g["fraction"], g["metric"]) for g in section["robustness_gaps"]} == {
+        (f, m) for f in (0.5, 1.0) for m in ("ece", "nll", "mean_corruption_acc")}
+    row = next(r for r in section["summary"] if r["init"] == "random" and r["fraction"] == 1.0)
+    accs = [r["mean_corruption_acc"] for r in results["runs"] if r["init"] == "random" and r["fraction"] == 1.0]
+    assert row["mean_corruption_acc_mean"] == pytest.approx(np.mean(accs))
+    md = (out / "report.md").read_text()
+    assert "### Beyond top-1: calibration and corruption robustness" in md and "](robustness.png)" in md
+    assert "mean corruption accuracy (points)" in md and "](reliability.png)" in md

@@ -320,7 +320,8 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     from fastcifar.runtime import env_info
 
     out = check_report_dir(cfg)
-    n_available = len(load_cifar10(cfg.base.data_dir, download=cfg.base.download, progress=progress).train)
+    dataset = load_cifar10(cfg.base.data_dir, download=cfg.base.download, progress=progress)
+    n_available = len(dataset.train)
     plan_runs(cfg, n_available, "random")  # bad fractions fail here, before anything is written
     source = resolve_pretrained(cfg, out)
     env = env_info(command)
@@ -350,10 +351,50 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
                 check_run_config(run)
         for run in rest:
             _execute(run, states[run.name], display, on_epoch_end, out)
+    for run in runs:  # calibration and corruption robustness of every final model, cached in its run directory
+        ensure_robustness(run, dataset.test, cfg.base.device, display.log)
     results = report.collect(cfg, source, runs, env, lr_record)
     files = report.write_report(out, results)
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
+
+
+ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_SEVERITIES = (1, 3, 5)  # every corruption at three severities: ~12 s per smoke model on 2 CPU cores
+
+
+def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], None]) -> dict:
+    """The run's final model on the test split: calibration and accuracy under every corruption at
+    ROBUSTNESS_SEVERITIES (fastcifar.robustness; fp32, no TTA). Cached in the run directory: a rerun of compare
+    reuses it, and nothing here trains."""
+    path = run.run_dir / ROBUSTNESS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    import numpy as np
+    import torch
+
+    from fastcifar.models import load_model
+    from fastcifar.preprocess import normalize
+    from fastcifar.robustness import corruption_names, evaluate_logits
+    from fastcifar.runtime import resolve_device
+
+    resolved = resolve_device(device)
+    model, spec, _ = load_model(run.run_dir, device=resolved)
+
+    def logits(pixels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(normalize(pixels, spec.mean, spec.std)).permute(0, 3, 1, 2).to(resolved)
+        if x.shape[-1] != spec.image_size:
+            x = torch.nn.functional.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear",
+                                                align_corners=False)
+        with torch.inference_mode():
+            return model(x).float().cpu().numpy()
+
+    log(f"evaluating {run.name}: calibration and {len(corruption_names())} corruptions at severities "
+        f"{', '.join(map(str, ROBUSTNESS_SEVERITIES))}")
+    result = evaluate_logits(logits, test.images, test.labels, corruptions=corruption_names(),
+                             severities=ROBUSTNESS_SEVERITIES, device=str(resolved))
+    write_json(path, result)
+    return result
 
 
 def _execute(run: PlannedRun, state: str, display: "_Progress", hook: RunHook | None, out: Path) -> None:

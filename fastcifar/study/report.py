@@ -24,9 +24,11 @@ from fastcifar.train.loop import METRICS_FILE, SUMMARY_FILE
 FORMAT_VERSION = 2  # 2: per-setting sections, lr_selection, run warnings
 ORIGINAL_STUDY = {"imagenet": 93.69, "random": 94.05}  # one 10-epoch run per model, test accuracy in %
 STYLE = {"imagenet": dict(color="#1f77b4", marker="o"), "random": dict(color="#d62728", marker="s")}
-PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png")  # one setting's figures
+PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png", "robustness.png",
+         "reliability.png")  # one setting's figures
 PLOT_ALTS = ("test accuracy vs epoch and training time", "final accuracy vs training-set size",
-             "per-class accuracy", "confusion matrices")
+             "per-class accuracy", "confusion matrices", "accuracy vs corruption severity",
+             "reliability diagrams")
 ARM_LABELS = {  # the pretrained arm's name says what its weights really were
     "torchvision": "ImageNet-pretrained", "stand-in": "pretrained (STAND-IN random weights)",
     "file": "pretrained (unverified weights file)",
@@ -56,7 +58,22 @@ def _run_record(run, out: Path) -> dict:
             "run_dir": os.path.relpath(run.run_dir, out), "train_limit": run.cfg.train_limit,
             "batch_size": run.cfg.batch_size, "lr": run.cfg.lr, **{k: summary.get(k) for k in keys},
             "warnings": summary.get("warnings") or [],
-            "curve": {k: [m.get(k) for m in metrics] for k in ("epoch", "test_acc", "elapsed_train_seconds")}}
+            "curve": {k: [m.get(k) for m in metrics] for k in ("epoch", "test_acc", "elapsed_train_seconds")},
+            **_robustness_record(run.run_dir)}
+
+
+def _robustness_record(run_dir: Path) -> dict:
+    """ece, nll, brier (clean, no TTA), corruption_acc per corruption and severity, mean_corruption_acc and the
+    clean reliability bins, from the run's robustness.json (compare writes it; absent: all None)."""
+    path = run_dir / "robustness.json"
+    if not path.is_file():
+        return {"ece": None, "nll": None, "brier": None, "corruption_acc": None, "mean_corruption_acc": None,
+                "reliability": None}
+    r = json.loads(path.read_text())
+    return {"ece": r["clean"]["ece"], "nll": r["clean"]["nll"], "brier": r["clean"]["brier"],
+            "corruption_acc": {name: {sev: v["accuracy"] for sev, v in by.items()}
+                               for name, by in r["corruptions"].items()},
+            "mean_corruption_acc": r["mean_corruption_acc"], "reliability": r["clean"]["reliability"]}
 
 
 def _spread(records: list[dict], key: str) -> tuple[float | None, float | None]:
@@ -70,9 +87,27 @@ def _summary_row(init: str, fraction: float, records: list[dict], label: str) ->
            "n_train": first["n_train"], "batch_size": first["batch_size"], "lr": first["lr"],
            "epochs": first["epochs"], "n_seeds": len(records), "seeds": [r["seed"] for r in records]}
     for key, name in (("test_acc", "test_acc"), ("test_loss", "test_loss"), ("train_seconds", "train_seconds"),
-                      ("time_to_90pct_final_test_acc", "time_to_90pct")):
+                      ("time_to_90pct_final_test_acc", "time_to_90pct"), ("ece", "ece"), ("nll", "nll"),
+                      ("mean_corruption_acc", "mean_corruption_acc")):
         row[f"{name}_mean"], row[f"{name}_std"] = _spread(records, key)
     return row
+
+
+ROBUSTNESS_METRICS = {  # key -> (scale, what a better model has)
+    "ece": (100, "lower"), "nll": (1, "lower"), "mean_corruption_acc": (100, "higher")}
+
+
+def _metric_gap(fraction: float, records: list[dict], key: str) -> dict | None:
+    """pretrained - random on one robustness metric with the same Welch interval as accuracy (None: no data)."""
+    scale, better = ROBUSTNESS_METRICS[key]
+    values = {init: [scale * r[key] for r in records if r["init"] == init and r.get(key) is not None]
+              for init in COMPARE_INITS}
+    if not values["imagenet"] or not values["random"]:
+        return None
+    ci = welch_ci(values["imagenet"], values["random"])
+    return {"setting": records[0]["setting"], "fraction": fraction, "metric": key, "better": better,
+            "gap": mean_std(values["imagenet"])[0] - mean_std(values["random"])[0],
+            "ci95_low": ci.low if ci else None, "ci95_high": ci.high if ci else None, "verdict": verdict(ci)}
 
 
 def _gap_row(fraction: float, records: list[dict]) -> dict:
@@ -124,6 +159,8 @@ def _section(setting: str, records: list[dict], labels: dict, lr_selection: dict
                         for init in COMPARE_INITS],
             "gaps": [_gap_row(f, [r for r in records if r["fraction"] == f]) for f in fractions],
             "per_class": {init: _per_class(select(init, fractions[-1])) for init in COMPARE_INITS},
+            "robustness_gaps": [g for f in fractions for key in ROBUSTNESS_METRICS
+                                if (g := _metric_gap(f, [r for r in records if r["fraction"] == f], key))],
             "lr_selection": lr_selection}
 
 
@@ -319,11 +356,36 @@ def _lr_table(section: dict) -> list[str]:
             "batch.", ""]
 
 
+def _robustness_tables(section: dict) -> list[str]:
+    """What pretraining buys beyond top-1: calibration and corruption accuracy per arm, and their gaps."""
+    rows = [r for r in section["summary"] if r.get("ece_mean") is not None]
+    if not rows:
+        return []
+    n_train = {r["fraction"]: r["n_train"] for r in section["summary"]}
+    lines = ["### Beyond top-1: calibration and corruption robustness (mean ± std over seeds)", "",
+             "| training data | model | ECE (%) | NLL | mean corruption accuracy (%) |", "|---|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: -r["fraction"]):
+        lines.append(f"| {fraction_label(r['fraction'], r['n_train'])} | {r['label']} | "
+                     f"{_pm(r['ece_mean'], r['ece_std'], 100)} | {_pm(r['nll_mean'], r['nll_std'], digits=3)} | "
+                     f"{_pm(r['mean_corruption_acc_mean'], r['mean_corruption_acc_std'], 100)} |")
+    lines += ["", "| training data | metric | gap, pretrained − random | 95 % CI (Welch's t) | better is | verdict |",
+              "|---|---|---:|---:|---|---|"]
+    names = {"ece": "ECE (points)", "nll": "NLL", "mean_corruption_acc": "mean corruption accuracy (points)"}
+    for g in sorted(section["robustness_gaps"], key=lambda g: (-g["fraction"], g["metric"])):
+        ci = "-" if g["ci95_low"] is None else f"{g['ci95_low']:+.3f} … {g['ci95_high']:+.3f}"
+        lines.append(f"| {fraction_label(g['fraction'], n_train[g['fraction']])} | {names[g['metric']]} | "
+                     f"{g['gap']:+.3f} | {ci} | {g['better']} | {g['verdict']} |")
+    return lines + ["", "Evaluated on the final models with the test split only (fp32, no flip TTA; no training): "
+                    "NLL and ECE (15 equal-width confidence bins) on the clean images; corruption accuracy averaged "
+                    "over nine CIFAR-10-C corruptions (Hendrycks and Dietterich, ICLR 2019) at severities 1, 3 and 5, "
+                    "generated from the test images (`fastcifar evaluate` measures any model the same way).", ""]
+
+
 def _section_markdown(section: dict, files: list[str]) -> list[str]:
     figures = [f"![{alt}]({name})" for alt, name in zip(PLOT_ALTS, files)]
     return [f"## {section['label']}", "",
             "### Test accuracy (mean ± std over seeds)", "", *_results_table(section), "",
-            "### Accuracy gap", "", *_gap_table(section), "", *_lr_table(section),
+            "### Accuracy gap", "", *_gap_table(section), "", *_robustness_tables(section), *_lr_table(section),
             "### Figures", "", *[line for f in figures for line in (f, "")]]
 
 
@@ -487,7 +549,58 @@ def plot_confusion(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-PLOTTERS = (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion)
+def plot_robustness(results: dict, path: Path) -> Path:
+    """Accuracy (mean over corruptions and seeds) against severity, both arms, the largest fraction; clean at 0."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    top = max(r["fraction"] for r in results["runs"])
+    for init in COMPARE_INITS:
+        runs = [r for r in results["runs"] if r["init"] == init and r["fraction"] == top and r.get("corruption_acc")]
+        if not runs:
+            continue
+        severities = sorted({int(s) for r in runs for by in r["corruption_acc"].values() for s in by})
+        per_seed = [[100 * r["test_acc"]] + [100 * float(np.mean([by[str(s)] for by in r["corruption_acc"].values()]))
+                                             for s in severities] for r in runs]
+        _band(ax, [0, *severities], np.asarray(per_seed) / 100, init, results["labels"][init])
+    ax.set(xlabel="corruption severity (0: clean test images, with TTA)",
+           ylabel="accuracy (%), mean over 9 corruptions", title="Accuracy under corruption, largest fraction")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_reliability(results: dict, path: Path) -> Path:
+    """Reliability diagrams side by side: accuracy per confidence bin, summed over seeds, the largest fraction."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    top = max(r["fraction"] for r in results["runs"])
+    for ax, init in zip(axes, COMPARE_INITS):
+        runs = [r for r in results["runs"] if r["init"] == init and r["fraction"] == top and r.get("reliability")]
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set(xlabel="confidence (top-1 probability)", xlim=(0, 1), ylim=(0, 1), title=results["labels"][init])
+        if not runs:
+            continue
+        count = np.sum([r["reliability"]["count"] for r in runs], axis=0)
+        correct = np.sum([[0 if a is None else a * n for a, n in zip(r["reliability"]["accuracy"],
+                                                                    r["reliability"]["count"])] for r in runs], axis=0)
+        edges = runs[0]["reliability"]["edges"]
+        centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        acc = np.divide(correct, count, out=np.zeros_like(correct, dtype=float), where=count > 0)
+        ax.bar(centres, acc, width=(edges[1] - edges[0]) * 0.95, color=STYLE[init]["color"])
+        ece = np.mean([r["ece"] for r in runs])
+        ax.text(0.04, 0.92, f"ECE {100 * ece:.2f} % (mean of {len(runs)} seeds)", transform=ax.transAxes)
+    axes[0].set(ylabel="accuracy in bin")
+    fig.suptitle("Reliability diagrams, clean test images, largest fraction (bars below the diagonal: overconfident)")
+    return _save(fig, path)
+
+
+PLOTTERS = (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion, plot_robustness, plot_reliability)
 
 
 def plot_files(settings: list[str]) -> list[list[str]]:

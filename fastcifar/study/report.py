@@ -562,9 +562,9 @@ def plot_robustness(results: dict, path: Path) -> Path:
         if not runs:
             continue
         severities = sorted({int(s) for r in runs for by in r["corruption_acc"].values() for s in by})
-        per_seed = [[100 * r["test_acc"]] + [100 * float(np.mean([by[str(s)] for by in r["corruption_acc"].values()]))
-                                             for s in severities] for r in runs]
-        _band(ax, [0, *severities], np.asarray(per_seed) / 100, init, results["labels"][init])
+        per_seed = [[r["test_acc"]] + [np.mean([by[str(s)] for by in r["corruption_acc"].values()]) for s in severities]
+                    for r in runs]  # fractions: _band draws them in %
+        _band(ax, [0, *severities], per_seed, init, results["labels"][init])
     ax.set(xlabel="corruption severity (0: clean test images, with TTA)",
            ylabel="accuracy (%), mean over 9 corruptions", title="Accuracy under corruption, largest fraction")
     ax.grid(alpha=0.3)

@@ -19,7 +19,6 @@ after each epoch is outside the clock too. Per seed and as mean ± std: training
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile

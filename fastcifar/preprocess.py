@@ -70,6 +70,22 @@ def area_weights(k_in: int, k_out: int):
     return overlaps / overlaps.sum(dim=1, keepdim=True)
 
 
+def normalize_images(images, spec):
+    """uint8 NHWC pixels -> the model's float32 NCHW input tensor at its image size (the reference preprocessing).
+
+    numpy arithmetic here, torch ops in the exported graph (export/onnx.py's ExportModule): the parity check then
+    also tests a `raw` graph's in-graph preprocessing, not just the network - both from this module's definition.
+    """
+    import numpy as np
+    import torch
+
+    x = normalize(images, spec.mean, spec.std)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if spec.image_size != t.shape[-1]:
+        t = torch.nn.functional.interpolate(t, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False)
+    return t
+
+
 def decode_metadata(props: dict) -> dict:
     """{'fastcifar.mean': '[...]', ...} -> {'mean': [...], ...}; keys of other producers are dropped."""
     out = {}

@@ -19,6 +19,7 @@ from fastcifar.errors import FastCifarError
 from fastcifar.export import export_onnx
 from fastcifar.export import onnx as ox
 from fastcifar.export.parity import verify_onnx
+from fastcifar.preprocess import normalize_images
 from fastcifar.export import parity
 
 N_VERIFY = 64
@@ -77,7 +78,7 @@ def reference(tiny_model_dir, synthetic_dir):
     model, spec, _ = load_model(tiny_model_dir)
     images = load_cifar10(synthetic_dir, download=False).test.images[:37]
     with torch.inference_mode():
-        return spec, images, model(ox.normalize_images(images, spec)).numpy()
+        return spec, images, model(normalize_images(images, spec)).numpy()
 
 
 @pytest.mark.parametrize("precision,input_kind", MATRIX)
@@ -91,7 +92,7 @@ def test_io_contract_and_dynamic_batch(exports, reference, precision, input_kind
     spec, images, logits = reference
     for batch in (1, 37):
         x = images[:batch]
-        feed = x if input_kind == "raw" else ox.normalize_images(x, spec).numpy()
+        feed = x if input_kind == "raw" else normalize_images(x, spec).numpy()
         got = sess.run(None, {inp.name: feed})[0]
         assert got.shape == (batch, 10) and got.dtype == np.float32
         np.testing.assert_allclose(got, logits[:batch], atol=1e-4 if precision == "fp32" else 3e-2)

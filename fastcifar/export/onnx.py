@@ -22,12 +22,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import atomic_path, file_digest
-from fastcifar.preprocess import META_PREFIX, NATIVE_SIZE, decode_metadata, normalize, scale_shift
+from fastcifar.preprocess import META_PREFIX, NATIVE_SIZE, decode_metadata, scale_shift
 
 # torch dtype behind each graph precision. int8 graphs come from quantize.py (Q/DQ on an fp32 graph).
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -113,19 +112,6 @@ def example_input(spec, input_kind: str, batch: int = 2) -> torch.Tensor:
     if input_kind == "raw":
         return torch.randint(0, 256, (batch, NATIVE_SIZE, NATIVE_SIZE, 3), dtype=torch.uint8)
     return torch.randn(batch, 3, spec.image_size, spec.image_size)
-
-
-def normalize_images(images: np.ndarray, spec) -> torch.Tensor:
-    """uint8 NHWC pixels -> the model's float32 NCHW input at its image size (the reference preprocessing).
-
-    numpy here, torch ops in ExportModule: the parity check then also tests the in-graph preprocessing of `raw`
-    graphs, not just the network (both from fastcifar/preprocess.py's one definition).
-    """
-    x = normalize(images, spec.mean, spec.std)
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    if spec.image_size != t.shape[-1]:
-        t = torch.nn.functional.interpolate(t, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False)
-    return t
 
 
 # ---------------------------------------------------------------------------------------------- metadata

@@ -5,7 +5,7 @@ tolerance policy per precision (`parity_stats`), `parity_metrics` (one set of lo
 numbers both this check and `fastcifar bench` report), the ONNX Runtime session settings used for it, the bf16
 emulation for runtimes without bf16 kernels, and the `<name>.parity.json` sidecar.
 
-The reference is the run's PyTorch model in fp32 on the CPU, fed by `normalize_images` - written apart from
+The reference is the run's PyTorch model in fp32 on the CPU, fed by `preprocess.normalize_images` - written apart from
 the exported graph's own preprocessing, so a `raw` graph's in-graph normalisation/resize is checked too.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from fastcifar.errors import DataError, FastCifarError
-from fastcifar.export.onnx import ExportResult, normalize_images, read_onnx_metadata, sha256_file
+from fastcifar.export.onnx import ExportResult, read_onnx_metadata, sha256_file
+from fastcifar.preprocess import normalize_images
 
 # Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1).
 # Measured (resnet18, 1,000 real test images, ORT CPU, largest |logit| 39): fp32 5e-7 relative (summation

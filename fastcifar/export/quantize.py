@@ -60,7 +60,7 @@ def _reader(images: np.ndarray, spec, input_kind: str, input_name: str):
     """An ONNX Runtime CalibrationDataReader feeding `images` in the graph's input form."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from fastcifar.export.onnx import normalize_images
+    from fastcifar.preprocess import normalize_images
 
     feed = {"raw": lambda x: x, "normalized": lambda x: normalize_images(x, spec).numpy()}[input_kind]
 

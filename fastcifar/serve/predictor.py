@@ -23,7 +23,7 @@ import numpy as np
 from fastcifar.errors import FastCifarError
 from fastcifar.serve.artifacts import (BACKEND_ARTIFACT, DEFAULT_BACKEND, DEFAULT_CACHE_DIR, artifact_kind,
                                        ensure_artifact)
-from fastcifar.serve.base import Predictor, softmax  # noqa: F401 - part of this module's API
+from fastcifar.serve.base import Predictor  # noqa: F401 - part of this module's API
 from fastcifar.serve.images import find_images, load_image  # noqa: F401 - load_image is part of this module's API
 
 BACKENDS = tuple(BACKEND_ARTIFACT)

@@ -374,7 +374,7 @@ def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], N
     import torch
 
     from fastcifar.models import load_model
-    from fastcifar.preprocess import normalize
+    from fastcifar.preprocess import normalize_images
     from fastcifar.robustness import corruption_names, evaluate_logits
     from fastcifar.runtime import resolve_device
 
@@ -382,12 +382,8 @@ def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], N
     model, spec, _ = load_model(run.run_dir, device=resolved)
 
     def logits(pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(normalize(pixels, spec.mean, spec.std)).permute(0, 3, 1, 2).to(resolved)
-        if x.shape[-1] != spec.image_size:
-            x = torch.nn.functional.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear",
-                                                align_corners=False)
         with torch.inference_mode():
-            return model(x).float().cpu().numpy()
+            return model(normalize_images(pixels, spec).to(resolved)).float().cpu().numpy()
 
     log(f"evaluating {run.name}: calibration and {len(corruption_names())} corruptions at severities "
         f"{', '.join(map(str, ROBUSTNESS_SEVERITIES))}")

@@ -142,7 +142,8 @@ _TRAIN_OPTIONS = [
                        help="cifar: 3x3/1 conv, no max-pool; imagenet: torchvision's 7x7/2 conv + max-pool.")),
     (("--image-size",), dict(type=int, help="Train/eval resolution (32-512; images are resized on the device).")),
     (("--loader",), dict(type=click.Choice(LOADER_KINDS),
-                         help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (DALI on CUDA).")),
+                         help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (the tensor loader "
+                              "everywhere: the path measured on a GPU; DALI's GPU pipeline is not yet).")),
     (("--val-fraction",), dict(type=float, help="Fraction of the training images held out for validation.")),
     (("--train-limit",), dict(type=int, help="Train on the first N training images only.")),
     (("--epochs",), dict(type=int, help="Training epochs.")),
@@ -152,13 +153,33 @@ _TRAIN_OPTIONS = [
     (("--label-smoothing",), dict(type=float, help="Label smoothing of the cross-entropy loss.")),
     (("--warmup-epochs",), dict(type=float, help="Linear learning-rate warm-up length in epochs.")),
     (("--schedule",), dict(type=click.Choice(SCHEDULES), help="Decay after warm-up.")),
-    (("--ema",), dict(type=float, help="EMA decay per step for the evaluated weights (e.g. 0.999).")),
+    (("--lr-floor",), dict(type=float, help="The schedule ends at this fraction of the peak lr instead of 0 "
+                                            "(airbench94: 0.07). Not yet measured on a GPU.")),
+    (("--ema",), dict(type=float, help="EMA decay per step for the evaluated and saved weights; it averages over "
+                                       "~1/(1-decay) steps (0.99: ~100), so keep it well under a run's length.")),
+    (("--ema-every",), dict(type=int, help="Steps between EMA updates (each uses decay^N: same horizon, 1/N the "
+                                           "work, no host sync).")),
+    (("--ema-start-epochs",), dict(type=float, help="Epoch at which the EMA starts (its first update copies).")),
+    (("--whiten-stem/--no-whiten-stem",),
+     dict(default=None, help="First conv = frozen whitening filters of the training set's patches (airbench94; "
+                             "random init only). Not yet measured on a GPU.")),
+    (("--bn-freeze-scales/--no-bn-freeze-scales",),
+     dict(default=None, help="Freeze every BatchNorm scale at its initial value (airbench94, Page). Not yet "
+                             "measured on a GPU.")),
+    (("--bn-bias-lr-scale",), dict(type=float, help="Learning-rate multiplier for BatchNorm biases (airbench94: "
+                                                    "64, with frozen scales). Not yet measured on a GPU.")),
+    (("--alternating-flip/--no-alternating-flip",),
+     dict(default=None, help="Flip each image on alternate epochs instead of at random (airbench94). Not yet "
+                             "measured on a GPU.")),
     (("--zero-init-residual/--no-zero-init-residual",),
      dict(default=None, help="Zero the last BatchNorm scale of each residual block (random init only).")),
     (("--backbone-lr-scale",), dict(type=float, help="Learning-rate multiplier for every layer but the classifier "
                                                      "(< 1 fine-tunes a pretrained backbone slower than the new "
                                                      "head; compare applies it to the pretrained arm only).")),
     (("--tta/--no-tta",), dict(default=None, help="Horizontal-flip test-time augmentation at evaluation.")),
+    (("--tta-translate/--no-tta-translate",),
+     dict(default=None, help="Also average 1-px translated views at evaluation (airbench94's level 2; outside "
+                             "the training clock). Not yet measured on a GPU.")),
     (("--device",), dict(help="auto | cpu | cuda | cuda:N.")),
     (("--precision",), dict(type=click.Choice(PRECISIONS),
                             help="Autocast precision; auto = bf16 on CUDA, fp32 on CPU (bf16 measured slower "
@@ -168,7 +189,9 @@ _TRAIN_OPTIONS = [
     (("--compile/--no-compile",), dict(default=None, help="torch.compile the model. [default: on for CUDA, off "
                                                           "on CPU]")),
     (("--compile-mode",), dict(help="torch.compile mode, e.g. max-autotune-no-cudagraphs. [default: torch's]")),
-    (("--seed",), dict(type=int, help="Seed for init, split, shuffling and augmentation.")),
+    (("--seed",), dict(type=int, help="Seed for init, split, shuffling and augmentation (>= 0).")),
+    (("--save-state-every",), dict(type=int, help="Epochs between state.pt saves (the resume points; each is "
+                                                  "~90 MB for a ResNet-18); 0 = never (not resumable).")),
 ]
 _NO_DEFAULT_TEXT = {"channels_last", "compile", "compile_mode"}  # device-dependent: their help says how
 

@@ -9,6 +9,7 @@ every run directory (nanoGPT's habit: the config travels with the checkpoint).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -50,10 +51,21 @@ class TrainConfig:
     label_smoothing: float = 0.0
     warmup_epochs: float = 2.0
     schedule: str = "linear"  # decay after warm-up: linear | cosine (to zero)
-    ema: float | None = None  # EMA decay per step (e.g. 0.999); None = off
+    lr_floor: float = 0.0  # the schedule decays to this fraction of the peak lr (airbench94: 0.07), not to 0
+    # Weight averaging: decay per optimizer step (horizon ~1/(1-decay) steps: 0.99 ~ 100 steps, a ~850-step run
+    # wants no more), applied every `ema_every` steps from `ema_start_epochs` on; None = off. train/levers.py.
+    ema: float | None = None
+    ema_every: int = 5
+    ema_start_epochs: float = 0.0
     zero_init_residual: bool = False  # zero the last BatchNorm scale of each residual block (random init only)
     backbone_lr_scale: float = 1.0  # lr multiplier for every tensor but the classifier (< 1: slower backbone)
+    # Levers from airbench94 / Page's DAWNBench series (train/levers.py), off until a GPU run measures them.
+    whiten_stem: bool = False  # first conv = frozen whitening filters of the training patches (random init only)
+    bn_freeze_scales: bool = False  # BatchNorm scales frozen at their initial value
+    bn_bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm biases (airbench94: 64)
+    alternating_flip: bool = False  # each image flipped on alternate epochs instead of at random
     tta: bool = True  # horizontal-flip test-time augmentation at evaluation
+    tta_translate: bool = False  # + 1-px translations (reflect-padded) averaged in, as airbench94's tta_level 2
     # speed switches: None = the device's default (CUDA: bf16 + channels_last + compile; CPU: fp32, no compile)
     device: str = "auto"
     precision: str = "auto"
@@ -61,6 +73,7 @@ class TrainConfig:
     compile: bool | None = None
     compile_mode: str | None = None  # e.g. max-autotune-no-cudagraphs
     # bookkeeping
+    save_state_every: int = 1  # epochs between state.pt saves (resume points); 0 = never (benchmark runs)
     seed: int = 0
     out: str | None = None
     preset: str | None = None
@@ -79,11 +92,27 @@ class TrainConfig:
             (self.train_limit is None or self.train_limit >= 10, "--train-limit must be at least 10 images"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
+            (0 <= self.momentum < 1 and (self.momentum > 0 or not self.nesterov),
+             f"--momentum must be in [0, 1) (and > 0 with Nesterov), got {self.momentum}"),
+            (0 <= self.lr_floor < 1, f"--lr-floor must be a fraction of the peak lr in [0, 1), got {self.lr_floor}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}' (choose from {', '.join(SCHEDULES)})"),
             (self.ema is None or 0 < self.ema < 1, f"--ema must be a decay in (0, 1), got {self.ema}"),
+            (self.ema_every >= 1, f"--ema-every must be >= 1 step, got {self.ema_every}"),
+            (self.ema_start_epochs >= 0, f"--ema-start-epochs must be >= 0, got {self.ema_start_epochs}"),
+            (not self.whiten_stem or self.init == "random",
+             "--whiten-stem replaces the first convolution with fixed whitening filters: it needs a random init "
+             "(it would discard the pretrained first layer)"),
+            (not (self.bn_freeze_scales and self.zero_init_residual),
+             "--bn-freeze-scales with --zero-init-residual would freeze residual branches at zero: choose one"),
+            (math.isfinite(self.bn_bias_lr_scale) and self.bn_bias_lr_scale > 0,
+             f"--bn-bias-lr-scale must be > 0, got {self.bn_bias_lr_scale}"),
+            (self.save_state_every >= 0, f"--save-state-every must be >= 0 epochs, got {self.save_state_every}"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (0 < self.backbone_lr_scale <= 1,
              f"--backbone-lr-scale must be in (0, 1], got {self.backbone_lr_scale}"),
             (self.precision in PRECISIONS, f"unknown precision '{self.precision}' ({', '.join(PRECISIONS)})"),

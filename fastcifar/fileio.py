@@ -68,6 +68,11 @@ def append_jsonl(dest: Path | str, obj: object) -> None:
     write_text(dest, old + json.dumps(obj) + "\n")
 
 
+def write_jsonl(dest: Path | str, rows: list) -> Path:
+    """Write `rows` as JSON lines, atomically (replacing the file)."""
+    return write_text(dest, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def read_jsonl(path: Path | str) -> list[dict]:
     path = Path(path)
     if not path.exists():

@@ -71,6 +71,16 @@ def git_sha(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version nvidia-smi reports, or None (no driver, no nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
 def env_info(command: list[str] | None = None) -> dict:
     """Versions, machine, GPU and git sha: written as env.json beside every result."""
     import torch
@@ -80,6 +90,8 @@ def env_info(command: list[str] | None = None) -> dict:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "driver": nvidia_driver(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

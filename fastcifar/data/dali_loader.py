@@ -29,7 +29,15 @@ import numpy as np
 import torch
 
 from fastcifar.data.plan import BaseLoader, EpochPlan, LoaderOptions, epoch_plan
+from fastcifar.errors import FastCifarError
 from fastcifar.preprocess import pixel_mean_std
+
+
+def _dali_failed(when: str, exc: BaseException) -> FastCifarError:
+    """DALI's GPU pipeline has not run on a GPU in this project yet: when it fails, say what to do instead."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return FastCifarError(f"the DALI loader failed while {when} ({type(exc).__name__}: {first[:300]}); use "
+                          "--loader tensor (the measured default) instead")
 
 
 class DaliLoader(BaseLoader):
@@ -41,7 +49,10 @@ class DaliLoader(BaseLoader):
         self._shape = images.shape[1:3]
         self._padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # zeros, as RandomCrop pads
         self._plan: EpochPlan | None = None  # set only while an epoch is being iterated
-        self._pipe = self._build()
+        try:
+            self._pipe = self._build()
+        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError and its own types
+            raise _dali_failed("building its pipeline", exc) from exc
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._plan is not None:
@@ -56,7 +67,12 @@ class DaliLoader(BaseLoader):
                 if self._plan is not plan:
                     raise RuntimeError("this DaliLoader iteration was superseded by a newer one; "
                                        "iterate one epoch at a time")
-                (images,) = self._run()
+                try:
+                    (images,) = self._run()
+                except StopIteration:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise _dali_failed(f"producing batch {b + 1} of epoch {self.epoch + 1}", exc) from exc
                 yield self._to_torch(images), self._labels[order[plan.batch(b)]]
         finally:
             # Also reached when the consumer stops early (the generator is closed).

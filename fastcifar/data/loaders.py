@@ -17,8 +17,12 @@ def make_loader(images: np.ndarray, labels: np.ndarray, options: LoaderOptions, 
     """A loader over uint8 HWC `images` (N,32,32,3) and int `labels` on `device`.
 
     kind: 'tensor' (pure torch, dataset resident on the device), 'dali' (NVIDIA DALI; GPU ops on CUDA,
-    CPU pipeline otherwise) or 'auto' (DALI on CUDA when it imports, the tensor loader otherwise - on the
-    CPU the tensor loader is as fast and needs no worker threads).
+    CPU pipeline otherwise) or 'auto' (the tensor loader, on every device).
+
+    Why 'auto' is the tensor loader on CUDA too: it is the path that has run on a GPU (75k img/s of training on
+    an H100, ../shared/measurements/gpu-2026-11-26.md), while DALI's GPU pipeline has not run on one yet. It
+    becomes the CUDA default once bench/gpu_check.sh shows it pixel-equal (tests/test_loaders.py, gpu-marked) and
+    at least as fast (bench/loaders.py). On the CPU the tensor loader measured 1.5x DALI's CPU pipeline.
     """
     import torch
 
@@ -27,7 +31,7 @@ def make_loader(images: np.ndarray, labels: np.ndarray, options: LoaderOptions, 
         raise FastCifarError(f"unknown loader '{kind}' (choose from {', '.join(LOADER_KINDS)})")
     check_arrays(images, labels, options)
     if kind == "auto":
-        kind = "dali" if device.type == "cuda" and dali_available() else "tensor"
+        kind = "tensor"
     factories = {"tensor": _tensor_loader, "dali": _dali_loader}
     return factories[kind](images, labels, options, device)
 

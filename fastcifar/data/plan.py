@@ -53,6 +53,7 @@ class LoaderOptions:
     channels_last: bool = True
     crop_padding: int = 4
     flip: bool = True
+    alternating_flip: bool = False  # flips alternate per image from epoch to epoch (augment_params)
     dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
 
     def __post_init__(self):
@@ -86,19 +87,28 @@ def shard_indices(n: int, options: LoaderOptions, epoch: int) -> np.ndarray:
     return np.arange(options.rank, n, options.world_size)
 
 
-def augment_params(n: int, seed: int, epoch: int, *, padding: int = 4, flip: bool = True):
+def augment_params(n: int, seed: int, epoch: int, *, padding: int = 4, flip: bool = True,
+                   alternating_flip: bool = False):
     """Per-image crop offsets and flips for `epoch`, indexed by dataset index: (dy, dx, flipped).
 
     dy, dx in 0..2*padding are the top-left corner of the crop inside the zero-padded image (padding means
     no shift); `flipped` is a bool per image (all False when `flip` is off). Indexed by dataset index rather
     than by position in a shard, so an image gets the same augmentation whatever the world size. The stream
     [seed, epoch, 1] is independent of the [seed, epoch] permutation in `shard_indices`.
+
+    `alternating_flip` (airbench94): epoch 0's random flips, then every image mirrored relative to them on odd
+    epochs and as in epoch 0 on even ones, so over any two consecutive epochs each image is seen both ways (random
+    flips repeat the same view in ~half the pairs). Crops stay as without it.
     """
     rng = np.random.default_rng([seed, epoch, 1])
     # Offsets and flips are always drawn, so turning flips off leaves the crops of a seed unchanged.
     dy, dx = rng.integers(0, 2 * padding + 1, size=(2, n))
-    flipped = (rng.random(n) < 0.5) & flip
-    return dy, dx, flipped
+    flipped = rng.random(n) < 0.5
+    if alternating_flip:
+        first = np.random.default_rng([seed, 0, 1])
+        first.integers(0, 2 * padding + 1, size=(2, n))  # skip epoch 0's offsets: its flips come next
+        flipped = (first.random(n) < 0.5) ^ bool(epoch % 2)
+    return dy, dx, flipped & flip
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,8 @@ def epoch_plan(n: int, options: LoaderOptions, epoch: int) -> EpochPlan:
     batches = num_batches(n, options)
     if options.train:
         order = order[:batches * options.batch_size]  # the ragged tail is dropped, never padded
-        dy, dx, flip = augment_params(n, options.seed, epoch, padding=options.crop_padding, flip=options.flip)
+        dy, dx, flip = augment_params(n, options.seed, epoch, padding=options.crop_padding, flip=options.flip,
+                                      alternating_flip=options.alternating_flip)
         dy, dx, flip = dy[order], dx[order], flip[order]
     else:
         dy = dx = np.full(len(order), options.crop_padding)

@@ -21,7 +21,7 @@ from typing import Callable
 
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import append_jsonl, read_jsonl, write_json
+from fastcifar.fileio import append_jsonl, read_jsonl, write_json, write_jsonl
 from fastcifar.runtime import dist_info_from_env, env_info, resolve_device
 
 STATE_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "state.pt", "metrics.jsonl", "summary.json", "config.json"
@@ -46,8 +46,8 @@ EpochHook = Callable[[int, dict], None]
 
 
 def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | None = None,
-          on_epoch_end: EpochHook | None = None, warm_up: bool | None = None, keep_state: bool = False
-          ) -> TrainResult:
+          on_epoch_end: EpochHook | None = None, warm_up: bool | None = None, keep_state: bool = False,
+          dataset=None) -> TrainResult:
     """Train `cfg` (or continue the run in `resume_dir`) and return the run directory and summary.
 
     `progress`: 'bar' (True), 'lines' (the run header and one plain line per epoch, for logs) or 'off' (False).
@@ -56,6 +56,8 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
     runs two throw-away steps before the clock starts, so compile time stays out of `train_seconds`; the summary
     reports it apart as `compile_warmup_seconds`. A finished run keeps what serving and reporting need; its
     state.pt (optimizer, RNG: ~90 MB for a ResNet-18, only for resuming) is removed unless `keep_state`.
+    `dataset`: an already loaded `CifarData` to train on instead of reading `cfg.data_dir` (bench/sweep.py runs
+    many configs in one process and reads the files once).
     """
     import torch
 
@@ -64,26 +66,33 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
     dist = dist_info_from_env()
     device = resolve_device(cfg.device, dist.local_rank)
     cfg = cfg.resolved(device.type)
+    if device.type == "cuda":
+        # Every training batch has the same shape, so cuDNN's per-shape autotuning pays once; the anchor run that
+        # set it was ~6 % faster (airbench94 sets it too). Evaluation's ragged last batch tunes once more.
+        torch.backends.cudnn.benchmark = True
     setup.init_distributed(dist, device)
     try:
         # The model first: a bad --init fails before anything is created; then the directory, then the data.
         model, spec = setup.build_model(cfg, device)
         run_dir, created = setup.prepare_run_dir(cfg, resume_dir, dist)
         try:
-            data = setup.build_data(cfg, spec, dist, device)
+            data = setup.build_data(cfg, spec, dist, device, dataset=dataset)
             if dist.is_main and resume_dir is None:
                 write_json(run_dir / CONFIG_FILE, cfg.to_dict())
                 write_json(run_dir / "env.json", env_info())
+            levers = setup.apply_levers(model, spec, cfg, data.train_images)  # freezes before the optimizer
             opt = setup.build_optimizer(model, cfg, len(data.train), device)
-            ema = setup.build_ema(model, cfg)
+            ema = setup.build_ema(model, cfg, len(data.train))
             scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
             start_epoch, history, train_seconds = 0, [], 0.0
             if resume_dir is not None:
                 start_epoch, train_seconds = setup.load_state(run_dir / STATE_FILE, model, opt, ema, scaler, device)
                 history = read_jsonl(run_dir / METRICS_FILE)[:start_epoch]
-            elif dist.is_main:  # a state exists from the first moment, so Ctrl-C in epoch 1 is resumable too
+                if dist.is_main:  # epochs after the last saved state are trained again: drop their lines
+                    write_jsonl(run_dir / METRICS_FILE, history)
+            elif dist.is_main and cfg.save_state_every:  # a state from the first moment: Ctrl-C in epoch 1 resumes
                 setup.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
-            loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir)
+            loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers)
             if cfg.compile if warm_up is None else warm_up:
                 loop.warm_up()
         except BaseException:
@@ -93,7 +102,10 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
         try:
             history, train_seconds = loop.run(start_epoch, history, train_seconds, progress, on_epoch_end)
         except KeyboardInterrupt:
-            raise FastCifarError(f"interrupted; the state of the last finished epoch is saved in {run_dir}. "
+            if not (run_dir / STATE_FILE).is_file():
+                raise FastCifarError(f"interrupted; {run_dir} has no state to resume from (--save-state-every 0)",
+                                     exit_code=130) from None
+            raise FastCifarError(f"interrupted; the state of the last saved epoch is in {run_dir}. "
                                  f"Continue with: fastcifar train --resume {run_dir}", exit_code=130) from None
         summary = _finish(loop, spec, history, train_seconds)
         if dist.is_main and not keep_state:  # finished: nothing left to resume, and it is the largest file
@@ -106,7 +118,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
 class _Loop:
     """The epoch loop and the one step function; holds what every epoch needs."""
 
-    def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir):
+    def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers=()):
         import torch
 
         from fastcifar.train.parts import autocast_factory, make_step, wrap_distributed
@@ -114,13 +126,18 @@ class _Loop:
         self.cfg, self.dist, self.device, self.model = cfg, dist, device, model
         self.optimizer, self.scheduler = opt
         self.ema, self.scaler, self.data, self.run_dir = ema, scaler, data, run_dir
+        self.levers = list(levers)
+        self.state_seconds = 0.0  # wall time spent writing state.pt (outside the training clock)
+        self.final_eval = None  # the last epoch's evaluation with predictions, kept for the summary
         self.autocast = autocast_factory(cfg.precision, device)
         if cfg.compile:
             model.compile(mode=cfg.compile_mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
         self.net = wrap_distributed(model, dist, device)
         self.step = make_step(self.net, self.optimizer, self.scheduler, self.scaler, self.autocast,
                               torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                              ema_update=None if ema is None else partial(ema.update_parameters, model))
+                              # The scheduler's step count is a host int: the EMA decides when to average
+                              # without reading anything back from the device.
+                              ema_update=None if ema is None else lambda: ema.update(self.scheduler.last_epoch))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.num_classes = model.fc.out_features
         self.warmup_seconds = None
@@ -190,7 +207,8 @@ class _Loop:
         return tensor
 
     def eval_model(self):
-        return self.ema.module if self.ema is not None else self.model
+        """The EMA's average once it has started (a run shorter than --ema-start-epochs has only live weights)."""
+        return self.ema.module if self.ema is not None and self.ema.updates else self.model
 
     def evaluate_epoch(self, keep_predictions: bool = False) -> dict:
         from fastcifar.train.evaluate import evaluate
@@ -200,8 +218,8 @@ class _Loop:
             if loader is None:
                 out.update({f"{name}_loss": None, f"{name}_acc": None})
                 continue
-            result = evaluate(self.eval_model(), loader, tta=self.cfg.tta, autocast=self.autocast,
-                              keep_predictions=keep_predictions)
+            result = evaluate(self.eval_model(), loader, tta=self.cfg.tta, translate=self.cfg.tta_translate,
+                              autocast=self.autocast, keep_predictions=keep_predictions)
             out.update(result.as_dict(name))
             results[name] = result
         return (out, results) if keep_predictions else out
@@ -211,19 +229,28 @@ class _Loop:
 
         mode = progress_mode(progress) if self.dist.is_main else "off"
         with EpochProgress(self.cfg, self.data, start_epoch, mode) as bar:
-            bar.header(self.device, self.data, self.run_dir, start_epoch)
+            bar.header(self.device, self.data, self.run_dir, start_epoch, self.levers)
             for epoch in range(start_epoch, self.cfg.epochs):
                 bar.start_epoch(epoch)
                 metrics = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
+                last = epoch + 1 == self.cfg.epochs
                 if self.dist.is_main:
-                    metrics.update(self.evaluate_epoch())
+                    if last:  # the summary needs the predictions: evaluate once, keep them
+                        self.final_eval = self.evaluate_epoch(keep_predictions=True)
+                        metrics.update(self.final_eval[0])
+                    else:
+                        metrics.update(self.evaluate_epoch())
                 train_seconds += metrics["train_seconds"]
                 metrics["elapsed_train_seconds"] = train_seconds
                 history.append(metrics)
                 if self.dist.is_main:
                     append_jsonl(self.run_dir / METRICS_FILE, metrics)
-                    save_state(self.run_dir / STATE_FILE, epoch + 1, train_seconds, self.model,
-                               (self.optimizer, self.scheduler), self.ema, self.scaler)
+                    every = self.cfg.save_state_every
+                    if every and ((epoch + 1) % every == 0 or last):
+                        start = time.perf_counter()
+                        save_state(self.run_dir / STATE_FILE, epoch + 1, train_seconds, self.model,
+                                   (self.optimizer, self.scheduler), self.ema, self.scaler)
+                        self.state_seconds += time.perf_counter() - start
                     bar.log_epoch(metrics)
                     warning = divergence_warning(metrics, self.cfg, len(self.data.train), self.num_classes)
                     if warning:
@@ -243,7 +270,8 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
     distributed = _distributed_record(loop) if dist.enabled else None
     if not dist.is_main:
         return {}
-    metrics, results = loop.evaluate_epoch(keep_predictions=True)
+    # The last epoch's evaluation, unless the run was resumed after it (then evaluate now).
+    metrics, results = loop.final_eval if loop.final_eval is not None else loop.evaluate_epoch(keep_predictions=True)
     test = results["test"]
     confusion = np.zeros((spec.num_classes, spec.num_classes), dtype=np.int64)
     np.add.at(confusion, (test.labels, test.predictions), 1)
@@ -260,6 +288,8 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
         "precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
         "device": str(loop.device), "loader": loop.data.kind, "world_size": dist.world_size,
         "distributed": distributed, "compile_warmup_seconds": loop.warmup_seconds,
+        "state_save_seconds": loop.state_seconds, "levers": loop.levers,
+        "cudnn_benchmark": _cudnn_benchmark(loop.device), "compile_mode": cfg.compile_mode,
         "warnings": [w for h in history if (w := divergence_warning(h, cfg, len(loop.data.train),
                                                                      loop.num_classes))],
     }
@@ -267,6 +297,12 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
                extra={"data_dir": str(loop.data.root), "run_name": loop.run_dir.name})
     write_json(loop.run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _cudnn_benchmark(device) -> bool | None:
+    import torch
+
+    return bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None
 
 
 def divergence_warning(metrics: dict, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> str | None:

@@ -124,6 +124,7 @@ class TrainData:
     n_test: int
     root: Path
     kind: str
+    train_images: object  # the training split's uint8 NHWC pixels on the host (the whitened stem is fitted on them)
 
 
 def split_train_val(n: int, val_fraction: float, seed: int):
@@ -135,13 +136,15 @@ def split_train_val(n: int, val_fraction: float, seed: int):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def build_data(cfg: TrainConfig, spec, dist: DistInfo, device) -> TrainData:
-    """Load CIFAR-10, apply --train-limit and the validation split, and build the three loaders."""
+def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> TrainData:
+    """Load CIFAR-10 (or take `dataset`, a loaded `CifarData`: a sweep of many runs reads the files once), apply
+    --train-limit and the validation split, and build the three loaders."""
     from fastcifar.data.cifar import load_cifar10
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.plan import LoaderOptions
 
-    data = load_cifar10(cfg.data_dir, download=cfg.download, progress=dist.is_main)
+    data = dataset if dataset is not None else load_cifar10(cfg.data_dir, download=cfg.download,
+                                                            progress=dist.is_main)
     images, labels = data.train.images, data.train.labels
     if cfg.train_limit is not None:
         images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
@@ -152,51 +155,62 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device) -> TrainData:
                              "--batch-size or raise --train-limit")
     common = dict(image_size=cfg.image_size, mean=spec.mean, std=spec.std, channels_last=bool(cfg.channels_last))
     train_opts = LoaderOptions(batch_size=per_rank_batch, train=True, seed=cfg.seed, rank=dist.rank,
-                               world_size=dist.world_size, **common)
+                               world_size=dist.world_size, alternating_flip=cfg.alternating_flip, **common)
     eval_opts = LoaderOptions(batch_size=max(cfg.batch_size, 256), train=False, **common)
     loader = partial(make_loader, kind=cfg.loader, device=device)
-    train_loader = loader(images[train_idx], labels[train_idx], train_opts)
+    train_images = images[train_idx]
+    train_loader = loader(train_images, labels[train_idx], train_opts)
     val_loader = loader(images[val_idx], labels[val_idx], eval_opts) if len(val_idx) else None
     test_loader = loader(data.test.images, data.test.labels, eval_opts)
     kind = type(train_loader).__name__.replace("Loader", "").lower()
     return TrainData(train=train_loader, val=val_loader, test=test_loader, train_options=train_opts,
                      n_train=len(train_idx), n_val=len(val_idx), n_test=len(data.test), root=data.root.resolve(),
-                     kind=kind)
+                     kind=kind, train_images=train_images)
 
 
 # ---------------------------------------------------------------------------------------------- optimisation
 
 
 def param_groups(model, weight_decay: float, backbone_lr_scale: float = 1.0,
-                 lr: float | None = None) -> list[dict]:
+                 lr: float | None = None, bn_bias_lr_scale: float = 1.0) -> list[dict]:
     """No weight decay on BatchNorm weights and on biases (1-d tensors): decaying them only hurts.
 
     With `backbone_lr_scale` != 1 every tensor but the classifier (`fc.*`) gets `lr * backbone_lr_scale`, so a
-    pretrained backbone moves slower than the new head (two more groups). At 1 the two historical groups are kept,
-    so the saved optimizer state of an interrupted run still loads.
+    pretrained backbone moves slower than the new head (two more groups). With `bn_bias_lr_scale` != 1 the
+    BatchNorm biases get their own group at `lr * bn_bias_lr_scale` (airbench94's `bias_scaler`, 64 there, paired
+    with frozen BatchNorm scales). Frozen tensors (requires_grad False) are left out. At 1 and 1 the two historical
+    groups are kept, so the saved optimizer state of an interrupted run still loads.
     """
+    from fastcifar.train.levers import batchnorm_bias_ids
+
     split_head = backbone_lr_scale != 1.0
-    groups: dict[tuple[bool, bool], list] = {}
+    bn_biases = batchnorm_bias_ids(model) if bn_bias_lr_scale != 1.0 else set()
+    groups: dict[tuple[bool, bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             head = split_head and name.split(".", 1)[0] == "fc"
-            groups.setdefault((head, p.ndim > 1), []).append(p)
+            groups.setdefault((head, p.ndim > 1, id(p) in bn_biases), []).append(p)
+    keys = [(False, True, False), (False, False, False)]
+    keys += [(True, True, False), (True, False, False)] if split_head else []
+    keys += [(False, False, True)] if bn_biases else []
     out = []
-    for head, decay in [(False, True), (False, False)] + ([(True, True), (True, False)] if split_head else []):
-        group = {"params": groups.get((head, decay), []), "weight_decay": weight_decay if decay else 0.0}
+    for head, decay, bn_bias in keys:
+        group = {"params": groups.get((head, decay, bn_bias), []), "weight_decay": weight_decay if decay else 0.0}
         if lr is not None:
-            group["lr"] = lr if head or not split_head else lr * backbone_lr_scale
+            group["lr"] = (lr if head or not split_head else lr * backbone_lr_scale) * \
+                (bn_bias_lr_scale if bn_bias else 1.0)
         out.append(group)
     return out
 
 
-def lr_lambda(step: int, *, warmup: int, total: int, schedule: str) -> float:
-    """Linear warm-up to 1 over `warmup` steps, then linear or cosine decay to 0 at `total`."""
+def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, floor: float = 0.0) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then linear or cosine decay to `floor` (a fraction of the peak;
+    airbench94 ends at 0.07 of its peak rather than 0, so the last steps still move) at `total`."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     decays = {"linear": lambda p: 1.0 - p, "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p))}
-    return decays[schedule](progress)
+    return floor + (1.0 - floor) * decays[schedule](progress)
 
 
 def build_optimizer(model, cfg: TrainConfig, steps_per_epoch: int, device):
@@ -207,21 +221,50 @@ def build_optimizer(model, cfg: TrainConfig, steps_per_epoch: int, device):
     # Fused SGD matters on the GPU: without it, torch.compile was measured slower than eager on an H100
     # (38.8k vs 42.7k img/s, ResNet-18 batch 1024, 2026-11-24; with it 81.4k compiled vs 59.9k eager).
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    groups = param_groups(model, cfg.weight_decay, cfg.backbone_lr_scale, cfg.lr)
+    groups = param_groups(model, cfg.weight_decay, cfg.backbone_lr_scale, cfg.lr, cfg.bn_bias_lr_scale)
     optimizer = torch.optim.SGD(groups, **kwargs, **impl)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_lambda, warmup=warmup, total=total, schedule=cfg.schedule))
+        optimizer, partial(lr_lambda, warmup=warmup, total=total, schedule=cfg.schedule, floor=cfg.lr_floor))
     return optimizer, scheduler
 
 
-def build_ema(model, cfg: TrainConfig):
+def build_ema(model, cfg: TrainConfig, steps_per_epoch: int):
+    """The weight average evaluated and saved instead of the live weights (None when --ema is off)."""
     if cfg.ema is None:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from fastcifar.train.levers import DeviceEMA
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    return DeviceEMA(model, cfg.ema, every=cfg.ema_every,
+                     start_step=int(round(cfg.ema_start_epochs * steps_per_epoch)))
+
+
+def apply_levers(model, spec, cfg: TrainConfig, train_images) -> list[str]:
+    """Freeze what the config freezes before the optimizer sees the parameters: the whitened stem (computed from
+    the first of `train_images`, uint8 NHWC, preprocessed as `spec` says) and the BatchNorm scales.
+    Returns one phrase per lever in use (the others act in the loss, optimizer, loader and evaluation), for the run
+    header and summary.json."""
+    from fastcifar.train.levers import WHITEN_IMAGES, freeze_batchnorm_scales, whiten_first_conv
+
+    notes = [text for on, text in (
+        (cfg.label_smoothing > 0, f"label smoothing {cfg.label_smoothing:g}"),
+        (cfg.ema is not None, f"EMA decay {cfg.ema} every {cfg.ema_every} steps from epoch {cfg.ema_start_epochs:g}"),
+        (cfg.lr_floor > 0, f"lr floor {cfg.lr_floor:g} x peak"),
+        (cfg.bn_bias_lr_scale != 1, f"BatchNorm bias lr x{cfg.bn_bias_lr_scale:g}"),
+        (cfg.alternating_flip, "alternating flip"),
+        (cfg.tta_translate, "translate TTA"),
+    ) if on]
+    if cfg.whiten_stem:
+        from fastcifar.preprocess import normalize_images
+
+        images = normalize_images(train_images[:WHITEN_IMAGES], spec)
+        dims = whiten_first_conv(model, images.to(next(model.parameters()).device))
+        notes.append(f"whitened stem ({dims} directions from {min(len(train_images), WHITEN_IMAGES):,} "
+                     "training images, frozen)")
+    if cfg.bn_freeze_scales:
+        notes.append(f"{freeze_batchnorm_scales(model)} BatchNorm scales frozen")
+    return notes
 
 
 def autocast_factory(precision: str, device):
@@ -274,7 +317,7 @@ def warm_up(step, model, opt, ema, scaler, *, batch_size: int, image_size: int, 
     saved = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
              "optimizer": copy.deepcopy(optimizer.state_dict()), "scheduler": copy.deepcopy(scheduler.state_dict()),
              "scaler": copy.deepcopy(scaler.state_dict()),
-             "ema": None if ema is None else {k: v.detach().clone() for k, v in ema.state_dict().items()}}
+             "ema": None if ema is None else copy.deepcopy(ema.state_dict())}
     generator = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
     labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
@@ -368,7 +411,7 @@ class EpochProgress:
         self.run_task = self.progress.add_task("run", total=per_epoch * cfg.epochs, completed=per_epoch * start_epoch)
         self.epoch_task = self.progress.add_task("epoch", total=per_epoch)
 
-    def header(self, device, data: TrainData, run_dir: Path, start_epoch: int) -> None:
+    def header(self, device, data: TrainData, run_dir: Path, start_epoch: int, levers=()) -> None:
         """The run's facts before its first epoch: device, precision, loader, images, batches, where it goes."""
         if not self.enabled:
             return
@@ -379,6 +422,8 @@ class EpochProgress:
             f"{data.kind} loader, {data.n_train:,} training / {data.n_val:,} val / {data.n_test:,} test images, "
             f"{len(data.train)} batches of {cfg.batch_size} per epoch, lr {cfg.lr:g}, epochs "
             f"{start_epoch + 1}-{cfg.epochs} -> {run_dir}", markup=False)
+        if levers:
+            self.console.print("levers: " + "; ".join(levers), markup=False)
 
     def __enter__(self):
         self.progress.__enter__()

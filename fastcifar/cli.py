@@ -538,9 +538,14 @@ def evaluate(model: Path, backend: str, device: str, precision: str | None, data
               help="CPU threads per backend (torch and ONNX Runtime). [default: each runtime's own, one per core]")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the per-backend results as a JSON list instead of a table. [default: table]")
+@click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also append each result row to this file as one JSON line the moment the row is final (its "
+                   "folder is created; an existing file is kept), so a bench killed by a time limit leaves every "
+                   "row it finished. Each line names its model, label/backend, precision, device, batch_sizes and "
+                   "machine. [default: off]")
 def bench(models, backends, batch_sizes, data_dir, download, device, precision, max_images, reference,
           max_accuracy_drop, results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, repeats,
-          threads, as_json) -> None:
+          threads, as_json, jsonl) -> None:
     """Accuracy parity and speed of each inference backend; each backend runs alone in its own process.
 
     \b
@@ -557,7 +562,7 @@ def bench(models, backends, batch_sizes, data_dir, download, device, precision, 
                       reference=str(reference) if reference else None, max_accuracy_drop=max_accuracy_drop,
                       results_dir=str(results_dir) if save else None, name=name, cache_dir=str(cache_dir),
                       warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, latency_iters=latency_iters,
-                      repeats=repeats, threads=threads, precision=precision)
+                      repeats=repeats, threads=threads, precision=precision, jsonl=str(jsonl) if jsonl else None)
     report = run_bench(cfg, log=lambda message: click.echo(f"bench: {message}", err=True))
     if as_json:
         click.echo(json.dumps(report.rows))

@@ -53,17 +53,24 @@ def test_parity_metrics_and_gate():
 def test_merge_rounds_keeps_the_best_round():
     from fastcifar.bench.harness import merge_rounds
 
-    def run(img_s, p50, host):
-        return {"throughput": {"1": img_s, "64": 10 * img_s}, "throughput_h2d": {"1": None, "64": None},
-                "latency_ms": {"p50": p50, "p99": 2 * p50}, "peak_host_mb": host, "peak_device_mb": None,
-                "first_call_s": {"1": 9.0}}
+    # Every figure is best in a different round, and each round's first call differs, so taking one whole round
+    # (or the wrong one) for any figure fails an assertion below.
+    def run(img_s, h2d, p50, p99, host, first_call):
+        return {"throughput": img_s, "throughput_h2d": h2d, "latency_ms": {"p50": p50, "p99": p99},
+                "peak_host_mb": host, "peak_device_mb": None, "first_call_s": {"1": first_call}}
 
-    merged = merge_rounds([run(100, 5.0, 900), run(300, 2.0, 950), run(200, 3.0, 910)])
-    assert merged["rounds"] == 3 and merged["throughput"] == {"1": 300, "64": 3000}
-    assert merged["throughput_h2d"] == {"1": None, "64": None}
-    assert merged["throughput_rounds"]["1"] == [100, 300, 200]
-    assert merged["latency_ms"]["p50"] == 2.0 and merged["peak_host_mb"] == 950 and merged["peak_device_mb"] is None
+    merged = merge_rounds([run({"1": 100, "64": 3500}, {"1": 90, "64": 800}, 5.0, 6.0, 900, 9.0),
+                           run({"1": 300, "64": 2000}, {"1": 40, "64": 700}, 4.0, 30.0, 950, 1.0),
+                           run({"1": 200, "64": 3000}, {"1": 80, "64": 1900}, 2.0, 9.0, 980, 2.0)])
+    assert merged["rounds"] == 3 and merged["throughput"] == {"1": 300, "64": 3500}  # the best per batch size
+    assert merged["throughput_h2d"] == {"1": 90, "64": 1900}
+    assert merged["throughput_rounds"] == {"1": [100, 300, 200], "64": [3500, 2000, 3000]}
+    assert merged["latency_ms"] == {"p50": 2.0, "p99": 9.0}  # the round with the best p50, its p99 with it
+    assert merged["peak_host_mb"] == 980 and merged["peak_device_mb"] is None  # memory: the largest any round used
     assert merged["first_call_s"] == {"1": 9.0}  # the first round's: later ones may hit compile caches
+    cpu_round = run({"1": 1}, {"1": None}, 1.0, 2.0, 1, 1.0)
+    no_h2d = merge_rounds([cpu_round, cpu_round])
+    assert no_h2d["throughput_h2d"] == {"1": None}  # CPU rounds: nothing to compare
 
 
 def test_options_are_validated():
@@ -249,3 +256,138 @@ def test_worker_processes_import_this_fastcifar():
 
     first = Path(_worker_env()["PYTHONPATH"].split(os.pathsep)[0])
     assert (first / "fastcifar" / "__init__.py").resolve() == Path(fastcifar.__file__).resolve()
+
+
+# ---------------------------------------------------------------------------------------------- --jsonl
+
+
+def test_jsonl_has_one_line_per_final_row(tiny_model_dir, synthetic_dir, tmp_path):
+    jsonl = tmp_path / "new" / "folder" / "rows.jsonl"  # the folders do not exist yet
+    result = _bench("--model", tiny_model_dir, "--backends", "torch,tensorrt,torch:bf16", "--data-dir", synthetic_dir,
+                    "--max-images", "8", "--no-save", "--json", "--jsonl", jsonl)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert lines == rows and [r["label"] for r in lines] == ["torch", "tensorrt", "torch:bf16"]
+    for row in lines:  # what tells one figure from another without the rest of the report
+        assert row["backend"] in ("torch", "tensorrt") and row["device"] == "cpu" and row["batch_sizes"] == [1, 4]
+        assert set(row["machine"]) == {"host", "cpu", "cpu_count", "gpu"} and row["machine"]["gpu"] is None
+    assert [r["precision"] for r in lines] == ["fp32", None, "bf16"] and lines[1]["status"] == "skipped"
+    assert lines[0]["agreement"] == 1.0 and lines[2]["agreement"] is not None  # final: parity scored
+    again = _bench("--model", tiny_model_dir, "--backends", "tensorrt", "--data-dir", synthetic_dir,
+                   "--max-images", "8", "--no-save", "--jsonl", jsonl)
+    assert again.exit_code == 0, again.output
+    assert len(jsonl.read_text().splitlines()) == 4  # appended: an earlier run's rows are kept
+
+
+def test_jsonl_keeps_the_rows_finished_before_an_interruption(tiny_model_dir, synthetic_dir, tmp_path, monkeypatch):
+    """The third backend's measurement is interrupted (as `timeout` would kill it): the first two rows are on disk."""
+    from fastcifar.bench import harness
+    from fastcifar.fileio import read_jsonl
+
+    real_worker = harness.run_worker
+
+    def worker(job, workdir, timeout_s):
+        if job["precision"] == "bf16":
+            raise KeyboardInterrupt
+        return real_worker(job, workdir, timeout_s)
+
+    monkeypatch.setattr(harness, "run_worker", worker)
+    jsonl = tmp_path / "rows.jsonl"
+    cfg = harness.BenchConfig(models=(str(tiny_model_dir),), backends=("torch", "tensorrt", "torch:bf16"),
+                              batch_sizes=(1, 4), data_dir=str(synthetic_dir), download=False, device="cpu",
+                              max_images=8, results_dir=None, warmup_s=0.01, min_time_s=0.02, min_iters=1,
+                              latency_iters=3, threads=1, jsonl=str(jsonl))
+    with pytest.raises(KeyboardInterrupt):
+        harness.bench(cfg)
+    torch_row, trt_row = read_jsonl(jsonl)
+    assert torch_row["label"] == "torch" and torch_row["status"] == "ok" and torch_row["agreement"] == 1.0
+    assert set(torch_row["throughput"]) == {"1", "4"} and torch_row["images"] == 8
+    assert trt_row["label"] == "tensorrt" and trt_row["status"] == "skipped"
+    assert not list(tmp_path.glob(".rows.jsonl.*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("case", ["reference row later", "separate reference", "reference row fails", "repeats"])
+def test_each_row_is_written_as_soon_as_it_is_final(case, tiny_model_dir, synthetic_dir, tmp_path, monkeypatch):
+    """Fake workers record the order of jobs and written rows: a row is written right after the job that makes it
+    final (its last round, or the reference it waits for), never at the end."""
+    from conftest import make_saved_model
+    from fastcifar.bench import harness
+    from fastcifar.fileio import read_jsonl
+
+    events = []
+
+    def worker(job, workdir, timeout_s):
+        events.append(f"job {job['backend']}:{job['precision']}" + ("" if job["timing"] else " (reference)"))
+        if case == "reference row fails" and job["backend"] == "torch" and job["precision"] == "fp32" and job["timing"]:
+            return {"error": "boom"}
+        if job["evaluate"]:
+            np.save(job["logits_out"], np.eye(8, 10, dtype=np.float32))
+        return {"predictor": {"precision": job["precision"], "device": "cpu"}, "throughput": {"1": 10.0},
+                "throughput_h2d": {"1": None}, "latency_ms": {"p50": 1.0, "p99": 2.0}, "peak_host_mb": 1.0,
+                "peak_device_mb": None, "first_call_s": {"1": 0.1}}
+
+    def append(path, row):
+        events.append(f"row {row['label']}")
+        real_append(path, row)
+
+    real_append = harness.append_row
+    monkeypatch.setattr(harness, "run_worker", worker)
+    monkeypatch.setattr(harness, "append_row", append)
+    monkeypatch.setattr(harness, "ensure_artifact", lambda path, backend, cache_dir: Path(path))
+    reference = make_saved_model(tmp_path / "other", seed=3) if case == "separate reference" else None
+    jsonl = tmp_path / "rows.jsonl"
+    cfg = harness.BenchConfig(models=(str(tiny_model_dir),), backends=("onnxruntime", "torch", "torch:bf16"),
+                              data_dir=str(synthetic_dir), download=False, device="cpu", max_images=8,
+                              results_dir=None, reference=str(reference) if reference else None,
+                              repeats=2 if case == "repeats" else 1, jsonl=str(jsonl))
+    report = harness.bench(cfg)
+    expected = {
+        "reference row later": ["job onnxruntime:None", "job torch:fp32", "row onnxruntime", "row torch",
+                                "job torch:bf16", "row torch:bf16"],
+        "separate reference": ["job torch:fp32 (reference)", "job onnxruntime:None", "row onnxruntime",
+                               "job torch:fp32", "row torch", "job torch:bf16", "row torch:bf16"],
+        "reference row fails": ["job onnxruntime:None", "job torch:fp32", "job torch:fp32 (reference)",
+                                "row onnxruntime", "row torch", "job torch:bf16", "row torch:bf16"],
+        "repeats": ["job onnxruntime:None", "job torch:fp32", "job torch:bf16",
+                    "job onnxruntime:None", "row onnxruntime", "job torch:fp32", "row torch",
+                    "job torch:bf16", "row torch:bf16"],
+    }[case]
+    assert events == expected
+    assert read_jsonl(jsonl) == report.rows
+    statuses = [r["status"] for r in report.rows]
+    assert statuses == (["ok", "failed", "ok"] if case == "reference row fails" else ["ok", "ok", "ok"])
+    assert all(r["agreement"] == 1.0 for r in report.rows if r["status"] == "ok")
+
+
+def test_jsonl_bad_paths_are_one_clean_error(tiny_model_dir, synthetic_dir, tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    common = ["bench", "--model", str(tiny_model_dir), "--data-dir", str(synthetic_dir), "--device", "cpu",
+              "--no-save"]
+    under_a_file = CliRunner().invoke(cli, [*common, "--jsonl", str(a_file / "rows.jsonl")])
+    assert under_a_file.exit_code == 1 and "Traceback" not in under_a_file.output
+    errors = [line for line in under_a_file.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"--jsonl {a_file / 'rows.jsonl'}" in errors[0] and "cannot be created" in errors[0]
+    a_folder = CliRunner().invoke(cli, [*common, "--jsonl", str(tmp_path)])
+    assert a_folder.exit_code == 2 and "is a directory" in a_folder.output and "Traceback" not in a_folder.output
+    help_text = CliRunner().invoke(cli, ["bench", "--help"]).output
+    assert "--jsonl" in help_text and "[default: off]" in help_text.split("--jsonl")[1].split("--")[0]
+
+
+def test_rows_name_the_gpu_without_touching_cuda_here(monkeypatch):
+    import subprocess
+
+    from fastcifar.bench import harness
+
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="NVIDIA H100 80GB HBM3\n", stderr="")
+
+    monkeypatch.setattr(harness.subprocess, "run", fake_run)
+    machine = harness.machine_info("cuda:1", "cuda")
+    assert machine["gpu"] == "NVIDIA H100 80GB HBM3" and machine["host"] and machine["cpu_count"] >= 1
+    assert len(calls) == 1 and "'cuda:1'" in calls[0][-1]  # asked in a child process, for the benched device
+    assert harness.machine_info("cpu", "cpu")["gpu"] is None and len(calls) == 1

@@ -9,6 +9,10 @@ Owns `BenchConfig` and `bench(cfg)`. For each model and each requested backend i
   4. compares its logits with the PyTorch fp32 reference (the run's own weights; for an .onnx/engine, the
      run named in its metadata when found, or --reference): accuracy and its drop in points, top-1 agreement,
      max/mean |logit diff|.
+Each row is handed to `emit` (and appended to `cfg.jsonl` as one JSON line) the moment it is final, in report
+order, so a bench killed by a time limit leaves every row it finished on disk. A row is final once its last
+timing round is done and its parity is scored; for that the reference logits are obtained as early as they can
+be (from the first PyTorch fp32 row of the very same weights, else an untimed reference job before the timing).
 `max_accuracy_drop` turns the result into a gate: any backend losing more points than that (or failing
 to run) makes `passed` false, and the CLI exits non-zero. Reports are written by fastcifar/bench/report.py.
 """
@@ -28,7 +32,7 @@ import numpy as np
 
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import make_dir
+from fastcifar.fileio import append_jsonl, make_dir
 from fastcifar.export.parity import parity_metrics
 from fastcifar.serve.predictor import (BACKENDS, SERVING_PRECISIONS, TORCH_BACKENDS, backend_unavailable,
                                        resolve_precision)
@@ -60,6 +64,7 @@ class BenchConfig:
     worker_timeout_s: float = 3600.0
     timing: bool = True  # False: accuracy and parity only
     repeats: int = 1  # timing rounds, round-robin over the backends; the best round counts (see merge_rounds)
+    jsonl: str | None = None  # append each row here as one JSON line the moment it is final (None: off)
 
     def __post_init__(self):
         for spec in self.backends:
@@ -243,8 +248,9 @@ class _Runner:
     """Runs jobs for one bench invocation: shared images, one scratch directory, numbered jobs."""
 
     def __init__(self, cfg: BenchConfig, device_type: str, device: str, images: np.ndarray, workdir: Path,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], machine: dict | None = None):
         self.cfg, self.device_type, self.device, self.workdir, self.log = cfg, device_type, device, workdir, log
+        self.machine = machine if machine is not None else machine_info(device, device_type)
         self.images_path = workdir / "images.npy"
         np.save(self.images_path, images)
         self.count = 0
@@ -280,30 +286,116 @@ def _empty_row(model: str, spec: str, device: str, status: str, reason: str | No
             "throughput_h2d": {}, "latency_ms": None, "peak_host_mb": None, "peak_device_mb": None}
 
 
-def bench_model(model: str, cfg: BenchConfig, runner: _Runner, labels: np.ndarray) -> list[dict]:
-    """Rows (one per backend spec) for one model: run every available backend, then score against the reference."""
+def bench_model(model: str, cfg: BenchConfig, runner: _Runner, labels: np.ndarray,
+                emit: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """Rows (one per backend spec) for one model: run every available backend, then score against the reference.
+
+    Each row goes to `emit` as soon as it and every row before it are final (see the module docstring)."""
     path = Path(model).expanduser()
     if not path.exists():
         raise FastCifarError(f"model {path} does not exist")
     reference = find_reference(path, cfg.reference)
-    rows: dict[str, dict] = {}
+    context = {"images": int(len(labels)), "batch_sizes": [int(b) for b in cfg.batch_sizes],
+               "machine": runner.machine}
+    final: dict[str, dict] = {}  # spec -> finished row
+    waiting: dict[str, dict] = {}  # spec -> measured row still waiting for the reference logits
     artifacts: dict[str, Path] = {}
+    logits: dict[str, np.ndarray | None] = {}
+    emitted = 0
+
+    def flush() -> None:
+        nonlocal emitted
+        while emitted < len(cfg.backends) and cfg.backends[emitted] in final:
+            emit(final[cfg.backends[emitted]])
+            emitted += 1
+
     for spec in cfg.backends:
         prepared = _prepare(model, path, spec, cfg, runner)
         if isinstance(prepared, dict):
-            rows[spec] = prepared
+            final[spec] = {**prepared, **context}
         else:
             artifacts[spec] = prepared
-    runs, logits = _measure(artifacts, cfg, runner)
-    for spec, results in runs.items():
-        rows[spec] = _measured_row(model, runner.device, artifacts[spec], spec, results)
-    ordered = [rows[spec] for spec in cfg.backends]
-    ref_logits = _reference_logits(path, reference, ordered, logits, runner)
-    for row in ordered:
+    flush()
+    ref = _ReferenceLogits(path, reference, artifacts, cfg, runner)
+
+    def finish(spec: str, row: dict) -> None:
         if row["status"] == "ok":
-            row.update(parity_metrics(logits[row["label"]], labels, ref_logits))
+            row.update(parity_metrics(logits[spec], labels, ref.logits))
             row["reference"] = str(reference) if reference is not None else None
-    return ordered
+        final[spec] = {**row, **context}
+
+    def measured(spec: str, results: list[dict], spec_logits: np.ndarray | None) -> None:
+        logits[spec] = spec_logits
+        waiting[spec] = _measured_row(model, runner.device, artifacts[spec], spec, results)
+        finish_waiting()
+        flush()
+
+    def finish_waiting() -> None:
+        """Finish every waiting row that can be: all of them once the reference logits are known, else the failed
+        ones (they have no parity to score)."""
+        for name in list(waiting):
+            if ref.ready or waiting[name]["status"] != "ok":
+                finish(name, waiting.pop(name))
+
+    ref.start()
+    _measure(artifacts, cfg, runner, on_first=ref.first_round, on_final=measured)
+    ref.settle()  # only when no row could give the logits: the untimed reference job (raises if it fails)
+    finish_waiting()
+    flush()
+    return [final[spec] for spec in cfg.backends]
+
+
+class _ReferenceLogits:
+    """The reference's logits for one model, known as early as possible so rows can be final (and written) early.
+
+    They are a torch row's when that row ran these very weights at fp32 (the first such row that succeeds), else
+    those of an untimed PyTorch fp32 job: run before the timing when no such row is planned, or right after the
+    planned ones failed."""
+
+    def __init__(self, model: Path, reference: Path | None, artifacts: dict[str, Path], cfg: BenchConfig,
+                 runner: _Runner):
+        self.reference, self.runner = reference, runner
+        self.logits: np.ndarray | None = None
+        self.ready = reference is None
+        self.candidates: list[str] = []
+        if reference is None:
+            runner.log("no PyTorch reference for this model (pass --reference RUN_DIR): agreement not measured")
+            return
+        from fastcifar.models import resolve_model_files
+
+        same = artifact_kind(model) == "weights" and \
+            resolve_model_files(model)[0].resolve() == resolve_model_files(reference)[0].resolve()
+        # The reference is PyTorch fp32 eager: a torch row at another precision is measured against it, not used as it.
+        if same:
+            self.candidates = [spec for spec in artifacts if split_backend(spec)[0] == "torch"
+                               and spec_precision(spec, cfg, runner.device_type) == "fp32"]
+
+    def start(self) -> None:
+        if not self.ready and not self.candidates:
+            self._run_job()
+
+    def first_round(self, spec: str, result: dict, out: np.ndarray | None) -> None:
+        """A backend's first round is done: a candidate that ran at fp32 gives the logits; when the last candidate
+        failed, the reference job runs now (rounds go in backend order, so the first good candidate wins)."""
+        if self.ready or spec not in self.candidates:
+            return
+        if "error" not in result and result.get("predictor", {}).get("precision", "fp32") == "fp32":
+            self.logits, self.ready = out, True
+            return
+        self.candidates.remove(spec)
+        if not self.candidates:
+            self._run_job()
+
+    def settle(self) -> None:
+        if not self.ready:
+            self._run_job()
+
+    def _run_job(self) -> None:
+        self.runner.log(f"reference: PyTorch fp32 on {self.reference}")
+        result, ref_logits = self.runner.run(self.reference, "torch", timing=False, precision="fp32")
+        if "error" in result:
+            raise FastCifarError(f"the PyTorch reference {self.reference} failed: {result['error']}")
+        self.logits, self.ready = ref_logits, True
 
 
 def spec_precision(spec: str, cfg: BenchConfig, device_type: str) -> str | None:
@@ -328,14 +420,20 @@ def _prepare(model: str, path: Path, spec: str, cfg: BenchConfig, runner: _Runne
         return _empty_row(model, spec, runner.device, "failed", f"export: {exc}")
 
 
-def _measure(artifacts: dict[str, Path], cfg: BenchConfig, runner: _Runner) -> tuple[dict, dict]:
-    """({spec: [result per round]}, {spec: logits}); rounds go round-robin so load hits every backend alike."""
+def _measure(artifacts: dict[str, Path], cfg: BenchConfig, runner: _Runner,
+             on_first: Callable[[str, dict, np.ndarray | None], None] = lambda spec, result, out: None,
+             on_final: Callable[[str, list[dict], np.ndarray | None], None] = lambda spec, results, out: None,
+             ) -> tuple[dict, dict]:
+    """({spec: [result per round]}, {spec: logits}); rounds go round-robin so load hits every backend alike.
+
+    `on_first(spec, result, logits)` follows each backend's first round; `on_final(spec, results, logits)` follows
+    its last one (or the round it failed in: a failed backend is not run again)."""
     runs: dict[str, list[dict]] = {}
     logits: dict[str, np.ndarray | None] = {}
     rounds = cfg.repeats if cfg.timing else 1
     for round_index in range(1, rounds + 1):
         for spec, artifact in artifacts.items():
-            if round_index > 1 and "error" in runs[spec][0]:
+            if round_index > 1 and any("error" in r for r in runs[spec]):
                 continue
             runner.log(f"{spec}: measuring {artifact}" + (f" (round {round_index}/{rounds})" if rounds > 1 else ""))
             result, out = runner.run(artifact, split_backend(spec)[0], timing=cfg.timing,
@@ -344,6 +442,9 @@ def _measure(artifacts: dict[str, Path], cfg: BenchConfig, runner: _Runner) -> t
             runs.setdefault(spec, []).append(result)
             if round_index == 1:
                 logits[spec] = out
+                on_first(spec, result, out)
+            if round_index == rounds or "error" in result:
+                on_final(spec, runs[spec], logits[spec])
     return runs, logits
 
 
@@ -365,27 +466,6 @@ def _row_from_result(model: str, spec: str, device: str, artifact: Path, result:
     if all(v is None for v in row["throughput_h2d"].values()):
         row["throughput_h2d"] = None  # CPU: the input never leaves host memory
     return row
-
-
-def _reference_logits(model: Path, reference: Path | None, rows, logits, runner: _Runner):
-    """The reference's logits: the torch row's when it ran these very weights, else an untimed torch job."""
-    if reference is None:
-        runner.log("no PyTorch reference for this model (pass --reference RUN_DIR): agreement not measured")
-        return None
-    from fastcifar.models import resolve_model_files
-
-    same = artifact_kind(model) == "weights" and \
-        resolve_model_files(model)[0].resolve() == resolve_model_files(reference)[0].resolve()
-    # The reference is PyTorch fp32 eager: a torch row at another precision is measured against it, not used as it.
-    torch_row = next((r for r in rows if r["backend"] == "torch" and r["precision"] == "fp32"
-                      and r["status"] == "ok"), None)
-    if same and torch_row is not None:
-        return logits[torch_row["label"]]
-    runner.log(f"reference: PyTorch fp32 on {reference}")
-    result, ref_logits = runner.run(reference, "torch", timing=False, precision="fp32")
-    if "error" in result:
-        raise FastCifarError(f"the PyTorch reference {reference} failed: {result['error']}")
-    return ref_logits
 
 
 def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
@@ -411,16 +491,19 @@ def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None
         if cfg.max_accuracy_drop is not None and reference is None:
             raise FastCifarError(f"--max-accuracy-drop needs a PyTorch reference for {model}: pass --reference "
                                  "RUN_DIR (the run it was exported from)")
+    if cfg.jsonl:
+        check_jsonl_path(cfg.jsonl)
     images, labels, root = _test_images(cfg)
     if cfg.results_dir:
         make_dir(cfg.results_dir, "--results-dir")
     log(f"{len(images)} test images from {root}, device {device}")
     load_start = _busy_check(device_type, log)
+    emit = (lambda row: append_row(cfg.jsonl, row)) if cfg.jsonl else (lambda row: None)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fastcifar-bench-") as tmp:
-        runner = _Runner(cfg, device_type, device, images, Path(tmp), log)
+        runner = _Runner(cfg, device_type, device, images, Path(tmp), log, machine_info(device, device_type))
         for model in cfg.models:
-            rows += [{**row, "images": int(len(images))} for row in bench_model(model, cfg, runner, labels)]
+            rows += bench_model(model, cfg, runner, labels, emit=emit)
     env = {**env_info(), "data_dir": root, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0]}
     report = BenchReport(rows=rows, env=env, config=cfg.to_dict(),
                          failures=gate_failures(rows, cfg.max_accuracy_drop))
@@ -429,6 +512,45 @@ def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None
 
         report.files = write_reports(report, Path(cfg.results_dir), cfg.name or default_name(cfg, device_type))
     return report
+
+
+def machine_info(device: str, device_type: str) -> dict:
+    """What each row names as the machine it was measured on: host, CPU, and the GPU when the device is one."""
+    import platform
+
+    gpu = None
+    if device_type == "cuda":
+        # Asked in a short-lived child: CUDA stays uninitialised in this process, the workers own the GPU.
+        probe = f"import torch; print(torch.cuda.get_device_name(torch.device({device!r})))"
+        try:
+            proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                                  env=_worker_env())
+            gpu = proc.stdout.strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            gpu = None  # the rows then name the device (cuda:N) and host only; the report's env names the GPU
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "gpu": gpu}
+
+
+def check_jsonl_path(path: str | Path) -> Path:
+    """Make --jsonl's folder now and refuse a path that cannot be a file, before any work is spent."""
+    path = Path(path).expanduser()
+    make_dir(path.parent, f"--jsonl {path}: its folder")
+    if path.exists() and not path.is_file():
+        raise FastCifarError(f"--jsonl {path} is not a file")
+    if not os.access(path.parent, os.W_OK):
+        raise FastCifarError(f"--jsonl {path} cannot be written: no permission to write in {path.parent}")
+    return path
+
+
+def append_row(path: str | Path, row: dict) -> None:
+    """Append one finished row to --jsonl as a JSON line; the file is replaced atomically, so it always holds
+    whole lines only, whenever the process is killed."""
+    path = Path(path).expanduser()
+    try:
+        append_jsonl(path, row)
+    except OSError as exc:
+        raise FastCifarError(f"--jsonl {path} cannot be written: {exc.strerror or exc}") from None
 
 
 def _busy_check(device_type: str, log: Callable[[str], None]) -> float:

@@ -1,10 +1,13 @@
-"""The closing table of bench/gpu_check.sh: each step's status and the figures that answer its question.
+"""summary.md of bench/gpu_check.sh: the machine, each step's status, and every figure with what produced it.
 
-    python bench/gpu_check_summary.py OUT_DIR STEPS_TSV ENV_TXT VARIANTS_DIR LOADERS_JSON > OUT_DIR/summary.md
+    python bench/gpu_check_summary.py OUT_DIR [WORK_DIR] > summary.md
 
-Reads the JSON files the check wrote into OUT_DIR (any may be missing or empty: a failed step) and prints
-markdown: the machine, one row per step (exit code, seconds) and one line per measured figure with its goal.
-Standard library only, so it runs wherever the check runs.
+Reads what the check wrote into OUT_DIR (gpu-tests.xml, sweep.jsonl, bench.jsonl, export.json, throughput.jsonl,
+loaders.json; any may be missing or cut short) and, when given, the check's work directory (steps.tsv, env.json).
+gpu_check.sh reruns it after every step, so a check stopped from outside still leaves a summary of what finished;
+run it by hand on a fetched OUT_DIR to redo it. Every figure names its loader, precision, compile mode and cuDNN
+setting; the machine line names the GPU, driver and library versions. Standard library plus bench/sweep.py's
+table (no torch import), so it runs wherever the check runs.
 """
 
 from __future__ import annotations
@@ -12,62 +15,118 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def load(path: Path):
+from sweep import markdown, summarize  # noqa: E402 - the sweep's own per-variant table
+
+
+def load_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def pm(spread: dict | None, scale: float = 1.0, digits: int = 2) -> str:
-    if not spread or spread.get("mean") is None:
-        return "-"
-    std = "" if spread.get("std") is None else f" ± {scale * spread['std']:.{digits}f}"
-    return f"{scale * spread['mean']:.{digits}f}{std}"
+def load_jsonl(path: Path) -> list[dict]:
+    """Every complete line of a JSON-lines file (a line cut by a kill is skipped)."""
+    rows = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
-def tta_lines(name: str, d: dict | None, goal: str) -> list[str]:
-    if not d:
-        return [f"- {name}: no result"]
-    runs = d["runs"]
-    first = runs[0]
-    warned = sum(bool(r["warnings"]) for r in runs)
-    return [f"- {name} ({d['n']} seed(s), batch {first['batch_size']}, lr {first['lr']:g}, {first['epochs']} epochs, "
-            f"{first['n_train']:,} training images, {first['device']}, {first['precision']}, compile "
-            f"{first['compile']}): test accuracy **{pm(d['test_acc'], 100)} %**, training **{pm(d['train_seconds'], digits=1)} s**, "
-            f"{100 * d['target']:g} % reached by {d['reached_target']}/{d['n']} seed(s) after "
-            f"{pm(d['seconds_to_target'], digits=1)} s; compile warm-up {d['cold_compile_seconds'] or 0:.1f} s cold / "
-            f"{d['warm_compile_seconds'] or 0:.1f} s warm (outside the clock); epoch-1 training loss "
-            + ", ".join(f"{r['epoch1_train_loss']:.2f}" for r in runs)
-            + f"; divergence warnings in {warned} run(s). Goal: {goal}."]
+def machine_lines(env: dict | None) -> list[str]:
+    if not env:
+        return ["Machine: unknown (no env.json)"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB)" for g in env.get("gpus", [])) or \
+        f"no GPU; CPU {env.get('cpu')} x {env.get('cpu_count')}"
+    versions = ", ".join(f"{k} {env.get(k)}" for k in ("python", "torch", "torchvision", "cuda", "cudnn", "onnx",
+                                                         "onnxruntime", "dali", "tensorrt") if env.get(k))
+    return [f"Machine: {gpus}; driver {env.get('driver') or '-'}", f"Versions: {versions}; fastcifar at "
+            f"{env.get('git_sha') or 'unknown commit'}"]
 
 
-def compare_lines(d: dict | None) -> list[str]:
-    if not d:
-        return ["- compare: no result"]
-    lines = []
-    for section in d["sections"]:
-        rows = ", ".join(f"{r['label']} {100 * r['fraction']:g} %: {pm({'mean': r['test_acc_mean'], 'std': r['test_acc_std']}, 100)} % "
-                         f"(lr {r['lr']:g})" for r in section["summary"])
-        lines.append(f"- compare {section['setting']}: {rows}")
-        for init, arm in (section.get("lr_selection") or {}).items():
-            vals = ", ".join(f"{lr:g}: {100 * v:.1f} %" for lr, v in zip(arm["grid"], arm["val_acc"]))
-            lines.append(f"  - lr selection, {init}: chose {arm['chosen']:g} (validation accuracy {vals})")
+def steps_lines(work: Path | None) -> list[str]:
+    rows = []
+    if work is not None and (work / "steps.tsv").is_file():
+        with (work / "steps.tsv").open() as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    lines = ["| step | exit | seconds | limit s | note |", "|---|---:|---:|---:|---|"]
+    lines += [f"| {r['step']} | {r['rc']} | {r['seconds']} | {r['limit']} | {r.get('note') or ''} |" for r in rows]
+    not_ok = [r["step"] for r in rows if r["rc"] != "0"]
+    lines += ["", f"Failed, cut, killed or skipped steps: {', '.join(not_ok) if not_ok else 'none'}."]
+    return lines if rows else ["(no step record: steps.tsv was not found)"]
+
+
+def gpu_test_lines(path: Path) -> list[str]:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return ["- gpu tests: no result"]
+    cases = root.iter("testcase")
+    status = {"passed": [], "failed": [], "skipped": []}
+    for case in cases:
+        name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+        kind = "failed" if case.find("failure") is not None or case.find("error") is not None else \
+            "skipped" if case.find("skipped") is not None else "passed"
+        status[kind].append(name)
+    lines = [f"- gpu tests: {len(status['passed'])} passed, {len(status['failed'])} failed, "
+             f"{len(status['skipped'])} skipped"]
+    lines += [f"  - {kind}: {name}" for kind in ("failed", "passed") for name in status[kind]]
     return lines
 
 
-def throughput_lines(d: dict | None) -> list[str]:
-    if not d:
-        return ["- train throughput: no result"]
-    cells = ", ".join(f"{'channels_last' if r['channels_last'] else 'NCHW'} {'compiled' if r['compile'] else 'eager'} "
-                      f"{r['images_per_second']:,.0f}" for r in d["results"])
-    batch = d["results"][0]["batch"] if d["results"] else "-"
-    return [f"- train throughput (img/s, {d['arch']} {d['stem']} stem, batch {batch}, "
-            f"{d['results'][0]['precision'] if d['results'] else '-'}): {cells}. Earlier H100 run: 76.6k channels_last "
-            "compiled."]
+def sweep_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["- sweep: no run finished"]
+    targets = sorted({r.get("target") for r in rows if r.get("target") is not None})
+    lines = []
+    for target in targets:
+        lines += ["", markdown(summarize([r for r in rows if r.get("target") == target]), target), ""]
+    first = next((r for r in rows if r.get("status") == "finished"), None)
+    if first:
+        lines.append(f"How these ran: {first['device']} ({first['machine']}), {first['loader']} loader, "
+                     f"{first['precision']}, channels_last {first['channels_last']}, "
+                     + (f"compiled (mode {first.get('compile_mode') or 'default'})" if first["compile"] else "eager")
+                     + f", cudnn.benchmark {first.get('cudnn_benchmark')}; "
+                     f"batch {first['batch_size']}, {first['n_train']:,} training images. Training seconds exclude "
+                     f"compile warm-up (first run {first.get('compile_warmup_seconds') or 0:.1f} s), evaluation and "
+                     "state saving.")
+    failed = [f"{r['variant']} seed {r['seed']}: {r.get('error')}" for r in rows if r.get("status") != "finished"]
+    lines += [f"- failed run: {f}" for f in failed]
+    return lines
+
+
+def bench_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["- bench: no result"]
+    lines = []
+    for r in rows:
+        label = r.get("label", r.get("backend"))
+        if r.get("status") != "ok":
+            lines.append(f"- bench {label}: {r.get('status')}: {r.get('reason')}")
+            continue
+        speed = ", ".join(f"@{b} {v:,.0f}" for b, v in (r.get("throughput") or {}).items())
+        latency = (r.get("latency_ms") or {}).get("p50")
+        provider = f", {r['provider']}" if r.get("provider") else ""
+        agreement = r.get("agreement")
+        lines.append(f"- bench {label} ({r.get('precision')}, {r.get('device')}{provider}): img/s {speed}; batch-1 p50 "
+                     f"{'-' if latency is None else f'{latency:.2f}'} ms; agreement "
+                     f"{'-' if agreement is None else f'{agreement:.4f}'} with fp32, accuracy "
+                     f"{100 * r['accuracy']:.2f} %" + (f"; note: {r['note']}" if r.get("note") else ""))
+    lines.append("  Goals (one H100): torch-compiled bf16 >= 250k img/s @1024, <= 0.3 ms batch-1 p50, agreement "
+                 ">= 0.995. torch-compiled pads batches to its buckets and runs CUDA graphs on one owner thread.")
+    return lines
 
 
 def export_lines(d: dict | None) -> list[str]:
@@ -84,58 +143,45 @@ def export_lines(d: dict | None) -> list[str]:
     return lines or ["- export: nothing exported"]
 
 
-def bench_lines(rows: list | None) -> list[str]:
+def throughput_lines(rows: list[dict]) -> list[str]:
     if not rows:
-        return ["- bench: no result"]
-    lines = []
-    for r in rows:
-        label = r.get("label", r["backend"])
-        if r["status"] != "ok":
-            lines.append(f"- bench {label}: {r['status']}: {r.get('reason')}")
-            continue
-        speed = ", ".join(f"@{b} {v:,.0f}" for b, v in (r.get("throughput") or {}).items())
-        latency = (r.get("latency_ms") or {}).get("p50")
-        provider = f", {r['provider']}" if r.get("provider") else ""
-        lines.append(f"- bench {label} ({r.get('precision')}, {r['device']}{provider}): img/s {speed}; batch-1 p50 "
-                     f"{'-' if latency is None else f'{latency:.2f}'} ms; agreement {r['agreement']:.4f} with fp32, "
-                     f"accuracy {100 * r['accuracy']:.2f} %" + (f"; note: {r['note']}" if r.get("note") else ""))
-    lines.append("  Goals (one H100): torch-compiled bf16 >= 250k img/s @1024, <= 0.3 ms batch-1 p50, agreement "
-                 ">= 0.995.")
-    return lines
+        return ["- train throughput: no result"]
+    cells = ", ".join(f"{'channels_last' if r['channels_last'] else 'NCHW'} "
+                      f"{'compiled (' + str(r.get('compile_mode') or 'default') + ')' if r['compile'] else 'eager'} "
+                      f"{r['images_per_second']:,.0f}" for r in rows)
+    r = rows[0]
+    return [f"- train throughput (img/s, {r.get('arch')} {r.get('stem')} stem, batch {r['batch']}, {r['precision']}, "
+            f"{r.get('gpu') or r.get('device')}, cudnn.benchmark {r.get('cudnn_benchmark')}): {cells}. Earlier H100 "
+            "run: 76.6k channels_last compiled."]
 
 
-def loader_lines(d: dict | None) -> list[str]:
+def loader_lines(d: dict | None, work: Path | None) -> list[str]:
     if not d:
         return ["- loaders: no result"]
     cells = ", ".join(f"{kind} {r['img_per_s_median']:,} img/s" for kind, r in d["results"].items())
-    missing = "" if "dali" in d["results"] else " (DALI not installed: its GPU pipeline not measured)"
-    return [f"- loaders on {d['device']}, batch {d['batch_size']}: {cells}{missing}"]
+    why = (work / "dali.txt").read_text().strip() if work is not None and (work / "dali.txt").is_file() else ""
+    return [f"- loaders on {d['device']}, batch {d['batch_size']}: {cells}" + (f" ({why})" if why else "")]
 
 
-def main() -> int:
-    out, steps_file, env_file, variants, loaders = (Path(a) for a in sys.argv[1:6])
-    with steps_file.open() as f:
-        steps = list(csv.DictReader(f, delimiter="\t"))
-    env = env_file.read_text().splitlines() if env_file.is_file() else []
-    failed = [s["step"] for s in steps if s["rc"] != "0"]
-    lines = ["# fastcifar GPU check", "", f"Machine: {env[0] if env else 'unknown'}", "",
-             "| step | exit | seconds |", "|---|---:|---:|",
-             *[f"| {s['step']} | {s['rc']} | {s['seconds']} |" for s in steps], "",
-             "## Figures", "",
-             *tta_lines("fast preset", load(out / "tta-fast.json"), ">= 94 % mean over 3 seeds in <= 12 s of training"),
-             *tta_lines("seed preset", load(out / "tta-seed.json"), "the plain anchor reached 91.1 % in 10 epochs"),
-             *[line for f in sorted(variants.glob("*.json")) for line in
-               tta_lines(f"fast preset with {f.stem}={(load(f) or {}).get('overrides', {}).get(f.stem)}", load(f),
-                         "compare with the fast preset's seed 0")],
-             *compare_lines(load(out / "compare-results.json")),
-             *throughput_lines(load(out / "train-throughput.json")),
-             *export_lines(load(out / "export.json")),
-             *bench_lines(load(out / "bench.json")),
-             *loader_lines(load(loaders)), "",
-             f"Failed or skipped steps: {', '.join(failed) if failed else 'none'}."]
-    print("\n".join(lines))
+def render(out: Path, work: Path | None) -> str:
+    env = load_json(work / "env.json") if work is not None else None
+    lines = ["# fastcifar GPU check", "", *machine_lines(env), "", *steps_lines(work), "", "## Figures", "",
+             *gpu_test_lines(out / "gpu-tests.xml"), *sweep_lines(load_jsonl(out / "sweep.jsonl")), "",
+             *bench_lines(load_jsonl(out / "bench.jsonl")), *export_lines(load_json(out / "export.json")),
+             *throughput_lines(load_jsonl(out / "throughput.jsonl")),
+             *loader_lines(load_json(out / "loaders.json"), work)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 2):
+        print(__doc__, file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    work = Path(argv[1]) if len(argv) == 2 else None
+    sys.stdout.write(render(out, work))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -7,9 +7,9 @@
 #
 # DATA_DIR holds cifar-10-batches-py/ (../shared/tools/cifar_parts.py moves it in <= 64 MiB parts). fastcifar runs
 # from this checkout (PYTHONPATH); nothing is downloaded. Wheels staged in .device-wheels/ (pytest and its
-# dependencies, DALI in `split` parts named WHEEL.part-aa, -ab, ...: bench/README.md says how) are joined and
-# installed with pip --no-index --no-deps before the first step; without them the steps that need them say why
-# they skipped.
+# dependencies, DALI in `split` parts named WHEEL.part-aa, -ab, ...: bench/README.md says how; GPU_CHECK_WHEELS
+# names another folder) are joined and installed with pip --no-index --no-deps before the first step; without them
+# the steps that need them say why they skipped.
 #
 # Steps, in order of value; each gets a fixed share of the budget as its time limit, so the limits add up to no
 # more than the budget and a slow step can only eat its own share. A step killed by its limit keeps what it wrote:
@@ -160,7 +160,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi > "$work/nvidia-smi.txt" 2>&1
 
 # ---------------------------------------------------------------------------------------------- 1 setup
 stage_wheels() {  # join split wheels, then install every staged wheel without touching the network
-  local dir=$repo/.device-wheels part
+  local dir=${GPU_CHECK_WHEELS:-$repo/.device-wheels} part
   for part in "$dir"/*.whl.part-aa; do
     [ -e "$part" ] || continue
     cat "${part%.part-aa}".part-* > "$work/$(basename "${part%.part-aa}")"

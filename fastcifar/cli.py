@@ -16,7 +16,7 @@ import click
 
 from fastcifar import __version__
 # The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
-from fastcifar.config import EXPORT_PRECISIONS, IF_NO_WEIGHTS, PRECISIONS, PRESET_NAMES, SCHEDULES
+from fastcifar.config import COMPILE_MODES, EXPORT_PRECISIONS, IF_NO_WEIGHTS, PRECISIONS, PRESET_NAMES, SCHEDULES
 from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
 from fastcifar.models import ARCHS, STEMS
@@ -188,7 +188,8 @@ _TRAIN_OPTIONS = [
                                                                      "[default: on for CUDA, off on CPU]")),
     (("--compile/--no-compile",), dict(default=None, help="torch.compile the model. [default: on for CUDA, off "
                                                           "on CPU]")),
-    (("--compile-mode",), dict(help="torch.compile mode, e.g. max-autotune-no-cudagraphs. [default: torch's]")),
+    (("--compile-mode",), dict(type=click.Choice(COMPILE_MODES),
+                               help="torch.compile mode. [default: torch's]")),
     (("--seed",), dict(type=int, help="Seed for init, split, shuffling and augmentation (>= 0).")),
     (("--save-state-every",), dict(type=int, help="Epochs between state.pt saves (the resume points; each is "
                                                   "~90 MB for a ResNet-18); 0 = never (not resumable).")),
@@ -506,7 +507,9 @@ def evaluate(model: Path, backend: str, device: str, precision: str | None, data
                    "here are listed as 'skipped: why'. The parity reference is always PyTorch fp32 eager.")
 @click.option("--batch-sizes", default="1,64,256,1024", show_default=True, help="Comma-separated batch sizes to time.")
 @data_dir_option
-@download_option
+@click.option("--download/--no-download", default=False, show_default=True,
+              help="Download CIFAR-10 when it is found neither in --data-dir nor where the run was trained from "
+                   "(off: a benchmark measures, it does not fetch data unasked).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
 @click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
               help="Precision of the torch backends that name none in --backends (the model is cast; fp32 is the "

@@ -18,6 +18,8 @@ from fastcifar.errors import FastCifarError
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # training autocast
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")  # an exported graph's compute type
 SCHEDULES = ("linear", "cosine")
+# torch.compile's modes (torch._inductor.list_mode_options()); anything else fails inside torch with a traceback.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PRESET_NAMES = ("seed", "fast", "smoke")
 
 
@@ -116,6 +118,8 @@ class TrainConfig:
             (0 < self.backbone_lr_scale <= 1,
              f"--backbone-lr-scale must be in (0, 1], got {self.backbone_lr_scale}"),
             (self.precision in PRECISIONS, f"unknown precision '{self.precision}' ({', '.join(PRECISIONS)})"),
+            (self.compile_mode is None or self.compile_mode in COMPILE_MODES,
+             f"unknown --compile-mode '{self.compile_mode}' (choose from {', '.join(COMPILE_MODES)})"),
             (self.preset is None or self.preset in PRESET_NAMES, f"unknown preset '{self.preset}'"),
         ]
         for ok, message in checks:

@@ -19,13 +19,14 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
-    # mkstemp creates 0600; give the file the permissions an ordinary open() would (0666 minus the umask),
-    # so models and engines stay readable by a serving user or a Docker volume's reader.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600, and some writers (safetensors 0.8's save_file) reset the mode of the file they were
+        # given: set the permissions an ordinary open() would (0666 minus the umask) after the writer is done, so
+        # models and engines stay readable by a serving user or a Docker volume's reader.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -45,6 +46,30 @@ def make_dir(path: Path | str, what: str) -> Path:
     except OSError as exc:
         raise FastCifarError(f"{what} {path} cannot be created: {exc.strerror or exc}") from None
     return path
+
+
+def first_missing(path: Path | str) -> Path | None:
+    """The topmost ancestor of `path` (or `path` itself) that does not exist yet: what mkdir(parents) creates, so a
+    command that fails can remove exactly what it created and never what existed."""
+    path = Path(path)
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def remove_empty_dirs(top: Path | str) -> None:
+    """Remove `top` and the directories under it when they hold no file (a failed command's empty output dirs)."""
+    top = Path(top)
+    if not top.is_dir():
+        return
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 def write_bytes(dest: Path | str, data: bytes) -> Path:

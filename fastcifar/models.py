@@ -157,18 +157,26 @@ def load_pretrained(model, state_dict: dict, stem: str) -> tuple[str, ...]:
         sd["conv1.weight"] = adapt_conv1_to_cifar(sd["conv1.weight"].float())
         notes.append("conv1 7x7/2 kernel area-resampled to 3x3/1 (sum-preserving) for the cifar stem; "
                      "max-pool dropped")
-    missing = sorted(k for k in target if not k.startswith("fc.") and k not in sd)
-    unexpected = sorted(k for k in sd if k not in target)
-    mismatched = sorted(k for k in sd if k in target and tuple(sd[k].shape) != tuple(target[k].shape))
-    if missing or unexpected or mismatched:
-        def show(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-        problems = [f"{name}: {show(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys]
-        raise FastCifarError("pretrained weights do not fit this model - " + "; ".join(problems)
-                             + ". Is it a torchvision state dict of the same arch?")
+    problems = state_dict_problems({k: v for k, v in target.items() if not k.startswith("fc.")}, sd)
+    if problems:
+        raise FastCifarError(f"pretrained weights do not fit this model - {problems}. Is it a torchvision state dict "
+                             "of the same arch?")
     model.load_state_dict(sd, strict=False)
     return tuple(notes)
+
+
+def state_dict_problems(target: dict, found: dict) -> str | None:
+    """Which keys of `found` do not fit `target` (missing, unexpected, wrong shape; the first 5 of each), or None."""
+    missing = sorted(k for k in target if k not in found)
+    unexpected = sorted(k for k in found if k not in target)
+    mismatched = sorted(k for k in found if k in target and tuple(found[k].shape) != tuple(target[k].shape))
+
+    def show(keys):
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    problems = [f"{name}: {show(keys)}" for name, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys]
+    return "; ".join(problems) or None
 
 
 def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, image_size: int = 32,
@@ -235,6 +243,23 @@ def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
     return weights, meta
 
 
+def recorded_data_dirs(model_path: Path | str) -> list[Path]:
+    """The data_dir a run recorded in model.json / config.json beside `model_path` (a run directory or its
+    model.safetensors), if any: where export, evaluate, bench and the demo look for test images when no --data-dir
+    is given. Best effort: never fails (an .onnx or engine elsewhere records none)."""
+    model_path = Path(model_path).expanduser()
+    folder = model_path if model_path.is_dir() else model_path.parent
+    found = []
+    for name in (MODEL_META, "config.json"):
+        try:
+            value = json.loads((folder / name).read_text()).get("data_dir")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            found.append(Path(value).expanduser())
+    return found
+
+
 def read_model_meta(path: Path | str) -> dict:
     _, meta = resolve_model_files(path)
     try:
@@ -256,8 +281,13 @@ def load_model(path: Path | str, device="cpu"):
         raise FastCifarError(f"{weights.with_name(MODEL_META)} does not describe a fastcifar model ({exc})") from None
     model = build_resnet(spec.arch, spec.stem, spec.num_classes)
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt file or wrong tensors
-        raise FastCifarError(f"{weights} cannot be loaded as a {spec.arch} ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0]})") from None
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+        raise FastCifarError(f"{weights} cannot be read as safetensors ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    problems = state_dict_problems(model.state_dict(), state)
+    if problems:  # e.g. a resnet34 file beside a resnet18 model.json: name the keys, not just the first line
+        raise FastCifarError(f"{weights} does not hold a {spec.arch} ({spec.stem} stem) as its {MODEL_META} says - "
+                             f"{problems}")
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), spec, meta

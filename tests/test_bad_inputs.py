@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import make_saved_model
 from fastcifar.cli import cli
 
 
@@ -23,8 +24,14 @@ def places(tmp_path_factory, synthetic_dir, tiny_model_dir):
     unfinished = root / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.json").write_text(json.dumps({"epochs": 2}))
+    (root / "corrupt.onnx").write_bytes(b"\x08\x07 not a protobuf \xff\xfe")
+    mismatch = root / "run_r34"  # a resnet34's weights beside a resnet18's model.json
+    make_saved_model(mismatch, data_dir=synthetic_dir)
+    make_saved_model(root / "r34", arch="resnet34", data_dir=synthetic_dir)
+    (root / "r34" / "model.safetensors").replace(mismatch / "model.safetensors")
     return {"DATA": str(synthetic_dir), "MODEL": str(tiny_model_dir), "TEXT": str(root / "text.png"),
-            "EMPTY": str(root / "empty"), "UNFINISHED": str(unfinished)}
+            "EMPTY": str(root / "empty"), "UNFINISHED": str(unfinished), "CORRUPT": str(root / "corrupt.onnx"),
+            "MISMATCH": str(mismatch)}
 
 
 CASES = [
@@ -41,6 +48,14 @@ CASES = [
     ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu"], "CIFAR-10 not found"),
     ("train", ["--resume", "{UNFINISHED}", "--epochs", "5"], "drop --epochs"),
     ("train", ["--resume", "{EMPTY}"], "cannot resume"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--seed", "-1"], "--seed must be >= 0"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--compile", "--compile-mode", "bogus"],
+     "Invalid value for '--compile-mode'"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--lr", "inf"], "--lr must be a finite number"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--weight-decay", "-1"], "--weight-decay must be"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--val-fraction", "0.95", "--train-limit", "10"],
+     "held out by --val-fraction 0.95"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--whiten-stem", "--init", "imagenet"], "random init"),
     # compare
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--fractions", "abc"], "comma-separated numbers"),
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--lr-grid", "x"], "--lr-grid takes"),
@@ -53,6 +68,9 @@ CASES = [
     ("export", ["{UNFINISHED}", "--out", "out"], "unfinished run"),
     ("export", ["nowhere/run", "--out", "out"], "no model at nowhere/run"),
     ("export", ["{MODEL}", "--out", "out", "--trt", "--batch", "8:2:4"], "--batch"),
+    ("export", ["{MODEL}", "--out", "out", "--opset", "99"], "newer than the installed onnx"),
+    ("export", ["{CORRUPT}", "--out", "out", "--trt"], "not a readable ONNX file"),
+    ("export", ["{MISMATCH}", "--out", "ex_r34"], "does not hold a resnet18"),
     # predict
     ("predict", ["{TEXT}", "--model", "nowhere"], "does not exist"),
     ("predict", ["{TEXT}", "--model", "{MODEL}", "--device", "cpu"], "not an image"),
@@ -64,6 +82,8 @@ CASES = [
     ("bench", ["--model", "{MODEL}", "--backends", "pytorch"], "unknown backend 'pytorch'"),
     ("bench", ["--model", "{MODEL}", "--batch-sizes", "0"], "--batch-sizes must be positive"),
     ("bench", ["--model", "nowhere"], "does not exist"),
+    ("bench", ["--model", "{MODEL}", "--name", "../../escape"], "--name is a file name stem"),
+    ("bench", ["--model", "{MODEL}", "--data-dir", "{EMPTY}", "--device", "cpu"], "--no-download"),
     ("bench", ["--model", "{MODEL}", "--data-dir", "{DATA}", "--device", "cpu", "--results-dir", "/proc/x"],
      "--results-dir /proc/x cannot be created"),
     # evaluate
@@ -72,6 +92,8 @@ CASES = [
     ("evaluate", ["{MODEL}", "--data-dir", "{DATA}", "--device", "cpu", "--corruptions", "none", "--plots",
                   "/proc/x"], "--plots /proc/x cannot be created"),
     ("evaluate", ["{UNFINISHED}", "--device", "cpu"], "unfinished run"),
+    ("evaluate", ["{MODEL}", "--severities", "5-1"], "runs backwards"),
+    ("evaluate", ["{MODEL}", "--data-dir", "{EMPTY}", "--device", "cpu"], "never downloads it"),
     # demo
     ("demo", ["--pretrained", "nowhere", "--scratch", "{MODEL}"], "does not exist"),
     ("demo", ["--pretrained", "{UNFINISHED}", "--scratch", "{MODEL}"], "unfinished run"),

@@ -7,6 +7,7 @@ module and shared. Parity runs on 64 synthetic test images unless a test says ot
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -271,3 +272,41 @@ def test_parity_on_real_test_images(exports, tiny_model_dir, real_cifar):
     p = verify_onnx(exports[("fp32", "raw")].path, tiny_model_dir, real_cifar, max_images=200)
     assert p["passed"] and p["top1_agreement"] == 1.0 and p["n_images"] == 200
     assert "cifar-10-batches-py" in p["data_dir"]
+
+
+# ---------------------------------------------------------------------------------------------- an export dir's files
+
+
+def test_an_export_dir_only_ever_describes_the_model_in_it(tmp_path, synthetic_dir, monkeypatch):
+    """Two models with one run name cannot overwrite each other's file; a re-export without the check drops the old
+    parity record; Ctrl-C during the check removes the unverified file and says so."""
+    a = make_saved_model(tmp_path / "a" / "imagenet-f1-s0", seed=0, data_dir=synthetic_dir)
+    b = make_saved_model(tmp_path / "b" / "imagenet-f1-s0", seed=1, data_dir=synthetic_dir)
+    out = tmp_path / "out"
+    first = export_onnx(a, out, max_images=16)
+    parity_file = first.path.with_suffix(".parity.json")
+    assert parity_file.is_file()
+    original = first.path.read_bytes()
+    with pytest.raises(FastCifarError, match="exported from other weights; it is kept"):
+        export_onnx(b, out, max_images=16)  # same file name, other weights
+    assert first.path.read_bytes() == original and parity_file.is_file()
+    again = export_onnx(a, out, verify=False)  # the same model re-exported in place, unchecked
+    assert again.path == first.path and not parity_file.exists()  # no record of another file's check stays
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parity, "verify_onnx", interrupted)
+    with pytest.raises(FastCifarError, match="removed the unverified") as info:
+        export_onnx(a, out, max_images=16)
+    assert info.value.exit_code == 130 and not first.path.exists()
+
+
+def test_model_files_are_readable_by_others(tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = make_saved_model(tmp_path / "r")
+    finally:
+        os.umask(old)
+    assert (run / "model.safetensors").stat().st_mode & 0o777 == 0o644  # safetensors' own write made it 0600
+    assert (run / "model.json").stat().st_mode & 0o777 == 0o644

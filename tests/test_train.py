@@ -194,7 +194,10 @@ def test_divergence_warning_names_the_learning_rate():
     # The measured blow-up: the fast preset's epoch 1 on an H100 (48 steps, loss 3.18).
     warning = divergence_warning({"epoch": 1, "train_loss": 3.18}, cfg, 48, 10)
     assert "3.18" in warning and "ln(10) = 2.30" in warning and "learning rate 0.8" in warning
-    assert "batch 1024" in warning and "48-step warm-up" in warning and "--lr" in warning
+    assert "batch 1024" in warning and "48-step warm-up" in warning
+    assert "--lr 0.4 " in warning and "--warmup-epochs 3.2 " in warning  # the measured 0.2 @ 512, scaled to 1024
+    hot = divergence_warning({"epoch": 1, "train_loss": 3.0}, TrainConfig(lr=5, batch_size=128, epochs=2), 48, 10)
+    assert "--lr 0.05 " in hot  # never "halve it" to a value still 50x the measured recipe
     assert divergence_warning({"epoch": 1, "train_loss": 2.0}, cfg, 48, 10) is None  # healthy
     # A slow but healthy start: the whole epoch averages at chance, its second half is below it.
     assert divergence_warning({"epoch": 1, "train_loss": 2.35, "train_loss_second_half": 2.1}, cfg, 48, 10) is None

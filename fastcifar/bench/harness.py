@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,7 @@ class BenchConfig:
     backends: tuple[str, ...] = BACKENDS
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     data_dir: str | None = None
-    download: bool = True
+    download: bool = False  # a benchmark never fetches data unasked (the CLI's --download turns it on)
     device: str = "auto"
     max_images: int | None = None  # first N test images (None: all)
     reference: str | None = None  # PyTorch fp32 reference model (default: see module docstring)
@@ -83,6 +84,8 @@ class BenchConfig:
             (self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
             (self.min_iters >= 1 and self.min_time_s >= 0 and self.warmup_s >= 0 and self.latency_iters >= 1,
              "timing options must be positive"),
+            (self.name is None or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
+             f"--name is a file name stem (letters, digits, '.', '_', '-'; no path), got '{self.name}'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -471,7 +474,10 @@ def _row_from_result(model: str, spec: str, device: str, artifact: Path, result:
 def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
     from fastcifar.data.cifar import load_split, locate_cifar
 
-    root = locate_cifar(cfg.data_dir, download=cfg.download)
+    from fastcifar.models import recorded_data_dirs
+
+    recorded = [d for model in cfg.models for d in recorded_data_dirs(model)]  # where the runs were trained from
+    root = locate_cifar(cfg.data_dir, recorded, download=cfg.download)
     test = load_split(root, "test")
     n = len(test) if cfg.max_images is None else min(cfg.max_images, len(test))
     return test.images[:n], test.labels[:n], str(root)

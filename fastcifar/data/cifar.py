@@ -190,25 +190,27 @@ def find_batches_dir(data_dir: Path) -> Path | None:
 
 
 def locate_cifar(data_dir: Path | str | None, recorded=(), *, download: bool = False, required: bool = True,
-                 progress: bool = False) -> Path | None:
+                 progress: bool = False, no_download: str | None = None) -> Path | None:
     """The batches directory a check (export parity, INT8 calibration, bench, the demo gallery) reads from.
 
     An explicit `data_dir` must hold CIFAR-10 (or is downloaded into with `download`). Otherwise the places a run
     recorded (`recorded`: model.json's data_dir) and then the default data dir are looked in, in that order;
     when none holds it, `required` raises ensure_cifar's message for the default (or downloads there with
-    `download`), and not `required` returns None.
+    `download`), and not `required` returns None. `no_download`: why nothing is downloaded, for a command without a
+    --download option (the message otherwise names --no-download).
     """
+    kwargs = dict(download=download, progress=progress, **({"no_download": no_download} if no_download else {}))
     if data_dir:
-        return ensure_cifar(data_dir, download=download, progress=progress)
+        return ensure_cifar(data_dir, **kwargs)
     candidates = [Path(d).expanduser() for d in recorded if d] + [default_data_dir()]
     found = next((root for root in map(find_batches_dir, candidates) if root is not None), None)
     if found is not None or not required:
         return found
-    return ensure_cifar(default_data_dir(), download=download, progress=progress)
+    return ensure_cifar(default_data_dir(), **kwargs)
 
 
 def ensure_cifar(data_dir: Path | str, *, download: bool = True, url: str = CIFAR_URL, md5: str = CIFAR_MD5,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, no_download: str = "downloading is off (--no-download)") -> Path:
     """Return the batches directory under `data_dir`, extracting or downloading the archive if needed."""
     from fastcifar.data.download import download_archive, extract_archive, md5sum
 
@@ -219,7 +221,7 @@ def ensure_cifar(data_dir: Path | str, *, download: bool = True, url: str = CIFA
     archive = data_dir / ARCHIVE_NAME
     if not archive.exists():
         if not download:
-            raise DataError(f"CIFAR-10 not found in {data_dir} and downloading is off (--no-download). "
+            raise DataError(f"CIFAR-10 not found in {data_dir}; {no_download}. "
                             f"Point --data-dir (or $FASTCIFAR_DATA) at a directory holding {BATCHES_DIR}/ "
                             f"or {ARCHIVE_NAME}.")
         download_archive(url, archive, md5=md5, progress=progress)

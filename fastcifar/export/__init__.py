@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import make_dir
+from fastcifar.fileio import first_missing, make_dir, remove_empty_dirs
 
 DEFAULT_OUT_DIR = Path("exported")
 
@@ -56,7 +56,14 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
     result = onnx_export.write_onnx(model_path, out_path, precision=precision, input_kind=input_kind, opset=opset)
     if verify:
         log(f"checking {result.path.name} against PyTorch fp32 on {max_images or 'all'} test images")
-        result.parity = parity.verify_onnx(result.path, model_path, data_dir, max_images=max_images, test=test)
+        try:
+            result.parity = parity.verify_onnx(result.path, model_path, data_dir, max_images=max_images, test=test)
+        except KeyboardInterrupt:
+            # An unverified file must not pass for a checked one: it goes, and the user is told.
+            result.path.unlink(missing_ok=True)
+            raise FastCifarError(f"interrupted during the parity check: removed the unverified {result.path} "
+                                 "(export again, or add --no-verify to keep a file without the check)",
+                                 exit_code=130) from None
         result.parity_path = parity.write_parity(result.path, result.parity)
         parity.raise_on_mismatch(result)
     return result
@@ -90,6 +97,8 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
         raise FastCifarError(f"--int8-calib-images calibrates the fp32 graph (non-quantized layers stay fp32); "
                              f"drop --precision {precision}")
     summary = ExportSummary()
+    if onnx and not is_onnx_file:
+        onnx_export.check_options(precision, input_kind, opset)  # a bad --opset before --out is created
     if not is_onnx_file:
         from fastcifar.models import resolve_model_files
 
@@ -99,7 +108,28 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
         if not onnx_path.is_file():
             raise FastCifarError(f"{onnx_path} does not exist" + ("" if is_onnx_file else
                                  ": --no-onnx reuses it, so export it first (drop --no-onnx)"))
+        onnx_export.read_onnx_metadata(onnx_path)  # a corrupt or foreign file is refused before any work
+    created = first_missing(out_dir)
     make_dir(out_dir, "--out")  # before minutes of export, not after
+    try:
+        _export_steps(summary, model, out_dir, is_onnx_file=is_onnx_file, onnx=onnx, trt=trt, precision=precision,
+                      input_kind=input_kind, opset=opset, data_dir=data_dir, verify=verify, max_images=max_images,
+                      batch=batch, workspace_gib=workspace_gib, int8_calib_images=int8_calib_images,
+                      onnx_path=None if onnx and not is_onnx_file else onnx_path, log=log)
+    except BaseException:
+        if created is not None:  # a failed export leaves no empty --out behind (never one that existed)
+            remove_empty_dirs(created)
+        raise
+    return summary
+
+
+def _export_steps(summary: ExportSummary, model: Path, out_dir: Path, *, is_onnx_file: bool, onnx: bool, trt: bool,
+                  precision: str, input_kind: str, opset: int | None, data_dir, verify: bool,
+                  max_images: int | None, batch: str, workspace_gib: float, int8_calib_images: int,
+                  onnx_path: Path | None, log: Callable[[str], None]) -> None:
+    """ONNX (+ parity), then INT8, then the engine, each from the previous file; results land in `summary`."""
+    from fastcifar.export import tensorrt
+
     if onnx and not is_onnx_file:
         result = export_onnx(model, out_dir, precision=precision, input_kind=input_kind, opset=opset,
                              verify=verify, data_dir=data_dir, max_images=max_images, log=log)
@@ -120,4 +150,3 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
             summary.engine = {"path": str(engine), "sidecar": tensorrt.read_engine_sidecar(engine)}
         except FastCifarError as exc:
             summary.error = str(exc)
-    return summary

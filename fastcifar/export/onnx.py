@@ -191,7 +191,8 @@ def default_onnx_path(model_path: Path | str, out_dir: Path | str, precision: st
                                           input_kind)
 
 
-def _check_options(precision: str, input_kind: str, opset: int | None) -> int:
+def check_options(precision: str, input_kind: str, opset: int | None) -> int:
+    """The opset to write (the precision's default when None), or one message for a bad precision/input/opset."""
     if precision not in PRECISIONS:
         raise FastCifarError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
     if input_kind not in INPUT_KINDS:
@@ -200,7 +201,22 @@ def _check_options(precision: str, input_kind: str, opset: int | None) -> int:
     if opset < MIN_OPSET[precision]:
         raise FastCifarError(f"opset {opset} is too old for {precision}: use --opset {MIN_OPSET[precision]} "
                              "or newer" + (" (bf16 Conv arrived in opset 22)" if precision == "bf16" else ""))
+    newest = max_opset()
+    if opset > newest:
+        raise FastCifarError(f"opset {opset} is newer than the installed onnx knows (up to {newest}): use "
+                             f"--opset {MIN_OPSET[precision]}..{newest}")
     return opset
+
+
+def max_opset() -> int:
+    """The newest default-domain opset the installed onnx package defines (torch's exporter cannot go past it)."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def graph_opset(proto) -> int:
+    return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def torch_to_onnx(module: torch.nn.Module, example: torch.Tensor, input_name: str, opset: int):
@@ -226,24 +242,51 @@ def write_onnx(model_path: Path | str, out_path: Path | str | None = None, *, pr
 
     from fastcifar.models import load_model, resolve_model_files
 
-    opset = _check_options(precision, input_kind, opset)
+    opset = check_options(precision, input_kind, opset)
     start = time.perf_counter()
     model, spec, model_meta = load_model(model_path)
     out_path = Path(out_path if out_path is not None else "exported").expanduser()
     if out_path.suffix != ".onnx":
         out_path = out_path / onnx_file_name(run_name_of(model_path, model_meta), precision, input_kind)
     module = ExportModule(model, spec, input_kind, PRECISIONS[precision]).eval()
+    weights_sha256 = sha256_file(resolve_model_files(model_path)[0])
+    refuse_foreign_file(out_path, weights_sha256)
     proto = torch_to_onnx(module, example_input(spec, input_kind), INPUT_NAMES[input_kind], opset)
+    if graph_opset(proto) != opset:  # the exporter may convert down silently: say so instead of mislabelling it
+        raise FastCifarError(f"torch's ONNX exporter wrote opset {graph_opset(proto)} where {opset} was asked; use "
+                             f"--opset {graph_opset(proto)} (or leave --opset out)")
     props = onnx_metadata(spec, model_meta, input_kind=input_kind, precision=precision,
-                          weights_sha256=sha256_file(resolve_model_files(model_path)[0]))
+                          weights_sha256=weights_sha256)
     set_metadata(proto, props)
     proto.doc_string = f"fastcifar {spec.arch} ({spec.init} init), {precision}, {input_kind} input"
     with atomic_path(out_path) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
         check_onnx_file(tmp)
+        # A parity record beside the old file describes the old file: it goes the moment the new one lands.
+        parity_path_for(out_path).unlink(missing_ok=True)
     return ExportResult(path=out_path, parity=None, precision=precision, input_kind=input_kind, opset=opset,
                         metadata=decode_metadata(props), size_bytes=out_path.stat().st_size,
                         seconds=round(time.perf_counter() - start, 2))
+
+
+def parity_path_for(onnx_path: Path) -> Path:
+    """Where the parity record of an ONNX file lives: `<name>.parity.json` beside it."""
+    return onnx_path.with_suffix(".parity.json")
+
+
+def refuse_foreign_file(out_path: Path, weights_sha256: str) -> None:
+    """Refuse to replace an ONNX file exported from other weights (compare reuses run names like imagenet-f1-s0 in
+    every report, so two models can map to one file name). The same model's file is re-exported in place."""
+    if not out_path.exists():
+        return
+    try:
+        existing = read_onnx_metadata(out_path).get("source_weights_sha256")
+    except FastCifarError:
+        existing = None  # not a fastcifar ONNX file: it is not ours to replace either
+    if existing != weights_sha256:
+        raise FastCifarError(f"{out_path} already exists and was exported from "
+                             f"{'other weights' if existing else 'something that is not this model'}; it is kept. "
+                             "Export into another --out, or remove it first")
 
 
 def check_onnx_file(path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fastcifar.errors import DataError, FastCifarError
-from fastcifar.export.onnx import ExportResult, read_onnx_metadata, sha256_file
+from fastcifar.export.onnx import ExportResult, parity_path_for, read_onnx_metadata, sha256_file
 from fastcifar.preprocess import normalize_images
 
 # Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1).
@@ -35,10 +35,6 @@ REL_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 6e-2, "int8": None}
 MIN_AGREEMENT = {"int8": 0.9}
 MAX_ACCURACY_DROP = {"int8": 0.02}
 VERIFY_BATCH = 256
-
-
-def parity_path_for(onnx_path: Path) -> Path:
-    return onnx_path.with_suffix(".parity.json")
 
 
 def write_parity(onnx_path: Path, parity: dict) -> Path:

@@ -321,7 +321,7 @@ def build_engine(onnx_path: Path | str, engine_path: Path | str | None = None, *
     missing = missing_requirements(env)
     if missing:
         raise FastCifarError("--trt: no TensorRT engine built: " + "; and ".join(missing)
-                             + f". {onnx_path} is written; on a GPU machine with TensorRT run: fastcifar export "
+                             + f". {onnx_path} is kept; on a GPU machine with TensorRT run: fastcifar export "
                              f"{onnx_path} --trt --batch {profile}")
     if int8_calibration is not None and onnx_precision(onnx_path) != "int8":
         from fastcifar.export.quantize import quantize_int8

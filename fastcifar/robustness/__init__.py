@@ -46,6 +46,9 @@ def parse_severities(text: str) -> tuple[int, ...]:
     try:
         if "-" in text.strip("-"):
             lo, hi = (int(p) for p in text.split("-", 1))
+            if lo > hi:
+                raise FastCifarError(f"--severities range '{text}' runs backwards: write it low to high, e.g. "
+                                     f"{hi}-{lo}", exit_code=2)
             values = tuple(range(lo, hi + 1))
         else:
             values = tuple(int(p) for p in text.split(",") if p.strip())

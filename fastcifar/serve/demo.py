@@ -155,20 +155,6 @@ def verdict_markdown(slots: Sequence[Slot], preds: Sequence[Prediction]) -> str:
 # ---------------------------------------------------------------------------------------------- gallery
 
 
-def _recorded_data_dirs(model_path: Path) -> list[Path]:
-    """The data_dir a run recorded in model.json / config.json, if any (best effort: never fails)."""
-    folder = model_path if model_path.is_dir() else model_path.parent
-    found = []
-    for name in ("model.json", "config.json"):
-        try:
-            value = json.loads((folder / name).read_text()).get("data_dir")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if value:
-            found.append(Path(value).expanduser())
-    return found
-
-
 def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: Path,
                    per_class: int = EXAMPLES_PER_CLASS) -> list[tuple[str, str]]:
     """(png path, caption) for the first `per_class` test images of each class.
@@ -183,8 +169,9 @@ def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: 
     from PIL import Image
 
     from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
+    from fastcifar.models import recorded_data_dirs
 
-    recorded = [d for p in model_paths for d in _recorded_data_dirs(p)]
+    recorded = [d for p in model_paths for d in recorded_data_dirs(p)]
     try:
         root = locate_cifar(data_dir, recorded, required=data_dir is not None)
     except FastCifarError as exc:

@@ -27,6 +27,7 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
     caller with fastcifar.robustness.parse_corruptions / parse_severities).
     """
     from fastcifar.data.cifar import load_split, locate_cifar
+    from fastcifar.models import recorded_data_dirs
     from fastcifar.robustness import evaluate_logits
     from fastcifar.serve.predictor import load_predictor
 
@@ -36,7 +37,8 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
         predictor = load_predictor(model, backend, device, precision=precision)
     except FastCifarError as exc:
         raise FastCifarError(str(exc), exit_code=2) from None
-    root = locate_cifar(data_dir)
+    root = locate_cifar(data_dir, recorded_data_dirs(model), no_download="evaluate reads CIFAR-10's test split but "
+                        "never downloads it (fastcifar data --data-dir DIR does)")
     test = load_split(root, "test")
     n = len(test) if max_images is None else min(max_images, len(test))
     if plots is not None:

@@ -30,6 +30,8 @@ NONFINITE_CHECK_EVERY = 25  # steps between host syncs of the non-finite guard (
 # of steps a healthy random init sits near ln(classes) anyway. Every blown-up GPU preset run (48 steps per epoch)
 # ended epoch 1 at 3.2-3.7 against ln 10 = 2.30 (../shared/measurements/gpu-2026-11-26.md).
 DIVERGENCE_MIN_STEPS = 20
+# The plain recipe measured on an H100 (../shared/measurements/gpu-2026-11-26.md): the divergence advice scales it.
+MEASURED_LR, MEASURED_BATCH = 0.2, 512
 
 
 @dataclass
@@ -322,11 +324,12 @@ def divergence_warning(metrics: dict, cfg: TrainConfig, steps_per_epoch: int, nu
         return None
     when = "the first epoch" if epoch == 1 else f"warm-up (epoch {epoch})"
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    recipe_lr = MEASURED_LR * cfg.batch_size / MEASURED_BATCH  # the measured recipe, scaled linearly to this batch
     return (f"the mean training loss at the end of {when} is {loss:.2f}, above ln({num_classes}) = {chance:.2f} (the "
             f"loss of guessing): the run has probably diverged. Likely cause: peak learning rate {cfg.lr:g} is too "
-            f"high for batch {cfg.batch_size} with a {warmup_steps}-step warm-up. Fix: lower --lr (e.g. "
-            f"{cfg.lr / 2:g}) or lengthen --warmup-epochs (the measured plain recipe: lr 0.2 at batch 512, warm-up "
-            f"over 20 % of all steps).")
+            f"high for batch {cfg.batch_size} with a {warmup_steps}-step warm-up. Fix: --lr {recipe_lr:.3g} (the "
+            f"measured plain recipe, lr {MEASURED_LR:g} at batch {MEASURED_BATCH}, scaled to batch {cfg.batch_size}) "
+            f"with --warmup-epochs {0.2 * cfg.epochs:g} (20 % of all steps).")
 
 
 def _time_to_fraction(history: list[dict], final: float | None, fraction: float) -> float | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
+from fastcifar.fileio import first_missing
 from fastcifar.runtime import DistInfo
 
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
@@ -88,16 +89,6 @@ def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo) -
     return run_dir, created
 
 
-def first_missing(path: Path) -> Path | None:
-    """The topmost ancestor of `path` (or `path` itself) that does not exist yet: what mkdir(parents) creates."""
-    missing = None
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            break
-        missing = candidate
-    return missing
-
-
 # ---------------------------------------------------------------------------------------------- model + data
 
 
@@ -151,8 +142,11 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> 
     train_idx, val_idx = split_train_val(len(labels), cfg.val_fraction, cfg.seed)
     per_rank_batch = max(cfg.batch_size // dist.world_size, 1)
     if len(train_idx) // dist.world_size < per_rank_batch:
-        raise FastCifarError(f"{len(train_idx)} training images cannot fill one batch of {cfg.batch_size}; lower "
-                             "--batch-size or raise --train-limit")
+        held = f" ({len(val_idx)} of {len(labels)} are held out by --val-fraction {cfg.val_fraction:g})" \
+            if len(val_idx) else ""
+        raise FastCifarError(f"{len(train_idx)} training images{held} cannot fill one batch of {cfg.batch_size}; "
+                             "lower --batch-size" + (" or --val-fraction" if len(val_idx) >= len(train_idx) else "")
+                             + (" or raise --train-limit" if cfg.train_limit is not None else ""))
     common = dict(image_size=cfg.image_size, mean=spec.mean, std=spec.std, channels_last=bool(cfg.channels_last))
     train_opts = LoaderOptions(batch_size=per_rank_batch, train=True, seed=cfg.seed, rank=dist.rank,
                                world_size=dist.world_size, alternating_flip=cfg.alternating_flip, **common)

@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # The real CIFAR-10 beside the project when it is there, else $FASTCIFAR_DATA / ~/.cache/fastcifar.
 DATA ?= $(firstword $(wildcard ../shared/cifar10) $(FASTCIFAR_DATA) $(HOME)/.cache/fastcifar)
 PYTEST_ARGS ?=
+# OpenMP threads sleep instead of spin-waiting for a busy core (an explicit OMP_WAIT_POLICY wins): on a shared
+# machine the spinning made `make run` 14x slower; measured by bench/omp_wait_policy.py (bench/README.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test install clean
 
@@ -19,8 +22,8 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 # `make run`: the project's question on this machine. GPU: the 10-epoch `seed` recipe, 3 seeds x 1 %/10 %/100 %
-# of the data (18 runs). No GPU: the `smoke` preset, 2 seeds x 10 %/100 % of 10k images (8 runs, a few minutes on
-# 2 idle cores, ~38-40 % test accuracy). ImageNet weights: WEIGHTS=path, else torchvision's download; offline
+# of the data (18 runs). No GPU: the `smoke` preset, 2 seeds x 10 %/100 % of 10k images with the per-arm lr choice
+# (a few minutes on 2 idle cores; README.md gives the latest figures). ImageNet weights: WEIGHTS=path, else torchvision's download; offline
 # without either, the pretrained arm uses stand-in random weights and every output says so. Rerunning resumes.
 WEIGHTS ?=
 run: $(STAMP)

@@ -666,7 +666,17 @@ def _print_export(summary) -> None:
                       f"{s['precision']}, batch {s['profile']['min']}:{s['profile']['opt']}:{s['profile']['max']})")
 
 
+# OpenMP's wait policy for every verb, set before torch loads OpenMP (an explicit OMP_WAIT_POLICY wins).
+# Measured with bench/omp_wait_policy.py on this project's 2-core CPU (2026-11-28, bench/README.md): with one other
+# busy process, training ran 1.8x faster with PASSIVE (307 vs 171 img/s) and batch-1 inference 1.7x faster (8.0 vs
+# 13.3 ms); on the idle machine PASSIVE cost 4 % of training speed (610 vs 635) and batch-1 latency rose from 4.8 to
+# 9.2 ms. The default policy's spin-waiting is what turned a 5-minute `make run` into 71 minutes on a shared machine,
+# so the default guards against the collapse; OMP_WAIT_POLICY=ACTIVE restores spinning on a dedicated machine.
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+
+
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
     cli(prog_name="fastcifar")
 
 

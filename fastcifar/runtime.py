@@ -95,6 +95,8 @@ def env_info(command: list[str] | None = None) -> dict:
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # CPU figures depend on it (fastcifar/cli.py)
+        "torch_threads": torch.get_num_threads(),
         "git_sha": git_sha(),
         "command": command if command is not None else sys.argv,
         "gpus": [],

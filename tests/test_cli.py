@@ -197,3 +197,21 @@ def test_data_json_on_real_cifar10(real_cifar):
     assert stats["train"]["mean"] == pytest.approx([125.31, 122.95, 113.87], abs=0.01)
     assert stats["train"]["std"] == pytest.approx([62.99, 62.09, 66.70], abs=0.01)
     assert stats["class_names"][:3] == ["airplane", "automobile", "bird"]
+
+
+def test_every_verb_runs_with_passive_openmp_unless_the_user_chose(monkeypatch):
+    """Set before torch loads OpenMP (bench/README.md measures why); an explicit setting wins."""
+    import fastcifar.cli as cli_module
+
+    seen = []
+    monkeypatch.setattr(cli_module, "cli", lambda **kwargs: seen.append(os.environ.get("OMP_WAIT_POLICY")))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cli_module.main()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cli_module.main()
+    assert seen == ["PASSIVE", "ACTIVE"]
+    proc = subprocess.run([sys.executable, "-c", "import os, fastcifar.cli as c; c.cli = lambda **k: "
+                           "print(os.environ['OMP_WAIT_POLICY'], 'torch' in __import__('sys').modules); c.main()"],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                               if k != "OMP_WAIT_POLICY"})
+    assert proc.stdout.split() == ["PASSIVE", "False"]  # set while torch is not loaded yet

@@ -563,7 +563,11 @@ def _busy_check(device_type: str, log: Callable[[str], None]) -> float:
     """The 1-minute load average, with a warning when other work will distort CPU timings."""
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if device_type == "cpu" and load > 0.5 * cores:
-        log(f"warning: the machine is busy (load {load:.1f} on {cores} cores): CPU figures will be low and noisy")
+        policy = os.environ.get("OMP_WAIT_POLICY")
+        fix = "" if policy == "PASSIVE" else (
+            " - and OpenMP threads spin-wait for busy cores: rerun with OMP_WAIT_POLICY=PASSIVE (measured 1.7-1.8x "
+            "faster on a loaded 2-core machine, bench/README.md) or --threads 1")
+        log(f"warning: the machine is busy (load {load:.1f} on {cores} cores): CPU figures will be low and noisy{fix}")
     return load
 
 

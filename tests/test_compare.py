@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import shlex
 from pathlib import Path
@@ -418,3 +419,47 @@ def test_report_holds_calibration_and_robustness_of_every_final_model(report):
     md = (out / "report.md").read_text()
     assert "### Beyond top-1: calibration and corruption robustness" in md and "](robustness.png)" in md
     assert "mean corruption accuracy (points)" in md and "](reliability.png)" in md
+
+
+def test_report_shows_each_protocol_per_corruption_and_its_own_wall_time(report):
+    out = report["out"]
+    results = json.loads((out / "results.json").read_text())
+    [section] = results["sections"]
+    for run in results["runs"]:  # the clean accuracy measured the way the corrupted points are (no TTA)
+        cached = json.loads((out / run["run_dir"] / "robustness.json").read_text())
+        assert run["clean_acc_no_tta"] == cached["clean"]["accuracy"]
+    table = section["corruption_acc"]
+    assert table["fraction"] == 1.0 and table["severities"] == ["1", "3", "5"]
+    runs = [r for r in results["runs"] if r["init"] == "random" and r["fraction"] == 1.0]
+    assert table["accuracy"]["random"]["contrast"]["5"] == pytest.approx(
+        np.mean([r["corruption_acc"]["contrast"]["5"] for r in runs]))
+    wall = results["wall"]
+    assert wall["seconds"] > 0 and wall["trained"] + wall["reused"] >= len(results["runs"])
+    md = (out / "report.md").read_text()
+    assert "| clean accuracy, no TTA (%) |" in md and "Accuracy (%) per corruption and severity" in md
+    assert "| contrast |" in md and "Wall time of the compare command that wrote this report" in md
+
+
+def test_time_to_90_is_not_the_training_time_when_only_the_last_epoch_got_there():
+    from fastcifar.train.loop import _time_to_fraction
+
+    history = [{"test_acc": 0.3, "elapsed_train_seconds": 5.0}, {"test_acc": 0.5, "elapsed_train_seconds": 10.0}]
+    assert _time_to_fraction(history, 0.5, 0.9) is None
+    history[0]["test_acc"] = 0.46
+    assert _time_to_fraction(history, 0.5, 0.9) == 5.0
+
+
+def test_the_terminal_table_is_printed_whole_in_a_log(capsys):
+    from fastcifar.study.report import print_summary
+
+    long_label = "pretrained (STAND-IN random weights, not ImageNet)"
+    results = summarize({}, {"kind": "stand-in", "verified_imagenet": False, "label": "x"},
+                        _records({"imagenet": [0.8, 0.81], "random": [0.79, 0.8]}), {"command_line": "x"})
+    for section in results["sections"]:
+        for row in section["summary"]:
+            row["label"] = long_label if row["init"] == "imagenet" else row["label"]
+    results["machine"] = "CPU"
+    print_summary(results, [])
+    out = capsys.readouterr().out
+    assert long_label in out and "32px-cifar" in out
+    assert not re.search(r"…\s*│", out)  # no cell cut short at 80 columns (the CI's own "…" is not a cut)

@@ -23,6 +23,7 @@ import math
 import re
 import shlex
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -319,6 +320,7 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     from fastcifar.data.cifar import load_cifar10
     from fastcifar.runtime import env_info
 
+    started = time.perf_counter()
     out = check_report_dir(cfg)
     dataset = load_cifar10(cfg.base.data_dir, download=cfg.base.download, progress=progress)
     n_available = len(dataset.train)
@@ -353,9 +355,11 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
             _execute(run, states[run.name], display, on_epoch_end, out)
     for run in runs:  # calibration and corruption robustness of every final model, cached in its run directory
         ensure_robustness(run, dataset.test, cfg.base.device, display.log)
-    results = report.collect(cfg, source, runs, env, lr_record)
-    files = report.write_report(out, results)
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
+    wall = {"seconds": time.perf_counter() - started, "trained": counts["new"] + counts["interrupted"],
+            "reused": counts["finished"]}
+    results = report.collect(cfg, source, runs, env, lr_record, wall)
+    files = report.write_report(out, results)
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
 
 

@@ -68,9 +68,10 @@ def _robustness_record(run_dir: Path) -> dict:
     path = run_dir / "robustness.json"
     if not path.is_file():
         return {"ece": None, "nll": None, "brier": None, "corruption_acc": None, "mean_corruption_acc": None,
-                "reliability": None}
+                "reliability": None, "clean_acc_no_tta": None}
     r = json.loads(path.read_text())
     return {"ece": r["clean"]["ece"], "nll": r["clean"]["nll"], "brier": r["clean"]["brier"],
+            "clean_acc_no_tta": r["clean"]["accuracy"],  # the protocol of the corruption accuracies (test_acc: TTA)
             "corruption_acc": {name: {sev: v["accuracy"] for sev, v in by.items()}
                                for name, by in r["corruptions"].items()},
             "mean_corruption_acc": r["mean_corruption_acc"], "reliability": r["clean"]["reliability"]}
@@ -88,7 +89,7 @@ def _summary_row(init: str, fraction: float, records: list[dict], label: str) ->
            "epochs": first["epochs"], "n_seeds": len(records), "seeds": [r["seed"] for r in records]}
     for key, name in (("test_acc", "test_acc"), ("test_loss", "test_loss"), ("train_seconds", "train_seconds"),
                       ("time_to_90pct_final_test_acc", "time_to_90pct"), ("ece", "ece"), ("nll", "nll"),
-                      ("mean_corruption_acc", "mean_corruption_acc")):
+                      ("mean_corruption_acc", "mean_corruption_acc"), ("clean_acc_no_tta", "clean_acc_no_tta")):
         row[f"{name}_mean"], row[f"{name}_std"] = _spread(records, key)
     return row
 
@@ -143,9 +144,13 @@ def setting_label(setting: str) -> str:
     return f"{size} px, {'CIFAR stem (3x3/1, no max-pool)' if stem == 'cifar' else 'ImageNet stem (7x7/2 + max-pool)'}"
 
 
-def collect(cfg, source: dict, runs: list, env: dict, lr_selection: dict | None = None) -> dict:
-    """Every number of the report, read from the finished run directories of `runs`."""
-    return summarize(cfg.to_dict(), source, [_run_record(run, Path(cfg.out)) for run in runs], env, lr_selection)
+def collect(cfg, source: dict, runs: list, env: dict, lr_selection: dict | None = None,
+            wall: dict | None = None) -> dict:
+    """Every number of the report, read from the finished run directories of `runs`; `wall`: the compare
+    command's own wall seconds and how many runs it trained vs reused."""
+    results = summarize(cfg.to_dict(), source, [_run_record(run, Path(cfg.out)) for run in runs], env, lr_selection)
+    results["wall"] = wall
+    return results
 
 
 def _section(setting: str, records: list[dict], labels: dict, lr_selection: dict | None) -> dict:
@@ -161,7 +166,7 @@ def _section(setting: str, records: list[dict], labels: dict, lr_selection: dict
             "per_class": {init: _per_class(select(init, fractions[-1])) for init in COMPARE_INITS},
             "robustness_gaps": [g for f in fractions for key in ROBUSTNESS_METRICS
                                 if (g := _metric_gap(f, [r for r in records if r["fraction"] == f], key))],
-            "lr_selection": lr_selection}
+            "corruption_acc": _corruption_means(records), "lr_selection": lr_selection}
 
 
 def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_selection: dict | None = None) -> dict:
@@ -363,9 +368,11 @@ def _robustness_tables(section: dict) -> list[str]:
         return []
     n_train = {r["fraction"]: r["n_train"] for r in section["summary"]}
     lines = ["### Beyond top-1: calibration and corruption robustness (mean ± std over seeds)", "",
-             "| training data | model | ECE (%) | NLL | mean corruption accuracy (%) |", "|---|---|---:|---:|---:|"]
+             "| training data | model | clean accuracy, no TTA (%) | ECE (%) | NLL | mean corruption accuracy (%) |",
+             "|---|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["fraction"]):
         lines.append(f"| {fraction_label(r['fraction'], r['n_train'])} | {r['label']} | "
+                     f"{_pm(r.get('clean_acc_no_tta_mean'), r.get('clean_acc_no_tta_std'), 100)} | "
                      f"{_pm(r['ece_mean'], r['ece_std'], 100)} | {_pm(r['nll_mean'], r['nll_std'], digits=3)} | "
                      f"{_pm(r['mean_corruption_acc_mean'], r['mean_corruption_acc_std'], 100)} |")
     lines += ["", "| training data | metric | gap, pretrained − random | 95 % CI (Welch's t) | better is | verdict |",
@@ -375,10 +382,43 @@ def _robustness_tables(section: dict) -> list[str]:
         ci = "-" if g["ci95_low"] is None else f"{g['ci95_low']:+.3f} … {g['ci95_high']:+.3f}"
         lines.append(f"| {fraction_label(g['fraction'], n_train[g['fraction']])} | {names[g['metric']]} | "
                      f"{g['gap']:+.3f} | {ci} | {g['better']} | {g['verdict']} |")
+    lines += ["", *_corruption_table(section)]
     return lines + ["", "Evaluated on the final models with the test split only (fp32, no flip TTA; no training): "
                     "NLL and ECE (15 equal-width confidence bins) on the clean images; corruption accuracy averaged "
                     "over nine CIFAR-10-C corruptions (Hendrycks and Dietterich, ICLR 2019) at severities 1, 3 and 5, "
                     "generated from the test images (`fastcifar evaluate` measures any model the same way).", ""]
+
+
+def _corruption_means(records: list[dict]) -> dict | None:
+    """Accuracy per corruption and severity for each arm at the largest fraction, mean over seeds (None without
+    robustness records): where each arm's mean corruption accuracy comes from."""
+    import numpy as np
+
+    top = max(r["fraction"] for r in records)
+    arms = {init: [r for r in records if r["init"] == init and r["fraction"] == top and r.get("corruption_acc")]
+            for init in COMPARE_INITS}
+    if not all(arms.values()):
+        return None
+    first = arms[COMPARE_INITS[0]][0]["corruption_acc"]
+    severities = sorted({s for by in first.values() for s in by}, key=int)
+    return {"fraction": top, "severities": severities,
+            "accuracy": {init: {name: {s: float(np.mean([r["corruption_acc"][name][s] for r in runs]))
+                                       for s in severities} for name in first} for init, runs in arms.items()}}
+
+
+def _corruption_table(section: dict) -> list[str]:
+    table = section.get("corruption_acc")
+    if not table:
+        return []
+    labels = {r["init"]: r["label"] for r in section["summary"]}
+    severities = table["severities"]
+    header = " | ".join(f"{labels[i]} s{s}" for i in COMPARE_INITS for s in severities)
+    lines = ["Accuracy (%) per corruption and severity (s = severity), largest fraction, mean over seeds, no TTA:",
+             "", f"| corruption | {header} |", "|---|" + "---:|" * (len(COMPARE_INITS) * len(severities))]
+    for name in table["accuracy"][COMPARE_INITS[0]]:
+        cells = [f"{100 * table['accuracy'][i][name][s]:.1f}" for i in COMPARE_INITS for s in severities]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
 
 
 def _section_markdown(section: dict, files: list[str]) -> list[str]:
@@ -387,6 +427,15 @@ def _section_markdown(section: dict, files: list[str]) -> list[str]:
             "### Test accuracy (mean ± std over seeds)", "", *_results_table(section), "",
             "### Accuracy gap", "", *_gap_table(section), "", *_robustness_tables(section), *_lr_table(section),
             "### Figures", "", *[line for f in figures for line in (f, "")]]
+
+
+def _wall_lines(results: dict) -> list[str]:
+    wall = results.get("wall")
+    if not wall:
+        return []
+    return [f"Wall time of the compare command that wrote this report: {wall['seconds'] / 60:.1f} min on "
+            f"{results['machine']} ({wall['trained']} run(s) trained or resumed by it, {wall['reused']} reused "
+            "finished; the robustness evaluation included).", ""]
 
 
 def render_markdown(results: dict) -> str:
@@ -424,8 +473,9 @@ def render_markdown(results: dict) -> str:
         f"trains with a smaller batch (lr scaled with it) so an epoch keeps at least {MIN_STEPS_PER_EPOCH} steps.",
         "- *time to train* counts the training loop only (evaluation and compile warm-up excluded); *time to 90 %* "
         "is the training time until the test accuracy, measured after each epoch, first reached 90 % of that run's "
-        "final accuracy.",
+        "final accuracy; '-' when no epoch before the last got there.",
         f"- {_caveats(results)[-1]}", "",
+        *_wall_lines(results),
         "## Runs", "", "| run directory | setting | peak lr | test acc (%) | test loss | train s |",
         "|---|---|---:|---:|---:|---:|", runs, "",
     ])
@@ -440,12 +490,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _band(ax, x, ys, init: str, label: str) -> None:
+def _band(ax, x, ys, init: str, label: str, points: bool = False) -> None:
+    """Mean line and ± 1 std band over seeds; with `points`, each seed's value as a dot too."""
     import numpy as np
 
     ys = np.asarray(ys, dtype=float) * 100
     mean = ys.mean(axis=0)
     ax.plot(x, mean, label=f"{label} (n={len(ys)})", **STYLE[init])
+    if points:
+        for y in ys:
+            ax.scatter(x, y, s=12, color=STYLE[init]["color"], alpha=0.6, zorder=3)
     if len(ys) > 1:
         std = ys.std(axis=0, ddof=1)
         ax.fill_between(x, mean - std, mean + std, color=STYLE[init]["color"], alpha=0.2, linewidth=0)
@@ -457,6 +511,7 @@ def plot_curves(results: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     fractions = sorted({r["fraction"] for r in results["runs"]}, reverse=True)
+    busy = bool(_timing_caveat(results["runs"]))
     fig = Figure(figsize=(11, 3.4 * len(fractions)), layout="constrained")
     axes = fig.subplots(len(fractions), 2, squeeze=False)
     for row, fraction in zip(axes, fractions):
@@ -467,7 +522,10 @@ def plot_curves(results: dict, path: Path) -> Path:
             _band(row[0], curves[0]["epoch"], accs, init, results["labels"][init])
             _band(row[1], seconds, accs, init, results["labels"][init])
         n_train = next(r["n_train"] for r in results["runs"] if r["fraction"] == fraction)
-        for ax, xlabel in zip(row, ("epoch", "training time (s, mean over seeds; evaluation excluded)")):
+        time_label = "training time (s, mean over seeds; evaluation excluded)" + (
+            "\nmachine busy (equal runs' times differ > 2x): these times measure the load, not the inits"
+            if busy else "")
+        for ax, xlabel in zip(row, ("epoch", time_label)):
             ax.set(xlabel=xlabel, ylabel="test accuracy (%)",
                    title=f"training data: {fraction_label(fraction, n_train)}")
             ax.grid(alpha=0.3)
@@ -487,6 +545,9 @@ def plot_data_efficiency(results: dict, path: Path) -> Path:
         ax.errorbar([r["fraction"] * nudge for r in rows], [100 * r["test_acc_mean"] for r in rows],
                     yerr=[100 * (r["test_acc_std"] or 0) for r in rows], capsize=4, label=results["labels"][init],
                     **STYLE[init])
+        seeds = [r for r in results["runs"] if r["init"] == init]  # every seed's run as a dot
+        ax.scatter([r["fraction"] * nudge for r in seeds], [100 * r["test_acc"] for r in seeds], s=12,
+                   color=STYLE[init]["color"], alpha=0.6, zorder=3)
     rows = sorted((r for r in results["summary"] if r["init"] == "random"), key=lambda r: r["fraction"])
     ax.set_xscale("log")
     ax.set_xticks([r["fraction"] for r in rows], [f"{100 * r['fraction']:g} %\n{r['n_train']:,} img" for r in rows])
@@ -562,10 +623,12 @@ def plot_robustness(results: dict, path: Path) -> Path:
         if not runs:
             continue
         severities = sorted({int(s) for r in runs for by in r["corruption_acc"].values() for s in by})
-        per_seed = [[r["test_acc"]] + [np.mean([by[str(s)] for by in r["corruption_acc"].values()]) for s in severities]
-                    for r in runs]  # fractions: _band draws them in %
-        _band(ax, [0, *severities], per_seed, init, results["labels"][init])
-    ax.set(xlabel="corruption severity (0: clean test images, with TTA)",
+        # Severity 0 is the clean accuracy measured the same way as the corrupted points (no flip TTA), so the
+        # drop to severity 1 is the corruption's alone; test_acc (with TTA) would overstate it by ~2 points.
+        per_seed = [[r["clean_acc_no_tta"]] + [np.mean([by[str(s)] for by in r["corruption_acc"].values()])
+                                               for s in severities] for r in runs]  # fractions: _band draws %
+        _band(ax, [0, *severities], per_seed, init, results["labels"][init], points=True)
+    ax.set(xlabel="corruption severity (0: clean test images; every point without TTA)",
            ylabel="accuracy (%), mean over 9 corruptions", title="Accuracy under corruption, largest fraction")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -593,6 +656,9 @@ def plot_reliability(results: dict, path: Path) -> Path:
         centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
         acc = np.divide(correct, count, out=np.zeros_like(correct, dtype=float), where=count > 0)
         ax.bar(centres, acc, width=(edges[1] - edges[0]) * 0.95, color=STYLE[init]["color"])
+        for x, y, n in zip(centres, acc, count):  # how many images each bar stands on (as evaluate's plot shows)
+            if n:
+                ax.text(x, min(y + 0.02, 0.97), f"{int(n)}", ha="center", va="bottom", fontsize=6, rotation=90)
         ece = np.mean([r["ece"] for r in runs])
         ax.text(0.04, 0.92, f"ECE {100 * ece:.2f} % (mean of {len(runs)} seeds)", transform=ax.transAxes)
     axes[0].set(ylabel="accuracy in bin")
@@ -639,6 +705,8 @@ def print_summary(results: dict, files: list[Path]) -> None:
                           _pm(r["train_seconds_mean"], r["train_seconds_std"], digits=1), gap)
         table.add_section()
     console = Console()
+    if not console.is_terminal:  # a log or a pipe: print every column in full instead of cutting at 80
+        console = Console(width=max(console.width, 240))
     console.print(table)
     console.print(results["conclusion"], highlight=False)
     for file in files:

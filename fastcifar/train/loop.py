@@ -333,10 +333,11 @@ def divergence_warning(metrics: dict, cfg: TrainConfig, steps_per_epoch: int, nu
 
 
 def _time_to_fraction(history: list[dict], final: float | None, fraction: float) -> float | None:
-    """Training seconds until test accuracy first reached `fraction` of its final value."""
+    """Training seconds until test accuracy first reached `fraction` of its final value; None when only the last
+    epoch did (that figure would just repeat the training time: no earlier epoch got there)."""
     if final is None:
         return None
-    for h in history:
+    for h in history[:-1]:
         if h.get("test_acc") is not None and h["test_acc"] >= fraction * final:
             return h["elapsed_train_seconds"]
     return None

@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # fastcifar on an NVIDIA GPU: train, compare, export, bench, and by default serve the demo on port 7860.
 #
-#   docker compose up -d                 # the demo, models from ./runs/pretrained and ./runs/scratch
-#   docker compose run --rm demo train --init imagenet --out runs/pretrained   # any other verb
+#   docker compose up -d       # trains ./runs/pretrained and ./runs/scratch when missing, then serves the demo
+#   docker compose run --rm --no-deps demo export runs/pretrained   # any other verb
 #
 # Base: the plain CUDA image plus pip, not an NGC PyTorch image. setup.cfg pins torch<=2.14.1 (PyPI's CUDA 13
 # build, which carries its own CUDA libraries, as DALI's and ONNX Runtime's wheels do), so pip would replace
@@ -36,6 +36,9 @@ COPY fastcifar ./fastcifar
 # hadolint ignore=DL3013
 RUN pip install --extra-index-url https://pypi.nvidia.com ".[demo,trt]" \
     && fastcifar --version
+# docker-compose.yml's one-shot `train` service (trains the demo's two models when they are missing); copied after
+# the install so that editing it does not reinstall the package.
+COPY docker/train-models.sh ./docker/
 
 # Run as an ordinary user; the work folders are volumes (docker-compose.yml mounts ./data, ./runs, ...).
 RUN useradd --create-home --uid 1000 --shell /bin/bash fastcifar \

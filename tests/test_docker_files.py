@@ -2,7 +2,8 @@
 
 hadolint lints the Dockerfile, `docker compose config` (or Debian's docker-compose) validates the compose file
 against the Compose schema offline, and the commands both files run are parsed by the real `fastcifar` CLI,
-so a renamed option breaks this test rather than the container.
+so a renamed option breaks this test rather than the container. The compose `train` service's script
+(docker/train-models.sh) runs here for real on the CPU at smoke size: train, skip, resume.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastcifar.cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
+TRAIN_SCRIPT = ROOT / "docker" / "train-models.sh"
 
 
 def _require(tool: str | None, reason: str) -> str:
@@ -122,6 +124,123 @@ def test_compose_serves_demo_on_loopback_with_a_gpu_and_runs_compare():
     assert str(params["pretrained"]) == "runs/pretrained" and str(params["scratch"]) == "runs/scratch"
     compare = services["compare"]
     assert compare["profiles"] and compare["command"][0] == "compare"
+
+
+def _image_path(src: str) -> str:
+    """Where the Dockerfile's COPY of `src` puts it in the image (destination taken against the WORKDIR then)."""
+    workdir = "/"
+    for instr, args in _instructions():
+        if instr == "WORKDIR":
+            workdir = args if args.startswith("/") else f"{workdir.rstrip('/')}/{args}"
+        elif instr == "COPY" and src in shlex.split(args)[:-1]:
+            dest = shlex.split(args)[-1]
+            dest = dest if dest.startswith("/") else f"{workdir.rstrip('/')}/{dest.removeprefix('./')}"
+            return f"{dest.rstrip('/')}/{Path(src).name}" if dest.endswith("/") else dest
+    raise AssertionError(f"the Dockerfile does not COPY {src}")
+
+
+def test_compose_up_trains_the_models_once_before_the_demo():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    train, demo = services["train"], services["demo"]
+    assert "profiles" not in train, "`docker compose up -d` must run the train service"
+    assert demo["depends_on"]["train"]["condition"] == "service_completed_successfully"
+    assert train.get("restart", "no") in ("no", "on-failure") or train["restart"].startswith("on-failure:"), \
+        "a failed training must not restart in a loop"
+    assert train["healthcheck"]["disable"], "the image's health check probes the demo, which train does not run"
+    # The one-shot script is the one in this repository, at the path the Dockerfile copies it to.
+    assert train["entrypoint"] == ["sh", _image_path(str(TRAIN_SCRIPT.relative_to(ROOT)))], train["entrypoint"]
+    # It trains exactly the two models the demo loads, with the GPU defaults.
+    env = {k: _compose_defaults(v) for k, v in train["environment"].items()}
+    demo_params = _parse_cli(_compose_defaults(demo["command"]))
+    assert env["PRETRAINED"] == str(demo_params["pretrained"]) and env["SCRATCH"] == str(demo_params["scratch"])
+    assert [v for k, v in train["environment"].items() if k in ("PRETRAINED", "SCRATCH")] == \
+        [p for p in demo["command"] if p.startswith("${FASTCIFAR_")], "train and demo read the same variables"
+    assert env["PRESET"] == "seed" and env["WEIGHTS"] == "imagenet"
+    # The new-run commands the script builds from these values parse with the real CLI.
+    for init, out in ((env["WEIGHTS"], env["PRETRAINED"]), ("random", env["SCRATCH"])):
+        params = _parse_cli(["train", "--preset", env["PRESET"], "--init", init, "--out", out,
+                             *shlex.split(env.get("TRAIN_OPTIONS", ""))])
+        assert params["preset"] == "seed" and params["init"] == init and str(params["out"]) == out
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_train_script_trains_skips_and_resumes_on_cpu(tmp_path, synthetic_dir):
+    """docker/train-models.sh as the compose service runs it, at smoke size on the CPU (~30 s on 2 cores)."""
+    import torch
+    import torchvision
+
+    from fastcifar.config import make_train_config
+    from fastcifar.errors import FastCifarError
+    from fastcifar.preprocess import CIFAR_MEAN, IMAGENET_MEAN
+    from fastcifar.train.loop import train
+
+    sh = _require(shutil.which("sh"), "no POSIX sh")
+    torch.manual_seed(7)  # stand-in "ImageNet" weights: the real ones cannot be downloaded here
+    weights = tmp_path / "fake-resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    tiny = "--device cpu --no-download --loader tensor --train-limit 100 --epochs 1 --batch-size 32"
+    env = {k: v for k, v in os.environ.items() if k not in ("PRETRAINED", "SCRATCH", "FASTCIFAR", "TORCH_HOME")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               FASTCIFAR_DATA=str(synthetic_dir), PRESET="smoke", WEIGHTS=str(weights), TRAIN_OPTIONS=tiny)
+    runs = tmp_path / "runs"  # the script's default run directories are runs/pretrained and runs/scratch
+
+    def script(**extra) -> subprocess.CompletedProcess:
+        return subprocess.run([sh, str(TRAIN_SCRIPT)], cwd=tmp_path, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=600, check=False)
+
+    # No weights: fastcifar's one-line message, a non-zero exit, and the scratch model is not started.
+    failed = script(WEIGHTS=str(tmp_path / "missing.pth"))
+    assert failed.returncode != 0 and failed.stderr.strip().splitlines()[-1].startswith("Error:"), failed.stderr
+    assert "missing.pth" in failed.stderr and not runs.exists()
+
+    # A fresh checkout: both models trained, with per-epoch lines in the log (stderr is not a terminal).
+    first = script()
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    for name, init, mean in (("pretrained", str(weights), IMAGENET_MEAN), ("scratch", "random", CIFAR_MEAN)):
+        run = runs / name
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+        assert (run / "model.safetensors").is_file() and not (run / "state.pt").exists()
+        config = json.loads((run / "config.json").read_text())
+        assert (config["preset"], config["init"], config["epochs"], config["device"]) == ("smoke", init, 1, "cpu")
+        assert tuple(json.loads((run / "model.json").read_text())["mean"]) == mean
+        assert f"training into runs/{name}" in first.stdout
+    assert first.stderr.count("epoch   1/1") == 2, first.stderr
+
+    # Rerun: both skipped, nothing trained or rewritten.
+    before = _files(runs)
+    second = script()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.count("already finished, skipped") == 2 and "train:" not in second.stderr, second
+    assert _files(runs) == before
+
+    # An interrupted scratch run (Ctrl-C after epoch 1 of 2: config.json + state.pt, no summary) is resumed.
+    shutil.rmtree(runs / "scratch")
+
+    def interrupt(epoch, metrics):
+        raise KeyboardInterrupt
+
+    cfg = make_train_config("smoke", dict(data_dir=str(synthetic_dir), download=False, device="cpu", loader="tensor",
+                                          train_limit=100, epochs=2, batch_size=32, out=str(runs / "scratch")))
+    with pytest.raises(FastCifarError, match="--resume"):
+        train(cfg, progress=False, on_epoch_end=interrupt)
+    interrupted = set(_files(runs / "scratch"))
+    assert {"config.json", "state.pt"} <= interrupted and "summary.json" not in interrupted, interrupted
+    pretrained_before = _files(runs / "pretrained")
+    third = script()
+    assert third.returncode == 0, third.stdout + third.stderr[-3000:]
+    assert "pretrained: runs/pretrained already finished, skipped" in third.stdout
+    assert "scratch: runs/scratch is unfinished, resuming" in third.stdout
+    assert "epoch   2/2" in third.stderr and "epoch   1/2" not in third.stderr, third.stderr
+    summary = json.loads((runs / "scratch" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 2
+    metrics = (runs / "scratch" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
+    assert (runs / "scratch" / "model.safetensors").is_file() and not (runs / "scratch" / "state.pt").exists()
+    assert _files(runs / "pretrained") == pretrained_before
 
 
 def test_dockerignore_keeps_what_the_image_copies_and_drops_the_rest():

@@ -16,7 +16,8 @@ import click
 
 from fastcifar import __version__
 # The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
-from fastcifar.config import COMPILE_MODES, EXPORT_PRECISIONS, IF_NO_WEIGHTS, PRECISIONS, PRESET_NAMES, SCHEDULES
+from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, EXPORT_PRECISIONS, IF_NO_WEIGHTS,
+                              PRECISIONS, PRESET_NAMES, SCHEDULES)
 from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
 from fastcifar.models import ARCHS, STEMS
@@ -65,6 +66,102 @@ def download_option(func):
 
 def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")(func)
+
+
+# --precision means what it says first: training autocast (train, compare), the serving cast (predict, bench,
+# evaluate, demo) or the exported graph's type (export).
+_SERVING_PRECISION_HELP = (
+    "Serving cast: what the torch / torch-compiled backends compute in at inference (the model is cast; fp32 is "
+    "the parity reference; not the training autocast). An .onnx file or engine runs at the precision it was "
+    "exported with (export --precision). [default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
+
+# ---------------------------------------------------------------------------------------------- the model
+# Every verb that takes one model takes it as MODEL or as --model (the same path either way, given once); bench
+# takes one or more, all in one form. predict's arguments are [MODEL] IMAGE...: without --model the first is the
+# model, with --model they are all images.
+
+MODEL_WORDS = "a run directory, model.safetensors, .onnx file or TensorRT engine"
+
+
+def model_argument(func):
+    return click.argument("model", required=False, type=click.Path(path_type=Path))(func)
+
+
+def model_option(func):
+    return click.option("--model", "model_option", type=click.Path(path_type=Path), default=None,
+                        help="MODEL as an option (the same path; give it one way or the other, once).")(func)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _usage_error(message: str) -> click.UsageError:
+    return click.UsageError(message, ctx=click.get_current_context(silent=True))
+
+
+def _one_model(verb: str, positional: Path | None, option: Path | None) -> Path:
+    """The model given as MODEL or --model; a usage error when it is missing or given both ways."""
+    if positional is not None and option is not None:
+        if _same_path(positional, option):
+            raise _usage_error(f"the model is given twice (MODEL {positional} and --model {option}): give it once, "
+                               "as MODEL or with --model")
+        raise _usage_error(f"two models given (MODEL {positional} and --model {option}): {verb} takes one; give "
+                           "it once, as MODEL or with --model")
+    if positional is None and option is None:
+        raise _usage_error(f"Missing MODEL: give it as MODEL or with --model, e.g. fastcifar {verb} runs/r18")
+    return positional if positional is not None else option
+
+
+def _models(positional: tuple[Path, ...], options: tuple[Path, ...]) -> tuple[Path, ...]:
+    """bench's models: MODEL... or --model (repeatable), one form only."""
+    if positional and options:
+        if len(positional) == len(options) and all(_same_path(a, b) for a, b in zip(positional, options)):
+            raise _usage_error(f"the model is given twice (MODEL {' '.join(map(str, positional))} and --model "
+                               f"{' --model '.join(map(str, options))}): give the models once, as MODEL... or "
+                               "with --model")
+        raise _usage_error(f"models given both as MODEL ({' '.join(map(str, positional))}) and with --model "
+                           f"({', '.join(map(str, options))}): give them all one way, as MODEL... or with --model "
+                           "(repeated)")
+    if not positional and not options:
+        raise _usage_error(f"Missing MODEL ({MODEL_WORDS}): give one or more as MODEL... or with --model, e.g. "
+                           "fastcifar bench runs/r18")
+    return positional or options
+
+
+def _is_model_path(path: Path) -> bool:
+    """A run directory (finished or not) or a model file, by what is on disk: predict's guard against a model
+    taken for an image folder."""
+    from fastcifar.rundir import looks_like_run_dir
+    from fastcifar.serve.artifacts import ENGINE_SUFFIXES
+
+    if path.is_dir():
+        return looks_like_run_dir(path)
+    return path.suffix.lower() in (".safetensors", ".onnx", *ENGINE_SUFFIXES)
+
+
+def _predict_inputs(paths: tuple[Path, ...], option: Path | None) -> tuple[Path, tuple[Path, ...]]:
+    """(model, images) from predict's [MODEL] IMAGE... and --model."""
+    forms = "fastcifar predict MODEL IMAGE... or fastcifar predict IMAGE... --model MODEL"
+    if option is not None:
+        model, images = option, paths
+    elif not paths:
+        raise _usage_error(f"Missing MODEL and IMAGE: {forms}")
+    else:
+        model, images = paths[0], paths[1:]
+        if model.exists() and not _is_model_path(model):
+            raise _usage_error(f"{model} is not a model ({MODEL_WORDS}): without --model the first argument is the "
+                               f"model - {forms}")
+    for path in images:
+        if _same_path(path, model):
+            raise _usage_error(f"the model {model} is given twice" + (" (as --model and as an argument)" if option
+                               is not None else "") + f": give it once - {forms}")
+        if _is_model_path(path):
+            raise _usage_error(f"{path} is a model, and {model} is the model already: predict takes one model - "
+                               f"{forms}")
+    if not images:
+        raise _usage_error(f"Missing IMAGE: give at least one image file or folder after the model - {forms}")
+    return model, images
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -147,7 +244,9 @@ _TRAIN_OPTIONS = [
     (("--val-fraction",), dict(type=float, help="Fraction of the training images held out for validation.")),
     (("--train-limit",), dict(type=int, help="Train on the first N training images only.")),
     (("--epochs",), dict(type=int, help="Training epochs.")),
-    (("--batch-size",), dict(type=int, help="Global batch size (split across torchrun ranks).")),
+    (("--batch-size",), dict(type=int, help="Training batch: images per optimizer step, global (split across "
+                                            "torchrun ranks). Not bench's --batch-sizes (inference batches timed) "
+                                            "nor export's --batch (TensorRT profile).")),
     (("--lr",), dict(type=float, help="Peak learning rate (SGD Nesterov, warm-up then decay to 0).")),
     (("--weight-decay",), dict(type=float, help="Weight decay (not on BatchNorm weights or biases).")),
     (("--label-smoothing",), dict(type=float, help="Label smoothing of the cross-entropy loss.")),
@@ -182,8 +281,10 @@ _TRAIN_OPTIONS = [
                              "the training clock). Not yet measured on a GPU.")),
     (("--device",), dict(help="auto | cpu | cuda | cuda:N.")),
     (("--precision",), dict(type=click.Choice(PRECISIONS),
-                            help="Autocast precision; auto = bf16 on CUDA, fp32 on CPU (bf16 measured slower "
-                                 "there: 0.86x with AMX, ~7x slower without).")),
+                            help="Training autocast: the precision the forward/backward passes compute in under "
+                                 "torch.autocast (weights stay fp32; not a serving or export setting); auto = bf16 "
+                                 "on CUDA, fp32 on CPU (bf16 measured slower there: 0.86x with AMX, ~7x slower "
+                                 "without).")),
     (("--channels-last/--no-channels-last",), dict(default=None, help="channels_last memory format. "
                                                                      "[default: on for CUDA, off on CPU]")),
     (("--compile/--no-compile",), dict(default=None, help="torch.compile the model. [default: on for CUDA, off "
@@ -285,6 +386,25 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, keep_state: bo
 # ---------------------------------------------------------------------------------------------- compare
 
 
+def _numbers(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _compare_default(per_preset: dict[str, str]) -> str:
+    """'[default: X; smoke: Y]': the value most presets share, then each preset that differs (from config.py's
+    tables, like `_default`, so compare --help never goes stale)."""
+    from collections import Counter
+
+    common = Counter(per_preset.values()).most_common(1)[0][0]
+    return "[default: " + "; ".join([common] + [f"{p}: {v}" for p, v in per_preset.items() if v != common]) + "]"
+
+
+def _lr_grid_default() -> str:
+    """'[default: seed: 0.05,0.1,0.2; ...; none when --lr is given]' from COMPARE_LR_GRIDS."""
+    grids = "; ".join(f"{preset}: {_numbers(grid)}" for preset, grid in COMPARE_LR_GRIDS.items())
+    return f"[default: {grids}; none when --lr is given]"
+
+
 @cli.command()
 @click.option("--preset", type=click.Choice(("auto", *PRESET_NAMES)), default="auto", show_default=True,
               help="Budget and recipe of every run (as for `train`): auto = seed on a GPU, smoke on a CPU.")
@@ -292,21 +412,21 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, keep_state: bo
 @data_dir_option
 @download_option
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
-              help="Seeds per (init, fraction): --seed, --seed+1, ... [default: 3; smoke: 2]")
+              help="Seeds per (init, fraction): --seed, --seed+1, ... "
+                   + _compare_default({p: str(seeds) for p, (seeds, _) in COMPARE_DEFAULTS.items()}))
 @click.option("--fractions", default=None,
               help="Comma-separated fractions of the training images (of --train-limit when given) to train on. "
-                   "[default: 0.01,0.1,1.0; smoke: 0.1,1.0]")
+                   + _compare_default({p: _numbers(fractions) for p, (_, fractions) in COMPARE_DEFAULTS.items()}))
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="torchvision-format ImageNet state dict (.pth/.pt/.safetensors) for the pretrained arm, for "
                    "offline machines. [default: torchvision's IMAGENET1K_V1 download/cache]")
 @click.option("--if-no-weights", type=click.Choice(IF_NO_WEIGHTS), default="fail", show_default=True,
               help="When the ImageNet weights cannot be had: fail with a message, or run the pretrained arm from "
-                   "stand-in random weights (a pipeline check, labelled as such in the report).")
+                   "stand-in random weights (a pipeline check, labelled as such in the report and the demo).")
 @click.option("--lr-grid", default=None,
               help="Comma-separated peak learning rates: each arm (pretrained, random) trains once per value on the "
                    "first seed at the largest fraction and keeps the one with the best validation accuracy (the "
-                   "test set plays no part); 'none' = one shared --lr for both arms. [default: seed: 0.05,0.1,0.2; "
-                   "fast: 0.1,0.2,0.4; smoke: 0.05,0.1; none when --lr is given]")
+                   "test set plays no part); 'none' = one shared --lr for both arms. " + _lr_grid_default())
 @click.option("--image-sizes", "image_sizes", default=None,
               help="Settings to compare, each its own table section: comma-separated sizes, each with its stem "
                    "(32 -> CIFAR stem, larger -> ImageNet stem) or SIZE:STEM, e.g. 32,224 or 32:cifar,64:imagenet. "
@@ -371,12 +491,13 @@ compare.params = [p for p in compare.params if p.name != "init"]
 @click.option("--examples", "examples_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder of your own images to add to the gallery. [default: none]")
 @click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
-              help="What the torch / torch-compiled backends compute in (the model is cast; fp32 is the parity "
-                   "reference). An .onnx file or engine runs at the precision it was exported with. "
-                   "[default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
+              help=_SERVING_PRECISION_HELP)
 def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, share: bool,
          data_dir: Path | None, examples_dir: Path | None, precision: str | None) -> None:
     """Serve a web page: one image in, ImageNet-pretrained and from-scratch top-10 side by side.
+
+    Each model is named by what its run records: a "pretrained" run that `compare --if-no-weights stand-in`
+    trained from stand-in random weights is titled and flagged as a stand-in, not ImageNet-pretrained.
 
     Example: fastcifar demo --pretrained runs/pretrained --scratch runs/scratch
     """
@@ -397,32 +518,35 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
 
 
 @cli.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", required=True, type=click.Path(path_type=Path),
-              help="Run directory, model.safetensors, .onnx file or TensorRT engine.")
+@click.argument("paths", metavar="[MODEL] IMAGE...", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model_option", type=click.Path(path_type=Path), default=None,
+              help=f"The model ({MODEL_WORDS}); then every argument is an image. Without it the first argument is "
+                   "the model.")
 @click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
               help="Inference backend; auto runs the given file as it is (run dir: torch, .onnx: onnxruntime, "
                    "engine: tensorrt). A run dir with onnxruntime/tensorrt is exported on the fly (cached).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
 @click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
-              help="What the torch / torch-compiled backends compute in (the model is cast; fp32 is the parity "
-                   "reference). An .onnx file or engine runs at the precision it was exported with. "
-                   "[default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
+              help=_SERVING_PRECISION_HELP)
 @click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Labels shown per image.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print a JSON list [{"file", "top": [{"label", "prob"}], "backend", "precision"}] instead of a '
                    'table. [default: table]')
-def predict(images: tuple[Path, ...], model: Path, backend: str, device: str, precision: str | None, topk: int,
-            as_json: bool) -> None:
+def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, device: str, precision: str | None,
+            topk: int, as_json: bool) -> None:
     """Classify image files (any format Pillow reads; directories are walked) with a trained model.
 
-    Unreadable files get a message on stderr and the others are still predicted; the exit code is 1 if any failed.
+    The model comes first (MODEL IMAGE...) or with --model (IMAGE... --model MODEL: then every argument is an
+    image), as for the other verbs. Unreadable files get a message on stderr and the others are still predicted;
+    the exit code is 1 if any failed.
 
     \b
     Examples:
-      fastcifar predict cat.jpg photos/ --model runs/resnet18-imagenet
+      fastcifar predict runs/resnet18-imagenet cat.jpg photos/
+      fastcifar predict cat.jpg photos/ --model runs/resnet18-imagenet      # the same
       fastcifar predict *.png --model exported/resnet18-imagenet.onnx --topk 1 --json
     """
+    model, images = _predict_inputs(paths, model_option)
     from fastcifar.serve.predictor import load_predictor, predict_files
 
     predictor = load_predictor(model, None if backend == "auto" else backend, device, precision=precision)
@@ -453,12 +577,12 @@ def _print_predictions(results: list[dict], backend: str) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
+@model_option
 @click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
               help="Inference backend; auto runs the given file as it is (as for predict).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
-@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
-              help="Precision of the torch backends. [default: bf16 on CUDA, fp32 on the CPU]")
+@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None, help=_SERVING_PRECISION_HELP)
 @data_dir_option
 @click.option("--corruptions", default="all", show_default=True,
               help="all | none | comma-separated names among: gaussian_noise, shot_noise, impulse_noise, "
@@ -472,19 +596,21 @@ def _print_predictions(results: list[dict], backend: str) -> None:
               help="Directory for the reliability diagram (reliability.png). [default: none]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated corruptions.")
 @json_option
-def evaluate(model: Path, backend: str, device: str, precision: str | None, data_dir: Path | None, corruptions: str,
-             severities: str, cifar10c: Path | None, max_images: int | None, plots: Path | None, seed: int,
-             as_json: bool) -> None:
+def evaluate(model: Path | None, model_option: Path | None, backend: str, device: str, precision: str | None,
+             data_dir: Path | None, corruptions: str, severities: str, cifar10c: Path | None, max_images: int | None,
+             plots: Path | None, seed: int, as_json: bool) -> None:
     """Calibration and corruption robustness of MODEL on the CIFAR-10 test split (what pretraining buys beyond
     top-1): accuracy, NLL, Brier score, ECE (15 bins), reliability diagram; accuracy per corruption and severity
-    (CIFAR-10-C's definitions), their mean and its ratio to clean accuracy.
+    (CIFAR-10-C's definitions), their mean and its ratio to clean accuracy. MODEL may also be given as --model.
 
     \b
     Examples:
       fastcifar evaluate runs/r18 --data-dir ../shared/cifar10 --corruptions all --severities 1,3,5 --json
+      fastcifar evaluate --model runs/r18 --corruptions none                  # the same MODEL, as an option
       fastcifar evaluate exported/r18.onnx --corruptions gaussian_noise,contrast --plots reports/eval
       fastcifar evaluate runs/r18 --cifar10c ~/data/CIFAR-10-C
     """
+    model = _one_model("evaluate", model, model_option)
     from fastcifar.robustness import parse_corruptions, parse_severities
     from fastcifar.serve.evaluate import evaluate_model, print_evaluation
 
@@ -499,22 +625,28 @@ def evaluate(model: Path, backend: str, device: str, precision: str | None, data
 
 
 @cli.command()
-@click.option("--model", "models", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Model to measure: run directory, model.safetensors, .onnx or engine. Repeat for several.")
+@click.argument("model_args", metavar="[MODEL]...", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
+              help=f"Model to measure ({MODEL_WORDS}), as an option; repeat for several. Or give them as "
+                   "MODEL... (one form, not both).")
 @click.option("--backends", default="torch,torch-compiled,onnxruntime,tensorrt", show_default=True,
               help="Comma-separated backends, each optionally with a precision for the torch ones (torch:fp32, "
                    "torch:bf16, torch-compiled:fp16) so one run sets them side by side; those that cannot run "
                    "here are listed as 'skipped: why'. The parity reference is always PyTorch fp32 eager.")
-@click.option("--batch-sizes", default="1,64,256,1024", show_default=True, help="Comma-separated batch sizes to time.")
+@click.option("--batch-sizes", default="1,64,256,1024", show_default=True,
+              help="Inference batch sizes to time, comma-separated (images per forward call). Not train's "
+                   "--batch-size (the training batch); a TensorRT engine skips sizes above the MAX of the profile "
+                   "it was exported with (export --batch MIN:OPT:MAX).")
 @data_dir_option
 @click.option("--download/--no-download", default=False, show_default=True,
               help="Download CIFAR-10 when it is found neither in --data-dir nor where the run was trained from "
                    "(off: a benchmark measures, it does not fetch data unasked).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
 @click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
-              help="Precision of the torch backends that name none in --backends (the model is cast; fp32 is the "
-                   "parity reference). An .onnx file or engine runs at the precision it was exported with. "
-                   "[default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
+              help="Serving cast: what the torch backends that name none in --backends compute in at inference "
+                   "(the model is cast; fp32 is the parity reference; not the training autocast). An .onnx file or "
+                   "engine runs at the precision it was exported with (export --precision). [default: bf16 on CUDA, "
+                   "fp32 on the CPU (measured fastest on each)]")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Score on the first N test images only. [default: all]")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
@@ -546,17 +678,21 @@ def evaluate(model: Path, backend: str, device: str, precision: str | None, data
                    "folder is created; an existing file is kept), so a bench killed by a time limit leaves every "
                    "row it finished. Each line names its model, label/backend, precision, device, batch_sizes and "
                    "machine. [default: off]")
-def bench(models, backends, batch_sizes, data_dir, download, device, precision, max_images, reference,
+def bench(model_args, models, backends, batch_sizes, data_dir, download, device, precision, max_images, reference,
           max_accuracy_drop, results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, repeats,
           threads, as_json, jsonl) -> None:
     """Accuracy parity and speed of each inference backend; each backend runs alone in its own process.
 
+    The models come as MODEL... or as --model (repeated), one form or the other.
+
     \b
     Examples:
-      fastcifar bench --model runs/resnet18-imagenet --data-dir ../shared/cifar10
-      fastcifar bench --model runs/r18 --backends torch,onnxruntime --batch-sizes 1,256 --json
-      fastcifar bench --model exported/r18.onnx --reference runs/r18 --max-accuracy-drop 0.1   # CI gate
+      fastcifar bench runs/resnet18-imagenet --data-dir ../shared/cifar10
+      fastcifar bench --model runs/resnet18-imagenet --data-dir ../shared/cifar10      # the same
+      fastcifar bench runs/r18 --backends torch,onnxruntime --batch-sizes 1,256 --json
+      fastcifar bench exported/r18.onnx --reference runs/r18 --max-accuracy-drop 0.1   # CI gate
     """
+    models = _models(model_args, models)
     from fastcifar.bench.harness import BenchConfig, bench as run_bench, parse_backends, parse_batch_sizes
 
     cfg = BenchConfig(models=tuple(str(m) for m in models), backends=parse_backends(backends),
@@ -580,14 +716,16 @@ def bench(models, backends, batch_sizes, data_dir, download, device, precision, 
 
 
 @cli.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
+@model_option
 @click.option("--onnx/--no-onnx", default=True, show_default=True,
               help="Export the ONNX file. --no-onnx reuses the one already in --out (for --trt / INT8 only).")
 @click.option("--trt", is_flag=True, default=False,
               help="Also build a TensorRT engine (needs TensorRT and an NVIDIA GPU). [default: off]")
 @click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True,
-              help="Compute type inside the graph (the engine's precision under TensorRT 11). I/O stay "
-                   "uint8/float32 in, float32 logits out.")
+              help="Exported graph type: the compute type written into the ONNX graph (the engine's precision "
+                   "under TensorRT 11); not a training or serving setting (an exported file always runs at it). "
+                   "I/O stay uint8/float32 in, float32 logits out.")
 @click.option("--input", "input_kind", type=click.Choice(INPUT_KINDS), default="raw", show_default=True,
               help="raw: uint8 NHWC 32x32 pixels in, normalisation (and resize) inside the graph. "
                    "normalized: float32 NCHW at the model's image size, already normalised.")
@@ -603,24 +741,29 @@ def bench(models, backends, batch_sizes, data_dir, download, device, precision, 
 @click.option("--verify-images", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Test images for the parity check (0 = all).")
 @click.option("--batch", default="1:256:1024", show_default=True,
-              help="TensorRT optimisation profile MIN:OPT:MAX batch sizes (or one size).")
+              help="TensorRT optimisation profile MIN:OPT:MAX (or one size): the engine accepts batches of MIN to "
+                   "MAX images and is tuned for OPT; used with --trt only. Not train's --batch-size (the training "
+                   "batch) nor bench's --batch-sizes (the inference batches it times).")
 @click.option("--workspace-gib", type=click.FloatRange(min=0.0, min_open=True), default=4.0, show_default=True,
               help="TensorRT builder workspace limit in GiB.")
 @click.option("--int8-calib-images", type=click.IntRange(min=0), default=0, show_default=True,
               help="N > 0: also write an INT8 (Q/DQ) ONNX calibrated on N training images, and build the "
                    "engine from it with --trt. Needs --precision fp32.")
 @json_option
-def export(model: Path, onnx: bool, trt: bool, precision: str, input_kind: str, opset: int | None, out_dir: Path,
-           data_dir: Path | None, verify: bool, verify_images: int, batch: str, workspace_gib: float,
-           int8_calib_images: int, as_json: bool) -> None:
+def export(model: Path | None, model_option: Path | None, onnx: bool, trt: bool, precision: str, input_kind: str,
+           opset: int | None, out_dir: Path, data_dir: Path | None, verify: bool, verify_images: int, batch: str,
+           workspace_gib: float, int8_calib_images: int, as_json: bool) -> None:
     """Export MODEL (a run directory or model.safetensors; an .onnx for --trt alone) to ONNX / TensorRT.
 
     Every ONNX file is checked with onnx.checker and compared with the PyTorch model in ONNX Runtime; the
     result is written beside it as <name>.parity.json. Without TensorRT or a GPU, --trt ends with a
     message saying what is missing; the ONNX files are still written.
 
+    MODEL may also be given as --model.
+
     Example: fastcifar export runs/r18-imagenet --precision fp16 --trt --batch 1:256:1024
     """
+    model = _one_model("export", model, model_option)
     from fastcifar.export import export_model
 
     summary = export_model(model, onnx=onnx, trt=trt, precision=precision, input_kind=input_kind, opset=opset,

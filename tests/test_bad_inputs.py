@@ -98,6 +98,19 @@ CASES = [
     ("demo", ["--pretrained", "nowhere", "--scratch", "{MODEL}"], "does not exist"),
     ("demo", ["--pretrained", "{UNFINISHED}", "--scratch", "{MODEL}"], "unfinished run"),
     ("demo", ["--pretrained", "{MODEL}", "--scratch", "{MODEL}", "--port", "70000"], "70000"),
+    # the model given twice, two different ways, or not at all (MODEL and --model are one thing)
+    ("export", ["{MODEL}", "--model", "{MODEL}", "--out", "out"], "the model is given twice"),
+    ("export", ["{MODEL}", "--model", "{MISMATCH}", "--out", "out"], "two models given"),
+    ("export", ["--out", "out"], "Missing MODEL"),
+    ("evaluate", ["{MODEL}", "--model", "{MISMATCH}", "--device", "cpu"], "evaluate takes one"),
+    ("bench", ["{MODEL}", "--model", "{MODEL}", "--device", "cpu"], "the model is given twice"),
+    ("bench", ["{MODEL}", "--model", "{MISMATCH}", "--device", "cpu"], "both as MODEL"),
+    ("bench", ["--device", "cpu"], "Missing MODEL"),
+    ("predict", ["{MODEL}", "{TEXT}", "--model", "{MODEL}", "--device", "cpu"], "is given twice"),
+    ("predict", ["{TEXT}", "{MISMATCH}", "--model", "{MODEL}", "--device", "cpu"], "predict takes one model"),
+    ("predict", ["{MODEL}", "{MISMATCH}", "{TEXT}", "--device", "cpu"], "predict takes one model"),
+    ("predict", ["{TEXT}", "--device", "cpu"], "is not a model"),
+    ("predict", ["{MODEL}", "--device", "cpu"], "Missing IMAGE"),
 ]
 
 

@@ -215,3 +215,119 @@ def test_every_verb_runs_with_passive_openmp_unless_the_user_chose(monkeypatch):
                           capture_output=True, text=True, env={k: v for k, v in os.environ.items()
                                                                if k != "OMP_WAIT_POLICY"})
     assert proc.stdout.split() == ["PASSIVE", "False"]  # set while torch is not loaded yet
+
+
+# ---------------------------------------------------------------------------------------------- one vocabulary
+
+
+def _captured(monkeypatch, module, name: str, result):
+    """Replace module.name with a stub that records its arguments and returns `result`."""
+    calls = []
+
+    def stub(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+
+    monkeypatch.setattr(module, name, stub)
+    return calls
+
+
+def test_bench_takes_models_as_arguments_or_options_alike(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from fastcifar.bench import harness
+
+    calls = _captured(monkeypatch, harness, "bench", SimpleNamespace(rows=[], files=[], passed=True, failures=[]))
+    a, b = tmp_path / "run-a", tmp_path / "run-b.onnx"
+    common = ["--backends", "torch,onnxruntime", "--batch-sizes", "1,8", "--device", "cpu", "--json"]
+    for args in ([str(a), *common], ["--model", str(a), *common], [*common, str(a)],  # one model
+                 [str(a), str(b), *common], ["--model", str(a), "--model", str(b), *common]):  # two, in order
+        result = _run(["bench", *args])
+        assert result.exit_code == 0, result.output
+    configs = [args[0] for args, _ in calls]
+    assert configs[0] == configs[1] == configs[2] and configs[0].models == (str(a),)
+    assert configs[3] == configs[4] and configs[3].models == (str(a), str(b))
+    assert configs[0].backends == ("torch", "onnxruntime") and configs[0].batch_sizes == (1, 8)
+
+
+def test_predict_takes_the_model_first_or_as_an_option(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from fastcifar.serve import predictor as predictor_module
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text("{}")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    loads = _captured(monkeypatch, predictor_module, "load_predictor",
+                      SimpleNamespace(backend="torch", precision="fp32", device="cpu"))
+    files = _captured(monkeypatch, predictor_module, "predict_files", ([], []))
+    for args in ([run, "cat.jpg", photos], ["cat.jpg", photos, "--model", run], ["--model", run, "cat.jpg", photos]):
+        result = _run(["predict", *map(str, args), "--device", "cpu", "--json"])
+        assert result.exit_code == 0, result.output
+    assert [args for args, _ in loads] == [(run, None, "cpu")] * 3
+    assert [args[1] for args, _ in files] == [(Path("cat.jpg"), photos)] * 3
+
+
+def test_export_and_evaluate_take_model_as_an_option_too(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import fastcifar.export
+    import fastcifar.serve.evaluate
+
+    exports = _captured(monkeypatch, fastcifar.export, "export_model", SimpleNamespace(to_dict=dict, error=None))
+    evaluations = _captured(monkeypatch, fastcifar.serve.evaluate, "evaluate_model", {})
+    run = tmp_path / "run"
+    for args in ([str(run)], ["--model", str(run)]):
+        assert _run(["export", *args, "--no-verify", "--json"]).exit_code == 0
+        assert _run(["evaluate", *args, "--corruptions", "none", "--json"]).exit_code == 0
+    for calls in (exports, evaluations):
+        (args, kwargs), (args2, kwargs2) = calls
+        kwargs.pop("log"), kwargs2.pop("log")  # a fresh lambda per call
+        assert args == args2 == (run,) and kwargs == kwargs2
+
+
+@pytest.mark.parametrize("verb", ["export", "evaluate", "bench", "predict"])
+def test_model_given_twice_or_not_at_all_is_a_usage_error(verb, tmp_path):
+    run = str(tmp_path / "run")
+    extra = [str(tmp_path / "cat.png")] if verb == "predict" else []
+    for args, words in (([run, *extra, "--model", run], "given twice"), ([], "Missing")):
+        result = _run([verb, *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and words in errors[0] and "--model" in errors[0], result.output
+
+
+def test_compare_help_derives_its_defaults_from_the_config():
+    from fastcifar.config import COMPARE_DEFAULTS, COMPARE_LR_GRIDS
+
+    text = " ".join(_run(["compare", "--help"]).stdout.split())
+    grids = "; ".join(f"{preset}: {','.join(map(str, grid))}" for preset, grid in COMPARE_LR_GRIDS.items())
+    assert f"[default: {grids}; none when --lr is given]" in text
+    assert "smoke: 0.025,0.05" in text  # the grid the code uses (the help once said 0.05,0.1)
+    options = text.split("Options:", 1)[1]
+    seeds_help = options.split("--seeds ", 1)[1].split("--fractions ", 1)[0]
+    fractions_help = options.split("--fractions ", 1)[1].split("--pretrained-weights ", 1)[0]
+    for seeds, fractions in COMPARE_DEFAULTS.values():
+        assert str(seeds) in seeds_help.split("[default:")[1]
+        assert ",".join(map(str, fractions)) in fractions_help.split("[default:")[1]
+
+
+def test_precision_and_batch_help_say_which_meaning_first():
+    def option_help(verb: str, option: str) -> str:
+        command = cli.commands[verb]
+        return next(p.help for p in command.params if option in getattr(p, "opts", ()))
+
+    for verb in ("train", "compare"):
+        assert option_help(verb, "--precision").startswith("Training autocast")
+        assert option_help(verb, "--batch-size").startswith("Training batch")
+    for verb in ("predict", "bench", "evaluate", "demo"):
+        assert option_help(verb, "--precision").startswith("Serving cast"), verb
+    assert option_help("export", "--precision").startswith("Exported graph type")
+    assert option_help("export", "--batch").startswith("TensorRT optimisation profile MIN:OPT:MAX")
+    assert option_help("bench", "--batch-sizes").startswith("Inference batch sizes")
+    for verb, option, others in (("export", "--batch", ("--batch-size", "--batch-sizes")),
+                                 ("bench", "--batch-sizes", ("--batch-size", "--batch MIN:OPT:MAX")),
+                                 ("train", "--batch-size", ("--batch-sizes", "--batch "))):
+        assert all(o in option_help(verb, option) for o in others), (verb, option)

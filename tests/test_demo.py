@@ -8,6 +8,7 @@ library computes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -146,6 +147,103 @@ def test_gallery_holds_real_test_pixels(tmp_path, synthetic_dir, monkeypatch):
     model = make_saved_model(tmp_path / "model", data_dir=synthetic_dir)
     assert demo.cifar_examples(None, [tmp_path / "empty"], tmp_path / "g3") == []
     assert len(demo.cifar_examples(None, [model], tmp_path / "g4", per_class=1)) == 10
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+
+def _fake_slot(key: str, source: Path, spec: dict):
+    """A Slot whose predictor is only metadata: the labels come from the spec and the files beside the model."""
+    from types import SimpleNamespace
+
+    from fastcifar.serve import demo
+
+    return demo.Slot(key=key, source=source, predictor=SimpleNamespace(
+        spec=spec, backend="torch", precision="fp32", device="cpu", class_names=("cat", "dog")))
+
+
+def test_a_stand_in_run_is_labelled_a_stand_in_and_imagenet_stays_imagenet(tmp_path):
+    """`compare --if-no-weights stand-in`: model.json says init "file" like any weights file; the report's
+    pretrained.json says "stand-in". The page must say so in the title and a warning line, as the report does."""
+    from types import SimpleNamespace
+
+    from fastcifar.fileio import write_json
+    from fastcifar.models import create_model, save_model
+    from fastcifar.serve import demo
+    from fastcifar.study.compare import PRETRAINED_FILE, _stand_in
+    from fastcifar.study.report import arm_labels
+
+    # What compare writes for a stand-in report: <out>/stand-in.pth + pretrained.json, runs under <out>/runs/.
+    report = tmp_path / "report"
+    report.mkdir()
+    source = _stand_in(SimpleNamespace(base=SimpleNamespace(arch="resnet18")), report, reason="offline")
+    write_json(report / PRETRAINED_FILE, source)
+    model, spec = create_model("resnet18", source["init"], "cifar")
+    assert spec.init == "file"  # nothing in model.json itself says "stand-in"
+    stand_in_run = report / "runs" / "imagenet-f1-s0"
+    save_model(model, spec, stand_in_run, metrics={"test_acc": 0.47})
+    scratch_run = make_saved_model(report / "runs" / "random-f1-s0", seed=2)
+    slots = demo.load_models(stand_in_run, scratch_run, backend="torch", device="cpu")
+
+    pretrained, scratch = slots
+    assert demo.is_stand_in(pretrained) and not demo.is_stand_in(scratch)
+    assert pretrained.title == arm_labels(source)["imagenet"] == "pretrained (STAND-IN random weights)"
+    assert "ImageNet-pretrained" not in pretrained.title and scratch.title == "from scratch"
+    assert demo.model_facts(pretrained)["weights"] == "stand-in"
+    warning = demo.stand_in_warning(pretrained)
+    assert "STAND-IN" in warning and "random weights" in warning and "not ImageNet-pretrained" in warning
+    assert demo.stand_in_warning(scratch) is None and demo.mislabel_note(scratch) is None
+    assert "STAND-IN" in demo.mislabel_note(pretrained)  # the load-time log line says it too
+    header = demo._header(slots)
+    assert header.startswith("# pretrained (STAND-IN random weights) vs from scratch\n")
+    assert f"> ⚠️ {warning}" in header.splitlines()
+    assert "**pretrained (STAND-IN random weights)**" in header and "init STAND-IN random weights" in header
+    preds = [demo.Prediction(probs={"cat": 0.9, "dog": 0.1}, top="cat", latency_ms=1.0)] * 2
+    assert "pretrained (STAND-IN random weights) 90%" in demo.verdict_markdown(slots, preds)
+
+    # The run moved out of its report: the record beside the weights file it names still says stand-in ...
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    stand_in_run.rename(moved)
+    meta = json.loads((moved / "model.json").read_text())
+    assert _fake_slot("pretrained", moved, meta).title == "pretrained (STAND-IN random weights)"
+    # ... and with no record left, nothing says what the file held: never "ImageNet-pretrained".
+    (report / PRETRAINED_FILE).unlink()
+    away = _fake_slot("pretrained", moved, meta)
+    assert away.title == "pretrained (weights file)" and demo.stand_in_warning(away) is None
+
+
+def test_imagenet_runs_keep_their_title_and_files_say_what_compare_verified(tmp_path):
+    from fastcifar.fileio import write_json
+    from fastcifar.serve import demo
+
+    url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    imagenet = {"init": "imagenet", "weights_source": url, "metrics": {"test_acc": 0.93}}
+    # `fastcifar train --init imagenet` (no report) and a compare run with torchvision's weights.
+    plain = _fake_slot("pretrained", tmp_path / "runs" / "r18-imagenet", imagenet)
+    report = tmp_path / "report"
+    write_json(report / "pretrained.json", {"kind": "torchvision", "init": "imagenet", "sha256": None,
+                                            "verified_imagenet": True, "label": f"torchvision IMAGENET1K_V1 ({url})"})
+    in_report = _fake_slot("pretrained", report / "runs" / "imagenet-f1-s0", imagenet)
+    scratch = _fake_slot("scratch", report / "runs" / "random-f1-s0", {"init": "random"})
+    for slot in (plain, in_report):
+        assert slot.title == "ImageNet-pretrained"
+        assert demo.stand_in_warning(slot) is None and demo.mislabel_note(slot) is None and not demo.is_stand_in(slot)
+        header = demo._header([slot, scratch])
+        assert header.startswith("# ImageNet-pretrained vs from scratch\n") and "⚠️" not in header
+    assert demo.model_facts(in_report) == {"init": "imagenet", "test_acc": 0.93, "weights": "torchvision",
+                                           "verified_imagenet": True}
+
+    # --pretrained-weights FILE: verified by sha256 -> ImageNet-pretrained; another file -> unverified, flagged.
+    weights = tmp_path / "files" / "w.pth"
+    for verified, title in ((True, "ImageNet-pretrained"), (False, "pretrained (unverified weights file)")):
+        out = tmp_path / f"report-{verified}"
+        write_json(out / "pretrained.json", {"kind": "file", "init": str(weights), "sha256": "ab",
+                                             "verified_imagenet": verified, "label": "weights from w.pth"})
+        slot = _fake_slot("pretrained", out / "runs" / "imagenet-f1-s0",
+                          {"init": "file", "weights_source": str(weights)})
+        assert slot.title == title and demo.stand_in_warning(slot) is None
+        assert (demo.mislabel_note(slot) is None) == verified
 
 
 # ---------------------------------------------------------------------------------------------- API

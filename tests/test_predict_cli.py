@@ -90,6 +90,19 @@ def test_predict_user_errors_are_one_line_without_traceback(tiny_model_dir, imag
     assert result.exit_code == 1 and "CUDA GPU" in result.output
 
 
+def test_predict_model_first_equals_model_option(tiny_model_dir, image_dir):
+    """`predict MODEL IMAGE...` (as export/evaluate take MODEL) and `predict IMAGE... --model MODEL` agree."""
+    images = [image_dir / "a.png", image_dir / "b.jpg"]
+    outputs = [_invoke("predict", *args, "--device", "cpu", "--json")
+               for args in ((tiny_model_dir, *images), (*images, "--model", tiny_model_dir))]
+    assert all(r.exit_code == 0 for r in outputs), [r.output for r in outputs]
+    first, second = (json.loads(r.stdout) for r in outputs)
+    assert first == second and [Path(i["file"]).name for i in first] == ["a.png", "b.jpg"]
+    # Without --model, an image where the model belongs is named, with both forms.
+    wrong = CliRunner().invoke(cli, ["predict", str(images[0]), str(images[1]), "--device", "cpu"])
+    assert wrong.exit_code == 2 and "a.png is not a model" in wrong.output and "--model MODEL" in wrong.output
+
+
 @pytest.mark.realdata
 def test_predict_real_cifar_pngs_through_onnx_equals_the_arrays(real_cifar, tiny_model_dir, tmp_path):
     """PNGs of real test images give exactly the predictions of the original uint8 arrays."""

@@ -1,5 +1,9 @@
 """The Gradio demo: one image in, the ImageNet-pretrained and the from-scratch model's top-10 side by side.
 
+Each model is named by what its metadata and its compare report record (`slot_title`): a "pretrained" model that
+`fastcifar compare --if-no-weights stand-in` trained from stand-in random weights is titled and flagged as such
+(`stand_in_warning`), as the report does, never presented as ImageNet-pretrained.
+
 Owns: loading and warming the two models before anything is served (`load_models`), comparing them on one
 image (`compare_image` -> per-model probabilities, latency and an agree/disagree verdict), the example gallery
 (real CIFAR-10 test images upscaled for display, plus the user's own images), the page (`build_app`) and
@@ -25,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from fastcifar.errors import FastCifarError
 log = logging.getLogger(__name__)
 
 TITLES = {"pretrained": "ImageNet-pretrained", "scratch": "from scratch"}
+FILE_TITLE = "pretrained (weights file)"  # init from a weights file that no compare record vouches for
 BACKEND_CHOICES = ("auto", "torch", "torch-compiled", "onnxruntime", "tensorrt")
 TOP_K = 10
 # A 10,000 px photo is ~20-40 MB as JPEG; past Pillow's decompression-bomb limit (~179 MP) load_image refuses it.
@@ -52,9 +58,14 @@ class Slot:
     source: Path
     predictor: Any  # fastcifar.serve.predictor.Predictor
 
+    @cached_property
+    def weights(self) -> dict | None:
+        """The pretrained-weights record of the compare report this model was trained in (`weights_record`)."""
+        return weights_record(self)
+
     @property
     def title(self) -> str:
-        return TITLES[self.key]
+        return slot_title(self)
 
 
 @dataclass(frozen=True)
@@ -101,24 +112,116 @@ def _load_slot(key: str, path: Path, backend: str | None, device: str | None, pr
                              f"(1, {len(predictor.class_names)})")
     slot = Slot(key=key, source=path, predictor=predictor)
     if mislabel_note(slot):
-        log.warning("--%s %s: %s; the page says so next to its name", key, path, mislabel_note(slot))
+        log.warning("--%s %s: %s; the page says so", key, path, mislabel_note(slot))
     return slot
 
 
+def _spec(slot: Slot) -> dict:
+    spec = getattr(slot.predictor, "spec", None)
+    return spec if isinstance(spec, dict) else {}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _same_file(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def weights_record(slot: Slot) -> dict | None:
+    """What `fastcifar compare` recorded about the pretrained weights this model started from, or None.
+
+    model.json says only `init` ("imagenet", or "file" with `weights_source` = the file's path): a compare run
+    whose ImageNet weights were missing (`--if-no-weights stand-in`) is init "file" like a real weights file. The
+    report directory's pretrained.json tells them apart (`kind`: torchvision | file | stand-in,
+    `verified_imagenet`, `label`); it is looked for beside the weights file and above the run directory
+    (<report>/runs/<run>, <report>/lr-select/<run>), and used only when its `init` is the weights this model
+    recorded. An .onnx file or engine records no weights file, so it gets None (the title then says "weights
+    file", never "ImageNet-pretrained").
+    """
+    from fastcifar.rundir import PRETRAINED_FILE
+
+    spec = _spec(slot)
+    init, source = spec.get("init"), spec.get("weights_source")
+    if init in (None, "random") or not isinstance(source, str) or not source:
+        return None
+    places = [] if "://" in source else [Path(source).expanduser().parent]
+    run_dir = (slot.source if slot.source.is_dir() else slot.source.parent).resolve()
+    places += [run_dir, *list(run_dir.parents)[:2]]
+    for place in dict.fromkeys(places):
+        record = _read_json(place / PRETRAINED_FILE)
+        if not record or not isinstance(record.get("init"), str):
+            continue
+        if _same_file(record["init"], source) or (record.get("kind") == "torchvision" and init == "imagenet"):
+            return record
+    return None
+
+
+def is_stand_in(slot: Slot) -> bool:
+    """True for a model compare trained from stand-in random weights (its report recorded kind "stand-in")."""
+    return (slot.weights or {}).get("kind") == "stand-in"
+
+
+def slot_title(slot: Slot) -> str:
+    """The model's name on the page, the report's name for its weights: "ImageNet-pretrained" only for ImageNet
+    weights (torchvision's, or a file compare verified by sha256), "pretrained (STAND-IN random weights)" for a
+    stand-in run, "pretrained (unverified weights file)" / "pretrained (weights file)" for other files."""
+    if slot.key != "pretrained":
+        return TITLES[slot.key]
+    if slot.weights is not None:
+        from fastcifar.rundir import ARM_LABELS
+
+        record = slot.weights
+        return TITLES["pretrained"] if record.get("verified_imagenet") else ARM_LABELS.get(record.get("kind"),
+                                                                                          FILE_TITLE)
+    return FILE_TITLE if _spec(slot).get("init") == "file" else TITLES["pretrained"]
+
+
+def stand_in_warning(slot: Slot) -> str | None:
+    """The page's warning line for a stand-in model (None otherwise)."""
+    if not is_stand_in(slot):
+        return None
+    return (f"**The {'“pretrained”' if slot.key == 'pretrained' else slot.key} model is a STAND-IN with random "
+            "weights, not ImageNet-pretrained:** `fastcifar compare --if-no-weights stand-in` started it from random "
+            "weights because no ImageNet weights were available, so this page compares two random-init models and "
+            "says nothing about ImageNet pretraining.")
+
+
 def model_facts(slot: Slot) -> dict:
-    """init and recorded test accuracy from the model's own metadata (None where a format does not carry them)."""
-    spec = getattr(slot.predictor, "spec", None) or {}
+    """init, the weights it started from and recorded test accuracy from the model's own metadata (None where a
+    format does not carry them); `weights` is compare's record kind (torchvision | file | stand-in) or None."""
+    spec = _spec(slot)
     acc = (spec.get("metrics") or {}).get("test_acc") if isinstance(spec.get("metrics"), dict) else None
-    return {"init": spec.get("init"), "test_acc": float(acc) if isinstance(acc, (int, float)) else None}
+    if acc is None:
+        acc = spec.get("test_acc")  # an .onnx file's metadata
+    record = slot.weights or {}
+    return {"init": spec.get("init"), "test_acc": float(acc) if isinstance(acc, (int, float)) else None,
+            "weights": record.get("kind"), "verified_imagenet": record.get("verified_imagenet")}
 
 
 def mislabel_note(slot: Slot) -> str | None:
-    """A note when the metadata contradicts the side a model was put on (e.g. two from-scratch runs)."""
+    """A note when the metadata contradicts the side a model was put on (e.g. two from-scratch runs, or a
+    "pretrained" one that compare trained from stand-in random weights)."""
     init = model_facts(slot)["init"]
     if slot.key == "pretrained" and init == "random":
         return "its metadata says it was trained from random init"
+    if slot.key == "pretrained" and is_stand_in(slot):
+        return ("its compare report says it started from STAND-IN random weights (--if-no-weights stand-in), not "
+                "ImageNet weights")
+    if slot.key == "pretrained" and slot.weights is not None and not slot.weights.get("verified_imagenet"):
+        return f"it started from {slot.weights.get('label') or 'a weights file'}, not verified as ImageNet weights"
     if slot.key == "scratch" and init not in (None, "random"):
-        return f"its metadata says init={init}, not random"
+        return f"its metadata says init={init}, not random" + (" (STAND-IN weights)" if is_stand_in(slot) else "")
     return None
 
 
@@ -169,7 +272,7 @@ def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: 
     from PIL import Image
 
     from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
-    from fastcifar.models import recorded_data_dirs
+    from fastcifar.rundir import recorded_data_dirs
 
     recorded = [d for p in model_paths for d in recorded_data_dirs(p)]
     try:
@@ -266,16 +369,23 @@ def _where(slot: Slot) -> str:
     return f"{slot.predictor.backend} {slot.predictor.precision} on {getattr(slot.predictor, 'device', 'cpu')}"
 
 
+_WEIGHTS_WORDS = {"stand-in": "STAND-IN random weights", "torchvision": "torchvision ImageNet weights"}
+
+
 def _header(slots: Sequence[Slot]) -> str:
     lines = []
     for s in slots:
         spec = model_facts(s)
-        facts = [f"init {spec['init']}" if spec["init"] else None,
+        init = _WEIGHTS_WORDS.get(spec["weights"], spec["init"]) if spec["weights"] else spec["init"]
+        facts = [f"init {init}" if init else None,
                  f"test accuracy {spec['test_acc']:.1%}" if spec["test_acc"] is not None else None, _where(s)]
-        warning = f" ⚠️ {mislabel_note(s)}" if mislabel_note(s) else ""
+        # A stand-in's warning is its own line above the list; other contradictions are flagged beside the name.
+        warning = f" ⚠️ {mislabel_note(s)}" if mislabel_note(s) and not stand_in_warning(s) else ""
         lines.append(f"- **{s.title}**: `{s.source.name or s.source}` ({', '.join(f for f in facts if f)}){warning}")
-    return (f"# ImageNet-pretrained vs from scratch\nOne image, both models, top-{TOP_K} classes side by side.\n\n"
-            + "\n".join(lines))
+    banners = [f"> ⚠️ {w}" for w in map(stand_in_warning, slots) if w]
+    title = " vs ".join(s.title for s in slots)
+    return "\n\n".join([f"# {title}\nOne image, both models, top-{TOP_K} classes side by side.", *banners,
+                        "\n".join(lines)])
 
 
 def build_app(slots: Sequence[Slot], examples: Sequence[tuple[str, str]] = ()):

@@ -102,7 +102,8 @@ def seconds_to_target(metrics: list[dict], target: float) -> float | None:
 
 def run_one(variant: dict, seed: int, *, base: dict, target: float, runs_dir: Path, dataset, machine: str) -> dict:
     """Train one (variant, seed) and return its JSON line; a run that fails returns a 'failed' line."""
-    from fastcifar.train.loop import METRICS_FILE, train
+    from fastcifar.rundir import read_metrics
+    from fastcifar.train.loop import train
 
     overrides = {**variant.get("set", {}), **base, "seed": seed, "out": str(runs_dir / variant["name"] / f"seed{seed}")}
     overrides.setdefault("save_state_every", 0)  # benchmark runs are never resumed: no ~90 MB write per epoch
@@ -119,7 +120,7 @@ def run_one(variant: dict, seed: int, *, base: dict, target: float, runs_dir: Pa
         return {**line, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
                 "wall_seconds": time.perf_counter() - start}
     s = result.summary
-    metrics = read_jsonl(result.run_dir / METRICS_FILE)
+    metrics = read_metrics(result.run_dir)
     line.update({k: s.get(k) for k in RUN_KEYS})
     line.update(status="finished", batch_size=cfg.batch_size, lr=cfg.lr, seconds_to_target=seconds_to_target(
         metrics, target), epoch1_train_loss=metrics[0]["train_loss"], test_acc_per_epoch=[m.get("test_acc") for m in

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from fastcifar.data.cifar import CLASS_NAMES
 from fastcifar.errors import FastCifarError
+from fastcifar.rundir import CONFIG_FILE, MODEL_FILE, MODEL_META
 from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, NATIVE_SIZE, area_overlaps
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 STEMS = ("imagenet", "cifar")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = NATIVE_SIZE, 512  # images are only ever resized up from CIFAR's 32 px
-MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
 FORMAT_VERSION = 1
 
 
@@ -233,7 +233,7 @@ def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
     else:
         weights, meta = path, path.with_name(MODEL_META)
     if not weights.is_file():
-        if path.is_dir() and (path / "config.json").is_file():  # a run directory that has not finished
+        if path.is_dir() and (path / CONFIG_FILE).is_file():  # a run directory that has not finished
             raise FastCifarError(f"{path} is an unfinished run (no {MODEL_FILE} yet): continue it with "
                                  f"fastcifar train --resume {path}")
         raise FastCifarError(f"no model at {path}: expected a run directory holding {MODEL_FILE} or a "
@@ -241,23 +241,6 @@ def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
     if not meta.is_file():
         raise FastCifarError(f"{weights} has no {MODEL_META} beside it (it records arch, stem and normalisation)")
     return weights, meta
-
-
-def recorded_data_dirs(model_path: Path | str) -> list[Path]:
-    """The data_dir a run recorded in model.json / config.json beside `model_path` (a run directory or its
-    model.safetensors), if any: where export, evaluate, bench and the demo look for test images when no --data-dir
-    is given. Best effort: never fails (an .onnx or engine elsewhere records none)."""
-    model_path = Path(model_path).expanduser()
-    folder = model_path if model_path.is_dir() else model_path.parent
-    found = []
-    for name in (MODEL_META, "config.json"):
-        try:
-            value = json.loads((folder / name).read_text()).get("data_dir")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if value:
-            found.append(Path(value).expanduser())
-    return found
 
 
 def read_model_meta(path: Path | str) -> dict:

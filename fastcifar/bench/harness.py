@@ -34,6 +34,7 @@ import numpy as np
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import append_jsonl, make_dir
+from fastcifar.rundir import MODEL_FILE
 from fastcifar.export.parity import parity_metrics
 from fastcifar.serve.predictor import (BACKENDS, SERVING_PRECISIONS, TORCH_BACKENDS, backend_unavailable,
                                        resolve_precision)
@@ -190,7 +191,6 @@ def parse_backends(text: str) -> tuple[str, ...]:
 def _declared_source(model: Path) -> Path | None:
     """The run an .onnx file was exported from, if it is on disk here with the very same weights."""
     from fastcifar.export.onnx import read_onnx_metadata, sha256_file
-    from fastcifar.models import MODEL_FILE
 
     try:
         meta = read_onnx_metadata(model)
@@ -474,7 +474,7 @@ def _row_from_result(model: str, spec: str, device: str, artifact: Path, result:
 def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
     from fastcifar.data.cifar import load_split, locate_cifar
 
-    from fastcifar.models import recorded_data_dirs
+    from fastcifar.rundir import recorded_data_dirs
 
     recorded = [d for model in cfg.models for d in recorded_data_dirs(model)]  # where the runs were trained from
     root = locate_cifar(cfg.data_dir, recorded, download=cfg.download)
@@ -574,6 +574,6 @@ def _busy_check(device_type: str, log: Callable[[str], None]) -> float:
 def default_name(cfg: BenchConfig, device_type: str) -> str:
     def label(model: str) -> str:
         path = Path(model).expanduser().resolve()
-        return path.parent.name if path.name == "model.safetensors" else path.stem if path.is_file() else path.name
+        return path.parent.name if path.name == MODEL_FILE else path.stem if path.is_file() else path.name
 
     return "inference-" + "+".join(label(m) for m in cfg.models)[:80] + f"-{device_type}"

@@ -22,6 +22,7 @@ from typing import Callable
 
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import file_digest, make_dir
+from fastcifar.rundir import MODEL_FILE
 
 DEFAULT_CACHE_DIR = Path("exported") / "cache"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -116,7 +117,7 @@ def cached_engine(model: Path | str, cache_dir: Path | str = DEFAULT_CACHE_DIR,
 
 def _label(path: Path) -> str:
     """A readable cache-entry prefix: the run directory's name for model.safetensors, else the file stem."""
-    return path.parent.name if path.name in ("model.safetensors", "model.onnx") else path.stem
+    return path.parent.name if path.name in (MODEL_FILE, "model.onnx") else path.stem
 
 
 _CONVERTERS: dict[tuple[str, str], Callable[[Path, Path], Path]] = {

@@ -27,7 +27,7 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
     caller with fastcifar.robustness.parse_corruptions / parse_severities).
     """
     from fastcifar.data.cifar import load_split, locate_cifar
-    from fastcifar.models import recorded_data_dirs
+    from fastcifar.rundir import recorded_data_dirs
     from fastcifar.robustness import evaluate_logits
     from fastcifar.serve.predictor import load_predictor
 

@@ -30,12 +30,13 @@ from typing import Callable
 
 from fastcifar.config import COMPARE_INITS, MIN_BATCH, MIN_STEPS_PER_EPOCH, CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import atomic_path, file_digest, read_jsonl, write_json
+from fastcifar.fileio import atomic_path, file_digest, write_json
+from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, ROBUSTNESS_FILE, RUN_STATES, read_metrics,
+                              read_summary, run_state)
 from fastcifar.study import report
-from fastcifar.train.loop import CONFIG_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished
 
 RUNS_DIR, SELECT_DIR = "runs", "lr-select"
-COMPARE_FILE, PRETRAINED_FILE, STAND_IN_FILE = "compare.json", "pretrained.json", "stand-in.pth"
+COMPARE_FILE, STAND_IN_FILE = "compare.json", "stand-in.pth"
 STAND_IN_SEED = 1234
 # Filled per device when training starts, so a saved config may hold a value where the plan holds None/"auto".
 _RESOLVED_FIELDS = {"precision", "channels_last", "compile"}
@@ -151,7 +152,7 @@ def choose_lrs(cfg: CompareConfig, selection: list[PlannedRun]) -> tuple[dict, d
     for setting in cfg.settings:
         for init in COMPARE_INITS:
             runs = [r for r in selection if r.key == (setting, init)]
-            val = [json.loads((r.run_dir / SUMMARY_FILE).read_text())["val_acc"] for r in runs]
+            val = [read_summary(r.run_dir)["val_acc"] for r in runs]
             best = max(range(len(runs)), key=lambda i: (val[i], -i))
             lrs[setting, init] = cfg.lr_grid[best]
             record.setdefault(setting_name(setting), {})[init] = {
@@ -191,15 +192,6 @@ def _config_diffs(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             diffs.append(f"{prefix}{key}: {a} -> {b}")
     return diffs
-
-
-def run_state(run_dir: Path) -> str:
-    """'finished' (summary says so), 'interrupted' (has a resumable state) or 'new' (absent or setup-only)."""
-    if is_finished(run_dir):
-        return "finished"
-    if (run_dir / STATE_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
-        return "interrupted"
-    return "new"
 
 
 def check_run_config(run: PlannedRun) -> None:
@@ -306,7 +298,6 @@ def _start(run: PlannedRun, hook):
     return train(run.cfg, progress=False, on_epoch_end=hook)
 
 
-RUN_STATES = ("finished", "interrupted", "new")
 RUN_ACTIONS: dict[str, Callable] = {"interrupted": _resume, "new": _start}  # finished runs are skipped
 
 
@@ -328,7 +319,7 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     source = resolve_pretrained(cfg, out)
     env = env_info(command)
     env["command_line"] = shlex.join(env["command"])
-    for name, obj in ((COMPARE_FILE, cfg.to_dict()), (PRETRAINED_FILE, source), ("env.json", env)):
+    for name, obj in ((COMPARE_FILE, cfg.to_dict()), (PRETRAINED_FILE, source), (ENV_FILE, env)):
         write_json(out / name, obj)
     selection = plan_selection(cfg, n_available, source["init"])
     # Run directory names do not depend on the lr, so the runs after the selection can be counted (and their
@@ -363,7 +354,6 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
 
 
-ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_SEVERITIES = (1, 3, 5)  # every corruption at three severities: ~12 s per smoke model on 2 CPU cores
 
 
@@ -480,7 +470,7 @@ class _Progress:
         self.console.print(message, highlight=False, markup=False, soft_wrap=True)  # no wrap at 80 in logs
 
     def start_run(self, run: PlannedRun) -> None:
-        self.epochs_seen = len(read_jsonl(run.run_dir / METRICS_FILE)) if run.run_dir.exists() else 0
+        self.epochs_seen = len(read_metrics(run.run_dir))
         self.progress.advance(self.overall, run.n_train * self.epochs_seen)
         self.progress.reset(self.current, total=run.cfg.epochs, completed=self.epochs_seen, visible=True,
                             description=run.name, count=f"epoch {self.epochs_seen}/{run.cfg.epochs}")

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from fastcifar.config import COMPARE_INITS, MIN_STEPS_PER_EPOCH, setting_name
-from fastcifar.fileio import atomic_path, read_jsonl, write_json, write_text
+from fastcifar.fileio import atomic_path, write_json, write_text
 from fastcifar.study.stats import mean_std, verdict, welch_ci
-from fastcifar.train.loop import METRICS_FILE, SUMMARY_FILE
+from fastcifar.rundir import ARM_LABELS, ROBUSTNESS_FILE, read_metrics, read_summary
 
 FORMAT_VERSION = 2  # 2: per-setting sections, lr_selection, run warnings
 ORIGINAL_STUDY = {"imagenet": 93.69, "random": 94.05}  # one 10-epoch run per model, test accuracy in %
@@ -29,12 +29,6 @@ PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png", 
 PLOT_ALTS = ("test accuracy vs epoch and training time", "final accuracy vs training-set size",
              "per-class accuracy", "confusion matrices", "accuracy vs corruption severity",
              "reliability diagrams")
-ARM_LABELS = {  # the pretrained arm's name says what its weights really were
-    "torchvision": "ImageNet-pretrained", "stand-in": "pretrained (STAND-IN random weights)",
-    "file": "pretrained (unverified weights file)",
-}
-
-
 def arm_labels(source: dict) -> dict:
     pretrained = "ImageNet-pretrained" if source.get("verified_imagenet") else ARM_LABELS[source["kind"]]
     return {"imagenet": pretrained, "random": "random init"}
@@ -48,8 +42,7 @@ def fraction_label(fraction: float, n_train: int) -> str:
 
 
 def _run_record(run, out: Path) -> dict:
-    summary = json.loads((run.run_dir / SUMMARY_FILE).read_text())
-    metrics = read_jsonl(run.run_dir / METRICS_FILE)
+    summary, metrics = read_summary(run.run_dir) or {}, read_metrics(run.run_dir)
     keys = ("epochs", "n_train", "n_test", "test_acc", "test_loss", "val_acc", "train_seconds",
             "time_to_90pct_final_test_acc", "images_per_second", "device", "per_class_test_acc", "confusion",
             "class_names")
@@ -65,7 +58,7 @@ def _run_record(run, out: Path) -> dict:
 def _robustness_record(run_dir: Path) -> dict:
     """ece, nll, brier (clean, no TTA), corruption_acc per corruption and severity, mean_corruption_acc and the
     clean reliability bins, from the run's robustness.json (compare writes it; absent: all None)."""
-    path = run_dir / "robustness.json"
+    path = run_dir / ROBUSTNESS_FILE
     if not path.is_file():
         return {"ece": None, "nll": None, "brier": None, "corruption_acc": None, "mean_corruption_acc": None,
                 "reliability": None, "clean_acc_no_tta": None}

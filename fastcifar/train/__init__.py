@@ -1,6 +1,7 @@
 """Training wing: the loop (`loop.py`: `train`, `resume`), the parts it assembles (`parts.py`) and evaluation
 (`evaluate.py`). `fastcifar.train.train` and `fastcifar.train.resume` are the entry points scripts call."""
 
-from fastcifar.train.loop import TrainResult, is_finished, resume, train
+from fastcifar.rundir import is_finished
+from fastcifar.train.loop import TrainResult, resume, train
 
 __all__ = ["TrainResult", "is_finished", "resume", "train"]

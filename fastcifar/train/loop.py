@@ -15,16 +15,15 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import append_jsonl, read_jsonl, write_json, write_jsonl
+from fastcifar.fileio import append_jsonl, write_json, write_jsonl
+from fastcifar.rundir import CONFIG_FILE, ENV_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished, read_metrics
 from fastcifar.runtime import dist_info_from_env, env_info, resolve_device
 
-STATE_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "state.pt", "metrics.jsonl", "summary.json", "config.json"
 NONFINITE_CHECK_EVERY = 25  # steps between host syncs of the non-finite guard (each sync stalls the GPU)
 # The divergence guard judges the mean training loss only once this many steps have run: over the first handful
 # of steps a healthy random init sits near ln(classes) anyway. Every blown-up GPU preset run (48 steps per epoch)
@@ -81,7 +80,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
             data = setup.build_data(cfg, spec, dist, device, dataset=dataset)
             if dist.is_main and resume_dir is None:
                 write_json(run_dir / CONFIG_FILE, cfg.to_dict())
-                write_json(run_dir / "env.json", env_info())
+                write_json(run_dir / ENV_FILE, env_info())
             levers = setup.apply_levers(model, spec, cfg, data.train_images)  # freezes before the optimizer
             opt = setup.build_optimizer(model, cfg, len(data.train), device)
             ema = setup.build_ema(model, cfg, len(data.train))
@@ -89,7 +88,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
             start_epoch, history, train_seconds = 0, [], 0.0
             if resume_dir is not None:
                 start_epoch, train_seconds = setup.load_state(run_dir / STATE_FILE, model, opt, ema, scaler, device)
-                history = read_jsonl(run_dir / METRICS_FILE)[:start_epoch]
+                history = read_metrics(run_dir)[:start_epoch]
                 if dist.is_main:  # epochs after the last saved state are trained again: drop their lines
                     write_jsonl(run_dir / METRICS_FILE, history)
             elif dist.is_main and cfg.save_state_every:  # a state from the first moment: Ctrl-C in epoch 1 resumes
@@ -363,16 +362,6 @@ def _distributed_record(loop: _Loop) -> dict:
     return {"world_size": loop.dist.world_size, "backend": td.get_backend(),
             "samples_per_rank": [len(s) for s in shards], "shards_disjoint": disjoint,
             "weights_identical": len({g[1] for g in gathered}) == 1}
-
-
-def is_finished(run_dir: Path) -> bool:
-    """True when the run's summary.json says it finished (an unfinished run has no summary.json yet)."""
-    import json
-
-    try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status") == "finished"
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
 
 
 def resume(run_dir: Path | str, *, progress: bool | str = True, on_epoch_end: EpochHook | None = None,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import first_missing
 from fastcifar.runtime import DistInfo
 
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
@@ -56,37 +55,20 @@ def wrap_distributed(model, dist: DistInfo, device):
 # ---------------------------------------------------------------------------------------------- run directory
 
 
-def default_run_name(cfg: TrainConfig) -> str:
-    init = cfg.init if cfg.init in ("random", "imagenet") else "file"
-    return f"{cfg.arch}-{init}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo) -> tuple[Path, Path | None]:
-    """(the run directory, the topmost directory this call created or None).
+    """(the run directory, the topmost directory this call created or None): the one being resumed, or a new one
+    named by --out or rundir.default_run_name, agreed on by every rank and created by rank 0 (fastcifar/rundir.py)."""
+    from fastcifar.rundir import create_run_dir, default_run_name
 
-    The run directory is new and empty (a user's run is never overwritten), or the one being resumed. A path
-    that cannot be a directory (under a file, in /proc, no permission) is one message naming it. The second
-    value lets a run that fails before its first epoch remove exactly what it created, never what existed.
-    """
     if resume_dir is not None:
         return Path(resume_dir), None
-    name = [str(Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg))]
+    name = [str(Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.arch, cfg.init))]
     if dist.enabled:  # every rank must use rank 0's timestamped name
         import torch.distributed as td
 
         td.broadcast_object_list(name, src=0)
     run_dir = Path(name[0])
-    created = None
-    if dist.is_main:
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise FastCifarError(f"{run_dir} already exists and is not empty; choose another --out, or continue "
-                                 f"it with: fastcifar train --resume {run_dir}")
-        created = first_missing(run_dir)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FastCifarError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    return run_dir, created
+    return run_dir, create_run_dir(run_dir) if dist.is_main else None
 
 
 # ---------------------------------------------------------------------------------------------- model + data

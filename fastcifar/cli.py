@@ -16,13 +16,13 @@ import click
 
 from fastcifar import __version__
 # The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
-from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, EXPORT_PRECISIONS, IF_NO_WEIGHTS,
-                              PRECISIONS, PRESET_NAMES, SCHEDULES)
+from fastcifar.config import COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, IF_NO_WEIGHTS, PRESET_NAMES, SCHEDULES
 from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
 from fastcifar.models import ARCHS, STEMS
 from fastcifar.preprocess import INPUT_KINDS
-from fastcifar.serve.predictor import BACKENDS, SERVING_PRECISIONS
+from fastcifar.precision import DEFAULT_ENGINE_PROFILE, EXPORT_PRECISIONS, SERVING_PRECISIONS, TRAIN_PRECISIONS
+from fastcifar.serve.predictor import BACKENDS
 
 _BACKEND_CHOICES = ("auto", *BACKENDS)
 
@@ -70,10 +70,18 @@ def json_option(func):
 
 # --precision means what it says first: training autocast (train, compare), the serving cast (predict, bench,
 # evaluate, demo) or the exported graph's type (export).
-_SERVING_PRECISION_HELP = (
-    "Serving cast: what the torch / torch-compiled backends compute in at inference (the model is cast; fp32 is "
-    "the parity reference; not the training autocast). An .onnx file or engine runs at the precision it was "
-    "exported with (export --precision). [default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
+def serving_precision_option(which: str = "the torch / torch-compiled backends"):
+    """--precision as predict, evaluate, bench and demo mean it: the serving cast (fastcifar/precision.py)."""
+    return click.option(
+        "--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
+        help=f"Serving cast: what {which} compute in at inference (the model is cast; fp32 is the parity reference; "
+             "not the training autocast). An .onnx file or engine runs at the precision it was exported with "
+             "(export --precision). [default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
+
+
+def device_option(func):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA when present) | cpu | cuda | cuda:N.")(func)
 
 # ---------------------------------------------------------------------------------------------- the model
 # Every verb that takes one model takes it as MODEL or as --model (the same path either way, given once); bench
@@ -280,7 +288,7 @@ _TRAIN_OPTIONS = [
      dict(default=None, help="Also average 1-px translated views at evaluation (airbench94's level 2; outside "
                              "the training clock). Not yet measured on a GPU.")),
     (("--device",), dict(help="auto | cpu | cuda | cuda:N.")),
-    (("--precision",), dict(type=click.Choice(PRECISIONS),
+    (("--precision",), dict(type=click.Choice(TRAIN_PRECISIONS),
                             help="Training autocast: the precision the forward/backward passes compute in under "
                                  "torch.autocast (weights stay fp32; not a serving or export setting); auto = bf16 "
                                  "on CUDA, fp32 on CPU (bf16 measured slower there: 0.86x with AMX, ~7x slower "
@@ -490,8 +498,7 @@ compare.params = [p for p in compare.params if p.name != "init"]
                    "recorded data dir, else $FASTCIFAR_DATA, else ~/.cache/fastcifar; no CIFAR gallery if none]")
 @click.option("--examples", "examples_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder of your own images to add to the gallery. [default: none]")
-@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
-              help=_SERVING_PRECISION_HELP)
+@serving_precision_option()
 def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, share: bool,
          data_dir: Path | None, examples_dir: Path | None, precision: str | None) -> None:
     """Serve a web page: one image in, ImageNet-pretrained and from-scratch top-10 side by side.
@@ -525,9 +532,8 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
 @click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
               help="Inference backend; auto runs the given file as it is (run dir: torch, .onnx: onnxruntime, "
                    "engine: tensorrt). A run dir with onnxruntime/tensorrt is exported on the fly (cached).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
-@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
-              help=_SERVING_PRECISION_HELP)
+@device_option
+@serving_precision_option()
 @click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Labels shown per image.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print a JSON list [{"file", "top": [{"label", "prob"}], "backend", "precision"}] instead of a '
@@ -581,8 +587,8 @@ def _print_predictions(results: list[dict], backend: str) -> None:
 @model_option
 @click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
               help="Inference backend; auto runs the given file as it is (as for predict).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
-@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None, help=_SERVING_PRECISION_HELP)
+@device_option
+@serving_precision_option()
 @data_dir_option
 @click.option("--corruptions", default="all", show_default=True,
               help="all | none | comma-separated names among: gaussian_noise, shot_noise, impulse_noise, "
@@ -641,12 +647,8 @@ def evaluate(model: Path | None, model_option: Path | None, backend: str, device
 @click.option("--download/--no-download", default=False, show_default=True,
               help="Download CIFAR-10 when it is found neither in --data-dir nor where the run was trained from "
                    "(off: a benchmark measures, it does not fetch data unasked).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda | cuda:N.")
-@click.option("--precision", type=click.Choice(SERVING_PRECISIONS), default=None,
-              help="Serving cast: what the torch backends that name none in --backends compute in at inference "
-                   "(the model is cast; fp32 is the parity reference; not the training autocast). An .onnx file or "
-                   "engine runs at the precision it was exported with (export --precision). [default: bf16 on CUDA, "
-                   "fp32 on the CPU (measured fastest on each)]")
+@device_option
+@serving_precision_option("the torch backends that name none in --backends")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Score on the first N test images only. [default: all]")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
@@ -740,7 +742,7 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
               help="Compare ONNX Runtime with the PyTorch model on test images; a mismatch fails the export.")
 @click.option("--verify-images", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Test images for the parity check (0 = all).")
-@click.option("--batch", default="1:256:1024", show_default=True,
+@click.option("--batch", default=DEFAULT_ENGINE_PROFILE, show_default=True,
               help="TensorRT optimisation profile MIN:OPT:MAX (or one size): the engine accepts batches of MIN to "
                    "MAX images and is tuned for OPT; used with --trt only. Not train's --batch-size (the training "
                    "batch) nor bench's --batch-sizes (the inference batches it times).")
@@ -761,7 +763,7 @@ def export(model: Path | None, model_option: Path | None, onnx: bool, trt: bool,
 
     MODEL may also be given as --model.
 
-    Example: fastcifar export runs/r18-imagenet --precision fp16 --trt --batch 1:256:1024
+    Example: fastcifar export runs/r18-imagenet --precision fp16 --trt --batch 1:128:512
     """
     model = _one_model("export", model, model_option)
     from fastcifar.export import export_model

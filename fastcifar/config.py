@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from fastcifar.errors import FastCifarError
+from fastcifar.precision import TRAIN_PRECISIONS, default_precision
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # training autocast
-EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")  # an exported graph's compute type
 SCHEDULES = ("linear", "cosine")
 # torch.compile's modes (torch._inductor.list_mode_options()); anything else fails inside torch with a traceback.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -117,7 +116,8 @@ class TrainConfig:
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (0 < self.backbone_lr_scale <= 1,
              f"--backbone-lr-scale must be in (0, 1], got {self.backbone_lr_scale}"),
-            (self.precision in PRECISIONS, f"unknown precision '{self.precision}' ({', '.join(PRECISIONS)})"),
+            (self.precision in TRAIN_PRECISIONS,
+             f"unknown precision '{self.precision}' ({', '.join(TRAIN_PRECISIONS)})"),
             (self.compile_mode is None or self.compile_mode in COMPILE_MODES,
              f"unknown --compile-mode '{self.compile_mode}' (choose from {', '.join(COMPILE_MODES)})"),
             (self.preset is None or self.preset in PRESET_NAMES, f"unknown preset '{self.preset}'"),
@@ -144,13 +144,13 @@ class TrainConfig:
     def resolved(self, device_type: str) -> "TrainConfig":
         """Fill the device-dependent switches: CUDA bf16 + channels_last + compile; CPU fp32 eager.
 
-        Why CPU differs: bf16 autocast measured 0.86x of fp32 on this project's AMX CPU and ~7x slower on
-        AVX2 CPUs without AMX; torch.compile measured 0.96-1.02x for a minutes-long warm-up (bench/README.md).
+        The precision is precision.default_precision's (its docstring cites the measurements). Compile on the CPU
+        measured 0.96-1.02x of eager for a minutes-long warm-up (bench/README.md), so the CPU runs eager.
         """
         cuda = device_type == "cuda"
         return replace(
             self,
-            precision=self.precision if self.precision != "auto" else ("bf16" if cuda else "fp32"),
+            precision=self.precision if self.precision != "auto" else default_precision(device_type),
             channels_last=self.channels_last if self.channels_last is not None else cuda,
             compile=self.compile if self.compile is not None else cuda,
         )

@@ -1,5 +1,7 @@
 """The one home of how pixels become model input: normalisation constants, the native size, the scale/shift form,
-and the decoding of exported metadata back into a model spec.
+the numpy reference (`normalize_images`), the in-model pixel pipeline every PyTorch evaluation runs
+(`make_pixel_pipeline`: serving and compare's robustness evaluation), and the decoding of exported metadata back
+into a model spec.
 
 Every consumer derives from here: the training loaders (`data/tensor_loader.py`, `data/dali_loader.py`), the
 ONNX graph (`export/onnx.py`, which must compute it in its own ops to live in the graph), the parity reference
@@ -84,6 +86,40 @@ def normalize_images(images, spec):
     if spec.image_size != t.shape[-1]:
         t = torch.nn.functional.interpolate(t, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False)
     return t
+
+
+def make_pixel_pipeline(model, mean, std, image_size: int, dtype=None):
+    """nn.Module: uint8 NHWC pixels -> float32 logits, with the training loader's exact preprocessing.
+
+    Same arithmetic as data/tensor_loader.py (one addcmul normalise at 32 px, then bilinear resize without
+    antialias when the model runs larger), so the reference sees what the model saw in training. With `dtype`
+    (a model cast to bf16/fp16) the normalised input is cast after the fp32 preprocessing, and the logits are
+    returned as float32 whatever the model computed in.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class PixelPipeline(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            scale, shift = scale_shift(mean, std)  # NHWC broadcasting: one value per channel, last axis
+            self.register_buffer("scale", torch.tensor(scale).view(1, 1, 1, 3), persistent=False)
+            self.register_buffer("shift", torch.tensor(shift).view(1, 1, 1, 3), persistent=False)
+
+        def forward(self, pixels):
+            # NHWC permuted to NCHW is channels_last memory: no copy before the first conv.
+            x = torch.addcmul(self.shift, pixels.float(), self.scale).permute(0, 3, 1, 2)
+            if x.shape[-1] != image_size or x.shape[-2] != image_size:
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                                  antialias=False)
+            if dtype is not None:
+                x = x.to(dtype)
+            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+
+    return PixelPipeline().eval()
+
+
 
 
 def decode_metadata(props: dict) -> dict:

@@ -33,11 +33,11 @@ import numpy as np
 
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import append_jsonl, make_dir
-from fastcifar.rundir import MODEL_FILE
 from fastcifar.export.parity import parity_metrics
-from fastcifar.serve.predictor import (BACKENDS, SERVING_PRECISIONS, TORCH_BACKENDS, backend_unavailable,
-                                       resolve_precision)
+from fastcifar.fileio import append_jsonl, make_dir
+from fastcifar.precision import SERVING_PRECISIONS
+from fastcifar.rundir import MODEL_FILE
+from fastcifar.serve.predictor import BACKENDS, TORCH_BACKENDS, backend_unavailable, resolve_precision
 
 DEFAULT_BATCH_SIZES = (1, 64, 256, 1024)
 DEFAULT_RESULTS_DIR = Path("bench") / "results"

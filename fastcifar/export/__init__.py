@@ -20,6 +20,7 @@ from typing import Callable
 
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import first_missing, make_dir, remove_empty_dirs
+from fastcifar.precision import DEFAULT_ENGINE_PROFILE
 
 DEFAULT_OUT_DIR = Path("exported")
 
@@ -72,7 +73,7 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
 def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, precision: str = "fp32",
                  input_kind: str = "raw", opset: int | None = None, out_dir: Path | str = DEFAULT_OUT_DIR,
                  data_dir: Path | str | None = None, verify: bool = True, max_images: int | None = None,
-                 batch: str = "1:256:1024", workspace_gib: float = 4.0, int8_calib_images: int = 0,
+                 batch: str = DEFAULT_ENGINE_PROFILE, workspace_gib: float = 4.0, int8_calib_images: int = 0,
                  log: Callable[[str], None] = lambda message: None) -> ExportSummary:
     """Export `model` (run dir, model.safetensors, or an .onnx for the TensorRT step alone) as asked.
 

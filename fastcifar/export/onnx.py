@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from fastcifar.errors import FastCifarError
+from fastcifar.precision import EXPORT_PRECISIONS, torch_dtype
 from fastcifar.fileio import atomic_path, file_digest
 from fastcifar.preprocess import META_PREFIX, NATIVE_SIZE, decode_metadata, scale_shift
 
 # torch dtype behind each graph precision. int8 graphs come from quantize.py (Q/DQ on an fp32 graph).
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INPUT_KINDS = ("raw", "normalized")
 INPUT_NAMES = {"raw": "pixels", "normalized": "images"}
 OUTPUT_NAME = "logits"
@@ -193,8 +193,8 @@ def default_onnx_path(model_path: Path | str, out_dir: Path | str, precision: st
 
 def check_options(precision: str, input_kind: str, opset: int | None) -> int:
     """The opset to write (the precision's default when None), or one message for a bad precision/input/opset."""
-    if precision not in PRECISIONS:
-        raise FastCifarError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if precision not in EXPORT_PRECISIONS:
+        raise FastCifarError(f"unknown precision '{precision}' (choose from {', '.join(EXPORT_PRECISIONS)})")
     if input_kind not in INPUT_KINDS:
         raise FastCifarError(f"unknown input kind '{input_kind}' (choose from {', '.join(INPUT_KINDS)})")
     opset = DEFAULT_OPSET[precision] if opset is None else int(opset)
@@ -248,7 +248,7 @@ def write_onnx(model_path: Path | str, out_path: Path | str | None = None, *, pr
     out_path = Path(out_path if out_path is not None else "exported").expanduser()
     if out_path.suffix != ".onnx":
         out_path = out_path / onnx_file_name(run_name_of(model_path, model_meta), precision, input_kind)
-    module = ExportModule(model, spec, input_kind, PRECISIONS[precision]).eval()
+    module = ExportModule(model, spec, input_kind, torch_dtype(precision)).eval()
     weights_sha256 = sha256_file(resolve_model_files(model_path)[0])
     refuse_foreign_file(out_path, weights_sha256)
     proto = torch_to_onnx(module, example_input(spec, input_kind), INPUT_NAMES[input_kind], opset)

@@ -28,15 +28,14 @@ from pathlib import Path
 
 from fastcifar import __version__
 from fastcifar.errors import FastCifarError
+from fastcifar.precision import DEFAULT_ENGINE_PROFILE, ENGINE_PRECISIONS
 from fastcifar.fileio import write_bytes, write_json
 
 INSTALL_HINT = ("get it with: pip install --extra-index-url https://pypi.nvidia.com 'fastcifar[trt]' "
                 "(TensorRT comes from NVIDIA's package index, not PyPI), or run in the project's Docker image, "
                 "which has it (docker build -t fastcifar .)")
 SIDECAR_FORMAT_VERSION = 1
-DEFAULT_BATCH = "1:256:1024"
 DEFAULT_WORKSPACE_GIB = 4.0
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # what an ONNX file's graph types can say
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,14 @@ class Profile:
 
 
 def parse_profile(text: str | Profile) -> Profile:
-    """'1:256:1024' -> Profile(1, 256, 1024); a single 'N' means N:N:N. Needs 1 <= min <= opt <= max."""
+    """'1:128:512' -> Profile(1, 128, 512); a single 'N' means N:N:N. Needs 1 <= min <= opt <= max."""
     if isinstance(text, Profile):
         return text
     parts = str(text).strip().split(":")
     if len(parts) == 1:
         parts = parts * 3
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-        raise FastCifarError(f"--batch must be MIN:OPT:MAX (e.g. {DEFAULT_BATCH}) or one batch size, got '{text}'")
+        raise FastCifarError(f"--batch must be MIN:OPT:MAX (e.g. {DEFAULT_ENGINE_PROFILE}) or one batch size, got '{text}'")
     lo, opt, hi = (int(p) for p in parts)
     if not 1 <= lo <= opt <= hi:
         raise FastCifarError(f"--batch {text}: need 1 <= MIN <= OPT <= MAX")
@@ -304,7 +303,7 @@ def _builder_config(trt, builder, network, plan: BuildPlan, profile: Profile, wo
     return config
 
 
-def build_engine(onnx_path: Path | str, engine_path: Path | str | None = None, *, batch: str | Profile = DEFAULT_BATCH,
+def build_engine(onnx_path: Path | str, engine_path: Path | str | None = None, *, batch: str | Profile = DEFAULT_ENGINE_PROFILE,
                  workspace_gib: float = DEFAULT_WORKSPACE_GIB, timing_cache: Path | str | bool | None = None,
                  int8_calibration=None) -> Path:
     """Build a serialized TensorRT engine (+ sidecar) from a fastcifar ONNX file; returns the engine path.

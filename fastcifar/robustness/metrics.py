@@ -12,7 +12,8 @@ import numpy as np
 ECE_BINS = 15
 
 
-def softmax64(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (the one implementation: predictors return it as float32)."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)  # shift: exp never overflows
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -34,7 +35,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BIN
 def calibration(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
     """accuracy, nll (mean -log p(true class)), brier (mean squared error of the probability vector), ece, and the
     reliability bins behind the ECE."""
-    probs = softmax64(logits)
+    probs = softmax(logits)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)

@@ -22,6 +22,7 @@ from typing import Callable
 
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import file_digest, make_dir
+from fastcifar.precision import DEFAULT_ENGINE_PROFILE
 from fastcifar.rundir import MODEL_FILE
 
 DEFAULT_CACHE_DIR = Path("exported") / "cache"
@@ -31,7 +32,6 @@ DEFAULT_BACKEND = {"weights": "torch", "onnx": "onnxruntime", "engine": "tensorr
 ARTIFACT_WORDS = {"weights": "a run directory or model.safetensors", "onnx": "an .onnx file",
                   "engine": "a TensorRT engine (.engine/.plan/.trt)"}
 # TensorRT optimisation profile of cached engines: min:opt:max batch (bench's default batch sizes fit in it).
-ENGINE_BATCH_PROFILE = "1:256:1024"
 
 
 def artifact_kind(path: Path | str) -> str:
@@ -94,7 +94,7 @@ def cached_onnx(model: Path | str, cache_dir: Path | str = DEFAULT_CACHE_DIR) ->
 
 
 def cached_engine(model: Path | str, cache_dir: Path | str = DEFAULT_CACHE_DIR,
-                  batch: str = ENGINE_BATCH_PROFILE) -> Path:
+                  batch: str = DEFAULT_ENGINE_PROFILE) -> Path:
     """A TensorRT engine (+ its sidecar) for a run directory / safetensors / .onnx, cached or built now (GPU)."""
     from fastcifar.export.tensorrt import build_engine, current_environment, default_timing_cache, require_tensorrt
 

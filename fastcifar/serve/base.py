@@ -1,5 +1,5 @@
 """The contract every inference backend implements: `Predictor` (uint8 HWC pixel batches in, logits and
-probabilities out) and `softmax`.
+probabilities out; the softmax is robustness/metrics.py's).
 
 Every predictor splits work into `to_input` (host pixels -> backend input on its device), `run` (may be
 asynchronous; output stays on the device) and `to_numpy`, so `fastcifar bench` can time the device-resident
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fastcifar.errors import FastCifarError
+from fastcifar.robustness.metrics import softmax
 from fastcifar.preprocess import NATIVE_SIZE
 
 
@@ -67,15 +68,9 @@ class Predictor:
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
     def predict(self, pixels) -> np.ndarray:
-        return softmax(self.logits(pixels))
+        return softmax(self.logits(pixels)).astype(np.float32)
 
     def describe(self) -> dict:
         return {"backend": self.backend, "device": self.device, "artifact": str(self.artifact),
                 "input_size": self.input_size, "image_size": self.image_size, "precision": self.precision,
                 "note": self.note}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)  # shift: exp never overflows
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from fastcifar.errors import FastCifarError
+from fastcifar.precision import SERVING_PRECISIONS, default_precision
 from fastcifar.serve.artifacts import (BACKEND_ARTIFACT, DEFAULT_BACKEND, DEFAULT_CACHE_DIR, artifact_kind,
                                        ensure_artifact)
 from fastcifar.serve.base import Predictor  # noqa: F401 - part of this module's API
@@ -123,15 +124,7 @@ _FACTORIES: dict[str, Callable[..., Predictor]] = {
     "onnxruntime": _load_onnxruntime,
     "tensorrt": _load_tensorrt,
 }
-SERVING_PRECISIONS = ("fp32", "bf16", "fp16")
 TORCH_BACKENDS = ("torch", "torch-compiled")  # the backends --precision applies to
-
-
-def default_precision(device_type: str) -> str:
-    """The PyTorch backends' precision when none is asked: bf16 on CUDA (a bf16 channels_last ResNet-18 forward
-    ran 202k img/s eager, 299k compiled on an H100 against fp32 serving's 20k; ../shared/measurements), fp32 on
-    the CPU (bf16 measured 0.86x of fp32 on this project's AMX CPU and ~7x slower without AMX)."""
-    return "bf16" if device_type == "cuda" else "fp32"
 
 
 def resolve_precision(backend: str, precision: str | None, device_type: str) -> str | None:

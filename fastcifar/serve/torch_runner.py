@@ -1,5 +1,5 @@
 """The PyTorch backends `torch` and `torch-compiled`: the run's model.safetensors behind the training loader's exact
-preprocessing (`make_pixel_pipeline`), and the fp32 switch that makes the parity reference really fp32.
+preprocessing (preprocess.make_pixel_pipeline), and the fp32 switch that makes the parity reference really fp32.
 
 `torch-compiled` serves through `BucketedPipeline` (ragged batches padded to `BATCH_BUCKETS`, outputs cloned out
 of the compiled/CUDA-graph memory) and, on CUDA with CUDA graphs, through `OwnerThread` (every call on one thread).
@@ -12,45 +12,9 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fastcifar.preprocess import NATIVE_SIZE, scale_shift
+from fastcifar.precision import torch_dtype
+from fastcifar.preprocess import NATIVE_SIZE, make_pixel_pipeline
 from fastcifar.serve.base import Predictor
-
-
-def make_pixel_pipeline(model, mean, std, image_size: int, dtype=None):
-    """nn.Module: uint8 NHWC pixels -> float32 logits, with the training loader's exact preprocessing.
-
-    Same arithmetic as data/tensor_loader.py (one addcmul normalise at 32 px, then bilinear resize without
-    antialias when the model runs larger), so the reference sees what the model saw in training. With `dtype`
-    (a model cast to bf16/fp16) the normalised input is cast after the fp32 preprocessing, and the logits are
-    returned as float32 whatever the model computed in.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    class PixelPipeline(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            scale, shift = scale_shift(mean, std)  # NHWC broadcasting: one value per channel, last axis
-            self.register_buffer("scale", torch.tensor(scale).view(1, 1, 1, 3), persistent=False)
-            self.register_buffer("shift", torch.tensor(shift).view(1, 1, 1, 3), persistent=False)
-
-        def forward(self, pixels):
-            # NHWC permuted to NCHW is channels_last memory: no copy before the first conv.
-            x = torch.addcmul(self.shift, pixels.float(), self.scale).permute(0, 3, 1, 2)
-            if x.shape[-1] != image_size or x.shape[-2] != image_size:
-                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                                  antialias=False)
-            if dtype is not None:
-                x = x.to(dtype)
-            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
-
-    return PixelPipeline().eval()
-
-
-# Serving precisions of the PyTorch backends: the model is cast (not autocast): no per-op casting decisions at
-# inference, and the weights live in the smaller type. fp32 is the parity reference.
-TORCH_PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
 def compile_mode(device_type: str) -> str | None:
@@ -193,7 +157,9 @@ class TorchPredictor(Predictor):
         self.precision = precision
         model, spec, meta = load_model(path, device=device)
         super().__init__({**meta, **spec.to_dict(), "input_size": NATIVE_SIZE}, path)
-        dtype = getattr(torch, TORCH_PRECISIONS[precision]) if TORCH_PRECISIONS[precision] else None
+        # The model is cast (not autocast): no per-op casting decisions at inference, and the weights live in the
+        # smaller type. fp32 is the parity reference.
+        dtype = None if precision == "fp32" else torch_dtype(precision)
         model = model.to(dtype=dtype, memory_format=torch.channels_last)  # channels_last: faster convs, H100 + CPU
         self.pipeline = make_pixel_pipeline(model, spec.mean, spec.std, spec.image_size, dtype).to(device)
         self._forward = self.pipeline  # what `run` calls: the eager pipeline, or the bucketed compiled one

@@ -368,16 +368,20 @@ def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], N
     import torch
 
     from fastcifar.models import load_model
-    from fastcifar.preprocess import normalize_images
+    from fastcifar.preprocess import make_pixel_pipeline
     from fastcifar.robustness import corruption_names, evaluate_logits
     from fastcifar.runtime import resolve_device
 
     resolved = resolve_device(device)
     model, spec, _ = load_model(run.run_dir, device=resolved)
+    # The pipeline `fastcifar evaluate --backend torch --precision fp32` runs (uint8 pixels in, the training
+    # loader's preprocessing inside), in batches of 256 as predictors do: one evaluation path, fp32 on any device.
+    pipeline = make_pixel_pipeline(model, spec.mean, spec.std, spec.image_size).to(resolved)
 
     def logits(pixels: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(normalize_images(pixels, spec).to(resolved)).float().cpu().numpy()
+            return np.concatenate([pipeline(torch.from_numpy(pixels[i:i + 256]).to(resolved)).cpu().numpy()
+                                   for i in range(0, len(pixels), 256)])
 
     log(f"evaluating {run.name}: calibration and {len(corruption_names())} corruptions at severities "
         f"{', '.join(map(str, ROBUSTNESS_SEVERITIES))}")

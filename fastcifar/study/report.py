@@ -379,7 +379,8 @@ def _robustness_tables(section: dict) -> list[str]:
     return lines + ["", "Evaluated on the final models with the test split only (fp32, no flip TTA; no training): "
                     "NLL and ECE (15 equal-width confidence bins) on the clean images; corruption accuracy averaged "
                     "over nine CIFAR-10-C corruptions (Hendrycks and Dietterich, ICLR 2019) at severities 1, 3 and 5, "
-                    "generated from the test images (`fastcifar evaluate` measures any model the same way).", ""]
+                    "generated from the test images (`fastcifar evaluate --precision fp32` measures any model the same "
+                    "way; without --precision it serves in bf16 on a GPU).", ""]
 
 
 def _corruption_means(records: list[dict]) -> dict | None:

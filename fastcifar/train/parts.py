@@ -16,7 +16,6 @@ from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
 from fastcifar.runtime import DistInfo
 
-PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
 
 
 # ---------------------------------------------------------------------------------------------- distributed
@@ -247,10 +246,11 @@ def autocast_factory(precision: str, device):
     """A zero-argument callable giving the autocast context for `precision` (nullcontext for fp32)."""
     import torch
 
-    dtype = PRECISION_DTYPES[precision]
-    if dtype is None:
+    from fastcifar.precision import torch_dtype
+
+    if precision == "fp32":
         return contextlib.nullcontext
-    return partial(torch.autocast, device_type=device.type, dtype=getattr(torch, dtype))
+    return partial(torch.autocast, device_type=device.type, dtype=torch_dtype(precision))
 
 
 def make_step(net, optimizer, scheduler, scaler, autocast, criterion, *, ema_update=None):

@@ -90,8 +90,9 @@ def evaluate_logits(logits_fn: Callable[[np.ndarray], np.ndarray], images: np.nd
     """Clean calibration, then accuracy (and NLL, ECE) per corruption and severity.
 
     `logits_fn(uint8 NHWC) -> float logits`. Without `cifar10c` each corruption is generated from `images` on
-    `device` in batches (fixed `seed`); with it, the official files are read instead (all 10,000 images per
-    severity; `images` gives only the clean row).
+    `device` in batches (fixed `seed`); with it, the official files are read instead: per severity, the rows of the
+    same test images as `images` (CIFAR-10-C keeps the test split's order, so the first len(images) rows; all
+    10,000 for the full test set, fewer with --max-images).
     """
     import torch
 
@@ -107,7 +108,8 @@ def evaluate_logits(logits_fn: Callable[[np.ndarray], np.ndarray], images: np.nd
         log(f"{name}: severities {', '.join(map(str, severities))}")
         for severity in severities:
             if official is not None:
-                rows = slice((severity - 1) * CIFAR10C_PER_SEVERITY, severity * CIFAR10C_PER_SEVERITY)
+                start = (severity - 1) * CIFAR10C_PER_SEVERITY
+                rows = slice(start, start + min(len(images), CIFAR10C_PER_SEVERITY))
                 pixels, truth = np.array(official[0][name][rows]), official[1][rows]  # a copy: the file is mapped
             else:
                 source = torch.from_numpy(images).to(device)

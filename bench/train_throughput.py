@@ -2,7 +2,7 @@
 
 Question: what do channels_last, AMP (bf16/fp16), torch.compile and batch size buy for training?
 Measures the model step only (data already on the device, random pixels) so the loader is out of the
-picture (bench/loaders.py measures that). Uses `fastcifar.train.parts.make_step` - the same step `train`
+picture (bench/loaders.py measures that). Uses `fastcifar.train.step.make_step` - the same step `train`
 runs - with the fused SGD optimizer on CUDA. Warm-up steps (compile, cudnn autotune) are excluded; GPU
 timing uses CUDA events.
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastcifar.config import TrainConfig  # noqa: E402
 from fastcifar.fileio import append_jsonl  # noqa: E402
 from fastcifar.runtime import env_info, resolve_device  # noqa: E402
-from fastcifar.train.parts import autocast_factory, build_optimizer, make_step  # noqa: E402
+from fastcifar.train.step import autocast_factory, build_optimizer, make_step  # noqa: E402
 
 
 def measure(arch: str, stem: str, image_size: int, batch: int, precision: str, channels_last: bool,

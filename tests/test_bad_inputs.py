@@ -170,7 +170,7 @@ def test_image_in_pillows_warning_band_is_read_without_a_raw_warning(tmp_path, m
 
 
 def test_busy_machine_times_are_not_told_as_a_speed_result():
-    from fastcifar.study.report import summarize
+    from fastcifar.study.results import summarize
 
     records = [{"init": init, "fraction": 1.0, "seed": seed, "setting": "32px-cifar", "name": f"{init}-{seed}",
                 "test_acc": 0.8, "test_loss": 0.5, "train_seconds": seconds, "time_to_90pct_final_test_acc": seconds,

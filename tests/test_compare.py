@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -17,7 +17,9 @@ from fastcifar.study import compare as cmp
 from fastcifar.cli import cli
 from fastcifar.config import CompareConfig, TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.study.report import PLOTS, summarize
+from fastcifar.rundir import run_state
+from fastcifar.study.plots import PLOTS
+from fastcifar.study.results import summarize
 from fastcifar.study.stats import mean_std, t_quantile, verdict, welch_ci
 
 REPORT_FILES = {"report.md", "results.json", "env.json", "compare.json", "pretrained.json", *PLOTS}
@@ -146,10 +148,10 @@ def test_interrupted_run_resumes_and_setup_leftovers_restart(tmp_path, synthetic
         cmp.compare(cfg, progress=False, on_epoch_end=stop)
     assert info.value.exit_code == 130
     first_epoch = (runs / "imagenet-f1-s0" / "metrics.jsonl").read_text()
-    assert cmp.run_state(runs / "imagenet-f1-s0") == "interrupted"
+    assert run_state(runs / "imagenet-f1-s0") == "interrupted"
     (runs / "random-f1-s0").mkdir()  # a run that died during setup: config only, no state
     (runs / "random-f1-s0" / "config.json").write_text(json.dumps(base.to_dict()))
-    assert cmp.run_state(runs / "random-f1-s0") == "new"
+    assert run_state(runs / "random-f1-s0") == "new"
 
     calls = []
     real_train, real_resume = fastcifar.train.loop.train, fastcifar.train.loop.resume
@@ -253,12 +255,14 @@ def test_plan_shares_data_between_inits_and_fits_small_fractions():
 def test_pretrained_source_is_checked_and_recorded(tmp_path, fake_weights, monkeypatch):
     import torchvision.models._api as tv_api
 
+    from fastcifar.study import pretrained
+
     base = TrainConfig(stem="imagenet")
-    source = cmp.resolve_pretrained(CompareConfig(base=base, pretrained_weights=str(fake_weights)), tmp_path)
+    source = pretrained.resolve_pretrained(CompareConfig(base=base, pretrained_weights=str(fake_weights)), tmp_path)
     assert source["kind"] == "file" and not source["verified_imagenet"] and "not torchvision's" in source["label"]
     # A file whose sha256 starts with torchvision's published prefix is the real IMAGENET1K_V1 file.
-    monkeypatch.setattr(cmp, "_torchvision_hash_prefix", lambda arch: source["sha256"][:8])
-    assert cmp.resolve_pretrained(CompareConfig(base=base, pretrained_weights=str(fake_weights)),
+    monkeypatch.setattr(pretrained, "_torchvision_hash_prefix", lambda arch: source["sha256"][:8])
+    assert pretrained.resolve_pretrained(CompareConfig(base=base, pretrained_weights=str(fake_weights)),
                                   tmp_path)["verified_imagenet"]
 
     def offline(*args, **kwargs):
@@ -266,8 +270,8 @@ def test_pretrained_source_is_checked_and_recorded(tmp_path, fake_weights, monke
 
     monkeypatch.setattr(tv_api.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(FastCifarError, match="--if-no-weights stand-in"):
-        cmp.resolve_pretrained(CompareConfig(base=base), tmp_path / "a")
-    stand_in = cmp.resolve_pretrained(CompareConfig(base=base, if_no_weights="stand-in"), tmp_path / "b")
+        pretrained.resolve_pretrained(CompareConfig(base=base), tmp_path / "a")
+    stand_in = pretrained.resolve_pretrained(CompareConfig(base=base, if_no_weights="stand-in"), tmp_path / "b")
     assert stand_in["kind"] == "stand-in" and "STAND-IN" in stand_in["label"] and Path(stand_in["init"]).is_file()
 
 

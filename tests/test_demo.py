@@ -170,8 +170,9 @@ def test_a_stand_in_run_is_labelled_a_stand_in_and_imagenet_stays_imagenet(tmp_p
     from fastcifar.fileio import write_json
     from fastcifar.models import create_model, save_model
     from fastcifar.serve import demo
-    from fastcifar.study.compare import PRETRAINED_FILE, _stand_in
-    from fastcifar.study.report import arm_labels
+    from fastcifar.rundir import PRETRAINED_FILE
+    from fastcifar.study.pretrained import _stand_in
+    from fastcifar.study.results import arm_labels
 
     # What compare writes for a stand-in report: <out>/stand-in.pth + pretrained.json, runs under <out>/runs/.
     report = tmp_path / "report"

@@ -18,7 +18,7 @@ from fastcifar.train.evaluate import evaluate, tta_logits
 from fastcifar.train.levers import (DeviceEMA, batchnorm_bias_ids, freeze_batchnorm_scales, patch_second_moment,
                                     whiten_first_conv, whitening_filters)
 from fastcifar.train.loop import train
-from fastcifar.train.parts import lr_lambda, param_groups
+from fastcifar.train.step import lr_lambda, param_groups
 
 
 def small_net():
@@ -247,12 +247,12 @@ def test_a_run_with_every_lever_learns_and_records_them(tmp_path, synthetic_dir)
 
 
 def test_state_every_n_epochs_resumes_from_the_last_saved_one(tmp_path, synthetic_dir, monkeypatch):
-    from fastcifar.train import parts
+    from fastcifar.train import checkpoint
     from fastcifar.train.loop import resume
 
     saved = []
-    real_save = parts.save_state
-    monkeypatch.setattr(parts, "save_state", lambda path, epoch, *a: saved.append(epoch) or real_save(path, epoch, *a))
+    real_save = checkpoint.save_state
+    monkeypatch.setattr(checkpoint, "save_state", lambda path, epoch, *a: saved.append(epoch) or real_save(path, epoch, *a))
 
     def stop_after_third(epoch, metrics):
         if epoch == 3:

@@ -18,7 +18,8 @@ from fastcifar.cli import cli
 from fastcifar.config import TrainConfig, make_train_config
 from fastcifar.errors import FastCifarError
 from fastcifar.train.loop import NonFiniteLoss, divergence_warning, resume, train
-from fastcifar.train.parts import build_optimizer, lr_lambda, param_groups, split_train_val
+from fastcifar.train.build import split_train_val
+from fastcifar.train.step import build_optimizer, lr_lambda, param_groups
 
 RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "model.safetensors", "model.json", "summary.json"}
 

@@ -2,10 +2,10 @@
 
 Owns the experiment: planning the runs (one ordinary run directory per (init, fraction, seed[, setting]) under
 `<out>/runs/`), choosing each arm's peak learning rate on the validation split (`lr_grid`: one run per grid value
-under `<out>/lr-select/`, first seed, largest fraction), where the pretrained weights come from (recorded once in
-pretrained.json, so a rerun cannot switch sources halfway), resuming (finished runs are skipped, interrupted ones
-continue from their last epoch, setup-only leftovers restart), and the two-level progress display.
-`fastcifar.study.report` turns the finished runs into report.md, the plots and results.json.
+under `<out>/lr-select/`, first seed, largest fraction), resuming (finished runs are skipped, interrupted ones
+continue from their last epoch, setup-only leftovers restart), the robustness evaluation of every final model, and
+the two-level progress display. Where the pretrained weights come from is pretrained.py's; results.py turns the
+finished runs into numbers, report.py writes them as report.md (markdown.py), the plots (plots.py) and results.json.
 
 Fairness: both arms of a (setting, seed, fraction) share every option, the same first-N training images,
 validation split, shuffling and augmentation. They differ in the initial weights, the input normalisation that
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 import shutil
 import time
@@ -30,14 +29,15 @@ from typing import Callable
 
 from fastcifar.config import COMPARE_INITS, MIN_BATCH, MIN_STEPS_PER_EPOCH, CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import atomic_path, file_digest, write_json
+from fastcifar.fileio import write_json
 from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, ROBUSTNESS_FILE, RUN_STATES, read_metrics,
                               read_summary, run_state)
 from fastcifar.study import report
+from fastcifar.study.pretrained import resolve_pretrained
+from fastcifar.study.results import collect
 
 RUNS_DIR, SELECT_DIR = "runs", "lr-select"
-COMPARE_FILE, STAND_IN_FILE = "compare.json", "stand-in.pth"
-STAND_IN_SEED = 1234
+COMPARE_FILE = "compare.json"
 # Filled per device when training starts, so a saved config may hold a value where the plan holds None/"auto".
 _RESOLVED_FIELDS = {"precision", "channels_last", "compile"}
 
@@ -92,7 +92,7 @@ def _plan_one(cfg: CompareConfig, pool: int, pretrained_init: str, *, setting: t
     if limit < 10:
         raise FastCifarError(f"--fractions {fraction:g} of {pool} training images is {limit} images; a run needs "
                              "at least 10")
-    n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train.parts.split_train_val
+    n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train.build.split_train_val
     batch, run_lr = fit_batch(base.batch_size, lr, n_train)
     name = run_name(init, fraction, seed, setting if len(cfg.settings) > 1 else None) + suffix
     run_cfg = replace(base, init=pretrained_init if init == "imagenet" else "random", seed=seed, train_limit=limit,
@@ -205,82 +205,6 @@ def check_run_config(run: PlannedRun) -> None:
                              "compare asks for; move it away or choose another --out")
 
 
-# ---------------------------------------------------------------------------------------------- pretrained weights
-
-
-def _torchvision_hash_prefix(arch: str) -> str | None:
-    """The sha256 prefix torchvision puts in its IMAGENET1K_V1 file name (e.g. resnet18-f37072fd.pth)."""
-    import torchvision
-
-    url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
-    match = re.search(r"-([0-9a-f]{6,})\.", url.rsplit("/", 1)[-1])
-    return match.group(1) if match else None
-
-
-def _from_file(cfg: CompareConfig, out: Path) -> dict:
-    from fastcifar.models import read_state_dict
-
-    path = Path(cfg.pretrained_weights).expanduser().resolve()
-    read_state_dict(path)  # readable, a dict of tensors
-    sha = file_digest(path)
-    prefix = _torchvision_hash_prefix(cfg.base.arch)
-    verified = bool(prefix) and sha.startswith(prefix)
-    label = (f"torchvision IMAGENET1K_V1 weights from {path.name} (verified by sha256)" if verified else
-             f"weights from {path.name} (sha256 {sha[:12]}; not torchvision's IMAGENET1K_V1 file)")
-    return {"kind": "file", "init": str(path), "sha256": sha, "verified_imagenet": verified, "label": label}
-
-
-def _from_torchvision(cfg: CompareConfig, out: Path) -> dict:
-    from fastcifar.models import imagenet_state_dict
-
-    _, url = imagenet_state_dict(cfg.base.arch)  # downloads into torch's hub cache once; hash-checked
-    return {"kind": "torchvision", "init": "imagenet", "sha256": None, "verified_imagenet": True,
-            "label": f"torchvision IMAGENET1K_V1 weights ({url})"}
-
-
-def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
-    """Random torchvision-format weights saved in the report: lets the pipeline run without ImageNet weights."""
-    import torch
-    import torchvision
-
-    path = out / STAND_IN_FILE
-    if not path.is_file():
-        torch.manual_seed(STAND_IN_SEED)
-        with atomic_path(path) as tmp:
-            torch.save(torchvision.models.get_model(cfg.base.arch, weights=None).state_dict(), tmp)
-    return {"kind": "stand-in", "init": str(path.resolve()), "sha256": file_digest(path), "verified_imagenet": False,
-            "label": "STAND-IN random weights (no ImageNet weights were available)", "reason": reason}
-
-
-def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
-    """Where the pretrained arm's weights come from; the first invocation's answer is kept in pretrained.json."""
-    from fastcifar.models import build_resnet, load_pretrained, read_state_dict
-
-    record = out / PRETRAINED_FILE
-    if record.is_file():
-        source = json.loads(record.read_text())
-        path = Path(source["init"])
-        if source["sha256"] and (not path.is_file() or file_digest(path) != source["sha256"]):
-            raise FastCifarError(f"the pretrained weights this report started with ({source['init']}) are gone or "
-                                 "changed; restore them or choose another --out")
-        return source
-    if cfg.pretrained_weights:
-        source = _from_file(cfg, out)
-    else:
-        try:
-            source = _from_torchvision(cfg, out)
-        except FastCifarError as exc:
-            if cfg.if_no_weights != "stand-in":
-                raise FastCifarError(f"{exc} To try the pipeline without them, add --if-no-weights stand-in (the "
-                                     "'pretrained' arm then starts from random weights too).") from None
-            source = _stand_in(cfg, out, reason=str(exc))
-    if source["kind"] != "torchvision":  # fail before any training if the weights do not fit arch and stems
-        state_dict = read_state_dict(Path(source["init"]))
-        for stem in sorted({stem for _, stem in cfg.settings}):
-            load_pretrained(build_resnet(cfg.base.arch, stem), state_dict, stem)
-    return source
-
-
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -349,7 +273,7 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     wall = {"seconds": time.perf_counter() - started, "trained": counts["new"] + counts["interrupted"],
             "reused": counts["finished"]}
-    results = report.collect(cfg, source, runs, env, lr_record, wall)
+    results = collect(cfg, source, runs, env, lr_record, wall)
     files = report.write_report(out, results)
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
 

@@ -4,12 +4,13 @@ Owns the training loop, its run directory (config.json, env.json, metrics.jsonl,
 model.json, summary.json - all written atomically, by rank 0 only), resume, Ctrl-C handling, the non-finite
 loss guard, the divergence warning, the compile warm-up outside the clock and DDP under torchrun. The loop
 reads top to bottom (nanoGPT's style); the pieces it assembles (`prepare_run_dir`, `build_model`,
-`build_data`, `build_optimizer`, `make_step`, `save_state`, ...) live in parts.py beside it.
+`build_data`, `build_optimizer`, `make_step`, `save_state`, ...) live beside it: build.py (run directory, model,
+data, levers), step.py (optimizer, schedule, EMA, precision, the step, warm-up), checkpoint.py (state.pt),
+distributed.py (torchrun) and progress.py (what the run shows).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import sys
@@ -62,7 +63,8 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
     """
     import torch
 
-    from fastcifar.train import parts as setup
+    from fastcifar.train import build, checkpoint, step
+    from fastcifar.train.distributed import destroy_distributed, init_distributed
 
     dist = dist_info_from_env()
     device = resolve_device(cfg.device, dist.local_rank)
@@ -71,28 +73,29 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
         # Every training batch has the same shape, so cuDNN's per-shape autotuning pays once; the anchor run that
         # set it was ~6 % faster (airbench94 sets it too). Evaluation's ragged last batch tunes once more.
         torch.backends.cudnn.benchmark = True
-    setup.init_distributed(dist, device)
+    init_distributed(dist, device)
     try:
         # The model first: a bad --init fails before anything is created; then the directory, then the data.
-        model, spec = setup.build_model(cfg, device)
-        run_dir, created = setup.prepare_run_dir(cfg, resume_dir, dist)
+        model, spec = build.build_model(cfg, device)
+        run_dir, created = build.prepare_run_dir(cfg, resume_dir, dist)
         try:
-            data = setup.build_data(cfg, spec, dist, device, dataset=dataset)
+            data = build.build_data(cfg, spec, dist, device, dataset=dataset)
             if dist.is_main and resume_dir is None:
                 write_json(run_dir / CONFIG_FILE, cfg.to_dict())
                 write_json(run_dir / ENV_FILE, env_info())
-            levers = setup.apply_levers(model, spec, cfg, data.train_images)  # freezes before the optimizer
-            opt = setup.build_optimizer(model, cfg, len(data.train), device)
-            ema = setup.build_ema(model, cfg, len(data.train))
+            levers = build.apply_levers(model, spec, cfg, data.train_images)  # freezes before the optimizer
+            opt = step.build_optimizer(model, cfg, len(data.train), device)
+            ema = step.build_ema(model, cfg, len(data.train))
             scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
             start_epoch, history, train_seconds = 0, [], 0.0
             if resume_dir is not None:
-                start_epoch, train_seconds = setup.load_state(run_dir / STATE_FILE, model, opt, ema, scaler, device)
+                start_epoch, train_seconds = checkpoint.load_state(run_dir / STATE_FILE, model, opt, ema, scaler,
+                                                                   device)
                 history = read_metrics(run_dir)[:start_epoch]
                 if dist.is_main:  # epochs after the last saved state are trained again: drop their lines
                     write_jsonl(run_dir / METRICS_FILE, history)
             elif dist.is_main and cfg.save_state_every:  # a state from the first moment: Ctrl-C in epoch 1 resumes
-                setup.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
+                checkpoint.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
             loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers)
             if cfg.compile if warm_up is None else warm_up:
                 loop.warm_up()
@@ -113,7 +116,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
             (run_dir / STATE_FILE).unlink(missing_ok=True)
         return TrainResult(run_dir=run_dir, summary=summary)
     finally:
-        setup.destroy_distributed(dist)
+        destroy_distributed(dist)
 
 
 class _Loop:
@@ -122,7 +125,8 @@ class _Loop:
     def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers=()):
         import torch
 
-        from fastcifar.train.parts import autocast_factory, make_step, wrap_distributed
+        from fastcifar.train.distributed import wrap_distributed
+        from fastcifar.train.step import autocast_factory, make_step
 
         self.cfg, self.dist, self.device, self.model = cfg, dist, device, model
         self.optimizer, self.scheduler = opt
@@ -144,7 +148,7 @@ class _Loop:
         self.warmup_seconds = None
 
     def warm_up(self) -> None:
-        from fastcifar.train.parts import warm_up
+        from fastcifar.train.step import warm_up
 
         self.warmup_seconds = warm_up(self.step, self.model, (self.optimizer, self.scheduler), self.ema, self.scaler,
                                       batch_size=self.data.train_options.batch_size, image_size=self.cfg.image_size,
@@ -226,7 +230,8 @@ class _Loop:
         return (out, results) if keep_predictions else out
 
     def run(self, start_epoch, history, train_seconds, progress, on_epoch_end):
-        from fastcifar.train.parts import EpochProgress, progress_mode, save_state
+        from fastcifar.train import checkpoint
+        from fastcifar.train.progress import EpochProgress, progress_mode
 
         mode = progress_mode(progress) if self.dist.is_main else "off"
         with EpochProgress(self.cfg, self.data, start_epoch, mode) as bar:
@@ -249,7 +254,7 @@ class _Loop:
                     every = self.cfg.save_state_every
                     if every and ((epoch + 1) % every == 0 or last):
                         start = time.perf_counter()
-                        save_state(self.run_dir / STATE_FILE, epoch + 1, train_seconds, self.model,
+                        checkpoint.save_state(self.run_dir / STATE_FILE, epoch + 1, train_seconds, self.model,
                                    (self.optimizer, self.scheduler), self.ema, self.scaler)
                         self.state_seconds += time.perf_counter() - start
                     bar.log_epoch(metrics)
@@ -266,9 +271,10 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
     import numpy as np
 
     from fastcifar.models import save_model
+    from fastcifar.train.distributed import distributed_record
 
     cfg, dist = loop.cfg, loop.dist
-    distributed = _distributed_record(loop) if dist.enabled else None
+    distributed = distributed_record(loop.model, loop.data, dist) if dist.enabled else None
     if not dist.is_main:
         return {}
     # The last epoch's evaluation, unless the run was resumed after it (then evaluate now).
@@ -340,28 +346,6 @@ def _time_to_fraction(history: list[dict], final: float | None, fraction: float)
         if h.get("test_acc") is not None and h["test_acc"] >= fraction * final:
             return h["elapsed_train_seconds"]
     return None
-
-
-def _distributed_record(loop: _Loop) -> dict:
-    """Gather each rank's first-epoch shard and a weight digest: proof the ranks split data and stayed in sync."""
-    import torch.distributed as td
-
-    from fastcifar.data.plan import shard_indices
-
-    opts = loop.data.train_options
-    indices = shard_indices(loop.data.n_train, opts, 0)
-    digest = hashlib.sha256()
-    # Parameters only: BatchNorm running stats are per-rank by design (DDP broadcasts rank 0's buffers at
-    # each forward, then every rank updates them from its own shard).
-    for tensor in loop.model.parameters():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    gathered = [None] * loop.dist.world_size
-    td.all_gather_object(gathered, (indices.tolist(), digest.hexdigest()))
-    shards = [set(g[0]) for g in gathered]
-    disjoint = sum(len(s) for s in shards) == len(set().union(*shards))
-    return {"world_size": loop.dist.world_size, "backend": td.get_backend(),
-            "samples_per_rank": [len(s) for s in shards], "shards_disjoint": disjoint,
-            "weights_identical": len({g[1] for g in gathered}) == 1}
 
 
 def resume(run_dir: Path | str, *, progress: bool | str = True, on_epoch_end: EpochHook | None = None,

@@ -1,0 +1,210 @@
+"""The compare report's figures, one set per setting: accuracy curves, data efficiency, per-class accuracy,
+confusion matrices, accuracy under corruption, reliability diagrams - drawn from the results dict (results.py)
+with matplotlib's object API (no global pyplot state) and written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastcifar.config import COMPARE_INITS
+from fastcifar.fileio import atomic_path
+from fastcifar.study.results import fraction_label, timing_caveat
+
+STYLE = {"imagenet": dict(color="#1f77b4", marker="o"), "random": dict(color="#d62728", marker="s")}
+PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png", "robustness.png",
+         "reliability.png")  # one setting's figures
+PLOT_ALTS = ("test accuracy vs epoch and training time", "final accuracy vs training-set size",
+             "per-class accuracy", "confusion matrices", "accuracy vs corruption severity",
+             "reliability diagrams")
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def _band(ax, x, ys, init: str, label: str, points: bool = False) -> None:
+    """Mean line and ± 1 std band over seeds; with `points`, each seed's value as a dot too."""
+    import numpy as np
+
+    ys = np.asarray(ys, dtype=float) * 100
+    mean = ys.mean(axis=0)
+    ax.plot(x, mean, label=f"{label} (n={len(ys)})", **STYLE[init])
+    if points:
+        for y in ys:
+            ax.scatter(x, y, s=12, color=STYLE[init]["color"], alpha=0.6, zorder=3)
+    if len(ys) > 1:
+        std = ys.std(axis=0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, color=STYLE[init]["color"], alpha=0.2, linewidth=0)
+
+
+def plot_curves(results: dict, path: Path) -> Path:
+    """Test accuracy vs epoch and vs training seconds, one row per fraction; band = ± 1 std over seeds."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fractions = sorted({r["fraction"] for r in results["runs"]}, reverse=True)
+    busy = bool(timing_caveat(results["runs"]))
+    fig = Figure(figsize=(11, 3.4 * len(fractions)), layout="constrained")
+    axes = fig.subplots(len(fractions), 2, squeeze=False)
+    for row, fraction in zip(axes, fractions):
+        for init in COMPARE_INITS:
+            curves = [r["curve"] for r in results["runs"] if r["init"] == init and r["fraction"] == fraction]
+            seconds = np.mean([c["elapsed_train_seconds"] for c in curves], axis=0)
+            accs = [c["test_acc"] for c in curves]
+            _band(row[0], curves[0]["epoch"], accs, init, results["labels"][init])
+            _band(row[1], seconds, accs, init, results["labels"][init])
+        n_train = next(r["n_train"] for r in results["runs"] if r["fraction"] == fraction)
+        time_label = "training time (s, mean over seeds; evaluation excluded)" + (
+            "\nmachine busy (equal runs' times differ > 2x): these times measure the load, not the inits"
+            if busy else "")
+        for ax, xlabel in zip(row, ("epoch", time_label)):
+            ax.set(xlabel=xlabel, ylabel="test accuracy (%)",
+                   title=f"training data: {fraction_label(fraction, n_train)}")
+            ax.grid(alpha=0.3)
+        row[0].xaxis.get_major_locator().set_params(integer=True)
+        row[0].legend(loc="lower right", fontsize=9)
+    fig.suptitle("Test accuracy during training (line: mean over seeds, band: ± 1 std)")
+    return _save(fig, path)
+
+
+def plot_data_efficiency(results: dict, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for init, nudge in zip(COMPARE_INITS, (0.97, 1.03)):  # a small sideways nudge keeps both error bars visible
+        rows = sorted((r for r in results["summary"] if r["init"] == init), key=lambda r: r["fraction"])
+        ax.errorbar([r["fraction"] * nudge for r in rows], [100 * r["test_acc_mean"] for r in rows],
+                    yerr=[100 * (r["test_acc_std"] or 0) for r in rows], capsize=4, label=results["labels"][init],
+                    **STYLE[init])
+        seeds = [r for r in results["runs"] if r["init"] == init]  # every seed's run as a dot
+        ax.scatter([r["fraction"] * nudge for r in seeds], [100 * r["test_acc"] for r in seeds], s=12,
+                   color=STYLE[init]["color"], alpha=0.6, zorder=3)
+    rows = sorted((r for r in results["summary"] if r["init"] == "random"), key=lambda r: r["fraction"])
+    ax.set_xscale("log")
+    ax.set_xticks([r["fraction"] for r in rows], [f"{100 * r['fraction']:g} %\n{r['n_train']:,} img" for r in rows])
+    ax.minorticks_off()
+    ax.set(xlabel="training-set fraction (log scale; images after the validation split)",
+           ylabel="final test accuracy (%)", title="Data efficiency (mean ± 1 std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_per_class(results: dict, path: Path) -> Path:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    per = results["per_class"]
+    names = per["random"]["class_names"]
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax = fig.subplots()
+    x, width = np.arange(len(names)), 0.4
+    for i, init in enumerate(COMPARE_INITS):
+        p = per[init]
+        mean = np.asarray(p["acc_mean_pct"])
+        std = np.asarray(p["acc_std_pct"] if p["acc_std_pct"] is not None else np.zeros_like(mean))
+        # The std bar is clipped to 0..100 %: an accuracy cannot leave that range, however few the seeds.
+        yerr = np.stack([np.minimum(std, mean), np.minimum(std, 100 - mean)])
+        ax.bar(x + (i - 0.5) * width, mean, width, yerr=yerr, capsize=3, color=STYLE[init]["color"],
+               label=f"{results['labels'][init]} (n={p['n_seeds']})")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_yticks(range(0, 101, 20))
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 118),
+           title=f"Per-class test accuracy, {100 * per['random']['fraction']:g} % of the training data "
+                 "(mean ± 1 std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", ncol=2, frameon=False)  # in the headroom above 100 %, clear of the bars
+    return _save(fig, path)
+
+
+def plot_confusion(results: dict, path: Path) -> Path:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 6.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, init in zip(axes, COMPARE_INITS):
+        p = results["per_class"][init]
+        counts = np.asarray(p["confusion_sum"], dtype=float)
+        pct = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+        for (i, j), v in np.ndenumerate(pct):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8, color="white" if v > 60 else "black")
+        names = p["class_names"]
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set(xlabel="predicted class", ylabel="true class",
+               title=f"{results['labels'][init]}: {np.trace(counts) / counts.sum():.1%} correct")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="% of the true class (rows sum to 100)")
+    fig.suptitle(f"Confusion matrices, {100 * p['fraction']:g} % of the training data, summed over "
+                 f"{p['n_seeds']} seeds")
+    return _save(fig, path)
+
+
+def plot_robustness(results: dict, path: Path) -> Path:
+    """Accuracy (mean over corruptions and seeds) against severity, both arms, the largest fraction; clean at 0."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    top = max(r["fraction"] for r in results["runs"])
+    for init in COMPARE_INITS:
+        runs = [r for r in results["runs"] if r["init"] == init and r["fraction"] == top and r.get("corruption_acc")]
+        if not runs:
+            continue
+        severities = sorted({int(s) for r in runs for by in r["corruption_acc"].values() for s in by})
+        # Severity 0 is the clean accuracy measured the same way as the corrupted points (no flip TTA), so the
+        # drop to severity 1 is the corruption's alone; test_acc (with TTA) would overstate it by ~2 points.
+        per_seed = [[r["clean_acc_no_tta"]] + [np.mean([by[str(s)] for by in r["corruption_acc"].values()])
+                                               for s in severities] for r in runs]  # fractions: _band draws %
+        _band(ax, [0, *severities], per_seed, init, results["labels"][init], points=True)
+    ax.set(xlabel="corruption severity (0: clean test images; every point without TTA)",
+           ylabel="accuracy (%), mean over 9 corruptions", title="Accuracy under corruption, largest fraction")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_reliability(results: dict, path: Path) -> Path:
+    """Reliability diagrams side by side: accuracy per confidence bin, summed over seeds, the largest fraction."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    top = max(r["fraction"] for r in results["runs"])
+    for ax, init in zip(axes, COMPARE_INITS):
+        runs = [r for r in results["runs"] if r["init"] == init and r["fraction"] == top and r.get("reliability")]
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set(xlabel="confidence (top-1 probability)", xlim=(0, 1), ylim=(0, 1), title=results["labels"][init])
+        if not runs:
+            continue
+        count = np.sum([r["reliability"]["count"] for r in runs], axis=0)
+        correct = np.sum([[0 if a is None else a * n for a, n in zip(r["reliability"]["accuracy"],
+                                                                    r["reliability"]["count"])] for r in runs], axis=0)
+        edges = runs[0]["reliability"]["edges"]
+        centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        acc = np.divide(correct, count, out=np.zeros_like(correct, dtype=float), where=count > 0)
+        ax.bar(centres, acc, width=(edges[1] - edges[0]) * 0.95, color=STYLE[init]["color"])
+        for x, y, n in zip(centres, acc, count):  # how many images each bar stands on (as evaluate's plot shows)
+            if n:
+                ax.text(x, min(y + 0.02, 0.97), f"{int(n)}", ha="center", va="bottom", fontsize=6, rotation=90)
+        ece = np.mean([r["ece"] for r in runs])
+        ax.text(0.04, 0.92, f"ECE {100 * ece:.2f} % (mean of {len(runs)} seeds)", transform=ax.transAxes)
+    axes[0].set(ylabel="accuracy in bin")
+    fig.suptitle("Reliability diagrams, clean test images, largest fraction (bars below the diagonal: overconfident)")
+    return _save(fig, path)
+
+
+PLOTTERS = (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion, plot_robustness, plot_reliability)
+
+
+def plot_files(settings: list[str]) -> list[list[str]]:
+    """Each setting's plot file names: PLOTS for a single setting, else PLOTS with '-<setting>' before '.png'."""
+    if len(settings) == 1:
+        return [list(PLOTS)]
+    return [[name.replace(".png", f"-{setting}.png") for name in PLOTS] for setting in settings]

@@ -1,0 +1,127 @@
+"""What a training run is built from: its run directory, the model, the data (split, loaders) and the levers that
+freeze parameters before the optimizer sees them. Each function takes explicit arguments and returns what it built,
+so the loop (loop.py) reads top to bottom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from fastcifar.config import TrainConfig
+from fastcifar.errors import FastCifarError
+from fastcifar.runtime import DistInfo
+
+
+def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo) -> tuple[Path, Path | None]:
+    """(the run directory, the topmost directory this call created or None): the one being resumed, or a new one
+    named by --out or rundir.default_run_name, agreed on by every rank and created by rank 0 (fastcifar/rundir.py)."""
+    from fastcifar.rundir import create_run_dir, default_run_name
+
+    if resume_dir is not None:
+        return Path(resume_dir), None
+    name = [str(Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.arch, cfg.init))]
+    if dist.enabled:  # every rank must use rank 0's timestamped name
+        import torch.distributed as td
+
+        td.broadcast_object_list(name, src=0)
+    run_dir = Path(name[0])
+    return run_dir, create_run_dir(run_dir) if dist.is_main else None
+
+
+def build_model(cfg: TrainConfig, device):
+    import torch
+
+    from fastcifar.models import create_model
+
+    torch.manual_seed(cfg.seed)  # same seed -> same random init on every rank
+    model, spec = create_model(cfg.arch, cfg.init, cfg.stem, image_size=cfg.image_size,
+                               zero_init_residual=cfg.zero_init_residual)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return model.to(device=device, memory_format=memory_format), spec
+
+
+@dataclass
+class TrainData:
+    train: object
+    val: object | None
+    test: object
+    train_options: object
+    n_train: int
+    n_val: int
+    n_test: int
+    root: Path
+    kind: str
+    train_images: object  # the training split's uint8 NHWC pixels on the host (the whitened stem is fitted on them)
+
+
+def split_train_val(n: int, val_fraction: float, seed: int):
+    """A seeded split of `n` training indices into (train, val): val is `round(n * val_fraction)` images."""
+    import numpy as np
+
+    order = np.random.default_rng([seed, 12345]).permutation(n)
+    n_val = int(round(n * val_fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> TrainData:
+    """Load CIFAR-10 (or take `dataset`, a loaded `CifarData`: a sweep of many runs reads the files once), apply
+    --train-limit and the validation split, and build the three loaders."""
+    from fastcifar.data.cifar import load_cifar10
+    from fastcifar.data.loaders import make_loader
+    from fastcifar.data.plan import LoaderOptions
+
+    data = dataset if dataset is not None else load_cifar10(cfg.data_dir, download=cfg.download,
+                                                            progress=dist.is_main)
+    images, labels = data.train.images, data.train.labels
+    if cfg.train_limit is not None:
+        images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
+    train_idx, val_idx = split_train_val(len(labels), cfg.val_fraction, cfg.seed)
+    per_rank_batch = max(cfg.batch_size // dist.world_size, 1)
+    if len(train_idx) // dist.world_size < per_rank_batch:
+        held = f" ({len(val_idx)} of {len(labels)} are held out by --val-fraction {cfg.val_fraction:g})" \
+            if len(val_idx) else ""
+        raise FastCifarError(f"{len(train_idx)} training images{held} cannot fill one batch of {cfg.batch_size}; "
+                             "lower --batch-size" + (" or --val-fraction" if len(val_idx) >= len(train_idx) else "")
+                             + (" or raise --train-limit" if cfg.train_limit is not None else ""))
+    common = dict(image_size=cfg.image_size, mean=spec.mean, std=spec.std, channels_last=bool(cfg.channels_last))
+    train_opts = LoaderOptions(batch_size=per_rank_batch, train=True, seed=cfg.seed, rank=dist.rank,
+                               world_size=dist.world_size, alternating_flip=cfg.alternating_flip, **common)
+    eval_opts = LoaderOptions(batch_size=max(cfg.batch_size, 256), train=False, **common)
+    loader = partial(make_loader, kind=cfg.loader, device=device)
+    train_images = images[train_idx]
+    train_loader = loader(train_images, labels[train_idx], train_opts)
+    val_loader = loader(images[val_idx], labels[val_idx], eval_opts) if len(val_idx) else None
+    test_loader = loader(data.test.images, data.test.labels, eval_opts)
+    kind = type(train_loader).__name__.replace("Loader", "").lower()
+    return TrainData(train=train_loader, val=val_loader, test=test_loader, train_options=train_opts,
+                     n_train=len(train_idx), n_val=len(val_idx), n_test=len(data.test), root=data.root.resolve(),
+                     kind=kind, train_images=train_images)
+
+
+def apply_levers(model, spec, cfg: TrainConfig, train_images) -> list[str]:
+    """Freeze what the config freezes before the optimizer sees the parameters: the whitened stem (computed from
+    the first of `train_images`, uint8 NHWC, preprocessed as `spec` says) and the BatchNorm scales.
+    Returns one phrase per lever in use (the others act in the loss, optimizer, loader and evaluation), for the run
+    header and summary.json."""
+    from fastcifar.train.levers import WHITEN_IMAGES, freeze_batchnorm_scales, whiten_first_conv
+
+    notes = [text for on, text in (
+        (cfg.label_smoothing > 0, f"label smoothing {cfg.label_smoothing:g}"),
+        (cfg.ema is not None, f"EMA decay {cfg.ema} every {cfg.ema_every} steps from epoch {cfg.ema_start_epochs:g}"),
+        (cfg.lr_floor > 0, f"lr floor {cfg.lr_floor:g} x peak"),
+        (cfg.bn_bias_lr_scale != 1, f"BatchNorm bias lr x{cfg.bn_bias_lr_scale:g}"),
+        (cfg.alternating_flip, "alternating flip"),
+        (cfg.tta_translate, "translate TTA"),
+    ) if on]
+    if cfg.whiten_stem:
+        from fastcifar.preprocess import normalize_images
+
+        images = normalize_images(train_images[:WHITEN_IMAGES], spec)
+        dims = whiten_first_conv(model, images.to(next(model.parameters()).device))
+        notes.append(f"whitened stem ({dims} directions from {min(len(train_images), WHITEN_IMAGES):,} "
+                     "training images, frozen)")
+    if cfg.bn_freeze_scales:
+        notes.append(f"{freeze_batchnorm_scales(model)} BatchNorm scales frozen")
+    return notes

@@ -107,6 +107,7 @@ def run_one(variant: dict, seed: int, *, base: dict, target: float, runs_dir: Pa
 
     overrides = {**variant.get("set", {}), **base, "seed": seed, "out": str(runs_dir / variant["name"] / f"seed{seed}")}
     overrides.setdefault("save_state_every", 0)  # benchmark runs are never resumed: no ~90 MB write per epoch
+    overrides.setdefault("save_best", False)  # nor served: no best-checkpoint write per improvement
     line = {"variant": variant["name"], "preset": variant.get("preset"), "set": variant.get("set", {}),
             "seed": seed, "target": target, "machine": machine}
     start = time.perf_counter()

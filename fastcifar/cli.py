@@ -79,6 +79,20 @@ def serving_precision_option(which: str = "the torch / torch-compiled backends")
              "(export --precision). [default: bf16 on CUDA, fp32 on the CPU (measured fastest on each)]")
 
 
+def checkpoint_option(func):
+    """--checkpoint final|best: which weights of a run directory (final: model.safetensors; best: best.safetensors,
+    the epoch with the best validation accuracy). RUN/best.safetensors given as the model does the same."""
+    return click.option("--checkpoint", type=click.Choice(("final", "best")), default="final", show_default=True,
+                        help="Which weights of a run directory: the final model, or the best-validation epoch's "
+                             "(best.safetensors; the same as giving RUN/best.safetensors).")(func)
+
+
+def _checkpoint(path: Path, checkpoint: str) -> Path:
+    from fastcifar.rundir import checkpoint_file
+
+    return checkpoint_file(path, checkpoint)
+
+
 def device_option(func):
     return click.option("--device", default="auto", show_default=True,
                         help="auto (CUDA when present) | cpu | cuda | cuda:N.")(func)
@@ -302,6 +316,13 @@ _TRAIN_OPTIONS = [
     (("--seed",), dict(type=int, help="Seed for init, split, shuffling and augmentation (>= 0).")),
     (("--save-state-every",), dict(type=int, help="Epochs between state.pt saves (the resume points; each is "
                                                   "~90 MB for a ResNet-18); 0 = never (not resumable).")),
+    (("--save-best/--no-save-best",), dict(default=None, help="Keep best.safetensors + best.json: the weights of "
+                                                             "the epoch with the best validation accuracy (needs "
+                                                             "--val-fraction > 0; serve it with --checkpoint best).")),
+    (("--tensorboard/--no-tensorboard",), dict(default=None, help="Write TensorBoard events (scalars per epoch, "
+                                                                 "hparams, confusion matrix) into RUN/tensorboard; "
+                                                                 "compare: REPORT/tensorboard/ARM/FRACTION/SEED. "
+                                                                 "Needs pip install tensorboard.")),
 ]
 _NO_DEFAULT_TEXT = {"channels_last", "compile", "compile_mode"}  # device-dependent: their help says how
 
@@ -499,8 +520,9 @@ compare.params = [p for p in compare.params if p.name != "init"]
 @click.option("--examples", "examples_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder of your own images to add to the gallery. [default: none]")
 @serving_precision_option()
+@checkpoint_option
 def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, share: bool,
-         data_dir: Path | None, examples_dir: Path | None, precision: str | None) -> None:
+         data_dir: Path | None, examples_dir: Path | None, precision: str | None, checkpoint: str) -> None:
     """Serve a web page: one image in, ImageNet-pretrained and from-scratch top-10 side by side.
 
     Each model is named by what its run records: a "pretrained" run that `compare --if-no-weights stand-in`
@@ -516,6 +538,7 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
     logger.setLevel(logging.INFO)
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler())
+    pretrained, scratch = _checkpoint(pretrained, checkpoint), _checkpoint(scratch, checkpoint)
     serve(pretrained, scratch, backend=backend, host=host, port=port, share=share, data_dir=data_dir,
           examples_dir=examples_dir, precision=precision)
 
@@ -538,8 +561,9 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
 @click.option("--json", "as_json", is_flag=True,
               help='Print a JSON list [{"file", "top": [{"label", "prob"}], "backend", "precision"}] instead of a '
                    'table. [default: table]')
+@checkpoint_option
 def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, device: str, precision: str | None,
-            topk: int, as_json: bool) -> None:
+            topk: int, as_json: bool, checkpoint: str) -> None:
     """Classify image files (any format Pillow reads; directories are walked) with a trained model.
 
     The model comes first (MODEL IMAGE...) or with --model (IMAGE... --model MODEL: then every argument is an
@@ -553,6 +577,7 @@ def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, de
       fastcifar predict *.png --model exported/resnet18-imagenet.onnx --topk 1 --json
     """
     model, images = _predict_inputs(paths, model_option)
+    model = _checkpoint(model, checkpoint)
     from fastcifar.serve.predictor import load_predictor, predict_files
 
     predictor = load_predictor(model, None if backend == "auto" else backend, device, precision=precision)
@@ -601,10 +626,11 @@ def _print_predictions(results: list[dict], backend: str) -> None:
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for the reliability diagram (reliability.png). [default: none]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated corruptions.")
+@checkpoint_option
 @json_option
 def evaluate(model: Path | None, model_option: Path | None, backend: str, device: str, precision: str | None,
              data_dir: Path | None, corruptions: str, severities: str, cifar10c: Path | None, max_images: int | None,
-             plots: Path | None, seed: int, as_json: bool) -> None:
+             plots: Path | None, seed: int, checkpoint: str, as_json: bool) -> None:
     """Calibration and corruption robustness of MODEL on the CIFAR-10 test split (what pretraining buys beyond
     top-1): accuracy, NLL, Brier score, ECE (15 bins), reliability diagram; accuracy per corruption and severity
     (CIFAR-10-C's definitions), their mean and its ratio to clean accuracy. MODEL may also be given as --model.
@@ -616,7 +642,7 @@ def evaluate(model: Path | None, model_option: Path | None, backend: str, device
       fastcifar evaluate exported/r18.onnx --corruptions gaussian_noise,contrast --plots reports/eval
       fastcifar evaluate runs/r18 --cifar10c ~/data/CIFAR-10-C
     """
-    model = _one_model("evaluate", model, model_option)
+    model = _checkpoint(_one_model("evaluate", model, model_option), checkpoint)
     from fastcifar.robustness import parse_corruptions, parse_severities
     from fastcifar.serve.evaluate import evaluate_model, print_evaluation
 
@@ -680,9 +706,10 @@ def evaluate(model: Path | None, model_option: Path | None, backend: str, device
                    "folder is created; an existing file is kept), so a bench killed by a time limit leaves every "
                    "row it finished. Each line names its model, label/backend, precision, device, batch_sizes and "
                    "machine. [default: off]")
+@checkpoint_option
 def bench(model_args, models, backends, batch_sizes, data_dir, download, device, precision, max_images, reference,
           max_accuracy_drop, results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, repeats,
-          threads, as_json, jsonl) -> None:
+          threads, as_json, jsonl, checkpoint) -> None:
     """Accuracy parity and speed of each inference backend; each backend runs alone in its own process.
 
     The models come as MODEL... or as --model (repeated), one form or the other.

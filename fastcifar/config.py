@@ -75,6 +75,9 @@ class TrainConfig:
     compile_mode: str | None = None  # e.g. max-autotune-no-cudagraphs
     # bookkeeping
     save_state_every: int = 1  # epochs between state.pt saves (resume points); 0 = never (benchmark runs)
+    save_best: bool = True  # keep best.safetensors, the epoch with the best validation accuracy (needs a val split)
+    tensorboard: bool = False  # TensorBoard event files (needs the tensorboard package)
+    tensorboard_dir: str | None = None  # where they go; None = <run dir>/tensorboard
     seed: int = 0
     out: str | None = None
     preset: str | None = None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fastcifar.data.cifar import CLASS_NAMES
 from fastcifar.errors import FastCifarError
-from fastcifar.rundir import CONFIG_FILE, MODEL_FILE, MODEL_META
+from fastcifar.rundir import CONFIG_FILE, MODEL_FILE, MODEL_META, meta_path
 from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, NATIVE_SIZE, area_overlaps
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -209,8 +209,9 @@ def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, imag
 
 
 def save_model(model, spec: ModelSpec, out_dir: Path | str, *, metrics: dict | None = None,
-               extra: dict | None = None) -> Path:
-    """Write model.safetensors (the uncompiled module's weights) and model.json atomically into `out_dir`."""
+               extra: dict | None = None, weights_file: str = MODEL_FILE) -> Path:
+    """Write model.safetensors (the uncompiled module's weights) and model.json atomically into `out_dir`; with
+    `weights_file` another pair (best.safetensors + best.json)."""
     from safetensors.torch import save_file
 
     from fastcifar.fileio import atomic_path, write_json
@@ -218,20 +219,21 @@ def save_model(model, spec: ModelSpec, out_dir: Path | str, *, metrics: dict | N
     out_dir = Path(out_dir)
     module = getattr(model, "module", model)  # DDP wrapper
     state = {_strip_prefixes(k): v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(out_dir / MODEL_FILE) as tmp:
+    weights = out_dir / weights_file
+    with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     meta = {"format_version": FORMAT_VERSION, **spec.to_dict(), "metrics": metrics or {}, **(extra or {})}
-    write_json(out_dir / MODEL_META, meta)
-    return out_dir / MODEL_FILE
+    write_json(meta_path(weights), meta)
+    return weights
 
 
 def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
-    """(weights, meta) for a run directory or a model.safetensors path."""
+    """(weights, meta) for a run directory or a .safetensors path (best.safetensors: best.json beside it)."""
     path = Path(path).expanduser()
     if path.is_dir():
         weights, meta = path / MODEL_FILE, path / MODEL_META
     else:
-        weights, meta = path, path.with_name(MODEL_META)
+        weights, meta = path, meta_path(path)
     if not weights.is_file():
         if path.is_dir() and (path / CONFIG_FILE).is_file():  # a run directory that has not finished
             raise FastCifarError(f"{path} is an unfinished run (no {MODEL_FILE} yet): continue it with "
@@ -239,7 +241,7 @@ def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
         raise FastCifarError(f"no model at {path}: expected a run directory holding {MODEL_FILE} or a "
                              f"{MODEL_FILE} file")
     if not meta.is_file():
-        raise FastCifarError(f"{weights} has no {MODEL_META} beside it (it records arch, stem and normalisation)")
+        raise FastCifarError(f"{weights} has no {meta.name} beside it (it records arch, stem and normalisation)")
     return weights, meta
 
 

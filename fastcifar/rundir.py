@@ -9,6 +9,11 @@ the same way), so a newcomer who changes a file name or what "finished" means ch
     state.pt         optimizer/scheduler/RNG/EMA for resuming (removed once finished unless --keep-state)
     model.safetensors + model.json   the final weights and what is needed to serve them (models.save_model)
     summary.json     the finished run's figures; `"status": "finished"` is what makes a run finished
+    results.csv      metrics.jsonl as a table, one row per epoch (timm's summary.csv, Ultralytics' results.csv)
+    best.safetensors + best.json     the weights (EMA's where EMA is on) of the epoch with the best validation
+                     accuracy, when there is a validation split; `--checkpoint best` serves them
+    git.diff         the uncommitted changes the run was made with, when small (env.json has their sha256)
+    tensorboard/     TensorBoard event files, with --tensorboard
     robustness.json  calibration and corruption accuracy of the final model (study/compare.py caches it)
 
 A compare report directory holds runs like these plus pretrained.json (PRETRAINED_FILE): where its pretrained arm's
@@ -33,7 +38,15 @@ STATE_FILE = "state.pt"
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
 SUMMARY_FILE = "summary.json"
+RESULTS_CSV = "results.csv"
+BEST_FILE = "best.safetensors"
+GIT_DIFF_FILE = "git.diff"
+TENSORBOARD_DIR = "tensorboard"
 ROBUSTNESS_FILE = "robustness.json"
+CHECKPOINTS = {"final": MODEL_FILE, "best": BEST_FILE}  # what --checkpoint names
+# results.csv's columns: metrics.jsonl's keys in a fixed order (a missing value is an empty cell).
+RESULTS_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                   "images_per_second", "train_seconds", "elapsed_train_seconds")
 
 PRETRAINED_FILE = "pretrained.json"
 
@@ -96,6 +109,44 @@ def run_state(run_dir: Path) -> str:
     if (run_dir / STATE_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         return "interrupted"
     return "new"
+
+
+def write_results_csv(run_dir: Path, history: list[dict]) -> Path:
+    """results.csv from the epochs so far (rewritten whole and atomically, like every file here)."""
+    import csv
+    import io
+
+    from fastcifar.fileio import write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULTS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if m.get(k) is None else m[k]) for k in RESULTS_COLUMNS} for m in history)
+    return write_text(Path(run_dir) / RESULTS_CSV, buffer.getvalue())
+
+
+def meta_path(weights: Path) -> Path:
+    """The metadata beside a weights file: best.safetensors -> best.json, model.safetensors -> model.json; a file
+    with another name falls back to model.json beside it."""
+    own = weights.with_suffix(".json")
+    return own if own.is_file() or weights.name in CHECKPOINTS.values() else weights.with_name(MODEL_META)
+
+
+def checkpoint_file(model_path: Path | str, checkpoint: str) -> Path:
+    """`RUN` + --checkpoint final|best -> the path to serve: the run directory itself for final (unchanged), its
+    best.safetensors for best (one message when the run kept none)."""
+    model_path = Path(model_path).expanduser()
+    if checkpoint not in CHECKPOINTS:
+        raise FastCifarError(f"unknown --checkpoint '{checkpoint}' (choose from {', '.join(CHECKPOINTS)})")
+    if checkpoint == "final":
+        return model_path
+    if not model_path.is_dir():
+        raise FastCifarError(f"--checkpoint {checkpoint} takes a run directory, got the file {model_path}")
+    best = model_path / BEST_FILE
+    if not best.is_file():
+        raise FastCifarError(f"{model_path} has no {BEST_FILE}: a run keeps one only with a validation split "
+                             "(--val-fraction > 0), and only once it finished an epoch")
+    return best
 
 
 def looks_like_run_dir(path: Path) -> bool:

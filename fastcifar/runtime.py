@@ -71,6 +71,31 @@ def git_sha(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+GIT_DIFF_KEEP_BYTES = 256 * 1024  # a run keeps the diff itself up to this size (env.json always has its hash)
+
+
+def git_diff(cwd: Path | None = None) -> str | None:
+    """The uncommitted changes (tracked files) of the checkout fastcifar runs from: '' when clean, None when it is
+    not a git checkout (an installed package) or git is missing."""
+    try:
+        out = subprocess.run(["git", "diff", "HEAD", "--no-color"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def nvidia_driver() -> str | None:
     """The NVIDIA driver version nvidia-smi reports, or None (no driver, no nvidia-smi)."""
     try:
@@ -79,6 +104,16 @@ def nvidia_driver() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _git_state() -> dict:
+    import hashlib
+
+    diff = git_diff()
+    if diff is None:
+        return {"git_dirty": None, "git_diff_sha256": None, "git_diff_bytes": None}
+    return {"git_dirty": bool(diff), "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+            "git_diff_bytes": len(diff.encode())}
 
 
 def env_info(command: list[str] | None = None) -> dict:
@@ -98,6 +133,7 @@ def env_info(command: list[str] | None = None) -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # CPU figures depend on it (fastcifar/cli.py)
         "torch_threads": torch.get_num_threads(),
         "git_sha": git_sha(),
+        **_git_state(),
         "command": command if command is not None else sys.argv,
         "gpus": [],
     }

@@ -46,7 +46,7 @@ def tiny_args(data_dir: Path, weights: Path, out: Path, *extra: str) -> list[str
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, synthetic_dir, fake_weights):
     out = tmp_path_factory.mktemp("compare") / "report"
-    args = tiny_args(synthetic_dir, fake_weights, out, "--json")
+    args = tiny_args(synthetic_dir, fake_weights, out, "--json", "--tensorboard")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     return {"out": out, "args": args, "stdout": result.stdout}
@@ -467,3 +467,12 @@ def test_the_terminal_table_is_printed_whole_in_a_log(capsys):
     out = capsys.readouterr().out
     assert long_label in out and "32px-cifar" in out
     assert not re.search(r"…\s*│", out)  # no cell cut short at 80 columns (the CI's own "…" is not a cut)
+
+
+def test_compare_tensorboard_gives_every_run_its_own_event_directory(report):
+    """`tensorboard --logdir REPORT/tensorboard` overlays both arms, all seeds and fractions: arm/fraction/seed."""
+    root = report["out"] / "tensorboard"
+    dirs = {str(p.parent.relative_to(root)) for p in root.rglob("events.out.tfevents.*")}
+    assert dirs == {f"{init}/f{f}/s{s}" for init in ("imagenet", "random") for f in ("0.5", "1") for s in (0, 1)}
+    md = (report["out"] / "report.md").read_text()
+    assert "Code: fastcifar at " in md and "Libraries: python " in md  # the report quotes what made it, once

@@ -179,9 +179,11 @@ def onnx_file_name(run_name: str, precision: str, input_kind: str) -> str:
 
 
 def run_name_of(model_path: Path | str, model_meta: dict) -> str:
+    """The name an export of this model is filed under: the run's, with '-best' for its best-validation weights."""
     from fastcifar.models import resolve_model_files
 
-    return model_meta.get("run_name") or resolve_model_files(model_path)[0].parent.resolve().name
+    name = model_meta.get("run_name") or resolve_model_files(model_path)[0].parent.resolve().name
+    return f"{name}-best" if model_meta.get("checkpoint") == "best" else name
 
 
 def default_onnx_path(model_path: Path | str, out_dir: Path | str, precision: str, input_kind: str) -> Path:

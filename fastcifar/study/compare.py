@@ -30,8 +30,8 @@ from typing import Callable
 from fastcifar.config import COMPARE_INITS, MIN_BATCH, MIN_STEPS_PER_EPOCH, CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_json
-from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, ROBUSTNESS_FILE, RUN_STATES, read_metrics,
-                              read_summary, run_state)
+from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, ROBUSTNESS_FILE, RUN_STATES, TENSORBOARD_DIR,
+                              read_metrics, read_summary, run_state)
 from fastcifar.study import report
 from fastcifar.study.pretrained import resolve_pretrained
 from fastcifar.study.results import collect
@@ -95,10 +95,15 @@ def _plan_one(cfg: CompareConfig, pool: int, pretrained_init: str, *, setting: t
     n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train.build.split_train_val
     batch, run_lr = fit_batch(base.batch_size, lr, n_train)
     name = run_name(init, fraction, seed, setting if len(cfg.settings) > 1 else None) + suffix
+    # With --tensorboard every run logs under the report, named arm/fraction/seed[/setting][/lrX for an lr-selection
+    # run], so one `tensorboard --logdir REPORT/tensorboard` overlays both arms, all seeds and fractions.
+    tb_parts = [init, f"f{fraction:g}", f"s{seed}"] + ([setting_name(setting)] if len(cfg.settings) > 1 else [])
     run_cfg = replace(base, init=pretrained_init if init == "imagenet" else "random", seed=seed, train_limit=limit,
                       batch_size=batch, lr=run_lr, image_size=setting[0], stem=setting[1],
                       backbone_lr_scale=base.backbone_lr_scale if init == "imagenet" else 1.0,
-                      out=str(Path(cfg.out) / folder / name))
+                      out=str(Path(cfg.out) / folder / name),
+                      tensorboard_dir=str(Path(cfg.out, TENSORBOARD_DIR, *tb_parts, suffix.strip("-") or ""))
+                      if base.tensorboard else None)
     return PlannedRun(name=name, init=init, fraction=fraction, seed=seed, cfg=run_cfg, n_train=n_train,
                       setting=setting)
 

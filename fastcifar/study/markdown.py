@@ -120,6 +120,17 @@ def _wall_lines(results: dict) -> list[str]:
             "finished; the robustness evaluation included).", ""]
 
 
+def _software_lines(sw: dict | None) -> list[str]:
+    """The code and libraries that made the report, quoted once (every run's env.json has the same)."""
+    if not sw:
+        return []
+    code = f"fastcifar at {(sw.get('git_sha') or 'an unknown commit')[:12]}" + (
+        f" with uncommitted changes (diff sha256 {sw['git_diff_sha256'][:12]}; each run keeps it as git.diff)"
+        if sw.get("git_dirty") else " (clean tree)" if sw.get("git_dirty") is False else "")
+    libs = ", ".join(f"{k} {sw[k]}" for k in ("python", "torch", "torchvision", "cuda", "cudnn", "driver") if sw.get(k))
+    return [f"Code: {code}. Libraries: {libs}.", ""]
+
+
 def render_markdown(results: dict) -> str:
     cfg, base = results["config"], results["config"]["base"]
     runs = "\n".join(f"| `{r['run_dir']}` | {r['setting']} | {r['lr']:g} | {100 * r['test_acc']:.2f} | "
@@ -133,6 +144,7 @@ def render_markdown(results: dict) -> str:
     return "\n".join([
         f"# ImageNet-pretrained vs random init: {base['arch']} on CIFAR-10 ({base['preset']} preset)", "",
         f"Made {results['created']} on {results['machine']}. Command: `{results['command']}`", "",
+        *_software_lines(results.get("software")),
         f"**Pretrained arm:** {results['pretrained']['label']}. **Setting(s):** {settings}. **Recipe:** "
         f"{base['arch']}, {base['epochs']} epochs, SGD Nesterov, {lr} (batch {base['batch_size']}), "
         f"{base['warmup_epochs']:g}-epoch warm-up then {base['schedule']} decay, label smoothing "

@@ -123,6 +123,16 @@ def machine(env: dict) -> str:
     return f"CPU only ({env.get('cpu')}, {env.get('cpu_count')} cores; no GPU)"
 
 
+SOFTWARE_KEYS = ("git_sha", "git_dirty", "git_diff_sha256", "python", "torch", "torchvision", "cuda", "cudnn",
+                 "driver", "omp_wait_policy")
+
+
+def software(env: dict) -> dict:
+    """What made the report, from the compare command's env.json: the code (git sha, dirty tree and its diff's
+    hash), library versions, the driver."""
+    return {k: env.get(k) for k in SOFTWARE_KEYS}
+
+
 def setting_label(setting: str) -> str:
     """'32px-cifar' -> '32 px, CIFAR stem (3x3/1)'."""
     size, stem = setting.split("px-")
@@ -169,7 +179,7 @@ def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_sel
     p = _spread([r for r in records if r["init"] == "random" and r["fraction"] == top], "test_acc")[0]
     results = {
         "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": machine(env), "command": env.get("command_line"), "config": config,
+        "machine": machine(env), "software": software(env), "command": env.get("command_line"), "config": config,
         "pretrained": source, "labels": labels,
         "test_set": {"n_test": n_test, "binomial_se_points": 100 * math.sqrt(p * (1 - p) / n_test)},
         "sections": sections, "summary": [row for s in sections for row in s["summary"]],

@@ -21,8 +21,9 @@ from typing import Callable
 
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import append_jsonl, write_json, write_jsonl
-from fastcifar.rundir import CONFIG_FILE, ENV_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished, read_metrics
+from fastcifar.fileio import write_json, write_jsonl
+from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, GIT_DIFF_FILE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, is_finished,
+                              read_metrics, write_results_csv)
 from fastcifar.runtime import dist_info_from_env, env_info, resolve_device
 
 NONFINITE_CHECK_EVERY = 25  # steps between host syncs of the non-finite guard (each sync stalls the GPU)
@@ -82,7 +83,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
             data = build.build_data(cfg, spec, dist, device, dataset=dataset)
             if dist.is_main and resume_dir is None:
                 write_json(run_dir / CONFIG_FILE, cfg.to_dict())
-                write_json(run_dir / ENV_FILE, env_info())
+                write_env(run_dir, device)
             levers = build.apply_levers(model, spec, cfg, data.train_images)  # freezes before the optimizer
             opt = step.build_optimizer(model, cfg, len(data.train), device)
             ema = step.build_ema(model, cfg, len(data.train))
@@ -94,9 +95,10 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
                 history = read_metrics(run_dir)[:start_epoch]
                 if dist.is_main:  # epochs after the last saved state are trained again: drop their lines
                     write_jsonl(run_dir / METRICS_FILE, history)
+                    write_results_csv(run_dir, history)
             elif dist.is_main and cfg.save_state_every:  # a state from the first moment: Ctrl-C in epoch 1 resumes
                 checkpoint.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
-            loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers)
+            loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers, spec)
             if cfg.compile if warm_up is None else warm_up:
                 loop.warm_up()
         except BaseException:
@@ -122,7 +124,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
 class _Loop:
     """The epoch loop and the one step function; holds what every epoch needs."""
 
-    def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers=()):
+    def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers=(), spec=None):
         import torch
 
         from fastcifar.train.distributed import wrap_distributed
@@ -134,6 +136,11 @@ class _Loop:
         self.levers = list(levers)
         self.state_seconds = 0.0  # wall time spent writing state.pt (outside the training clock)
         self.final_eval = None  # the last epoch's evaluation with predictions, kept for the summary
+        self.records = None
+        if dist.is_main:
+            from fastcifar.train.records import RunRecords
+
+            self.records = RunRecords(cfg, run_dir, spec, {"data_dir": str(data.root), "run_name": run_dir.name})
         self.autocast = autocast_factory(cfg.precision, device)
         if cfg.compile:
             model.compile(mode=cfg.compile_mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
@@ -236,6 +243,8 @@ class _Loop:
         mode = progress_mode(progress) if self.dist.is_main else "off"
         with EpochProgress(self.cfg, self.data, start_epoch, mode) as bar:
             bar.header(self.device, self.data, self.run_dir, start_epoch, self.levers)
+            if self.records is not None and self.records.header():
+                print(self.records.header(), file=sys.stderr, flush=True)
             for epoch in range(start_epoch, self.cfg.epochs):
                 bar.start_epoch(epoch)
                 metrics = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
@@ -248,9 +257,10 @@ class _Loop:
                         metrics.update(self.evaluate_epoch())
                 train_seconds += metrics["train_seconds"]
                 metrics["elapsed_train_seconds"] = train_seconds
+                metrics["lr"] = self.scheduler.get_last_lr()[0]  # where the schedule stands after the epoch
                 history.append(metrics)
                 if self.dist.is_main:
-                    append_jsonl(self.run_dir / METRICS_FILE, metrics)
+                    self.records.epoch(metrics, history, self.eval_model())
                     every = self.cfg.save_state_every
                     if every and ((epoch + 1) % every == 0 or last):
                         start = time.perf_counter()
@@ -296,6 +306,7 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
         "device": str(loop.device), "loader": loop.data.kind, "world_size": dist.world_size,
         "distributed": distributed, "compile_warmup_seconds": loop.warmup_seconds,
         "state_save_seconds": loop.state_seconds, "levers": loop.levers,
+        "best": loop.records.best_summary(metrics["test_acc"]),
         "cudnn_benchmark": _cudnn_benchmark(loop.device), "compile_mode": cfg.compile_mode,
         "warnings": [w for h in history if (w := divergence_warning(h, cfg, len(loop.data.train),
                                                                      loop.num_classes))],
@@ -303,7 +314,26 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
     save_model(loop.eval_model(), spec, loop.run_dir, metrics=metrics,
                extra={"data_dir": str(loop.data.root), "run_name": loop.run_dir.name})
     write_json(loop.run_dir / SUMMARY_FILE, summary)
+    loop.records.finish(summary, confusion)
     return summary
+
+
+def write_env(run_dir: Path, device) -> None:
+    """env.json: versions, machine, git sha and whether the tree was dirty (with the diff's hash), the device; the
+    diff itself as git.diff beside it when it is small (runtime.GIT_DIFF_KEEP_BYTES)."""
+    import torch
+
+    from fastcifar.runtime import GIT_DIFF_KEEP_BYTES, cpu_name, git_diff
+
+    env = env_info()
+    env["device"] = str(device)
+    env["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    write_json(run_dir / ENV_FILE, env)
+    diff = git_diff() if env.get("git_dirty") else None
+    if diff and len(diff.encode()) <= GIT_DIFF_KEEP_BYTES:
+        from fastcifar.fileio import write_text
+
+        write_text(run_dir / GIT_DIFF_FILE, diff)
 
 
 def _cudnn_benchmark(device) -> bool | None:

@@ -1,0 +1,118 @@
+"""What a training run records as it goes, besides its state: metrics.jsonl and results.csv each epoch, the
+best-validation checkpoint, and - with --tensorboard - TensorBoard scalars, hparams and the confusion matrix.
+
+Rank 0 only; every file through fastcifar/rundir.py's names, written atomically. TensorBoard (the `tensorboard`
+package, an optional extra) is imported only when a run asks for it; torch's SummaryWriter needs no TensorFlow.
+What the anchors write and this mirrors: timm's summary.csv and model_best, Ultralytics' results.csv and best.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from fastcifar.config import TrainConfig
+from fastcifar.errors import FastCifarError
+from fastcifar.fileio import append_jsonl
+from fastcifar.rundir import BEST_FILE, METRICS_FILE, TENSORBOARD_DIR, meta_path, write_results_csv
+
+TB_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
+    "train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test", "train_acc": "accuracy/train",
+    "val_acc": "accuracy/val", "test_acc": "accuracy/test", "lr": "lr", "images_per_second": "images_per_second",
+}
+
+
+class RunRecords:
+    """The per-epoch records of one run directory (`epoch`), and what closes them (`finish`)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, spec, extra: dict):
+        self.cfg, self.run_dir, self.spec, self.extra = cfg, Path(run_dir), spec, extra
+        self.best = self._saved_best()  # a resumed run continues from the best it had
+        self.best_seconds = 0.0
+        self.writer = _tensorboard_writer(cfg, self.run_dir) if cfg.tensorboard else None
+        self.keeps_best = cfg.save_best and cfg.val_fraction > 0
+
+    def _saved_best(self) -> dict | None:
+        path = meta_path(self.run_dir / BEST_FILE)
+        try:
+            meta = json.loads(path.read_text()) if (self.run_dir / BEST_FILE).is_file() else None
+        except (OSError, ValueError):
+            return None
+        return None if meta is None else {"epoch": meta["epoch"], **meta["metrics"]}
+
+    def header(self) -> str | None:
+        """The one line a run without a validation split says about the best checkpoint."""
+        if self.cfg.save_best and self.cfg.val_fraction == 0:
+            return "no validation split (--val-fraction 0): no best checkpoint is kept, only the final model"
+        return None
+
+    def epoch(self, metrics: dict, history: list[dict], eval_model) -> None:
+        """metrics.jsonl (appended) and results.csv (rewritten) at once; the best checkpoint when validation
+        accuracy improved; TensorBoard scalars."""
+        append_jsonl(self.run_dir / METRICS_FILE, metrics)
+        write_results_csv(self.run_dir, history)
+        val = metrics.get("val_acc")
+        if self.keeps_best and val is not None and (self.best is None or val > self.best["val_acc"]):
+            start = time.perf_counter()
+            self.best = {"epoch": metrics["epoch"], "val_acc": val, "test_acc": metrics.get("test_acc"),
+                         "val_loss": metrics.get("val_loss"), "test_loss": metrics.get("test_loss")}
+            from fastcifar.models import save_model
+
+            save_model(eval_model, self.spec, self.run_dir, weights_file=BEST_FILE,
+                       metrics={k: v for k, v in self.best.items() if k != "epoch"},
+                       extra={**self.extra, "checkpoint": "best", "epoch": metrics["epoch"]})
+            self.best_seconds += time.perf_counter() - start
+        if self.writer is not None:
+            for key, tag in TB_SCALARS.items():
+                if metrics.get(key) is not None:
+                    self.writer.add_scalar(tag, metrics[key], metrics["epoch"])
+            self.writer.flush()
+
+    def best_summary(self, final_test_acc: float | None) -> dict:
+        """summary.json's `best`: which epoch, its validation and test accuracy, and the final model's beside it."""
+        if self.best is None:
+            reason = ("no validation split (--val-fraction 0)" if self.cfg.val_fraction == 0 else
+                      "--no-save-best" if not self.cfg.save_best else "no epoch was evaluated on the validation split")
+            return {"file": None, "reason": reason, "final_test_acc": final_test_acc}
+        return {"file": BEST_FILE, **self.best, "final_test_acc": final_test_acc, "save_seconds": self.best_seconds}
+
+    def finish(self, summary: dict, confusion) -> None:
+        """TensorBoard's hparams (the config with the final metrics) and the confusion matrix; closes the writer."""
+        if self.writer is None:
+            return
+        hparams = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        final = {f"final/{k}": summary[k] for k in ("test_acc", "val_acc", "test_loss") if summary.get(k) is not None}
+        self.writer.add_hparams(hparams, final, run_name=".")
+        self.writer.add_figure("confusion_matrix", _confusion_figure(confusion, summary["class_names"]),
+                               summary["epochs"])
+        self.writer.close()
+
+
+def _tensorboard_writer(cfg: TrainConfig, run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FastCifarError("--tensorboard needs the tensorboard package: pip install 'fastcifar[tensorboard]' "
+                             "(or pip install tensorboard)") from None
+    log_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else run_dir / TENSORBOARD_DIR
+    print(f"tensorboard: events in {log_dir} (tensorboard --logdir {log_dir})", file=sys.stderr, flush=True)
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _confusion_figure(confusion, class_names):
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(confusion, dtype=float)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(6, 5.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(100 * rows, cmap="Blues", vmin=0, vmax=100)
+    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xlabel="predicted", ylabel="true",
+           title="confusion matrix, test split (% of the true class)")
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig

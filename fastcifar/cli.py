@@ -721,7 +721,7 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
       fastcifar bench runs/r18 --backends torch,onnxruntime --batch-sizes 1,256 --json
       fastcifar bench exported/r18.onnx --reference runs/r18 --max-accuracy-drop 0.1   # CI gate
     """
-    models = _models(model_args, models)
+    models = tuple(_checkpoint(m, checkpoint) for m in _models(model_args, models))
     from fastcifar.bench.harness import BenchConfig, bench as run_bench, parse_backends, parse_batch_sizes
 
     cfg = BenchConfig(models=tuple(str(m) for m in models), backends=parse_backends(backends),
@@ -778,10 +778,23 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
 @click.option("--int8-calib-images", type=click.IntRange(min=0), default=0, show_default=True,
               help="N > 0: also write an INT8 (Q/DQ) ONNX calibrated on N training images, and build the "
                    "engine from it with --trt. Needs --precision fp32.")
+@click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write an NVIDIA Triton Inference Server model repository here: <name>_onnx/ (config.pbtxt, "
+                   "labels.txt, 1/model.onnx) per ONNX file, and <name>_trt/ (1/model.plan) for the --trt engine. "
+                   "Works with --input normalized too (the config then declares float32 NCHW at the model's image "
+                   "size). An existing entry of another model is kept and the export fails. [default: none]")
+@click.option("--triton-max-batch", type=click.IntRange(min=1), default=None,
+              help="Triton max_batch_size. [default: the engine profile's MAX (--batch) for the TensorRT entry; "
+                   f"{DEFAULT_ENGINE_PROFILE.split(':')[-1]}, the default profile's MAX, for ONNX entries]")
+@click.option("--triton-instance-kind", type=click.Choice(("gpu", "cpu")), default="gpu", show_default=True,
+              help="instance_group kind of the ONNX entries: gpu (KIND_GPU) needs a GPU in the Triton server; cpu "
+                   "(KIND_CPU) for a CPU-only server. A TensorRT entry is always KIND_GPU.")
+@checkpoint_option
 @json_option
 def export(model: Path | None, model_option: Path | None, onnx: bool, trt: bool, precision: str, input_kind: str,
            opset: int | None, out_dir: Path, data_dir: Path | None, verify: bool, verify_images: int, batch: str,
-           workspace_gib: float, int8_calib_images: int, as_json: bool) -> None:
+           workspace_gib: float, int8_calib_images: int, triton_repo: Path | None, triton_max_batch: int | None,
+           triton_instance_kind: str, checkpoint: str, as_json: bool) -> None:
     """Export MODEL (a run directory or model.safetensors; an .onnx for --trt alone) to ONNX / TensorRT.
 
     Every ONNX file is checked with onnx.checker and compared with the PyTorch model in ONNX Runtime; the
@@ -791,18 +804,28 @@ def export(model: Path | None, model_option: Path | None, onnx: bool, trt: bool,
     MODEL may also be given as --model.
 
     Example: fastcifar export runs/r18-imagenet --precision fp16 --trt --batch 1:128:512
+
+    Triton: fastcifar export runs/r18-imagenet --trt --triton-repo triton-models
     """
-    model = _one_model("export", model, model_option)
+    model = _checkpoint(_one_model("export", model, model_option), checkpoint)
     from fastcifar.export import export_model
 
     summary = export_model(model, onnx=onnx, trt=trt, precision=precision, input_kind=input_kind, opset=opset,
                            out_dir=out_dir, data_dir=data_dir, verify=verify, max_images=verify_images or None,
                            batch=batch, workspace_gib=workspace_gib, int8_calib_images=int8_calib_images,
+                           triton_repo=triton_repo, triton_max_batch=triton_max_batch,
+                           triton_instance_kind=triton_instance_kind,
                            log=lambda message: click.echo(f"export: {message}", err=True))
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
         _print_export(summary)
+        for entry in summary.triton:
+            click.echo(f"triton: {entry.path} ({entry.platform}, max_batch_size {entry.max_batch_size})")
+        if summary.triton:
+            from fastcifar.export.triton import docker_command
+
+            click.echo(f"serve it (needs Docker and an NVIDIA GPU): {docker_command(triton_repo)}")
     if summary.error:
         raise FastCifarError(summary.error)
 

@@ -131,3 +131,11 @@ def test_env_json_says_what_code_and_machine_made_the_run(tb_run):
         assert hashlib.sha256(diff).hexdigest() == env["git_diff_sha256"] and len(diff) == env["git_diff_bytes"]
     else:
         assert env["git_diff_sha256"] is None or env["git_dirty"] is None
+
+
+def test_export_takes_the_best_checkpoint_under_its_own_name(tmp_path, synthetic_dir):
+    run = train(tiny(synthetic_dir, tmp_path / "run", epochs=2), progress=False)
+    result = CliRunner().invoke(cli, ["export", str(run.run_dir), "--checkpoint", "best", "--out", str(tmp_path / "ex"),
+                                      "--verify-images", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ex" / "run-best.onnx").is_file()  # never the final model's file name

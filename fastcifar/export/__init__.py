@@ -7,6 +7,7 @@ step except through here (quantize.py verifies its own INT8 file with parity.py)
   parity.py    verify_onnx: ONNX Runtime vs the fp32 PyTorch model on real test images, tolerance policy
   quantize.py  quantize_int8: explicit INT8 (Q/DQ nodes) calibrated on training images with ONNX Runtime
   tensorrt.py  build_engine and the engine sidecar / compatibility checks (importable without TensorRT)
+  triton.py    a Triton Inference Server model repository (config.pbtxt + the file) from what was exported
 
 This file stays import-light (no torch, onnx or tensorrt at import time) so the CLI and `serve/` can import it
 cheaply.
@@ -32,9 +33,11 @@ class ExportSummary:
     onnx: list = field(default_factory=list)  # ExportResult per ONNX file written (fp, then int8)
     engine: dict | None = None  # {"path": ..., "sidecar": {...}} when an engine was built
     error: str | None = None
+    triton: list = field(default_factory=list)  # triton.TritonEntry per model written with --triton-repo
 
     def to_dict(self) -> dict:
-        return {"onnx": [r.to_dict() for r in self.onnx], "engine": self.engine, "error": self.error}
+        return {"onnx": [r.to_dict() for r in self.onnx], "engine": self.engine, "error": self.error,
+                "triton": [e.to_dict() for e in self.triton]}
 
 
 def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, precision: str = "fp32",
@@ -74,11 +77,15 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
                  input_kind: str = "raw", opset: int | None = None, out_dir: Path | str = DEFAULT_OUT_DIR,
                  data_dir: Path | str | None = None, verify: bool = True, max_images: int | None = None,
                  batch: str = DEFAULT_ENGINE_PROFILE, workspace_gib: float = 4.0, int8_calib_images: int = 0,
+                 triton_repo: Path | str | None = None, triton_max_batch: int | None = None,
+                 triton_instance_kind: str = "gpu",
                  log: Callable[[str], None] = lambda message: None) -> ExportSummary:
     """Export `model` (run dir, model.safetensors, or an .onnx for the TensorRT step alone) as asked.
 
     Option mistakes (bad --batch, INT8 without a run directory, ...) are raised before anything is written.
     A missing TensorRT or GPU does not raise: it lands in `summary.error` after the ONNX files are written.
+    `triton_repo`: also write a Triton model repository there (triton.py): one entry per ONNX file written (or the
+    one continued from), one for the engine when built; an existing entry of another model fails the export first.
     `log(message)` hears each step as it starts (the CLI prints them on stderr).
     """
     from fastcifar.export import onnx as onnx_export
@@ -110,16 +117,38 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
             raise FastCifarError(f"{onnx_path} does not exist" + ("" if is_onnx_file else
                                  ": --no-onnx reuses it, so export it first (drop --no-onnx)"))
         onnx_export.read_onnx_metadata(onnx_path)  # a corrupt or foreign file is refused before any work
-    created = first_missing(out_dir)
-    make_dir(out_dir, "--out")  # before minutes of export, not after
+    if triton_repo is None and (triton_max_batch is not None or triton_instance_kind != "gpu"):
+        raise FastCifarError("--triton-max-batch and --triton-instance-kind shape the Triton repository: add "
+                             "--triton-repo DIR")
+    if triton_repo is not None:  # option mistakes and another model's entries, before any work
+        from fastcifar.export import triton
+
+        triton_repo = Path(triton_repo).expanduser()
+        triton.check_options(max_batch=triton_max_batch, instance_kind=triton_instance_kind, trt=trt, batch=batch)
+        names, weights_sha256 = triton.planned_entries(model, out_dir, is_onnx_file=is_onnx_file, onnx=onnx, trt=trt,
+                                                       precision=precision, input_kind=input_kind,
+                                                       int8=bool(int8_calib_images))
+        triton.refuse_foreign_entries(triton_repo, names, weights_sha256)
+    created = [first_missing(d) for d in (out_dir, triton_repo) if d is not None]
     try:
+        make_dir(out_dir, "--out")  # before minutes of export, not after
+        if triton_repo is not None:
+            make_dir(triton_repo, "--triton-repo")
         _export_steps(summary, model, out_dir, is_onnx_file=is_onnx_file, onnx=onnx, trt=trt, precision=precision,
                       input_kind=input_kind, opset=opset, data_dir=data_dir, verify=verify, max_images=max_images,
                       batch=batch, workspace_gib=workspace_gib, int8_calib_images=int8_calib_images,
                       onnx_path=None if onnx and not is_onnx_file else onnx_path, log=log)
+        if triton_repo is not None:
+            # the ONNX files this export wrote, else the one it continued from; the engine when one was built
+            sources = [r.path for r in summary.onnx] or [onnx_path]
+            log(f"writing the Triton model repository {triton_repo}")
+            summary.triton = triton.write_repository(
+                triton_repo, sources, summary.engine["path"] if summary.engine else None,
+                max_batch=triton_max_batch, instance_kind=triton_instance_kind)
     except BaseException:
-        if created is not None:  # a failed export leaves no empty --out behind (never one that existed)
-            remove_empty_dirs(created)
+        for top in created:  # a failed export leaves no empty --out / --triton-repo behind (never one that existed)
+            if top is not None:
+                remove_empty_dirs(top)
         raise
     return summary
 

@@ -166,10 +166,19 @@ stage_wheels() {  # join split wheels, then install every staged wheel without t
     cat "${part%.part-aa}".part-* > "$work/$(basename "${part%.part-aa}")"
   done
   cp "$dir"/*.whl "$work/" 2>/dev/null
-  local wheels=("$work"/*.whl)
-  [ -e "${wheels[0]}" ] || { echo "no wheels staged in $dir"; return 0; }
-  "$py" -m pip install --no-index --no-deps -q "${wheels[@]}" ||
-    "$py" -m pip install --no-index --no-deps -q --break-system-packages "${wheels[@]}"
+  local small=() large=() w
+  for w in "$work"/*.whl; do  # pytest's small wheels first: a cut DALI install must not cost the gpu tests
+    [ -e "$w" ] || continue
+    if [ "$(stat -c %s "$w")" -lt 20000000 ]; then small+=("$w"); else large+=("$w"); fi
+  done
+  [ ${#small[@]} -gt 0 ] || [ ${#large[@]} -gt 0 ] || { echo "no wheels staged in $dir"; return 0; }
+  local group
+  for group in small large; do
+    local -n set=$group
+    [ ${#set[@]} -gt 0 ] || continue
+    "$py" -m pip install --no-index --no-deps -q "${set[@]}" ||
+      "$py" -m pip install --no-index --no-deps -q --break-system-packages "${set[@]}" || return 1
+  done
 }
 if [ "$dry" = 1 ]; then
   record setup 0 0 "${limit[setup]}" "dry run: nothing is installed"

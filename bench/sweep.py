@@ -100,16 +100,30 @@ def seconds_to_target(metrics: list[dict], target: float) -> float | None:
                  if m.get("test_acc") is not None and m["test_acc"] >= target), None)
 
 
+def recipe_key(variant: dict, base: dict) -> str:
+    """12 hex digits naming what a (variant, seed) line was trained with: preset, its overrides and the sweep's."""
+    import hashlib
+
+    recipe = {"preset": variant.get("preset"), "set": variant.get("set", {}),
+              "base": {k: v for k, v in base.items() if k != "data_dir"}}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def run_one(variant: dict, seed: int, *, base: dict, target: float, runs_dir: Path, dataset, machine: str) -> dict:
     """Train one (variant, seed) and return its JSON line; a run that fails returns a 'failed' line."""
+    import shutil
+
     from fastcifar.rundir import read_metrics
     from fastcifar.train.loop import train
 
-    overrides = {**variant.get("set", {}), **base, "seed": seed, "out": str(runs_dir / variant["name"] / f"seed{seed}")}
+    out = runs_dir / variant["name"] / f"seed{seed}"
+    if out.exists():  # what an earlier, cut or failed attempt left: sweep runs keep no state to resume from
+        shutil.rmtree(out)
+    overrides = {**variant.get("set", {}), **base, "seed": seed, "out": str(out)}
     overrides.setdefault("save_state_every", 0)  # benchmark runs are never resumed: no ~90 MB write per epoch
     overrides.setdefault("save_best", False)  # nor served: no best-checkpoint write per improvement
     line = {"variant": variant["name"], "preset": variant.get("preset"), "set": variant.get("set", {}),
-            "seed": seed, "target": target, "machine": machine}
+            "seed": seed, "target": target, "machine": machine, "recipe": recipe_key(variant, base)}
     start = time.perf_counter()
     try:
         cfg = make_train_config(variant.get("preset"), overrides)
@@ -143,8 +157,9 @@ def pm(s: dict, scale: float = 1.0, digits: int = 2) -> str:
 
 def summarize(lines: list[dict]) -> list[dict]:
     """Per variant, in first-seen order: seeds, accuracy per seed and mean ± std, seconds, time to target."""
+    latest = {(line["variant"], line["seed"]): line for line in lines}  # a retried pair counts once: its last line
     out: dict[str, dict] = {}
-    for line in lines:
+    for line in latest.values():
         v = out.setdefault(line["variant"], {"variant": line["variant"], "set": line.get("set", {}), "runs": []})
         v["runs"].append(line)
     for v in out.values():
@@ -180,11 +195,13 @@ def run_sweep(variants: list[dict], *, data_dir: str, jsonl: Path, device: str =
     lines of `jsonl` for these variants (earlier ones included)."""
     from fastcifar.data.cifar import load_cifar10
 
-    done = {(r["variant"], r["seed"]) for r in read_jsonl(jsonl) if r.get("status") == "finished"}
-    todo = [(v, seed) for v in variants for seed in range(int(v.get("seeds", 1))) if (v["name"], seed) not in done]
+    base = {**(base_overrides or {}), "data_dir": data_dir, "device": device, "download": False}
+    # A line counts as done only for the same recipe: an edited variant or other --set values run again.
+    done = {(r["variant"], r["seed"], r.get("recipe")) for r in read_jsonl(jsonl) if r.get("status") == "finished"}
+    todo = [(v, seed) for v in variants for seed in range(int(v.get("seeds", 1)))
+            if (v["name"], seed, recipe_key(v, base)) not in done]
     env = env_info()
     machine = env["gpus"][0]["name"] if env["gpus"] else f"CPU ({env['cpu_count']} cores)"
-    base = {**(base_overrides or {}), "data_dir": data_dir, "device": device, "download": False}
     if todo:
         dataset = load_cifar10(data_dir, download=False, progress=False)  # read once for every run
         log(f"sweep: {len(todo)} run(s) to do, {len(done)} already in {jsonl}; {machine}, torch {env['torch']}")
@@ -197,8 +214,8 @@ def run_sweep(variants: list[dict], *, data_dir: str, jsonl: Path, device: str =
                 append_jsonl(jsonl, line)
                 acc = "failed" if line["status"] != "finished" else f"{100 * line['test_acc']:.2f} %"
                 log(f"sweep: {variant['name']} seed {seed}: {acc}")
-    names = {v["name"] for v in variants}
-    return [r for r in read_jsonl(jsonl) if r["variant"] in names]
+    keys = {(v["name"], recipe_key(v, base)) for v in variants}
+    return [r for r in read_jsonl(jsonl) if (r["variant"], r.get("recipe")) in keys]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -470,8 +470,9 @@ def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_
     """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
 
     Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
-    <out>/lr-select/). Writes report.md, results.json, env.json, curves.png, data_efficiency.png, per_class.png,
-    confusion.png (per setting with --image-sizes) and one run directory per run under <out>/runs/.
+    <out>/lr-select/). Writes report.md, results.json, env.json, compare.json, pretrained.json, curves.png,
+    data_efficiency.png, per_class.png, confusion.png, robustness.png, reliability.png (per setting with
+    --image-sizes), one run directory per run under <out>/runs/ and, with --tensorboard, <out>/tensorboard/.
 
     \b
     Examples:

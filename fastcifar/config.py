@@ -362,6 +362,8 @@ def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = Non
     """
     overrides = dict(overrides)
     first_seed = overrides.pop("seed", None) or 0
+    if overrides.get("save_best") is None:  # the report uses the final models: no second file per run unless asked
+        overrides["save_best"] = False
     default_seeds, default_fractions = COMPARE_DEFAULTS[preset]
     if lr_grid is not None:
         grid = parse_lr_grid(lr_grid)

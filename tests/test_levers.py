@@ -279,3 +279,28 @@ def test_no_state_at_all_says_so_on_interrupt(tmp_path, synthetic_dir, monkeypat
     with pytest.raises(FastCifarError, match="no state to resume"):
         train(tiny(synthetic_dir, tmp_path / "none", save_state_every=0), progress=False)
     assert not (tmp_path / "none" / "state.pt").exists()
+
+
+def test_patch_moment_in_chunks_equals_the_whole_computation():
+    images = correlated_images(n=50, size=12)
+    patches = torch.nn.functional.unfold(images.double(), 3).transpose(1, 2).reshape(-1, 27)
+    torch.testing.assert_close(patch_second_moment(images, 3), patches.T @ patches / len(patches))
+
+
+def test_the_imagenet_stem_gets_its_leading_directions_and_their_negatives():
+    from fastcifar.models import build_resnet
+
+    model = build_resnet("resnet18", "imagenet", 10)
+    assert whiten_first_conv(model, correlated_images(n=8, size=32)) == 147
+    weight = model.conv1.weight
+    torch.testing.assert_close(weight[32:], -weight[:32])
+
+
+def test_an_ema_state_saved_by_torchs_averaged_model_still_resumes():
+    net = small_net()
+    old = {**{f"module.{k}": v + 1 for k, v in net.state_dict().items()}, "n_averaged": torch.tensor(7)}
+    ema = DeviceEMA(net, 0.9)
+    ema.load_state_dict(old)
+    assert ema.updates == 7 and torch.equal(ema.module[0].weight, net[0].weight + 1)
+    with pytest.raises(FastCifarError, match="not one fastcifar can read"):
+        ema.load_state_dict({"something": 1})

@@ -124,13 +124,15 @@ def test_env_json_says_what_code_and_machine_made_the_run(tb_run):
                 "device", "device_name"):
         assert key in env, key
     assert env["device"] == "cpu" and env["device_name"]
-    if env["git_dirty"]:  # a dirty checkout keeps its diff beside the run, matching the recorded hash
+    from fastcifar.runtime import GIT_DIFF_KEEP_BYTES
+
+    if env["git_dirty"] and env["git_diff_bytes"] <= GIT_DIFF_KEEP_BYTES:  # a small diff is kept beside the run
         import hashlib
 
         diff = (tb_run.run_dir / "git.diff").read_bytes()
         assert hashlib.sha256(diff).hexdigest() == env["git_diff_sha256"] and len(diff) == env["git_diff_bytes"]
-    else:
-        assert env["git_diff_sha256"] is None or env["git_dirty"] is None
+    elif not env["git_dirty"]:
+        assert env["git_diff_sha256"] is None and not (tb_run.run_dir / "git.diff").exists()
 
 
 def test_export_takes_the_best_checkpoint_under_its_own_name(tmp_path, synthetic_dir):
@@ -139,3 +141,15 @@ def test_export_takes_the_best_checkpoint_under_its_own_name(tmp_path, synthetic
                                       "--verify-images", "16", "--json"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ex" / "run-best.onnx").is_file()  # never the final model's file name
+
+
+def test_a_resume_drops_a_best_checkpoint_from_epochs_it_trains_again(tmp_path):
+    from fastcifar.train.records import RunRecords
+
+    (tmp_path / "best.safetensors").write_bytes(b"weights of epoch 3")
+    (tmp_path / "best.json").write_text(json.dumps({"epoch": 3, "metrics": {"val_acc": 0.9}}))
+    kept = RunRecords(tiny(".", tmp_path), tmp_path, None, {}, start_epoch=3)
+    assert kept.best == {"epoch": 3, "val_acc": 0.9} and (tmp_path / "best.safetensors").exists()
+    dropped = RunRecords(tiny(".", tmp_path), tmp_path, None, {}, start_epoch=2)  # state.pt is from epoch 2
+    assert dropped.best is None and not (tmp_path / "best.safetensors").exists()
+    assert not (tmp_path / "best.json").exists()

@@ -111,3 +111,15 @@ def test_time_to_accuracy_runs_its_seeds_through_the_sweep(tmp_path, synthetic_d
     record = json.loads(out.read_text())
     assert record["preset"] == "smoke" and record["n"] == 1 and record["runs"][0]["epochs"] == 1
     assert len(jsonl.read_text().splitlines()) == 1
+
+
+def test_a_retried_pair_counts_once_and_an_edited_recipe_runs_again(sweep):
+    lines = [{"variant": "v", "seed": 0, "status": "failed", "error": "x"},
+             {"variant": "v", "seed": 0, "status": "finished", "test_acc": 0.5, "train_seconds": 1.0,
+              "seconds_to_target": None, "epoch1_train_loss": 2.0}]
+    [v] = sweep.summarize(lines)
+    assert v["finished"] == 1 and v["failed"] == 0
+    variant = {"name": "v", "preset": "fast", "set": {"lr": 0.2}}
+    assert sweep.recipe_key(variant, {"epochs": 2}) == sweep.recipe_key(dict(variant), {"epochs": 2})
+    assert sweep.recipe_key(variant, {"epochs": 3}) != sweep.recipe_key(variant, {"epochs": 2})
+    assert sweep.recipe_key({**variant, "set": {"lr": 0.4}}, {"epochs": 2}) != sweep.recipe_key(variant, {"epochs": 2})

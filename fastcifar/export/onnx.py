@@ -257,7 +257,10 @@ def write_onnx(model_path: Path | str, out_path: Path | str | None = None, *, pr
     if graph_opset(proto) != opset:  # the exporter may convert down silently: say so instead of mislabelling it
         raise FastCifarError(f"torch's ONNX exporter wrote opset {graph_opset(proto)} where {opset} was asked; use "
                              f"--opset {graph_opset(proto)} (or leave --opset out)")
-    props = onnx_metadata(spec, model_meta, input_kind=input_kind, precision=precision,
+    # source_run names what the file is filed under (<run>-best for the best checkpoint): the INT8 file and the
+    # Triton entry derive their names from it, so the best weights never take the final model's names.
+    props = onnx_metadata(spec, {**model_meta, "run_name": run_name_of(model_path, model_meta)},
+                          input_kind=input_kind, precision=precision,
                           weights_sha256=weights_sha256)
     set_metadata(proto, props)
     proto.doc_string = f"fastcifar {spec.arch} ({spec.init} init), {precision}, {input_kind} input"

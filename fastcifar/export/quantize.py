@@ -116,6 +116,7 @@ def quantize_int8(onnx_path: Path | str, model_path: Path | str, *, n_images: in
     images = calibration_images(load_split(root, "train"), n_images, seed)
     out_path = Path(out_path) if out_path else onnx_path.with_name(
         ox.onnx_file_name(meta["source_run"] or onnx_path.stem, "int8", meta["input_kind"]))
+    ox.refuse_foreign_file(out_path, meta.get("source_weights_sha256"))  # never another model's INT8 file
     method = getattr(CalibrationMethod, CALIBRATION_METHOD)
     with atomic_path(out_path) as tmp, _quiet():
         quantize_static(str(onnx_path), str(tmp), _reader(images, spec, meta["input_kind"], meta["input_name"]),

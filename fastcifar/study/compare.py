@@ -203,7 +203,7 @@ def check_run_config(run: PlannedRun) -> None:
     """An existing run directory must hold the run this plan asks for (guards hand-copied or stale dirs)."""
     saved = TrainConfig.load(run.run_dir / CONFIG_FILE).to_dict()
     wanted = run.cfg.to_dict()
-    diffs = [k for k, v in wanted.items() if k != "out" and saved.get(k) != v
+    diffs = [k for k, v in wanted.items() if k not in ("out", "tensorboard_dir") and saved.get(k) != v
              and not (k in _RESOLVED_FIELDS and v in (None, "auto"))]
     if diffs:
         raise FastCifarError(f"{run.run_dir} was trained with other settings ({', '.join(diffs)}) than this "

@@ -1,5 +1,5 @@
 """Training wing: the loop (`loop.py`: `train`, `resume`), what it is built from (`build.py`, `step.py`,
-`checkpoint.py`, `distributed.py`, `progress.py`, `levers.py`) and evaluation
+`checkpoint.py`, `records.py`, `distributed.py`, `progress.py`, `levers.py`) and evaluation
 (`evaluate.py`). `fastcifar.train.train` and `fastcifar.train.resume` are the entry points scripts call."""
 
 from fastcifar.rundir import is_finished

@@ -77,6 +77,15 @@ class DeviceEMA:
         return {"module": self.module.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
+        if "module" not in state:  # torch's AveragedModel, which fastcifar's --ema used before DeviceEMA
+            if "n_averaged" in state:
+                self.module.load_state_dict({k.removeprefix("module."): v for k, v in state.items()
+                                             if k.startswith("module.")})
+                self.updates = int(state["n_averaged"])
+                return
+            from fastcifar.errors import FastCifarError
+
+            raise FastCifarError("the EMA state in this run's state.pt is not one fastcifar can read")
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
 
@@ -90,11 +99,20 @@ WHITEN_IMAGES = 5000  # airbench94 estimates the covariance on the first 5,000 t
 def patch_second_moment(images, kernel_size: int):
     """(D, D) uncentred second moment E[p p^T] of every kernel_size x kernel_size patch (D = 3 k^2) of the float
     NCHW `images`, patches flattened in conv-weight order (channel, row, column), as airbench94 estimates it."""
+    import torch
     import torch.nn.functional as F
 
-    patches = F.unfold(images.double(), kernel_size)  # (N, D, L): D = C*k*k in (c, i, j) order
-    flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return (flat.T @ flat) / flat.shape[0]
+    n, c, h, w = images.shape
+    dims, per_image = c * kernel_size ** 2, (h - kernel_size + 1) * (w - kernel_size + 1)
+    # Accumulated over chunks of images: 5,000 images' patches at once would be ~4 GB for a 7x7 stem at 32 px and
+    # hundreds of GB at 224 px; a chunk holds at most ~2M patch values.
+    chunk = max(1, 2_000_000 // (dims * per_image))
+    total = torch.zeros(dims, dims, dtype=torch.float64, device=images.device)
+    for i in range(0, n, chunk):
+        patches = F.unfold(images[i:i + chunk].double(), kernel_size)  # (B, D, L): D in (c, i, j) order
+        flat = patches.transpose(1, 2).reshape(-1, dims)
+        total += flat.T @ flat
+    return total / (n * per_image)
 
 
 def whitening_filters(images, kernel_size: int, eps: float = WHITEN_EPS):
@@ -115,7 +133,8 @@ def whiten_first_conv(model, images, eps: float = WHITEN_EPS) -> int:
     ResNet's CIFAR stem is a 3x3 conv with 64 filters; a 3x3x3 patch has D = 27 directions. The filters are the
     27 whitening filters, then their negatives (as airbench's, so the ReLU after BatchNorm keeps both signs of
     each direction), then the leading 64 - 54 = 10 again: every filter is a whitening direction, none is left
-    random under a frozen layer. Returns D. The weights are a deterministic function of the images, so a resumed
+    random under a frozen layer. (The ImageNet stem's 7x7 patches have D = 147 > 64: its filters are the leading
+    32 directions and their negatives.) Returns D. The weights are a deterministic function of the images, so a resumed
     run recomputes the same layer (and then loads it from its state anyway).
     """
     import torch
@@ -123,7 +142,8 @@ def whiten_first_conv(model, images, eps: float = WHITEN_EPS) -> int:
     conv = model.conv1
     out_channels, _, k, _ = conv.weight.shape
     filters = whitening_filters(images, k, eps)
-    bank = torch.cat([filters, -filters])
+    leading = filters[:max(1, min(len(filters), out_channels // 2))]  # room for each direction and its negative
+    bank = torch.cat([leading, -leading])
     repeats = -(-out_channels // len(bank))
     weight = torch.cat([bank] * repeats)[:out_channels]
     with torch.no_grad():

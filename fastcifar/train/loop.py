@@ -98,7 +98,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
                     write_results_csv(run_dir, history)
             elif dist.is_main and cfg.save_state_every:  # a state from the first moment: Ctrl-C in epoch 1 resumes
                 checkpoint.save_state(run_dir / STATE_FILE, 0, 0.0, model, opt, ema, scaler)
-            loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers, spec)
+            loop = _Loop(cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers, spec, start_epoch)
             if cfg.compile if warm_up is None else warm_up:
                 loop.warm_up()
         except BaseException:
@@ -106,14 +106,18 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
                 shutil.rmtree(created, ignore_errors=True)
             raise
         try:
-            history, train_seconds = loop.run(start_epoch, history, train_seconds, progress, on_epoch_end)
-        except KeyboardInterrupt:
-            if not (run_dir / STATE_FILE).is_file():
-                raise FastCifarError(f"interrupted; {run_dir} has no state to resume from (--save-state-every 0)",
-                                     exit_code=130) from None
-            raise FastCifarError(f"interrupted; the state of the last saved epoch is in {run_dir}. "
-                                 f"Continue with: fastcifar train --resume {run_dir}", exit_code=130) from None
-        summary = _finish(loop, spec, history, train_seconds)
+            try:
+                history, train_seconds = loop.run(start_epoch, history, train_seconds, progress, on_epoch_end)
+            except KeyboardInterrupt:
+                if not (run_dir / STATE_FILE).is_file():
+                    raise FastCifarError(f"interrupted; {run_dir} has no state to resume from "
+                                         "(--save-state-every 0)", exit_code=130) from None
+                raise FastCifarError(f"interrupted; the state of the last saved epoch is in {run_dir}. "
+                                     f"Continue with: fastcifar train --resume {run_dir}", exit_code=130) from None
+            summary = _finish(loop, spec, history, train_seconds)
+        finally:
+            if loop.records is not None:  # TensorBoard's writer thread ends with the run, finished or not
+                loop.records.close()
         if dist.is_main and not keep_state:  # finished: nothing left to resume, and it is the largest file
             (run_dir / STATE_FILE).unlink(missing_ok=True)
         return TrainResult(run_dir=run_dir, summary=summary)
@@ -124,7 +128,8 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
 class _Loop:
     """The epoch loop and the one step function; holds what every epoch needs."""
 
-    def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers=(), spec=None):
+    def __init__(self, cfg, dist, device, model, opt, ema, scaler, data, run_dir, levers=(), spec=None,
+                 start_epoch=0):
         import torch
 
         from fastcifar.train.distributed import wrap_distributed
@@ -140,7 +145,8 @@ class _Loop:
         if dist.is_main:
             from fastcifar.train.records import RunRecords
 
-            self.records = RunRecords(cfg, run_dir, spec, {"data_dir": str(data.root), "run_name": run_dir.name})
+            self.records = RunRecords(cfg, run_dir, spec, {"data_dir": str(data.root), "run_name": run_dir.name},
+                                      start_epoch)
         self.autocast = autocast_factory(cfg.precision, device)
         if cfg.compile:
             model.compile(mode=cfg.compile_mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
@@ -205,9 +211,10 @@ class _Loop:
     def _check_finite(self, first_bad) -> None:
         step = int(self._all_reduce(first_bad.double(), op="max"))
         if step >= 0:
+            kept = (f"the state of the last saved epoch is in {self.run_dir / STATE_FILE}"
+                    if (self.run_dir / STATE_FILE).is_file() else "no state.pt was kept (--save-state-every 0)")
             raise NonFiniteLoss(f"the training loss became NaN/inf at step {step}; the run stopped. Lower --lr "
-                                f"or use --precision fp32/bf16 (state of the last finished epoch is kept in "
-                                f"{self.run_dir / STATE_FILE}).")
+                                f"or use --precision fp32/bf16 ({kept}).")
 
     def _all_reduce(self, tensor, op: str = "sum"):
         if not self.dist.enabled:

@@ -27,9 +27,15 @@ TB_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
 class RunRecords:
     """The per-epoch records of one run directory (`epoch`), and what closes them (`finish`)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, spec, extra: dict):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, spec, extra: dict, start_epoch: int = 0):
         self.cfg, self.run_dir, self.spec, self.extra = cfg, Path(run_dir), spec, extra
-        self.best = self._saved_best()  # a resumed run continues from the best it had
+        self.best = self._saved_best()  # a resumed run continues from the best it had...
+        if self.best is not None and self.best["epoch"] > start_epoch:
+            # ...unless that best came from an epoch after the restored state: those epochs are trained again, so
+            # their weights belong to a timeline that no longer exists.
+            (self.run_dir / BEST_FILE).unlink(missing_ok=True)
+            meta_path(self.run_dir / BEST_FILE).unlink(missing_ok=True)
+            self.best = None
         self.best_seconds = 0.0
         self.writer = _tensorboard_writer(cfg, self.run_dir) if cfg.tensorboard else None
         self.keeps_best = cfg.save_best and cfg.val_fraction > 0
@@ -77,6 +83,12 @@ class RunRecords:
                       "--no-save-best" if not self.cfg.save_best else "no epoch was evaluated on the validation split")
             return {"file": None, "reason": reason, "final_test_acc": final_test_acc}
         return {"file": BEST_FILE, **self.best, "final_test_acc": final_test_acc, "save_seconds": self.best_seconds}
+
+    def close(self) -> None:
+        """Stop TensorBoard's writer thread and close its file (also when a run fails)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def finish(self, summary: dict, confusion) -> None:
         """TensorBoard's hparams (the config with the final metrics) and the confusion matrix; closes the writer."""

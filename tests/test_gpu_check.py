@@ -77,8 +77,7 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
     cases = list(tests.iter("testcase"))
     assert cases and all(c.find("skipped") is not None for c in cases)  # on a CPU every gpu test skips
     sweep = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
-    assert [(r["variant"], r["seed"]) for r in sweep] == [("base", 0), ("base", 1), ("levers", 0), ("levers", 1),
-                                                          ("seed-preset", 0)]
+    assert [(r["variant"], r["seed"]) for r in sweep] == [("base", 0), ("levers", 0), ("seed-preset", 0)]
     for r in sweep:
         assert r["status"] == "finished" and r["loader"] == "tensor" and r["precision"] == "fp32"
         assert {"compile", "compile_mode", "cudnn_benchmark", "machine", "levers", "seconds_to_target"} <= set(r)
@@ -88,7 +87,7 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
     throughput = [json.loads(line) for line in (out / "throughput.jsonl").read_text().splitlines()]
     assert throughput and {"precision", "compile", "compile_mode", "cudnn_benchmark"} <= set(throughput[0])
     summary = (out / "summary.md").read_text()
-    assert "| base | 2 |" in summary and "| seed-preset | 1 |" in summary
+    assert "| base | 1 |" in summary and "| seed-preset | 1 |" in summary
     assert "tensor loader, fp32, channels_last False, eager" in summary
     assert "- bench torch:bf16 (bf16" in summary and "- loaders on cpu, batch 64: tensor" in summary
     with tarfile.open(out / "work.tar.gz") as tar:
@@ -104,11 +103,11 @@ def test_a_check_stopped_mid_way_keeps_every_finished_step(tmp_path, synthetic_d
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:  # stop it once the sweep has finished
-            summary = out / "summary.md"
-            if summary.is_file() and step_rows(summary.read_text()).get("sweep", ("",))[0] == "0":
+        sweep = out / "sweep.jsonl"
+        while time.time() < deadline and proc.poll() is None:  # stop it inside the sweep, after its first run
+            if sweep.is_file() and sweep.read_text().strip():
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert proc.poll() is None, "the check ended before it could be stopped"
         proc.send_signal(signal.SIGTERM)  # to the script only: it must stop its running step itself
         stdout, stderr = proc.communicate(timeout=120)
@@ -116,13 +115,13 @@ def test_a_check_stopped_mid_way_keeps_every_finished_step(tmp_path, synthetic_d
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, stderr[-2000:]
-    ET.parse(out / "gpu-tests.xml")  # complete
-    lines = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
-    assert len(lines) == 4 and all(r["status"] == "finished" for r in lines)
+    ET.parse(out / "gpu-tests.xml")  # the step finished before: complete
+    lines = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]  # the step cut short
+    assert 1 <= len(lines) <= 2 and all(r["status"] == "finished" for r in lines)  # keeps every run it finished
     rows = step_rows((out / "summary.md").read_text())
-    assert [rows[s][0] for s in STEPS[:3]] == ["0", "0", "0"]
-    assert all(rc == "killed" for step, (rc, _) in rows.items() if step not in STEPS[:3])  # the one running then
-    assert len(rows) <= 4  # at most that one step (none when the signal came between steps)
+    assert [rows[s][0] for s in STEPS[:2]] == ["0", "0"] and rows["sweep"][0] in ("killed", "0")
+    later = [rc for step, (rc, _) in rows.items() if step not in STEPS[:3]]
+    assert later in ([], ["killed"])  # the sweep was stopped, or (rarely) the step right after it
     assert (out / "work.tar.gz").is_file()
     for name in ("bench.jsonl", "throughput.jsonl"):  # whatever a stopped step wrote is whole
         if (out / name).exists():

@@ -213,8 +213,9 @@ def data(data_dir: Path | None, download: bool, as_json: bool) -> None:
 
 
 def _print_data_stats(stats: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fastcifar.runtime import table_console
 
     table = Table(title=f"CIFAR-10 in {stats['root']}")
     table.add_column("class")
@@ -227,7 +228,7 @@ def _print_data_stats(stats: dict) -> None:
     for key in ("mean", "std"):
         table.add_row(f"{key} (R,G,B; 0-255)", *(", ".join(f"{v:.2f}" for v in stats[s][key])
                                                  for s in ("train", "test")))
-    Console().print(table)
+    table_console().print(table)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -596,8 +597,9 @@ def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, de
 
 
 def _print_predictions(results: list[dict], backend: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fastcifar.runtime import table_console
 
     table = Table(title=f"predictions ({backend})")
     table.add_column("file", overflow="fold")
@@ -605,7 +607,7 @@ def _print_predictions(results: list[dict], backend: str) -> None:
         table.add_column(f"top {i + 1}")
     for item in results:
         table.add_row(item["file"], *(f"{t['label']} {t['prob']:.1%}" for t in item["top"]))
-    Console().print(table)
+    table_console().print(table)
 
 
 @cli.command()
@@ -833,10 +835,11 @@ def export(model: Path | None, model_option: Path | None, onnx: bool, trt: bool,
 
 def _print_export(summary) -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from fastcifar.runtime import table_console
+
+    console = table_console()
     if summary.onnx:
         table = Table(title=f"ONNX export -> {summary.onnx[0].path.parent}", box=box.SIMPLE_HEAD)
         table.add_column("file", no_wrap=True)

@@ -51,6 +51,15 @@ def resolve_device(name: str = "auto", local_rank: int = 0):
     return torch.device(name)
 
 
+def table_console():
+    """A rich Console for tables on stdout: the terminal's width on a terminal; in a log or a pipe (no terminal,
+    where rich assumes 80 columns and cuts cells short) wide enough to print every column whole."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 4096))  # tables take what they need
+
+
 def seed_everything(seed: int) -> None:
     import random
 

@@ -120,3 +120,13 @@ def test_predict_real_cifar_pngs_through_onnx_equals_the_arrays(real_cifar, tiny
     predictor = load_predictor(onnx_path, device="cpu")
     expected = [predictor.class_names[k] for k in predictor.predict(test.images[:8]).argmax(1)]
     assert labels == expected
+
+
+def test_the_predictions_table_prints_a_long_path_whole_in_a_log(tiny_model_dir, image_dir, tmp_path):
+    """Without a terminal rich assumes 80 columns and cut the file column short ('a_very_long_fol…')."""
+    deep = tmp_path / ("a_very_long_folder_name_" * 4) / "a_photo_with_a_rather_long_file_name.png"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes((image_dir / "a.png").read_bytes())
+    result = _invoke("predict", deep, "--model", tiny_model_dir, "--device", "cpu", "--topk", "3")
+    assert result.exit_code == 0, result.output
+    assert str(deep) in result.stdout

@@ -57,13 +57,12 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def print_table(report, console=None) -> None:
     """The measured backends as a table, then one 'skipped: why' / 'FAILED: why' line per other backend."""
-    from rich.console import Console
     from rich.table import Table
 
+    from fastcifar.runtime import table_console
+
     ok = [r for r in report.rows if r["status"] == "ok"]
-    console = console or Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 200)  # piped into a file or CI log: never fold the columns
+    console = console or table_console()  # piped into a file or CI log: never fold the columns
     if ok:
         header, cells = table_rows(ok)
         table = Table(title=f"fastcifar bench on {ok[0]['device']} ({ok[0].get('images', '?')} test images)")

@@ -77,11 +77,12 @@ def plot_reliability(rel: dict, path: Path, title: str) -> Path:
 
 
 def print_evaluation(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from fastcifar.runtime import table_console
+
     clean = result["clean"]
-    console = Console()
+    console = table_console()
     console.print(f"{result['model']}: {result['backend']} {result['precision']} on {result['device']}, "
                   f"{result['n_test']:,} test images - accuracy {100 * clean['accuracy']:.2f} %, NLL "
                   f"{clean['nll']:.3f}, Brier {clean['brier']:.3f}, ECE {100 * clean['ece']:.2f} % "

@@ -25,8 +25,9 @@ def write_report(out: Path, results: dict) -> list[Path]:
 
 
 def print_summary(results: dict, files: list[Path]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fastcifar.runtime import table_console
 
     table = Table(title=f"compare: test accuracy (%), mean ± std over seeds - {results['machine']}")
     for column in ("setting", "training data", "model", "peak lr", "test acc", "train s", "gap (95 % CI)"):
@@ -41,9 +42,7 @@ def print_summary(results: dict, files: list[Path]) -> None:
                           pm(r["test_acc_mean"], r["test_acc_std"], 100),
                           pm(r["train_seconds_mean"], r["train_seconds_std"], digits=1), gap)
         table.add_section()
-    console = Console()
-    if not console.is_terminal:  # a log or a pipe: print every column in full instead of cutting at 80
-        console = Console(width=max(console.width, 240))
+    console = table_console()
     console.print(table)
     console.print(results["conclusion"], highlight=False)
     for file in files:

@@ -36,7 +36,7 @@ from fastcifar.data.loaders import dali_available, make_loader  # noqa: E402
 from fastcifar.data.plan import LoaderOptions  # noqa: E402
 from fastcifar.errors import FastCifarError  # noqa: E402
 from fastcifar.fileio import write_json  # noqa: E402
-from fastcifar.runtime import resolve_device  # noqa: E402
+from fastcifar.runtime import cpu_name, resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -86,16 +86,6 @@ def time_epoch(loader, epoch: int, device) -> tuple[float, int]:
         touch += x[-1, -1, -1, -1].float()  # a device-side use of every batch; no per-batch host sync
     float(touch)  # waits for all queued work
     return time.perf_counter() - start, n
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict:
@@ -168,7 +158,7 @@ def main(argv=None) -> int:
     data = load_cifar10(args.data_dir, download=False, progress=False)
     env = versions()
     load_before = os.getloadavg()
-    print(f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, DALI {env.get('dali')}, "
+    print(f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, DALI {env.get('dali')}, "
           f"device {device}, batch {args.batch_size}, {len(data.train)} training images, "
           f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"load average {load_before[0]:.2f}", flush=True)
@@ -183,7 +173,7 @@ def main(argv=None) -> int:
         "question": "images/s of a full augmented CIFAR-10 training epoch, per loader",
         "command": " ".join(["python", sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "load_average_before": load_before, "load_average_after": load_after},

@@ -16,7 +16,8 @@ import click
 
 from fastcifar import __version__
 # The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
-from fastcifar.config import COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, IF_NO_WEIGHTS, PRESET_NAMES, SCHEDULES
+from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, IF_NO_WEIGHTS, PRESET_NAMES,
+                              ROBUSTNESS_SEVERITIES, SCHEDULES)
 from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
 from fastcifar.models import ARCHS, STEMS
@@ -450,6 +451,9 @@ def _lr_grid_default() -> str:
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="torchvision-format ImageNet state dict (.pth/.pt/.safetensors) for the pretrained arm, for "
                    "offline machines. [default: torchvision's IMAGENET1K_V1 download/cache]")
+@click.option("--robustness-severities", default=",".join(map(str, ROBUSTNESS_SEVERITIES)), show_default=True,
+              help="Corruption severities (1-5, e.g. 1,3,5 or 1-5) every final model is evaluated at for the "
+                   "report's calibration and robustness sections, or none to skip that evaluation.")
 @click.option("--if-no-weights", type=click.Choice(IF_NO_WEIGHTS), default="fail", show_default=True,
               help="When the ImageNet weights cannot be had: fail with a message, or run the pretrained arm from "
                    "stand-in random weights (a pipeline check, labelled as such in the report and the demo).")
@@ -467,7 +471,7 @@ def _lr_grid_default() -> str:
                    "rerunning the same command resumes]")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the summary. [default: off]")
 def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_weights, if_no_weights, lr_grid,
-            image_sizes, out, as_json: bool, **options) -> None:
+            image_sizes, out, as_json: bool, robustness_severities: str, **options) -> None:
     """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
 
     Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
@@ -491,7 +495,8 @@ def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_
     cfg = make_compare_config(preset, overrides, seeds=seeds, fractions=fractions, lr_grid=lr_grid,
                               image_sizes=image_sizes, if_no_weights=if_no_weights,
                               pretrained_weights=str(pretrained_weights.expanduser().resolve())
-                              if pretrained_weights else None, out=str(out) if out else None)
+                              if pretrained_weights else None, out=str(out) if out else None,
+                              robustness_severities=robustness_severities)
     result = run_compare(cfg, progress=sys.stderr.isatty(), command=sys.argv)
     if as_json:
         click.echo(json.dumps(result.results))

@@ -208,6 +208,9 @@ COMPARE_INITS = ("imagenet", "random")  # the two arms of `fastcifar compare`; r
 MIN_STEPS_PER_EPOCH = 10
 MIN_BATCH = 8  # BatchNorm statistics over fewer images are too noisy to train with
 IF_NO_WEIGHTS = ("fail", "stand-in")
+# Every final model of a compare is evaluated under each corruption at these severities (fp32, no TTA): ~12 s per
+# smoke model on 2 CPU cores. --robustness-severities none skips the evaluation.
+ROBUSTNESS_SEVERITIES = (1, 3, 5)
 # (number of seeds, training-set fractions) when --seeds / --fractions are not given. A GPU affords 3 x 3 points
 # of 10-epoch runs in minutes; the CPU smoke budget affords 2 seeds x 2 fractions (8 runs).
 COMPARE_DEFAULTS: dict[str, tuple[int, tuple[float, ...]]] = {
@@ -283,6 +286,7 @@ class CompareConfig:
     out: str | None = None  # None: reports/<arch>-<preset>-<fingerprint>, so rerunning the same options resumes
     lr_grid: tuple[float, ...] | None = None  # None: both arms train at base.lr
     settings: tuple[tuple[int, str], ...] = ()  # (image size, stem) pairs; () = base's one setting
+    robustness_severities: tuple[int, ...] = ROBUSTNESS_SEVERITIES  # () = no robustness evaluation
 
     def __post_init__(self):
         if isinstance(self.base, dict):
@@ -292,6 +296,7 @@ class CompareConfig:
         object.__setattr__(self, "fractions", tuple(sorted(float(f) for f in self.fractions)))
         if self.lr_grid is not None:
             object.__setattr__(self, "lr_grid", tuple(sorted(float(lr) for lr in self.lr_grid)))
+        object.__setattr__(self, "robustness_severities", tuple(sorted({int(s) for s in self.robustness_severities})))
         settings = tuple((int(size), str(stem)) for size, stem in self.settings)
         if isinstance(self.base, TrainConfig) and not settings:
             settings = ((self.base.image_size, self.base.stem),)
@@ -314,6 +319,7 @@ class CompareConfig:
             (self.lr_grid is None or self.base.val_fraction > 0,
              "--lr-grid chooses each arm's lr on the validation split: give --val-fraction > 0, or --lr-grid none"),
             (len(set(settings)) == len(settings), "--image-sizes must be distinct"),
+            (all(1 <= s <= 5 for s in self.robustness_severities), "--robustness-severities must be within 1-5"),
         ]
         for ok, message in checks:
             if not ok:
@@ -327,7 +333,10 @@ class CompareConfig:
         return {"base": self.base.to_dict(), "seeds": list(self.seeds), "fractions": list(self.fractions),
                 "pretrained_weights": self.pretrained_weights, "if_no_weights": self.if_no_weights, "out": self.out,
                 "lr_grid": None if self.lr_grid is None else list(self.lr_grid),
-                "settings": [list(s) for s in self.settings]}
+                "settings": [list(s) for s in self.settings],
+                # Only when not the default: reports made before the option keep their names (the fingerprint).
+                **({"robustness_severities": list(self.robustness_severities)}
+                   if self.robustness_severities != ROBUSTNESS_SEVERITIES else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareConfig":
@@ -353,7 +362,7 @@ class CompareConfig:
 def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = None, fractions: str | None = None,
                         lr_grid: str | None = None, image_sizes: str | None = None,
                         pretrained_weights: str | None = None, if_no_weights: str = "fail",
-                        out: str | None = None) -> CompareConfig:
+                        out: str | None = None, robustness_severities: str | None = None) -> CompareConfig:
     """CompareConfig from a preset, train overrides (None = not given) and compare's own options as typed.
 
     The defaults the CLI documents live here, so Python callers get the same experiment: the preset's number of
@@ -373,4 +382,16 @@ def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = Non
                          seeds=tuple(range(first_seed, first_seed + (seeds or default_seeds))),
                          fractions=parse_fractions(fractions) if fractions else default_fractions,
                          pretrained_weights=pretrained_weights, if_no_weights=if_no_weights, lr_grid=grid,
-                         settings=parse_settings(image_sizes) if image_sizes else (), out=out)
+                         settings=parse_settings(image_sizes) if image_sizes else (), out=out,
+                         robustness_severities=_parse_robustness(robustness_severities))
+
+
+def _parse_robustness(text: str | None) -> tuple[int, ...]:
+    """`--robustness-severities 1,3,5` / `1-5` / `none` -> severities (None: the default)."""
+    if text is None:
+        return ROBUSTNESS_SEVERITIES
+    if text.strip().lower() == "none":
+        return ()
+    from fastcifar.robustness import parse_severities
+
+    return parse_severities(text)

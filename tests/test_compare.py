@@ -137,7 +137,7 @@ def test_interrupted_run_resumes_and_setup_leftovers_restart(tmp_path, synthetic
     base = TrainConfig(data_dir=str(synthetic_dir), download=False, device="cpu", loader="tensor", stem="imagenet",
                        epochs=2, batch_size=8, lr=0.05, warmup_epochs=0.5, train_limit=40)
     cfg = CompareConfig(base=base, seeds=(0,), fractions=(1.0,), pretrained_weights=str(fake_weights),
-                        out=str(tmp_path / "report"))
+                        out=str(tmp_path / "report"), robustness_severities=())  # resuming is the point here
     runs = tmp_path / "report" / "runs"
 
     def stop(name, epoch, metrics):
@@ -322,7 +322,7 @@ def test_lr_grid_selects_per_arm_on_validation_and_resumes(tmp_path, synthetic_d
     out = tmp_path / "report"
     args = [a for a in tiny_args(synthetic_dir, fake_weights, out) if a not in ("--lr", "0.05")]
     args[args.index("--seeds") + 1] = "1"
-    args += ["--lr-grid", "0.1,0.02", "--json"]
+    args += ["--lr-grid", "0.1,0.02", "--json", "--robustness-severities", "none"]  # the lr choice is the point
 
     def stop(epoch, metrics):  # Ctrl-C in the third selection run
         raise KeyboardInterrupt
@@ -363,8 +363,8 @@ def test_two_settings_give_two_sections(tmp_path, synthetic_dir, fake_weights):
     import matplotlib.image
 
     out = tmp_path / "report"
-    args = tiny_args(synthetic_dir, fake_weights, out, "--image-sizes", "32:imagenet,40", "--seeds", "1",
-                     "--fractions", "1.0")
+    args = tiny_args(synthetic_dir, fake_weights, out, "--robustness-severities", "none", "--image-sizes",
+                     "32:imagenet,40", "--seeds", "1", "--fractions", "1.0")  # the sections are the point
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
@@ -476,3 +476,17 @@ def test_compare_tensorboard_gives_every_run_its_own_event_directory(report):
     assert dirs == {f"{init}/f{f}/s{s}" for init in ("imagenet", "random") for f in ("0.5", "1") for s in (0, 1)}
     md = (report["out"] / "report.md").read_text()
     assert "Code: fastcifar at " in md and "Libraries: python " in md  # the report quotes what made it, once
+
+
+def test_robustness_severities_are_an_option_and_none_skips_the_evaluation(tmp_path):
+    from fastcifar.config import ROBUSTNESS_SEVERITIES, make_compare_config
+
+    default = make_compare_config("smoke", {}, if_no_weights="stand-in")
+    assert default.robustness_severities == ROBUSTNESS_SEVERITIES
+    assert "robustness_severities" not in default.to_dict()  # reports made before the option keep their names
+    assert make_compare_config("smoke", {}, robustness_severities="none").robustness_severities == ()
+    picked = make_compare_config("smoke", {}, robustness_severities="5,1")
+    assert picked.robustness_severities == (1, 5) and picked.fingerprint() != default.fingerprint()
+    assert CompareConfig.from_dict(picked.to_dict()).robustness_severities == (1, 5)
+    with pytest.raises(FastCifarError, match="1-5"):
+        make_compare_config("smoke", {}, robustness_severities="7")

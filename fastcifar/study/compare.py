@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from fastcifar.config import COMPARE_INITS, MIN_BATCH, MIN_STEPS_PER_EPOCH, CompareConfig, TrainConfig, setting_name
+from fastcifar.config import (COMPARE_INITS, MIN_BATCH, MIN_STEPS_PER_EPOCH, ROBUSTNESS_SEVERITIES, CompareConfig,
+                              TrainConfig, setting_name)
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_json
 from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, ROBUSTNESS_FILE, RUN_STATES, TENSORBOARD_DIR,
@@ -273,8 +274,8 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
                 check_run_config(run)
         for run in rest:
             _execute(run, states[run.name], display, on_epoch_end, out)
-    for run in runs:  # calibration and corruption robustness of every final model, cached in its run directory
-        ensure_robustness(run, dataset.test, cfg.base.device, display.log)
+    for run in runs if cfg.robustness_severities else []:  # every final model, cached in its run directory
+        ensure_robustness(run, dataset.test, cfg.base.device, display.log, cfg.robustness_severities)
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     wall = {"seconds": time.perf_counter() - started, "trained": counts["new"] + counts["interrupted"],
             "reused": counts["finished"]}
@@ -283,12 +284,12 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
 
 
-ROBUSTNESS_SEVERITIES = (1, 3, 5)  # every corruption at three severities: ~12 s per smoke model on 2 CPU cores
 
 
-def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], None]) -> dict:
+def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], None],
+                      severities: tuple[int, ...] = ROBUSTNESS_SEVERITIES) -> dict:
     """The run's final model on the test split: calibration and accuracy under every corruption at
-    ROBUSTNESS_SEVERITIES (fastcifar.robustness; fp32, no TTA). Cached in the run directory: a rerun of compare
+    `severities` (fastcifar.robustness; fp32, no TTA). Cached in the run directory: a rerun of compare
     reuses it, and nothing here trains."""
     path = run.run_dir / ROBUSTNESS_FILE
     if path.is_file():
@@ -313,9 +314,9 @@ def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], N
                                    for i in range(0, len(pixels), 256)])
 
     log(f"evaluating {run.name}: calibration and {len(corruption_names())} corruptions at severities "
-        f"{', '.join(map(str, ROBUSTNESS_SEVERITIES))}")
+        f"{', '.join(map(str, severities))}")
     result = evaluate_logits(logits, test.images, test.labels, corruptions=corruption_names(),
-                             severities=ROBUSTNESS_SEVERITIES, device=str(resolved))
+                             severities=severities, device=str(resolved))
     write_json(path, result)
     return result
 

@@ -115,18 +115,21 @@ def nvidia_driver() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def _git_state() -> dict:
+def _git_state(diff: str | None) -> dict:
     import hashlib
 
-    diff = git_diff()
     if diff is None:
         return {"git_dirty": None, "git_diff_sha256": None, "git_diff_bytes": None}
     return {"git_dirty": bool(diff), "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
             "git_diff_bytes": len(diff.encode())}
 
 
-def env_info(command: list[str] | None = None) -> dict:
-    """Versions, machine, GPU and git sha: written as env.json beside every result."""
+_NOT_READ = object()
+
+
+def env_info(command: list[str] | None = None, diff=_NOT_READ) -> dict:
+    """Versions, machine, GPU and git sha: written as env.json beside every result. `diff`: the git_diff() the caller
+    already read (so a file it writes and the hash recorded here come from one read)."""
     import torch
 
     info = {
@@ -142,7 +145,7 @@ def env_info(command: list[str] | None = None) -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # CPU figures depend on it (fastcifar/cli.py)
         "torch_threads": torch.get_num_threads(),
         "git_sha": git_sha(),
-        **_git_state(),
+        **_git_state(git_diff() if diff is _NOT_READ else diff),
         "command": command if command is not None else sys.argv,
         "gpus": [],
     }

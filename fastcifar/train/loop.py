@@ -332,11 +332,11 @@ def write_env(run_dir: Path, device) -> None:
 
     from fastcifar.runtime import GIT_DIFF_KEEP_BYTES, cpu_name, git_diff
 
-    env = env_info()
+    diff = git_diff()  # read once: git.diff and env.json's hash of it describe the same tree
+    env = env_info(diff=diff)
     env["device"] = str(device)
     env["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     write_json(run_dir / ENV_FILE, env)
-    diff = git_diff() if env.get("git_dirty") else None
     if diff and len(diff.encode()) <= GIT_DIFF_KEEP_BYTES:
         from fastcifar.fileio import write_text
 

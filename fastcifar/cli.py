@@ -550,6 +550,59 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
           examples_dir=examples_dir, precision=precision)
 
 
+@cli.command()
+@model_argument
+@model_option
+@click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
+              help="Inference backend behind the server; auto runs the given file as it is (as for predict).")
+@device_option
+@serving_precision_option()
+@checkpoint_option
+@click.option("--name", default=None,
+              help="The model's name on the server. [default: the run directory's name or the file's stem]")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address every endpoint binds. Use 0.0.0.0 only to serve other machines.")
+@click.option("--http-port", type=int, default=8000, show_default=True, help="HTTP/REST (KServe v2) port.")
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC (KServe v2) port.")
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics port.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Largest batch Triton forms from queued requests, and largest request it accepts.")
+@click.option("--queue-delay-us", type=click.IntRange(min=0), default=None,
+              help="How long Triton holds a request to batch it with others. [default: 100, as in the exported "
+                   "repository's config]")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("exported/cache"),
+              show_default=True, help="Cache of on-the-fly ONNX exports and TensorRT engines.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the ready line as one JSON object (model, urls, backend, precision, pid).")
+def serve(model: Path | None, model_option: Path | None, backend: str, device: str, precision: str | None,
+          checkpoint: str, name: str | None, host: str, http_port: int, grpc_port: int, metrics_port: int,
+          max_batch: int, queue_delay_us: int | None, cache_dir: Path, as_json: bool) -> None:
+    """Serve MODEL on a real NVIDIA Triton Inference Server (PyTriton): HTTP and gRPC (KServe v2), dynamic
+    batching, Prometheus metrics. Needs the serve extra: pip install 'fastcifar[serve]'.
+
+    The model takes what the exported repository's models take (fastcifar export --triton-repo): input `pixels`
+    uint8 [N, S, S, 3] RGB, output `logits` float32 [N, classes]; its config carries the class names. The model
+    is ready only after a warm-up batch. Ctrl-C or SIGTERM stops the server and its tritonserver process.
+
+    \b
+    Examples:
+      fastcifar serve runs/resnet18-imagenet
+      fastcifar serve exported/resnet18-imagenet.onnx --http-port 9000 --grpc-port 9001 --metrics-port 9002
+      fastcifar predict cat.jpg --server localhost:8000 --model resnet18-imagenet
+      fastcifar bench --server localhost:8000 --model resnet18-imagenet --concurrency 1,8,32
+    """
+    model = _checkpoint(_one_model("serve", model, model_option), checkpoint)
+    from fastcifar.serve.triton_server import ServeConfig, ready_line, serve_model
+
+    cfg = ServeConfig(model=str(model), backend=None if backend == "auto" else backend, device=device,
+                      precision=precision, name=name, host=host, http_port=http_port, grpc_port=grpc_port,
+                      metrics_port=metrics_port, max_batch=max_batch, queue_delay_us=queue_delay_us,
+                      cache_dir=str(cache_dir))
+    serve_model(cfg, on_ready=lambda info: click.echo(ready_line(info, as_json)),
+                log=lambda message: click.echo(f"serve: {message}", err=True))
+    click.echo("serve: stopped", err=True)
+
+
 # ---------------------------------------------------------------------------------------------- predict / bench
 
 
@@ -569,8 +622,12 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
               help='Print a JSON list [{"file", "top": [{"label", "prob"}], "backend", "precision"}] instead of a '
                    'table. [default: table]')
 @checkpoint_option
+@click.option("--server", default=None,
+              help="Ask a Triton server instead of loading a model here: http://HOST:PORT, grpc://HOST:PORT or "
+                   "HOST:PORT (fastcifar serve, or a Triton loading export --triton-repo). Then every argument is "
+                   "an image and --model names the server's model (optional when it lists exactly one).")
 def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, device: str, precision: str | None,
-            topk: int, as_json: bool, checkpoint: str) -> None:
+            topk: int, as_json: bool, checkpoint: str, server: str | None) -> None:
     """Classify image files (any format Pillow reads; directories are walked) with a trained model.
 
     The model comes first (MODEL IMAGE...) or with --model (IMAGE... --model MODEL: then every argument is an
@@ -582,15 +639,23 @@ def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, de
       fastcifar predict runs/resnet18-imagenet cat.jpg photos/
       fastcifar predict cat.jpg photos/ --model runs/resnet18-imagenet      # the same
       fastcifar predict *.png --model exported/resnet18-imagenet.onnx --topk 1 --json
+      fastcifar predict cat.jpg --server localhost:8000 --model resnet18-imagenet   # a Triton server
     """
-    model, images = _predict_inputs(paths, model_option)
-    model = _checkpoint(model, checkpoint)
     from fastcifar.serve.predictor import load_predictor, predict_files
 
-    predictor = load_predictor(model, None if backend == "auto" else backend, device, precision=precision)
+    if server is not None:
+        predictor = _server_predictor(paths, model_option, server)
+    else:
+        model, images = _predict_inputs(paths, model_option)
+        model = _checkpoint(model, checkpoint)
+        predictor = load_predictor(model, None if backend == "auto" else backend, device, precision=precision)
+    if server is not None:
+        images = paths
     results, failures = predict_files(predictor, images, topk=topk)
     for item in results:  # every output says what ran
         item.update(backend=predictor.backend, precision=predictor.precision)
+        if server is not None:
+            item.update(server=str(predictor.url), model=predictor.name)
     for _, message in failures:
         click.secho(f"Error: {message}", fg="red", err=True)
     if as_json:
@@ -599,6 +664,21 @@ def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, de
         _print_predictions(results, f"{predictor.backend} {predictor.precision} on {predictor.device}")
     if failures:
         sys.exit(1)
+
+
+def _server_predictor(paths: tuple[Path, ...], model_name, server: str):
+    """predict --server: the options that choose a local model mean nothing there; a usage error names them."""
+    ctx = click.get_current_context()
+    local = [f"--{name}" for name in ("backend", "device", "precision", "checkpoint")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if local:
+        raise _usage_error(f"{', '.join(local)} choose a local model; with --server the server runs its own "
+                           "(give them to fastcifar serve)")
+    if not paths:
+        raise _usage_error("Missing IMAGE: fastcifar predict IMAGE... --server URL [--model NAME]")
+    from fastcifar.serve.triton_client import TritonPredictor
+
+    return TritonPredictor(server, str(model_name) if model_name is not None else None)
 
 
 def _print_predictions(results: list[dict], backend: str) -> None:
@@ -715,9 +795,21 @@ def evaluate(model: Path | None, model_option: Path | None, backend: str, device
                    "row it finished. Each line names its model, label/backend, precision, device, batch_sizes and "
                    "machine. [default: off]")
 @checkpoint_option
+@click.option("--server", default=None,
+              help="Load-test a Triton server on this machine instead (http://localhost:PORT or grpc://...): "
+                   "concurrent clients, images/s, p50/p95/p99 latency, errors and the server's mean batch. Then "
+                   "--model names the server's model and --batch-sizes are images per request [default there: 8].")
+@click.option("--concurrency", default="1,8,32", show_default=True,
+              help="With --server: numbers of concurrent clients, one level each.")
+@click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True,
+              help="With --server: requests per level (each level also stops at --duration).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="With --server: seconds per level at most.")
+@click.option("--metrics-url", default=None,
+              help="With --server: Triton's Prometheus endpoint. [default: http://HOST:8002/metrics]")
 def bench(model_args, models, backends, batch_sizes, data_dir, download, device, precision, max_images, reference,
           max_accuracy_drop, results_dir, save, name, cache_dir, min_time, warmup, min_iters, latency_iters, repeats,
-          threads, as_json, jsonl, checkpoint) -> None:
+          threads, as_json, jsonl, checkpoint, server, concurrency, requests, duration, metrics_url) -> None:
     """Accuracy parity and speed of each inference backend; each backend runs alone in its own process.
 
     The models come as MODEL... or as --model (repeated), one form or the other.
@@ -728,7 +820,11 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
       fastcifar bench --model runs/resnet18-imagenet --data-dir ../shared/cifar10      # the same
       fastcifar bench runs/r18 --backends torch,onnxruntime --batch-sizes 1,256 --json
       fastcifar bench exported/r18.onnx --reference runs/r18 --max-accuracy-drop 0.1   # CI gate
+      fastcifar bench --server localhost:8000 --model resnet18-imagenet --concurrency 1,8,32 --json
     """
+    if server is not None:
+        return _bench_server(server, model_args, models, batch_sizes, concurrency, requests, duration, metrics_url,
+                             as_json)
     models = tuple(_checkpoint(m, checkpoint) for m in _models(model_args, models))
     from fastcifar.bench.harness import BenchConfig, bench as run_bench, parse_backends, parse_batch_sizes
 
@@ -750,6 +846,36 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
             click.echo(f"wrote {file}")
     if not report.passed:
         raise FastCifarError("bench failed: " + "; ".join(report.failures))
+
+
+def _bench_server(server, model_args, models, batch_sizes, concurrency, requests, duration, metrics_url,
+                  as_json) -> None:
+    """bench --server: the load test (fastcifar/bench/serve_load.py)."""
+    ctx = click.get_current_context()
+    local = [f"--{p.name.replace('_', '-')}" for p in ctx.command.params
+             if p.name not in ("server", "concurrency", "requests", "duration", "metrics_url", "batch_sizes",
+                               "models", "model_args", "as_json")
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if local:
+        raise _usage_error(f"{', '.join(local)} apply to the in-process benchmark, not to --server")
+    names = tuple(model_args) + tuple(models)
+    if len(names) > 1:
+        raise _usage_error("--server load-tests one model: give its name once with --model NAME")
+    from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts, print_load_table
+
+    explicit = ctx.get_parameter_source("batch_sizes") == click.core.ParameterSource.COMMANDLINE
+    cfg = LoadConfig(server=server, model=str(names[0]) if names else None,
+                     concurrency=parse_counts(concurrency, "--concurrency"),
+                     batch_sizes=parse_counts(batch_sizes, "--batch-sizes") if explicit else (8,),
+                     requests=requests, duration_s=duration, metrics_url=metrics_url)
+    result = load_test(cfg, log=lambda message: click.echo(f"bench: {message}", err=True))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        print_load_table(result)
+    failed = sum(r["errors"] for r in result["rows"])
+    if failed:
+        raise FastCifarError(f"{failed} request(s) failed during the load test")
 
 
 @cli.command()

@@ -1,0 +1,202 @@
+"""The load test of a Triton server (`fastcifar bench --server URL`): concurrent clients, latency percentiles,
+throughput, errors, and the batch sizes Triton's dynamic batcher formed.
+
+Owns one measurement: for each (concurrency, request batch size), `concurrency` client threads, each with its own
+tritonclient connection, send requests of `batch` images back to back until `requests` requests are done or
+`duration_s` has passed, whichever comes first (bounded, so it cannot run away). Each row reports images/s over the
+level's wall time, p50/p95/p99 request latency, the error count, and the server-side mean batch size: the change
+in Triton's Prometheus counters `nv_inference_count` (images) / `nv_inference_exec_count` (model executions) over
+the level, read from the metrics endpoint (Triton's statistics API needs PyTriton's access token; metrics do not).
+
+Only loopback servers are load-tested: a load test aimed at a shared server by mistake would be an attack on it.
+The pixels are seeded random uint8 images (the load does not depend on what they show); correctness is predict's
+and the tests' business (tests/test_serve.py compares server answers with the local predictor).
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastcifar.errors import FastCifarError
+from fastcifar.serve.triton_client import ServerURL, TritonPredictor, parse_server_url
+
+DEFAULT_CONCURRENCY = (1, 8, 32)
+DEFAULT_BATCH = 8  # images per request: a client sending a few images at a time, what dynamic batching is for
+DEFAULT_REQUESTS = 200  # per level
+DEFAULT_DURATION_S = 20.0  # per level, the bound whatever --requests says
+METRICS_PORT_DEFAULT = 8002
+
+
+@dataclass
+class LoadConfig:
+    server: str
+    model: str | None = None
+    concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
+    batch_sizes: tuple[int, ...] = (DEFAULT_BATCH,)
+    requests: int = DEFAULT_REQUESTS
+    duration_s: float = DEFAULT_DURATION_S
+    metrics_url: str | None = None
+    seed: int = 0
+
+
+def parse_counts(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in str(text).split(",") if v.strip()}))
+    except ValueError:
+        raise FastCifarError(f"{what} must be comma-separated whole numbers, got '{text}'") from None
+    if not values or values[0] < 1:
+        raise FastCifarError(f"{what} must be whole numbers >= 1, got '{text}'")
+    return values
+
+
+def default_metrics_url(url: ServerURL) -> str:
+    return f"http://{url.host}:{METRICS_PORT_DEFAULT}/metrics"
+
+
+def read_counters(metrics_url: str, model: str) -> dict | None:
+    """{"images": nv_inference_count, "executions": nv_inference_exec_count} summed over the model's versions;
+    None when the metrics endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    out = {"images": 0.0, "executions": 0.0}
+    pattern = re.compile(r'^(nv_inference_count|nv_inference_exec_count)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+    for line in text.splitlines():
+        m = pattern.match(line.strip())
+        if m and re.search(r'model="' + re.escape(model) + '"', m.group(2)):
+            out["images" if m.group(1) == "nv_inference_count" else "executions"] += float(m.group(3))
+    return out
+
+
+def _client_loop(predictor_args: tuple, pixels: np.ndarray, deadline: float, budget: list, lock: threading.Lock,
+                 latencies: list, errors: list) -> None:
+    try:
+        client = TritonPredictor(*predictor_args)
+    except FastCifarError as exc:
+        with lock:
+            errors.append(str(exc))
+        return
+    try:
+        while time.perf_counter() < deadline:
+            with lock:
+                if budget[0] <= 0:
+                    return
+                budget[0] -= 1
+            start = time.perf_counter()
+            try:
+                client.run(pixels)
+            except FastCifarError as exc:
+                with lock:
+                    errors.append(str(exc))
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+    finally:
+        client.close()
+
+
+def run_level(url: str, model: str, concurrency: int, batch: int, requests: int, duration_s: float,
+              metrics_url: str | None, seed: int, size: int = 32) -> dict:
+    pixels = np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    return _measure(url, model, concurrency, pixels, requests, duration_s, metrics_url)
+
+
+def _measure(url: str, model: str, concurrency: int, pixels: np.ndarray, requests: int, duration_s: float,
+             metrics_url: str | None) -> dict:
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    budget = [requests]
+    before = read_counters(metrics_url, model) if metrics_url else None
+    start = time.perf_counter()
+    deadline = start + duration_s
+    threads = [threading.Thread(target=_client_loop, args=((url, model), pixels, deadline, budget, lock, latencies,
+                                                           errors), daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(duration_s + 60)  # a request in flight at the deadline finishes (tritonclient's own timeout)
+    wall = time.perf_counter() - start
+    after = read_counters(metrics_url, model) if metrics_url else None
+    batch = len(pixels)
+    lat_ms = np.asarray(latencies) * 1000.0
+    mean_batch = None
+    if before is not None and after is not None and after["executions"] > before["executions"]:
+        mean_batch = (after["images"] - before["images"]) / (after["executions"] - before["executions"])
+    return {"concurrency": concurrency, "batch": batch, "requests": len(latencies) + len(errors),
+            "ok": len(latencies), "errors": len(errors), "error_example": errors[0] if errors else None,
+            "wall_s": round(wall, 3), "images_per_s": round(len(latencies) * batch / wall, 1) if wall else None,
+            "p50_ms": _pct(lat_ms, 50), "p95_ms": _pct(lat_ms, 95), "p99_ms": _pct(lat_ms, 99),
+            "server_mean_batch": round(mean_batch, 2) if mean_batch is not None else None}
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if len(values) else None
+
+
+def load_test(cfg: LoadConfig, log=lambda message: None) -> dict:
+    """Every (concurrency, batch) level in turn; one dict with the rows and what they were measured on."""
+    url = parse_server_url(cfg.server)
+    if not url.is_loopback():
+        raise FastCifarError(f"--server {cfg.server}: the load test only runs against a server on this machine "
+                             "(localhost / 127.0.0.1), so it cannot overload a shared one by mistake")
+    if cfg.requests < 1 or cfg.duration_s <= 0:
+        raise FastCifarError("--requests must be >= 1 and --duration > 0")
+    probe = TritonPredictor(str(url), cfg.model)
+    model, max_batch, size = probe.name, probe.max_batch, probe.input_size
+    describe = probe.describe()
+    probe.close()
+    too_big = [b for b in cfg.batch_sizes if b > max_batch]
+    if too_big:
+        raise FastCifarError(f"request batch {too_big[0]} is above the model's max_batch_size {max_batch}: the "
+                             "server would refuse every request (lower --batch-sizes)")
+    metrics_url = cfg.metrics_url or default_metrics_url(url)
+    if read_counters(metrics_url, model) is None:
+        log(f"no Triton metrics at {metrics_url} (--metrics-url): the server's batch sizes are not reported")
+        metrics_url = None
+    rows = []
+    for batch in cfg.batch_sizes:
+        for concurrency in cfg.concurrency:
+            log(f"{concurrency} client(s) x {batch}-image requests: up to {cfg.requests} requests or "
+                f"{cfg.duration_s:g} s")
+            rows.append(run_level(str(url), model, concurrency, batch, cfg.requests, cfg.duration_s, metrics_url,
+                                  cfg.seed, size))
+    import fastcifar
+
+    return {"server": str(url), "model": model, "precision": describe.get("precision"), "max_batch": max_batch,
+            "requests_per_level": cfg.requests, "duration_s_per_level": cfg.duration_s, "rows": rows,
+            "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                        "python": platform.python_version()},
+            "fastcifar": fastcifar.__version__, "metrics_url": metrics_url}
+
+
+def print_load_table(result: dict) -> None:
+    from rich.table import Table
+
+    from fastcifar.runtime import table_console
+
+    table = Table(title=f"load test: {result['model']} at {result['server']} ({result['precision']})")
+    for column in ("clients", "batch", "requests", "errors", "images/s", "p50 ms", "p95 ms", "p99 ms",
+                   "server batch"):
+        table.add_column(column, justify="right")
+    for r in result["rows"]:
+        table.add_row(str(r["concurrency"]), str(r["batch"]), str(r["requests"]), str(r["errors"]),
+                      _fmt(r["images_per_s"], ".1f"), _fmt(r["p50_ms"], ".1f"), _fmt(r["p95_ms"], ".1f"),
+                      _fmt(r["p99_ms"], ".1f"), _fmt(r["server_mean_batch"], ".1f"))
+    table_console().print(table)
+    for r in result["rows"]:
+        if r["error_example"]:
+            print(f"{r['concurrency']} clients: {r['errors']} errors, e.g. {r['error_example']}")
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -1,0 +1,342 @@
+"""`fastcifar serve MODEL`: any fastcifar predictor behind a real NVIDIA Triton Inference Server, through PyTriton.
+
+Owns the server's life: the checks before anything starts (the `serve` extra is installed, the model name is one
+Triton accepts, the three ports are free), the model's Triton contract, a warm-up batch before the model is loaded
+(so Triton reports it ready only once it can answer at full speed), the wait, and the stop: SIGINT and SIGTERM stop
+the `tritonserver` child and PyTriton's proxy before this process exits.
+
+The contract is the exported repository's (`fastcifar export --triton-repo`, export/triton.py), so a client written
+for one works against the other: input `pixels` TYPE_UINT8 [S, S, 3] (NHWC, RGB 0-255, without the batch
+dimension), output `logits` TYPE_FP32 [num_classes], dynamic batching, and the fastcifar metadata (class names,
+mean/std, image size, backend, precision) in the config's `parameters` under the same `fastcifar.` keys. Whatever
+the backend (torch at any precision, torch-compiled, onnxruntime, tensorrt), the predictor does its own
+preprocessing, as it does for `predict`.
+
+Bad requests (wrong dtype or shape, a batch above the maximum, an unknown model) are refused by Triton itself
+against the model config; a request the predictor refuses comes back as an error response naming the problem, and
+the server goes on serving (tests/test_serve.py sends hundreds of bad requests between good ones).
+
+The pitfalls measured on the development machine (bench/README.md) and handled here:
+- PyTriton's Python-backend stub loads the first libpython of the interpreter's version it finds; with a pyenv
+  Python beside Debian's libpython3.11 it took Debian's, whose standard library differs, and the model failed to
+  load (`'_thread.RLock' object has no attribute '_recursion_count'`). The interpreter's own LIBDIR goes first on
+  LD_LIBRARY_PATH (`library_path`).
+- A SIGTERM to the Python parent left `tritonserver` running: a handler turns SIGTERM into the same clean stop as
+  Ctrl-C.
+- Triton's statistics and repository endpoints need PyTriton's access token: the load test reads Triton's
+  Prometheus metrics instead (bench/serve_load.py in the package: fastcifar/bench/serve_load.py).
+The server binds 127.0.0.1 unless --host says otherwise. Not run here: a GPU (the predictor's device is the only
+GPU-specific part), and Triton's own ONNX Runtime / TensorRT backends (they come with NVIDIA's containers, which
+serve the exported repository instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import shutil
+import socket
+import sys
+import tempfile
+import sysconfig
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fastcifar.errors import FastCifarError
+
+INPUT_NAME, OUTPUT_NAME = "pixels", "logits"  # export/triton.py's raw graphs name them the same
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
+DEFAULT_HOST = "127.0.0.1"
+# The largest batch Triton forms or accepts: the torch predictor's own chunk (base.Predictor.max_batch), so one
+# server batch is one forward pass.
+DEFAULT_MAX_BATCH = 256
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # Triton's (and PyTriton's) model names
+SERVE_EXTRA = "pip install 'fastcifar[serve]'"
+# The metadata keys a served model's config carries (the exported repository's keys, export/triton.py).
+META_KEYS = ("class_names", "mean", "std", "image_size", "input_size", "arch", "stem", "init", "precision")
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    backend: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    name: str | None = None
+    host: str = DEFAULT_HOST
+    http_port: int = DEFAULT_PORTS["http"]
+    grpc_port: int = DEFAULT_PORTS["grpc"]
+    metrics_port: int = DEFAULT_PORTS["metrics"]
+    max_batch: int = DEFAULT_MAX_BATCH
+    queue_delay_us: int | None = None  # None: export/triton.MAX_QUEUE_DELAY_US, the exported repository's
+    cache_dir: str | None = None
+
+
+@dataclass
+class ServerInfo:
+    """What a started server answers on (printed as the ready line, JSON with --json)."""
+
+    name: str
+    host: str
+    ports: dict
+    backend: str
+    precision: str
+    device: str
+    max_batch: int
+    queue_delay_us: int
+    class_names: list = field(default_factory=list)
+    pid: int = 0
+
+    def urls(self) -> dict:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return {"http": f"http://{host}:{self.ports['http']}", "grpc": f"grpc://{host}:{self.ports['grpc']}",
+                "metrics": f"http://{host}:{self.ports['metrics']}/metrics"}
+
+    def to_dict(self) -> dict:
+        return {"event": "ready", "model": self.name, "urls": self.urls(), "backend": self.backend,
+                "precision": self.precision, "device": self.device, "max_batch": self.max_batch,
+                "queue_delay_us": self.queue_delay_us, "class_names": self.class_names, "pid": self.pid}
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def require_pytriton():
+    """The PyTriton modules, or one message naming the extra."""
+    try:
+        from pytriton.decorators import batch
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as exc:
+        raise FastCifarError(f"fastcifar serve needs PyTriton ({exc.name or exc} is not installed): {SERVE_EXTRA} "
+                             "(Linux x86_64 with glibc 2.35 or newer)") from None
+    return batch, DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig
+
+
+def default_model_name(model: Path | str) -> str:
+    """The name a model is served under: its run directory's name (`-best` for best.safetensors), an exported
+    file's stem; characters Triton refuses become '-'."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        stem = path.resolve().name
+    elif path.suffix == ".safetensors":
+        stem = path.resolve().parent.name + ("" if path.stem == "model" else f"-{path.stem}")
+    else:
+        stem = path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "fastcifar"
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise FastCifarError(f"--name '{name}' is not a Triton model name: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+def check_ports(host: str, ports: dict) -> None:
+    """One message for a port that is taken or given twice, before the model is loaded."""
+    seen = {}
+    for kind, port in ports.items():
+        if not 1 <= int(port) <= 65535:
+            raise FastCifarError(f"--{kind}-port {port} is not a port (1-65535)")
+        if port in seen:
+            raise FastCifarError(f"--{seen[port]}-port and --{kind}-port are both {port}: each endpoint needs its "
+                                 "own port")
+        seen[port] = kind
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                why = "is in use" if exc.errno in (98, 48) else f"cannot be bound ({exc.strerror or exc})"
+                raise FastCifarError(f"port {port} on {host} {why}: choose another with --{kind}-port") from None
+
+
+def library_path(current: str | None) -> str | None:
+    """LD_LIBRARY_PATH with this interpreter's own libpython directory first, so PyTriton's Python-backend stub
+    loads the library that matches this interpreter's standard library (see the module docstring)."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    library = sysconfig.get_config_var("LDLIBRARY")
+    if not libdir or not library or not (Path(libdir) / library).exists():
+        return current
+    parts = [p for p in (current or "").split(":") if p and p != libdir]
+    return ":".join([libdir, *parts])
+
+
+def model_parameters(predictor) -> dict:
+    """The config's `parameters`: fastcifar metadata under the exported repository's keys, and what serves it."""
+    from fastcifar.export.triton import metadata_parameters
+
+    spec = predictor.spec
+    meta = {key: spec[key] for key in META_KEYS if spec.get(key) is not None}
+    meta.update(class_names=list(predictor.class_names), input_size=predictor.input_size,
+                image_size=predictor.image_size, precision=predictor.precision, input_kind="raw",
+                served_by="fastcifar serve", backend=predictor.backend, device=str(predictor.device))
+    if spec.get("source_weights_sha256"):
+        meta["source_weights_sha256"] = spec["source_weights_sha256"]
+    return metadata_parameters(meta)
+
+
+def make_infer(predictor) -> Callable[[np.ndarray], np.ndarray]:
+    """pixels (N, S, S, 3) uint8 -> logits (N, classes) float32; a batch the predictor refuses raises PyTriton's
+    bad-parameter error, which Triton returns to that request alone."""
+    from pytriton.exceptions import PyTritonBadParameterError
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        try:
+            return predictor.logits(pixels)
+        except FastCifarError as exc:
+            raise PyTritonBadParameterError(str(exc)) from None
+
+    return infer
+
+
+# ---------------------------------------------------------------------------------------------- serving
+
+
+def serve_model(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | None = None,
+                log: Callable[[str], None] = lambda message: None, stop_event: threading.Event | None = None,
+                install_signal_handlers: bool = True) -> ServerInfo:
+    """Load the model, start Triton, block until SIGINT/SIGTERM (or `stop_event`), stop everything. Returns the
+    ServerInfo it served with."""
+    from fastcifar.export.triton import MAX_QUEUE_DELAY_US
+    from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR
+    from fastcifar.serve.predictor import load_predictor
+
+    batch, DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = require_pytriton()
+    name = check_name(cfg.name or default_model_name(cfg.model))
+    if cfg.max_batch < 1:
+        raise FastCifarError(f"--max-batch must be >= 1, got {cfg.max_batch}")
+    delay = MAX_QUEUE_DELAY_US if cfg.queue_delay_us is None else int(cfg.queue_delay_us)
+    if delay < 0:
+        raise FastCifarError(f"--queue-delay-us must be >= 0, got {delay}")
+    ports = {"http": cfg.http_port, "grpc": cfg.grpc_port, "metrics": cfg.metrics_port}
+    check_ports(cfg.host, ports)
+
+    stop = stop_event or threading.Event()
+    previous = {}
+    if install_signal_handlers:  # before the slow parts: a SIGTERM during start-up still stops cleanly
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        log(f"loading {cfg.model}")
+        predictor = load_predictor(cfg.model, cfg.backend, cfg.device, precision=cfg.precision,
+                                   cache_dir=cfg.cache_dir or DEFAULT_CACHE_DIR)
+        size = predictor.input_size
+        started = time.perf_counter()
+        for n in sorted({1, min(cfg.max_batch, predictor.max_batch)}):  # compiles, allocates, tunes: before ready
+            predictor.logits(np.zeros((n, size, size, 3), np.uint8))
+        log(f"warmed up {predictor.backend} {predictor.precision} on {predictor.device} in "
+            f"{time.perf_counter() - started:.1f} s")
+        if stop.is_set():
+            raise KeyboardInterrupt
+        info = ServerInfo(name=name, host=cfg.host, ports=ports, backend=predictor.backend,
+                          precision=predictor.precision, device=str(predictor.device), max_batch=cfg.max_batch,
+                          queue_delay_us=delay, class_names=list(predictor.class_names), pid=os.getpid())
+        _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig)
+        return info
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfig, Tensor, Triton,
+         TritonConfig) -> None:
+    infer = make_infer(predictor)
+
+    @batch
+    def infer_batch(**inputs):
+        return {OUTPUT_NAME: infer(inputs[INPUT_NAME])}
+
+    size = predictor.input_size
+    # tritonserver's log goes to a file, not to our stdout (PyTriton prints it there otherwise, which would break
+    # --json); its tail is in the message when the server fails.
+    log_dir = Path(tempfile.mkdtemp(prefix="fastcifar-triton-"))
+    log_file = log_dir / "tritonserver.log"
+    config = TritonConfig(http_address=info.host, http_port=info.ports["http"], grpc_address=info.host,
+                          grpc_port=info.ports["grpc"], metrics_address=info.host,
+                          metrics_port=info.ports["metrics"], log_verbose=0, log_file=log_file,
+                          exit_timeout_secs=5, allow_gpu_metrics=_has_gpu())
+    triton = Triton(config=config)
+    preferred = [b for b in (8, 32, 64, 128, 256) if b <= info.max_batch]  # what the batcher aims for
+    triton.bind(model_name=info.name, infer_func=infer_batch,
+                inputs=[Tensor(name=INPUT_NAME, dtype=np.uint8, shape=(size, size, 3))],
+                outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(len(predictor.class_names),))],
+                config=ModelConfig(max_batch_size=info.max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=info.queue_delay_us,
+                                                          preferred_batch_size=preferred or None)),
+                strict=True)
+    _add_parameters(triton, info.name, model_parameters(predictor))
+    saved = os.environ.get("LD_LIBRARY_PATH")
+    try:
+        log(f"starting Triton on {info.host} (HTTP {info.ports['http']}, gRPC {info.ports['grpc']}, metrics "
+            f"{info.ports['metrics']})")
+        os.environ["LD_LIBRARY_PATH"] = library_path(saved) or ""  # tritonserver and its stub inherit it
+        try:
+            triton.run()
+        finally:
+            if saved is None:
+                os.environ.pop("LD_LIBRARY_PATH", None)
+            else:
+                os.environ["LD_LIBRARY_PATH"] = saved
+        if on_ready:
+            on_ready(info)
+        while not stop.wait(0.5):
+            if not triton.is_alive():
+                raise FastCifarError("the Triton server stopped unexpectedly; its log:\n" + _log_tail(log_file))
+    except KeyboardInterrupt:
+        pass
+    except FastCifarError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyTriton's start-up errors: one message with Triton's own log
+        raise FastCifarError(f"Triton did not start ({type(exc).__name__}: {exc}); its log:\n"
+                             + _log_tail(log_file)) from None
+    finally:
+        log("stopping Triton")
+        triton.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _add_parameters(triton, name: str, parameters: dict) -> None:
+    """Put the fastcifar metadata into the model config PyTriton generates. PyTriton has no public field for a
+    config's `parameters`; its generated config keeps them in `backend_parameters` (PyTriton 0.7), read before the
+    model is loaded."""
+    try:
+        model = next(m for m in triton._model_manager.models if m.model_name == name)
+        model._get_triton_model_config().backend_parameters.update(parameters)
+    except (AttributeError, StopIteration) as exc:  # another PyTriton: serve without the metadata, and say so
+        print(f"warning: this PyTriton's model config could not carry the class names ({exc}); clients get "
+              "indices", file=sys.stderr)
+
+
+def _has_gpu() -> bool:
+    """GPU metrics only where there is a GPU: without one, tritonserver prints "Failed to initialize NVML" on
+    stdout, where PyTriton passes it on (and it would break --json)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def ready_line(info: ServerInfo, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(info.to_dict())
+    urls = info.urls()
+    classes = ", ".join(info.class_names[:10]) + (" ..." if len(info.class_names) > 10 else "")
+    return (f"serving {info.name} ({info.backend} {info.precision} on {info.device}; max batch {info.max_batch}, "
+            f"queue delay {info.queue_delay_us} us; classes: {classes})\n"
+            f"  HTTP    {urls['http']}\n  gRPC    {urls['grpc']}\n  metrics {urls['metrics']}\n"
+            f"  try:    fastcifar predict IMAGE... --server {urls['http']} --model {info.name}\n"
+            f"Ctrl-C or SIGTERM (kill {info.pid}) stops the server.")

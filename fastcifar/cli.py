@@ -18,6 +18,7 @@ from fastcifar import __version__
 # The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
 from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, IF_NO_WEIGHTS, PRESET_NAMES,
                               ROBUSTNESS_SEVERITIES, SCHEDULES)
+from fastcifar.data.datasets import DATASETS
 from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
 from fastcifar.models import ARCHS, STEMS
@@ -55,8 +56,9 @@ class _Group(click.Group):
 def data_dir_option(func):
     return click.option(
         "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-        help="Directory holding cifar-10-batches-py/ (or the batch files, or cifar-10-python.tar.gz). "
-             "[default: $FASTCIFAR_DATA, else ~/.cache/fastcifar]")(func)
+        help="Directory holding CIFAR-10 (cifar-10-batches-py/, the batch files, or cifar-10-python.tar.gz), "
+             "CIFAR-100 (cifar-100-python/ or its archive) or your own images (train/<class>/*, optionally val/ "
+             "and test/). [default: $FASTCIFAR_DATA, else ~/.cache/fastcifar]")(func)
 
 
 def download_option(func):
@@ -195,18 +197,38 @@ def cli() -> None:
 
 @cli.command()
 @data_dir_option
+@click.option("--dataset", type=click.Choice(DATASETS), default="auto", show_default=True,
+              help="auto: an image folder when --data-dir holds train/<class>/, CIFAR-100 when it holds "
+                   "cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")
 @download_option
 @json_option
-def data(data_dir: Path | None, download: bool, as_json: bool) -> None:
-    """Find (or download) CIFAR-10, verify it and print split sizes, class counts and channel mean/std.
+def data(data_dir: Path | None, dataset: str, download: bool, as_json: bool) -> None:
+    """Find (or download) the dataset, verify it and print split sizes, class counts and channel mean/std; for an
+    image folder also the images' original sizes, where the test split comes from and what is skipped and why.
 
-    Example: fastcifar data --data-dir ../shared/cifar10 --json
+    \b
+    Examples:
+      fastcifar data --data-dir ../shared/cifar10 --json
+      fastcifar data --dataset cifar100 --data-dir ~/data
+      fastcifar data --data-dir ~/photos          # ~/photos/train/<class>/*.jpg (optionally val/, test/)
     """
-    from fastcifar.data.cifar import load_cifar10, split_stats
+    from fastcifar.data.cifar import split_stats
+    from fastcifar.data.datasets import load_dataset
 
-    dataset = load_cifar10(data_dir, download=download, progress=not as_json and sys.stderr.isatty())
-    stats = {"root": str(dataset.root), "class_names": list(dataset.class_names),
-             "train": split_stats(dataset.train), "test": split_stats(dataset.test)}
+    progress = not as_json and sys.stderr.isatty()
+    loaded = load_dataset(data_dir, dataset, download=download, progress=progress)
+    n = len(loaded.class_names)
+    info = loaded.info
+    stats = {"root": str(loaded.root), "dataset": info.get("dataset", "cifar10"),
+             "class_names": list(loaded.class_names), "train": split_stats(loaded.train, n),
+             "test": split_stats(loaded.test, n), "test_source": info.get("test_source"),
+             "skipped": info.get("skipped") or {}, "skipped_summary": info.get("skipped_summary"),
+             "notes": info.get("notes") or []}
+    if stats["dataset"] == "folder":
+        from fastcifar.data.folder import original_size_stats
+
+        stats.update(storage_size=info.get("storage_size"), cache=info.get("cache"),
+                     original_sizes=original_size_stats(loaded.root))
     if as_json:
         click.echo(json.dumps(stats))
         return
@@ -218,7 +240,8 @@ def _print_data_stats(stats: dict) -> None:
 
     from fastcifar.runtime import table_console
 
-    table = Table(title=f"CIFAR-10 in {stats['root']}")
+    titles = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "image folder"}
+    table = Table(title=f"{titles.get(stats['dataset'], stats['dataset'])} in {stats['root']}")
     table.add_column("class")
     table.add_column("train", justify="right")
     table.add_column("test", justify="right")
@@ -230,6 +253,15 @@ def _print_data_stats(stats: dict) -> None:
         table.add_row(f"{key} (R,G,B; 0-255)", *(", ".join(f"{v:.2f}" for v in stats[s][key])
                                                  for s in ("train", "test")))
     table_console().print(table)
+    if stats.get("original_sizes"):
+        sizes = stats["original_sizes"]
+        click.echo(f"original sizes: {sizes['count']} images, width {sizes['width']['min']}-{sizes['width']['max']} "
+                   f"(median {sizes['width']['median']}), height {sizes['height']['min']}-{sizes['height']['max']} "
+                   f"(median {sizes['height']['median']}); stored at {stats['storage_size']} px in {stats['cache']}")
+    if stats.get("test_source") and stats["dataset"] == "folder":
+        click.echo(f"test split: {stats['test_source']}")
+    for line in ([stats["skipped_summary"]] if stats.get("skipped_summary") else []) + list(stats.get("notes") or []):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -262,6 +294,9 @@ _TRAIN_OPTIONS = [
     (("--stem",), dict(type=click.Choice(STEMS),
                        help="cifar: 3x3/1 conv, no max-pool; imagenet: torchvision's 7x7/2 conv + max-pool.")),
     (("--image-size",), dict(type=int, help="Train/eval resolution (32-512; images are resized on the device).")),
+    (("--dataset",), dict(type=click.Choice(DATASETS),
+                          help="auto: an image folder when --data-dir holds train/<class>/ folders, CIFAR-100 when it "
+                               "holds cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")),
     (("--loader",), dict(type=click.Choice(LOADER_KINDS),
                          help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (the tensor loader "
                               "everywhere: the path measured on a GPU; DALI's GPU pipeline is not yet).")),

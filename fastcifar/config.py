@@ -38,6 +38,8 @@ class TrainConfig:
     image_size: int = 32
     # data
     data_dir: str | None = None
+    # auto | cifar10 | cifar100 | folder (fastcifar/data/datasets.py); auto: by what data_dir holds
+    dataset: str = "auto"
     download: bool = True
     loader: str = "auto"  # auto | dali | tensor
     val_fraction: float = 0.1
@@ -83,6 +85,7 @@ class TrainConfig:
     preset: str | None = None
 
     def __post_init__(self):
+        from fastcifar.data.datasets import DATASETS
         from fastcifar.data.loaders import LOADER_KINDS
         from fastcifar.models import ARCHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, STEMS
 
@@ -92,6 +95,7 @@ class TrainConfig:
             (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
              f"image size {self.image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"),
             (self.loader in LOADER_KINDS, f"unknown loader '{self.loader}' (choose from {', '.join(LOADER_KINDS)})"),
+            (self.dataset in DATASETS, f"unknown dataset '{self.dataset}' (choose from {', '.join(DATASETS)})"),
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (self.train_limit is None or self.train_limit >= 10, "--train-limit must be at least 10 images"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
@@ -130,7 +134,10 @@ class TrainConfig:
                 raise FastCifarError(message)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["dataset"] == "auto":  # configs and report names from before --dataset stay as they were
+            d.pop("dataset")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -154,6 +154,18 @@ def looks_like_run_dir(path: Path) -> bool:
     return Path(path).is_dir() and any((Path(path) / name).is_file() for name in (MODEL_FILE, MODEL_META, CONFIG_FILE))
 
 
+def recorded_meta(model_path: Path | str) -> dict:
+    """model.json beside `model_path` (a run directory or its model.safetensors), {} when there is none (an .onnx
+    or engine elsewhere): which dataset the run trained on (fastcifar/data/datasets.model_split reads it)."""
+    model_path = Path(model_path).expanduser()
+    folder = model_path if model_path.is_dir() else model_path.parent
+    try:
+        meta = json.loads((folder / MODEL_META).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def recorded_data_dirs(model_path: Path | str) -> list[Path]:
     """The data_dir a run recorded in model.json / config.json beside `model_path` (a run directory or its
     model.safetensors), if any: where export, evaluate, bench and the demo look for test images when no --data-dir

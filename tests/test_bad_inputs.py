@@ -159,7 +159,7 @@ def test_image_in_pillows_warning_band_is_read_without_a_raw_warning(tmp_path, m
     import numpy as np
     from PIL import Image
 
-    from fastcifar.serve.images import load_image
+    from fastcifar.data.images import load_image
 
     Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # 10,000 px: above the warning, below the refusal

@@ -74,7 +74,7 @@ def served(tmp_path_factory, synthetic_dir):
 
 
 def _expected(slots, path: Path) -> list[np.ndarray]:
-    from fastcifar.serve.images import load_image
+    from fastcifar.data.images import load_image
 
     return [s.predictor.predict(load_image(path, s.predictor.input_size)[None])[0] for s in slots]
 
@@ -128,7 +128,7 @@ def test_gallery_holds_real_test_pixels(tmp_path, synthetic_dir, monkeypatch):
     from fastcifar.serve import demo
     from fastcifar.data.cifar import find_batches_dir, load_class_names, load_split
     from fastcifar.errors import FastCifarError
-    from fastcifar.serve.images import load_image
+    from fastcifar.data.images import load_image
 
     examples = demo.cifar_examples(synthetic_dir, [], tmp_path / "gallery", per_class=2)
     root = find_batches_dir(synthetic_dir)

@@ -134,7 +134,7 @@ def _png_bytes() -> bytes:
 
 
 def test_find_images_walks_directories_and_reports_missing(tmp_path, pixels):
-    from fastcifar.serve.images import find_images
+    from fastcifar.data.images import find_images
 
     (tmp_path / "sub").mkdir()
     for name in ("b.png", "sub/a.jpg"):

@@ -472,13 +472,12 @@ def _row_from_result(model: str, spec: str, device: str, artifact: Path, result:
 
 
 def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
-    from fastcifar.data.cifar import load_split, locate_cifar
-
-    from fastcifar.rundir import recorded_data_dirs
+    from fastcifar.data.datasets import model_split
+    from fastcifar.rundir import recorded_data_dirs, recorded_meta
 
     recorded = [d for model in cfg.models for d in recorded_data_dirs(model)]  # where the runs were trained from
-    root = locate_cifar(cfg.data_dir, recorded, download=cfg.download)
-    test = load_split(root, "test")
+    meta = next((m for m in map(recorded_meta, cfg.models) if m), {})
+    test, root = model_split("test", cfg.data_dir, meta, recorded=recorded, download=cfg.download)
     n = len(test) if cfg.max_images is None else min(cfg.max_images, len(test))
     return test.images[:n], test.labels[:n], str(root)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +48,14 @@ class CifarSplit:
 
 @dataclass(frozen=True)
 class CifarData:
+    """Both splits of a dataset: CIFAR-10 here, CIFAR-100 and image folders in the same form (datasets.py)."""
+
     train: CifarSplit
     test: CifarSplit
     class_names: tuple[str, ...]
-    root: Path  # the directory holding the batch files
+    root: Path  # the directory holding the batch files (an image folder: the folder)
+    # what the run records about the data (datasets.load_dataset: kind, root, test split's source, skipped files)
+    info: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- unpickling
@@ -252,7 +256,7 @@ def load_cifar10(data_dir: Path | str | None = None, *, download: bool = True, u
 # ---------------------------------------------------------------------------------------------- statistics
 
 
-def split_stats(split: CifarSplit) -> dict:
+def split_stats(split: CifarSplit, num_classes: int = NUM_CLASSES) -> dict:
     """Count, per-class counts and per-channel mean/std on the 0-255 scale."""
     # Sums and sums of squares of uint8 values stay below 2**53, so float64 accumulates them exactly (in any
     # order); BLAS does the squares (x.T @ x) about 2x faster than elementwise numpy on 50k images.
@@ -263,12 +267,12 @@ def split_stats(split: CifarSplit) -> dict:
         chunk = split.images[start:start + 1000].reshape(-1, 3).astype(np.float64)
         total += chunk.sum(0)
         total_sq += np.diag(chunk.T @ chunk)
-    pixels = max(n * 32 * 32, 1)
+    pixels = max(n * split.images.shape[1] * split.images.shape[2], 1) if n else 1
     mean = total / pixels
     std = np.sqrt(np.maximum(total_sq / pixels - mean ** 2, 0.0))
     return {
         "count": int(n),
-        "per_class": np.bincount(split.labels, minlength=NUM_CLASSES).astype(int).tolist(),
+        "per_class": np.bincount(split.labels, minlength=num_classes).astype(int).tolist(),
         "mean": [round(float(m), 4) for m in mean],
         "std": [round(float(s), 4) for s in std],
     }

@@ -146,26 +146,28 @@ def _offline_error(url: str, dest: Path, reason: str) -> DataError:
                      f"directory holding {BATCHES_DIR}/.")
 
 
-def _member_file_name(member: tarfile.TarInfo, archive: Path) -> str | None:
+def _member_file_name(member: tarfile.TarInfo, archive: Path, top: str = BATCHES_DIR) -> str | None:
     """The file name to extract `member` to, None to skip it (the top directory); refuses anything unsafe."""
     parts = PurePosixPath(member.name).parts
-    if member.isdir() and parts == (BATCHES_DIR,):
+    if member.isdir() and parts == (top,):
         return None
     unsafe = (member.name.startswith("/") or "\\" in member.name or ".." in parts
-              or len(parts) != 2 or parts[0] != BATCHES_DIR or not member.isfile())
+              or len(parts) != 2 or parts[0] != top or not member.isfile())
     if unsafe:
         raise DataError(f"{archive} contains an unexpected entry '{member.name}'; refusing to extract it. "
                         "Delete the archive and download the official one.")
     return parts[1]
 
 
-def extract_archive(archive: Path, data_dir: Path) -> Path:
-    """Extract the official archive's batches safely into `data_dir/cifar-10-batches-py` (atomically).
+def extract_archive(archive: Path, data_dir: Path, *, top: str = BATCHES_DIR,
+                    required: str = TRAIN_FILES[0]) -> Path:
+    """Extract the official archive's batches safely into `data_dir/<top>` (atomically): `cifar-10-batches-py`,
+    or CIFAR-100's `cifar-100-python` (fastcifar/data/cifar100.py), which must hold `required`.
 
-    Only regular files directly inside `cifar-10-batches-py/` are extracted: absolute paths, `..`, links and
-    devices are refused, so a hostile archive cannot write outside the target.
+    Only regular files directly inside `<top>/` are extracted: absolute paths, `..`, links and devices are
+    refused, so a hostile archive cannot write outside the target.
     """
-    target = data_dir / BATCHES_DIR
+    target = data_dir / top
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
     except OSError as exc:
@@ -173,13 +175,13 @@ def extract_archive(archive: Path, data_dir: Path) -> Path:
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:  # streamed: one pass over the gzip stream
-                name = _member_file_name(member, archive)
+                name = _member_file_name(member, archive, top)
                 if name is None:
                     continue
                 with tar.extractfile(member) as source, open(tmp / name, "wb") as out:
                     shutil.copyfileobj(source, out)
-        if not (tmp / TRAIN_FILES[0]).exists():
-            raise DataError(f"{archive} has no {BATCHES_DIR}/{TRAIN_FILES[0]}")
+        if not (tmp / required).exists():
+            raise DataError(f"{archive} has no {top}/{required}")
         _move_into(tmp, target)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"{archive} is not a readable tar.gz archive ({exc}). Delete it and download "

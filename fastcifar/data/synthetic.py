@@ -95,6 +95,36 @@ def write_synthetic_archive(path: Path | str, **kwargs) -> Path:
     return path
 
 
+def write_synthetic_cifar100_archive(path: Path | str, *, n_train: int = 400, n_test: int = 200, seed: int = 0,
+                                     protocol: int = 2) -> Path:
+    """A `cifar-100-python.tar.gz` in the official layout (`cifar-100-python/{train,test,meta}`: dicts with
+    `data` (N,3072) uint8 rows, `fine_labels`, `coarse_labels`, `filenames`; meta with `fine_label_names` and
+    `coarse_label_names`). Learnable at the coarse level: fine class c is drawn like CIFAR-10 class c % 10 here,
+    so a model can tell the ten colour groups apart (above the 1 % chance of 100 classes), not the classes
+    within one."""
+    import tempfile
+
+    rng = np.random.default_rng(seed)
+    fine_names = [f"class_{i:02d}" for i in range(100)]
+    coarse_names = [f"superclass_{i:02d}" for i in range(20)]
+
+    def split(n: int, name: str) -> dict:
+        labels = rng.permutation(np.arange(n) % 100)
+        rows = make_images(labels % 10, rng).transpose(0, 3, 1, 2).reshape(n, 3072)
+        return {"filenames": [f"{name}_{i}.png".encode() for i in range(n)], "batch_label": name.encode(),
+                "fine_labels": [int(v) for v in labels], "coarse_labels": [int(v) // 5 for v in labels],
+                "data": np.ascontiguousarray(rows)}
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(path, "w:gz") as tar:
+        for name, obj in (("train", split(n_train, "training")), ("test", split(n_test, "testing")),
+                          ("meta", {"fine_label_names": fine_names, "coarse_label_names": coarse_names})):
+            file = Path(tmp) / name
+            file.write_bytes(pickle.dumps(obj, protocol=protocol))
+            tar.add(file, arcname=f"cifar-100-python/{name}")
+    return path
+
+
 def malicious_pickle(command_marker: Path) -> bytes:
     """A pickle that runs `touch command_marker` when loaded by a plain `pickle.load` (for tests)."""
 
@@ -105,4 +135,5 @@ def malicious_pickle(command_marker: Path) -> bytes:
     return pickle.dumps({"data": _Exploit(), "labels": [0]}, protocol=2)
 
 
-__all__ = ["make_images", "synthetic_arrays", "write_synthetic_cifar", "write_synthetic_archive", "malicious_pickle"]
+__all__ = ["make_images", "synthetic_arrays", "write_synthetic_cifar", "write_synthetic_archive",
+           "write_synthetic_cifar100_archive", "malicious_pickle"]

@@ -70,25 +70,22 @@ def parity_metrics(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray
     return out
 
 
-def find_data(data_dir: Path | str | None, model_meta: dict, why: str = PARITY_NEEDS_DATA) -> Path:
-    """The batches directory of `data_dir`, else of the run's recorded data dir, else of the default one.
-
-    Never downloads: an export should not fetch 160 MB behind the user's back.
-    """
-    from fastcifar.data.cifar import locate_cifar
+def load_split_for(split: str, data_dir: Path | str | None, model_meta: dict,
+                   why: str = PARITY_NEEDS_DATA) -> tuple:
+    """(split, its root) of the dataset the run was trained on (fastcifar/data/datasets.model_split), from
+    `data_dir`, else the run's recorded data dir, else the default one. Never downloads: an export should not fetch
+    160 MB behind the user's back. For CIFAR-10 only the split's own batches are read."""
+    from fastcifar.data.datasets import model_split
 
     try:
-        return locate_cifar(data_dir, [model_meta.get("data_dir")])
+        return model_split(split, data_dir, model_meta, class_names=model_meta.get("class_names"))
     except DataError as exc:
         raise FastCifarError(f"{exc} {why}") from None
 
 
 def load_test_split(data_dir: Path | str | None, model_meta: dict):
-    """(test split, its directory): only the test batch is read, not the 150 MB of training batches."""
-    from fastcifar.data.cifar import load_split
-
-    root = find_data(data_dir, model_meta)
-    return load_split(root, "test"), root
+    """(test split, its root)."""
+    return load_split_for("test", data_dir, model_meta)
 
 
 def make_ort_session(path_or_bytes, providers: list | None = None):

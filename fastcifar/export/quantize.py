@@ -100,7 +100,6 @@ def quantize_int8(onnx_path: Path | str, model_path: Path | str, *, n_images: in
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from fastcifar.data.cifar import load_split
     from fastcifar.export import onnx as ox
     from fastcifar.export import parity
     from fastcifar.models import load_model
@@ -112,8 +111,9 @@ def quantize_int8(onnx_path: Path | str, model_path: Path | str, *, n_images: in
         raise FastCifarError(f"INT8 calibration starts from an fp32 export; {onnx_path.name} is {meta['precision']} "
                              "(export with --precision fp32)")
     _, spec, model_meta = load_model(model_path)
-    root = parity.find_data(data_dir, model_meta, "INT8 calibration needs the training images: pass --data-dir DIR.")
-    images = calibration_images(load_split(root, "train"), n_images, seed)
+    train, root = parity.load_split_for("train", data_dir, model_meta,
+                                        "INT8 calibration needs the training images: pass --data-dir DIR.")
+    images = calibration_images(train, n_images, seed)
     out_path = Path(out_path) if out_path else onnx_path.with_name(
         ox.onnx_file_name(meta["source_run"] or onnx_path.stem, "int8", meta["input_kind"]))
     ox.refuse_foreign_file(out_path, meta.get("source_weights_sha256"))  # never another model's INT8 file
@@ -139,7 +139,7 @@ def quantize_int8(onnx_path: Path | str, model_path: Path | str, *, n_images: in
                              metadata=decode_metadata(props), size_bytes=out_path.stat().st_size)
     if verify:
         result.parity = parity.verify_onnx(out_path, model_path, data_dir, max_images=max_images,
-                                           test=(load_split(root, "test"), root))
+                                           test=parity.load_split_for("test", root, model_meta))
         result.parity_path = parity.write_parity(out_path, result.parity)
     result.seconds = round(time.perf_counter() - start, 2)
     if result.parity is not None:

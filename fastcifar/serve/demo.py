@@ -7,7 +7,7 @@ Each model is named by what its metadata and its compare report record (`slot_ti
 Owns: loading and warming the two models before anything is served (`load_models`), comparing them on one
 image (`compare_image` -> per-model probabilities, latency and an agree/disagree verdict), the example gallery
 (real CIFAR-10 test images upscaled for display, plus the user's own images), the page (`build_app`) and
-serving it (`serve`). Decoding and validating an image is `fastcifar.serve.images.load_image`'s job; this
+serving it (`serve`). Decoding and validating an image is `fastcifar.data.images.load_image`'s job; this
 module only turns its `FastCifarError` into a message in the page, so a bad upload never stops the server.
 
 The original study needed two upload boxes because its Gradio version could not feed one input to two models;
@@ -227,7 +227,7 @@ def mislabel_note(slot: Slot) -> str | None:
 
 def compare_image(slots: Sequence[Slot], image: Any) -> list[Prediction]:
     """Run every slot on `image` (path, bytes or PIL image); `load_image` raises FastCifarError for bad input."""
-    from fastcifar.serve.images import load_image
+    from fastcifar.data.images import load_image
 
     pixels_by_size: dict[int, np.ndarray] = {}  # decode once per input size, not once per model
     results = []
@@ -272,9 +272,21 @@ def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: 
     from PIL import Image
 
     from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
-    from fastcifar.rundir import recorded_data_dirs
+    from fastcifar.rundir import recorded_data_dirs, recorded_meta
 
     recorded = [d for p in model_paths for d in recorded_data_dirs(p)]
+    meta = next((m for m in map(recorded_meta, model_paths) if m), {})
+    if meta.get("dataset", "cifar10") != "cifar10":  # CIFAR-100 or an image folder: its own test images
+        from fastcifar.data.datasets import model_split
+
+        try:
+            test, _ = model_split("test", data_dir, meta, recorded=recorded)
+        except FastCifarError as exc:
+            if data_dir is not None:
+                raise
+            log.warning("the models' %s test images are unusable for the gallery: %s", meta["dataset"], exc)
+            return []
+        return _gallery(test, tuple(meta.get("class_names") or ()), meta["dataset"], out_dir, per_class)
     try:
         root = locate_cifar(data_dir, recorded, required=data_dir is not None)
     except FastCifarError as exc:
@@ -291,11 +303,18 @@ def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: 
             raise
         log.warning("CIFAR-10 in %s is unusable for the gallery: %s", root, exc)
         return []
+    return _gallery(test, names, "cifar10", out_dir, per_class)
+
+
+def _gallery(test, names, dataset: str, out_dir: Path, per_class: int) -> list[tuple[str, str]]:
+    from PIL import Image
+
     out_dir.mkdir(parents=True, exist_ok=True)
     examples = []
     for cls, name in enumerate(names):
         for index in np.flatnonzero(test.labels == cls)[:per_class]:
-            path = out_dir / f"cifar10-test-{index:05d}-{name}.png"
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+            path = out_dir / f"{dataset}-test-{index:05d}-{safe}.png"
             Image.fromarray(test.images[index]).save(path)
             examples.append((str(path), f"{name} #{index}"))
     return examples

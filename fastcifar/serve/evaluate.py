@@ -26,8 +26,8 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
     A model that cannot be loaded is one message with exit code 2; so are bad corruption options (parsed by the
     caller with fastcifar.robustness.parse_corruptions / parse_severities).
     """
-    from fastcifar.data.cifar import load_split, locate_cifar
-    from fastcifar.rundir import recorded_data_dirs
+    from fastcifar.data.datasets import model_split
+    from fastcifar.rundir import recorded_data_dirs, recorded_meta
     from fastcifar.robustness import evaluate_logits
     from fastcifar.serve.predictor import load_predictor
 
@@ -37,9 +37,10 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
         predictor = load_predictor(model, backend, device, precision=precision)
     except FastCifarError as exc:
         raise FastCifarError(str(exc), exit_code=2) from None
-    root = locate_cifar(data_dir, recorded_data_dirs(model), no_download="evaluate reads CIFAR-10's test split but "
-                        "never downloads it (fastcifar data --data-dir DIR does)")
-    test = load_split(root, "test")
+    test, root = model_split("test", data_dir, recorded_meta(model), recorded=recorded_data_dirs(model),
+                             class_names=predictor.class_names,
+                             no_download="evaluate reads the test split but never downloads it (fastcifar data "
+                                         "--data-dir DIR does)")
     n = len(test) if max_images is None else min(max_images, len(test))
     if plots is not None:
         plots = make_dir(plots, "--plots")

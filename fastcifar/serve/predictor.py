@@ -10,7 +10,7 @@ here (`backend_unavailable`) and `predict_files`. The backends, each in its own 
 tensorrt); a run directory given to onnxruntime/tensorrt is exported on the fly into the artifact cache
 (artifacts.py). Preprocessing (resize to the model's image size, mean/std) always comes from the model's own
 metadata (model.json, the ONNX metadata_props or the engine sidecar) and never from the caller.
-`Predictor` (base.py) and `load_image` (images.py) are re-exported here.
+`Predictor` (base.py) and `load_image` (fastcifar/data/images.py) are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastcifar.precision import SERVING_PRECISIONS, default_precision
 from fastcifar.serve.artifacts import (BACKEND_ARTIFACT, DEFAULT_BACKEND, DEFAULT_CACHE_DIR, artifact_kind,
                                        ensure_artifact)
 from fastcifar.serve.base import Predictor  # noqa: F401 - part of this module's API
-from fastcifar.serve.images import find_images, load_image  # noqa: F401 - load_image is part of this module's API
+from fastcifar.data.images import find_images, load_image  # noqa: F401 - load_image is part of this module's API
 
 BACKENDS = tuple(BACKEND_ARTIFACT)
 

@@ -238,12 +238,12 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     `on_epoch_end(run_name, epoch, metrics)` is called after each epoch of each run (raising KeyboardInterrupt
     there stops the compare resumably). `command` is recorded in env.json (default: sys.argv).
     """
-    from fastcifar.data.cifar import load_cifar10
+    from fastcifar.data.datasets import load_dataset
     from fastcifar.runtime import env_info
 
     started = time.perf_counter()
     out = check_report_dir(cfg)
-    dataset = load_cifar10(cfg.base.data_dir, download=cfg.base.download, progress=progress)
+    dataset = load_dataset(cfg.base.data_dir, cfg.base.dataset, download=cfg.base.download, progress=progress)
     n_available = len(dataset.train)
     plan_runs(cfg, n_available, "random")  # bad fractions fail here, before anything is written
     source = resolve_pretrained(cfg, out)
@@ -279,11 +279,19 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     wall = {"seconds": time.perf_counter() - started, "trained": counts["new"] + counts["interrupted"],
             "reused": counts["finished"]}
-    results = collect(cfg, source, runs, env, lr_record, wall)
+    results = collect(cfg, source, runs, env, lr_record, wall, dataset=dataset_record(dataset))
     files = report.write_report(out, results)
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
 
 
+
+
+def dataset_record(dataset) -> dict:
+    """What the report says about the data: which dataset, where, its classes and test split, what was skipped."""
+    info = dataset.info
+    return {"kind": info.get("dataset", "cifar10"), "root": str(dataset.root), "class_names": list(dataset.class_names),
+            "n_train": len(dataset.train), "n_test": len(dataset.test), "test_source": info.get("test_source"),
+            "skipped_summary": info.get("skipped_summary"), "notes": list(info.get("notes") or [])}
 
 
 def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], None],

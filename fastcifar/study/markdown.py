@@ -3,6 +3,8 @@ lr choice), the conclusion, how to read it, and the runs - from the results dict
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastcifar.config import COMPARE_INITS, MIN_STEPS_PER_EPOCH
 from fastcifar.study.plots import PLOT_ALTS, plot_files
 from fastcifar.study.results import ORIGINAL_STUDY, caveats, fraction_label
@@ -131,6 +133,28 @@ def _software_lines(sw: dict | None) -> list[str]:
     return [f"Code: {code}. Libraries: {libs}.", ""]
 
 
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def dataset_title(dataset: dict | None) -> str:
+    """'CIFAR-10' (also for reports from before datasets were recorded), 'CIFAR-100', or the image folder's name."""
+    if not dataset:
+        return "CIFAR-10"
+    return DATASET_TITLES.get(dataset["kind"], f"the image folder '{Path(dataset['root']).name}'")
+
+
+def _dataset_lines(dataset: dict | None) -> list[str]:
+    if not dataset or dataset["kind"] == "cifar10":
+        return []
+    names = dataset["class_names"]
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+    line = (f"**Data:** {dataset_title(dataset)} at `{dataset['root']}`: {dataset['n_train']:,} training and "
+            f"{dataset['n_test']:,} test images, {len(names)} classes ({shown}); test split: {dataset['test_source']}.")
+    extra = [dataset["skipped_summary"]] if dataset.get("skipped_summary") else []
+    extra += list(dataset.get("notes") or [])
+    return [line + (" " + "; ".join(extra) + "." if extra else ""), ""]
+
+
 def render_markdown(results: dict) -> str:
     cfg, base = results["config"], results["config"]["base"]
     runs = "\n".join(f"| `{r['run_dir']}` | {r['setting']} | {r['lr']:g} | {100 * r['test_acc']:.2f} | "
@@ -142,8 +166,10 @@ def render_markdown(results: dict) -> str:
     settings = "; ".join(s["label"] for s in results["sections"])
     names = plot_files([s["setting"] for s in results["sections"]])
     return "\n".join([
-        f"# ImageNet-pretrained vs random init: {base['arch']} on CIFAR-10 ({base['preset']} preset)", "",
+        f"# ImageNet-pretrained vs random init: {base['arch']} on {dataset_title(results.get('dataset'))} "
+        f"({base['preset']} preset)", "",
         f"Made {results['created']} on {results['machine']}. Command: `{results['command']}`", "",
+        *_dataset_lines(results.get("dataset")),
         *_software_lines(results.get("software")),
         f"**Pretrained arm:** {results['pretrained']['label']}. **Setting(s):** {settings}. **Recipe:** "
         f"{base['arch']}, {base['epochs']} epochs, SGD Nesterov, {lr} (batch {base['batch_size']}), "

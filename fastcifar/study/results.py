@@ -140,11 +140,12 @@ def setting_label(setting: str) -> str:
 
 
 def collect(cfg, source: dict, runs: list, env: dict, lr_selection: dict | None = None,
-            wall: dict | None = None) -> dict:
+            wall: dict | None = None, dataset: dict | None = None) -> dict:
     """Every number of the report, read from the finished run directories of `runs`; `wall`: the compare
-    command's own wall seconds and how many runs it trained vs reused."""
+    command's own wall seconds and how many runs it trained vs reused; `dataset`: compare.dataset_record."""
     results = summarize(cfg.to_dict(), source, [_run_record(run, Path(cfg.out)) for run in runs], env, lr_selection)
     results["wall"] = wall
+    results["dataset"] = dataset
     return results
 
 

@@ -30,14 +30,16 @@ def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo) -
     return run_dir, create_run_dir(run_dir) if dist.is_main else None
 
 
-def build_model(cfg: TrainConfig, device):
+def build_model(cfg: TrainConfig, device, class_names=None):
+    """The model for `class_names` (the dataset's; None: CIFAR-10's ten)."""
     import torch
 
     from fastcifar.models import create_model
 
     torch.manual_seed(cfg.seed)  # same seed -> same random init on every rank
+    names = {} if class_names is None else {"num_classes": len(class_names), "class_names": tuple(class_names)}
     model, spec = create_model(cfg.arch, cfg.init, cfg.stem, image_size=cfg.image_size,
-                               zero_init_residual=cfg.zero_init_residual)
+                               zero_init_residual=cfg.zero_init_residual, **names)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     return model.to(device=device, memory_format=memory_format), spec
 
@@ -54,6 +56,7 @@ class TrainData:
     root: Path
     kind: str
     train_images: object  # the training split's uint8 NHWC pixels on the host (the whitened stem is fitted on them)
+    info: dict  # the dataset (fastcifar/data/datasets.py): kind, root, test split's source, skipped files
 
 
 def split_train_val(n: int, val_fraction: float, seed: int):
@@ -65,15 +68,21 @@ def split_train_val(n: int, val_fraction: float, seed: int):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def load_data(cfg: TrainConfig, dist: DistInfo):
+    """The dataset `cfg` names (`--dataset`, default auto: CIFAR-10, CIFAR-100 or an image folder by what
+    --data-dir holds), both splits, as CifarData."""
+    from fastcifar.data.datasets import load_dataset
+
+    return load_dataset(cfg.data_dir, cfg.dataset, download=cfg.download, progress=dist.is_main)
+
+
 def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> TrainData:
-    """Load CIFAR-10 (or take `dataset`, a loaded `CifarData`: a sweep of many runs reads the files once), apply
+    """Load the dataset (or take `dataset`, a loaded `CifarData`: a sweep of many runs reads the files once), apply
     --train-limit and the validation split, and build the three loaders."""
-    from fastcifar.data.cifar import load_cifar10
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.plan import LoaderOptions
 
-    data = dataset if dataset is not None else load_cifar10(cfg.data_dir, download=cfg.download,
-                                                            progress=dist.is_main)
+    data = dataset if dataset is not None else load_data(cfg, dist)
     images, labels = data.train.images, data.train.labels
     if cfg.train_limit is not None:
         images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
@@ -97,7 +106,8 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> 
     kind = type(train_loader).__name__.replace("Loader", "").lower()
     return TrainData(train=train_loader, val=val_loader, test=test_loader, train_options=train_opts,
                      n_train=len(train_idx), n_val=len(val_idx), n_test=len(data.test), root=data.root.resolve(),
-                     kind=kind, train_images=train_images)
+                     kind=kind, train_images=train_images,
+                     info=dict(data.info) or {"dataset": "cifar10", "root": str(data.root)})
 
 
 def apply_levers(model, spec, cfg: TrainConfig, train_images) -> list[str]:

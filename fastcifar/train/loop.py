@@ -76,8 +76,10 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
         torch.backends.cudnn.benchmark = True
     init_distributed(dist, device)
     try:
-        # The model first: a bad --init fails before anything is created; then the directory, then the data.
-        model, spec = build.build_model(cfg, device)
+        # The dataset, then the model (its classes are the dataset's; a bad --init fails before anything is
+        # created), then the directory, then the loaders.
+        dataset = dataset if dataset is not None else build.load_data(cfg, dist)
+        model, spec = build.build_model(cfg, device, dataset.class_names)
         run_dir, created = build.prepare_run_dir(cfg, resume_dir, dist)
         try:
             data = build.build_data(cfg, spec, dist, device, dataset=dataset)
@@ -145,8 +147,7 @@ class _Loop:
         if dist.is_main:
             from fastcifar.train.records import RunRecords
 
-            self.records = RunRecords(cfg, run_dir, spec, {"data_dir": str(data.root), "run_name": run_dir.name},
-                                      start_epoch)
+            self.records = RunRecords(cfg, run_dir, spec, dataset_extra(data, run_dir), start_epoch)
         self.autocast = autocast_factory(cfg.precision, device)
         if cfg.compile:
             model.compile(mode=cfg.compile_mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
@@ -308,6 +309,7 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
         "per_class_test_acc": [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(len(confusion))],
         "confusion": confusion.tolist(), "class_names": list(spec.class_names),
         "n_train": loop.data.n_train, "n_val": loop.data.n_val, "n_test": loop.data.n_test,
+        "dataset": loop.data.info.get("dataset", "cifar10"), "dataset_skipped": loop.data.info.get("skipped_summary"),
         "arch": cfg.arch, "init": spec.init, "stem": cfg.stem, "image_size": cfg.image_size, "seed": cfg.seed,
         "precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
         "device": str(loop.device), "loader": loop.data.kind, "world_size": dist.world_size,
@@ -318,11 +320,20 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
         "warnings": [w for h in history if (w := divergence_warning(h, cfg, len(loop.data.train),
                                                                      loop.num_classes))],
     }
-    save_model(loop.eval_model(), spec, loop.run_dir, metrics=metrics,
-               extra={"data_dir": str(loop.data.root), "run_name": loop.run_dir.name})
+    save_model(loop.eval_model(), spec, loop.run_dir, metrics=metrics, extra=dataset_extra(loop.data, loop.run_dir))
     write_json(loop.run_dir / SUMMARY_FILE, summary)
     loop.records.finish(summary, confusion)
     return summary
+
+
+def dataset_extra(data, run_dir: Path) -> dict:
+    """What model.json records about the data: where it is, which dataset (the verbs that read a model's test split
+    later read the same one: fastcifar/data/datasets.model_split), and the run's name."""
+    info = data.info
+    extra = {"data_dir": str(data.root), "run_name": run_dir.name}
+    if info.get("dataset", "cifar10") != "cifar10":  # CIFAR-10 runs keep the model.json they always had
+        extra.update(dataset=info["dataset"], dataset_info={k: v for k, v in info.items() if k != "class_names"})
+    return extra
 
 
 def write_env(run_dir: Path, device) -> None:

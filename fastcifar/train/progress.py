@@ -53,6 +53,12 @@ class EpochProgress:
             f"{data.kind} loader, {data.n_train:,} training / {data.n_val:,} val / {data.n_test:,} test images, "
             f"{len(data.train)} batches of {cfg.batch_size} per epoch, lr {cfg.lr:g}, epochs "
             f"{start_epoch + 1}-{cfg.epochs} -> {run_dir}", markup=False)
+        info = data.info
+        if info.get("dataset", "cifar10") != "cifar10":
+            self.console.print(f"data: {info['dataset']} at {info.get('root')}, {len(info.get('class_names') or [])} "
+                               f"classes, test split: {info.get('test_source')}"
+                               + (f"; {info['skipped_summary']}" if info.get("skipped_summary") else "")
+                               + "".join(f"; {note}" for note in info.get("notes") or []), markup=False)
         if levers:
             self.console.print("levers: " + "; ".join(levers), markup=False)
 

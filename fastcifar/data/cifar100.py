@@ -1,0 +1,98 @@
+"""CIFAR-100: find, download (the official python archive, md5-verified), safely unpickle, load.
+
+Owns `load_cifar100(data_dir)` -> `CifarData` with the 100 fine labels and their names from the archive's `meta`
+file. The same machinery as CIFAR-10 (fastcifar/data/cifar.py, download.py): resumable download to `.part`,
+renamed only once the md5 matches; traversal-safe extraction of `cifar-100-python/`; every pickle through the
+restricted unpickler.
+
+Layouts accepted in a data directory (first match wins):
+  <dir>/cifar-100-python/{train,test,meta}   (the extracted official archive)
+  <dir>/{train,test,meta}                     (its files themselves)
+  <dir>/cifar-100-python.tar.gz               (the official archive, verified + extracted)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastcifar.data.cifar import CifarData, CifarSplit, _read_pickle, default_data_dir
+from fastcifar.errors import DataError
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_FILES = ("train", "test", "meta")
+NUM_FINE = 100
+
+
+def find_cifar100_dir(data_dir: Path) -> Path | None:
+    for candidate in (data_dir / CIFAR100_DIR, data_dir):
+        if (candidate / "meta").is_file() and ((candidate / "train").is_file() or (candidate / "test").is_file()):
+            return candidate
+    return None
+
+
+def ensure_cifar100(data_dir: Path | str, *, download: bool = True, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5,
+                    progress: bool = True) -> Path:
+    """The directory holding CIFAR-100's files under `data_dir`, extracting or downloading the archive if needed."""
+    from fastcifar.data.download import download_archive, extract_archive, md5sum
+
+    data_dir = Path(data_dir).expanduser()
+    found = find_cifar100_dir(data_dir)
+    if found is not None:
+        return found
+    archive = data_dir / CIFAR100_ARCHIVE
+    if not archive.exists():
+        if not download:
+            raise DataError(f"CIFAR-100 not found in {data_dir}; downloading is off (--no-download). Point "
+                            f"--data-dir at a directory holding {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}.")
+        download_archive(url, archive, md5=md5, progress=progress)
+    elif md5sum(archive) != md5:
+        raise DataError(f"{archive} has md5 {md5sum(archive)}, expected {md5}: the archive is corrupt or not the "
+                        "official one. Delete it and download again.")
+    extract_archive(archive, data_dir, top=CIFAR100_DIR, required="meta")
+    found = find_cifar100_dir(data_dir)
+    if found is None:
+        raise DataError(f"{archive} did not contain {CIFAR100_DIR}/ with train, test and meta")
+    return found
+
+
+def load_fine_names(root: Path) -> tuple[str, ...]:
+    meta = _read_pickle(root / "meta")
+    names = meta.get("fine_label_names")
+    if not isinstance(names, list) or len(names) != NUM_FINE:
+        raise DataError(f"{root / 'meta'}: 'fine_label_names' must be a list of {NUM_FINE} names")
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def load_cifar100_split(root: Path, split: str) -> CifarSplit:
+    path = root / split
+    if not path.is_file():
+        raise DataError(f"CIFAR-100 in {root} is incomplete: missing {split}. Delete the directory and download "
+                        "again.")
+    batch = _read_pickle(path)
+    data, labels = batch.get("data"), batch.get("fine_labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found "
+                        f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', None)}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        labels = None
+    if labels is None or labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: 'fine_labels' must be one integer per image")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_FINE):
+        raise DataError(f"{path}: fine labels must lie in 0..{NUM_FINE - 1}, found {labels.min()}..{labels.max()}")
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return CifarSplit(images=images, labels=labels)
+
+
+def load_cifar100(data_dir: Path | str | None = None, *, download: bool = True, url: str = CIFAR100_URL,
+                  md5: str = CIFAR100_MD5, progress: bool = True) -> CifarData:
+    root = ensure_cifar100(Path(data_dir) if data_dir is not None else default_data_dir(), download=download,
+                           url=url, md5=md5, progress=progress)
+    return CifarData(train=load_cifar100_split(root, "train"), test=load_cifar100_split(root, "test"),
+                     class_names=load_fine_names(root), root=root)

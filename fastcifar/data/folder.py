@@ -1,0 +1,314 @@
+"""A folder of images per class as a dataset: `train/CLASS/*` (optionally `val/`, `test/`), decoded once into a
+uint8 cache the loaders read like CIFAR.
+
+Owns scanning the folder, deciding what every bad file is (once, for every loader), decoding in parallel with a
+progress bar, the cache, and the held-out test split:
+- layout: `DIR/train/<class>/<images>`; `DIR/test/<class>/...` is the test split, else `DIR/val/<class>/...`, else
+  a fixed, stratified split of train/ (seed 0, `HELD_OUT_FRACTION` of each class with at least 2 images) that is
+  recorded in the dataset info every run keeps. With both val/ and test/, val/ is not read (fastcifar holds its
+  validation images out of the training split itself: --val-fraction) and the info says so.
+- classes: train/'s sub-folders, sorted; their names travel into model.json, the ONNX metadata, the engine
+  sidecar, the Triton config and the report.
+- pixels: every image goes through fastcifar/data/images.py's `load_image`, the conversion `predict` uses (first
+  frame, EXIF orientation, transparency over white, 16-bit/CMYK/palette/greyscale to RGB, the largest centred
+  square resized to `size`), so training, evaluation and serving see the same pixels. `size` is the storage size
+  (default 32: the CIFAR models' native input).
+- bad data, decided here: non-image files (by suffix), unreadable, corrupt or truncated images, decompression
+  bombs, and symlinks that leave the folder are skipped and counted in one summary line (`DatasetInfo.skipped`);
+  an empty class folder, a test/val class missing from train/, no train/ at all, or nothing readable are refused
+  with one error naming the folder. A class with a single image stays in training (nothing is held out of it) and
+  the summary says so.
+- cache: `<cache_dir>/<folder name>-<key>.npz` (default `~/.cache/fastcifar/folders`, never inside the data folder),
+  keyed by every file's relative path, size and modification time and the storage size: a changed folder is
+  decoded again, an unchanged one is not. Written atomically, read with allow_pickle=False.
+Nothing is ever written into the data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fastcifar.data.cifar import CifarData, CifarSplit
+from fastcifar.errors import DataError, FastCifarError
+
+SPLITS = ("train", "val", "test")
+HELD_OUT_FRACTION = 0.2  # of each class, when the folder has neither test/ nor val/
+HELD_OUT_SEED = 0  # fixed: every run on the folder shares one test split
+DEFAULT_STORAGE_SIZE = 32
+CACHE_VERSION = 1  # bump when the decoding changes: old caches are then decoded again
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FASTCIFAR_CACHE")
+    return Path(env).expanduser() / "folders" if env else Path.home() / ".cache" / "fastcifar" / "folders"
+
+
+def is_image_folder(data_dir: Path | str) -> bool:
+    """True when `data_dir` holds train/ with at least one sub-folder (the layout this module reads)."""
+    train = Path(data_dir).expanduser() / "train"
+    try:
+        return train.is_dir() and any(p.is_dir() for p in train.iterdir())
+    except OSError:
+        return False
+
+
+@dataclass
+class FolderScan:
+    root: Path
+    class_names: tuple[str, ...]
+    files: dict  # split -> [(relative path str, class index)]
+    skipped: dict  # reason -> [relative paths]
+    test_source: str  # "test/", "val/" or "held out of train/"
+    notes: list = field(default_factory=list)
+
+
+def _image_suffixes() -> frozenset[str]:
+    from fastcifar.data.images import image_extensions
+
+    return image_extensions()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def scan_folder(data_dir: Path | str) -> FolderScan:
+    root = Path(data_dir).expanduser().resolve()
+    if not (root / "train").is_dir():
+        raise DataError(f"{root} has no train/ folder: an image dataset is DIR/train/<class>/<images> (optionally "
+                        "DIR/val/ and DIR/test/ alike)")
+    suffixes = _image_suffixes()
+    skipped: dict[str, list[str]] = {}
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root / 'train'} has no class folders: put each class's images in train/<class>/")
+    index = {name: i for i, name in enumerate(classes)}
+    files: dict[str, list[tuple[str, int]]] = {}
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    notes = []
+    if "test" in present and "val" in present:
+        notes.append("val/ is not read: test/ is the test split, and the validation images are held out of train/ "
+                     "(--val-fraction)")
+        present.remove("val")
+    for split in present:
+        split_dir = root / split
+        split_classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        unknown = [c for c in split_classes if c not in index]
+        if unknown:
+            raise DataError(f"{split_dir / unknown[0]} is a class that train/ does not have: every {split}/ class "
+                            "must also be a train/ class")
+        rows = []
+        for name in split_classes if split != "train" else classes:
+            class_dir = split_dir / name
+            found = 0
+            for path in sorted(class_dir.rglob("*")):
+                rel = str(path.relative_to(root))
+                if path.is_symlink() and not _inside(path, root):
+                    skipped.setdefault("links leaving the folder", []).append(rel)
+                    continue
+                if not path.is_file():
+                    continue
+                if path.name.startswith(".") or path.suffix.lower() not in suffixes:
+                    skipped.setdefault("not images", []).append(rel)
+                    continue
+                rows.append((rel, index[name]))
+                found += 1
+            if found == 0 and split == "train":
+                raise DataError(f"{class_dir} holds no images: every class needs training images (remove the "
+                                "folder, or add images)")
+        files[split] = rows
+    if "test" in files:
+        test_source = "test/"
+    elif "val" in files:
+        test_source = "val/"
+        files["test"] = files.pop("val")
+    else:
+        test_source = "held out of train/"
+        files["train"], files["test"], singles = _held_out(files["train"], len(classes))
+        if singles:
+            notes.append(f"{len(singles)} class(es) with one image keep it for training, none held out: "
+                         + ", ".join(classes[c] for c in singles[:5]))
+    return FolderScan(root=root, class_names=tuple(classes), files=files, skipped=skipped, test_source=test_source,
+                      notes=notes)
+
+
+def _held_out(rows: list[tuple[str, int]], n_classes: int):
+    """A stratified, seeded split of train/: HELD_OUT_FRACTION of each class (at least one image of a class that
+    has two or more). Returns (train rows, test rows, classes that had one image)."""
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    by_class: dict[int, list] = {}
+    for row in rows:
+        by_class.setdefault(row[1], []).append(row)
+    train, test, singles = [], [], []
+    for label in range(n_classes):
+        members = by_class.get(label, [])
+        if len(members) < 2:
+            singles.append(label)
+            train += members
+            continue
+        order = rng.permutation(len(members))
+        n_test = max(1, int(round(len(members) * HELD_OUT_FRACTION)))
+        test += [members[i] for i in sorted(order[:n_test])]
+        train += [members[i] for i in sorted(order[n_test:])]
+    return sorted(train), sorted(test), singles
+
+
+def cache_key(scan: FolderScan, size: int) -> str:
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "size": size, "classes": scan.class_names,
+                                        "test_source": scan.test_source}).encode())
+    for split in sorted(scan.files):
+        for rel, label in scan.files[split]:
+            st = (scan.root / rel).stat()
+            digest.update(f"{split}\0{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode(scan: FolderScan, split: str, size: int, skipped: dict, progress: Callable | None,
+            workers: int) -> CifarSplit:
+    from fastcifar.data.images import load_image
+
+    rows = scan.files.get(split, [])
+
+    def one(row):
+        rel, label = row
+        try:
+            return load_image(scan.root / rel, size), label, None
+        except FastCifarError as exc:
+            return None, label, (rel, str(exc))
+
+    images, labels = [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's decoders release the GIL
+        for pixels, label, problem in pool.map(one, rows):
+            if problem:
+                kind = "decompression bombs" if "decompression bomb" in problem[1] else "unreadable images"
+                skipped.setdefault(kind, []).append(problem[0])
+            else:
+                images.append(pixels)
+                labels.append(label)
+            if progress:
+                progress(1)
+    if not images:
+        return CifarSplit(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64))
+    return CifarSplit(np.stack(images), np.asarray(labels, np.int64))
+
+
+def skipped_summary(skipped: dict) -> str | None:
+    """One line: what was skipped and why, with the first file of each reason."""
+    if not any(skipped.values()):
+        return None
+    parts = [f"{len(paths)} {reason} (e.g. {paths[0]})" for reason, paths in sorted(skipped.items()) if paths]
+    return "skipped " + "; ".join(parts)
+
+
+def load_image_folder(data_dir: Path | str, *, size: int = DEFAULT_STORAGE_SIZE, cache_dir: Path | str | None = None,
+                      progress: bool = True, workers: int | None = None) -> CifarData:
+    """The folder as CifarData (images decoded to `size` px, cached); `.info` says where everything came from."""
+    from fastcifar.fileio import atomic_path
+
+    scan = scan_folder(data_dir)
+    key = cache_key(scan, size)
+    cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if _inside(cache_root, scan.root) and cache_dir is None:  # the default may not point into the data
+        cache_root = Path.home() / ".cache" / "fastcifar" / "folders"
+    cache = cache_root / f"{scan.root.name}-{key}.npz"
+    info = {"dataset": "folder", "root": str(scan.root), "class_names": list(scan.class_names),
+            "test_source": scan.test_source, "storage_size": size, "cache": str(cache), "cache_key": key,
+            "notes": list(scan.notes)}
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                data = _from_arrays(z, scan, info)
+                info.update(cached=True)
+                return data
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is decoded again and replaced
+    skipped = {k: list(v) for k, v in scan.skipped.items()}
+    total = sum(len(v) for v in scan.files.values())
+    with _bar(progress, total, f"decoding {scan.root.name}") as advance:
+        splits = {s: _decode(scan, s, size, skipped, advance, workers or min(8, (os.cpu_count() or 1) + 2))
+                  for s in ("train", "test")}
+    if len(splits["train"]) == 0:
+        raise DataError(f"no readable training image in {scan.root / 'train'}" + (
+            f" ({skipped_summary(skipped)})" if skipped_summary(skipped) else ""))
+    present = set(np.unique(splits["train"].labels).tolist())
+    lost = [scan.class_names[i] for i in range(len(scan.class_names)) if i not in present]
+    if lost:
+        raise DataError(f"{scan.root / 'train' / lost[0]} has no readable image left ({skipped_summary(skipped)})")
+    summary = skipped_summary(skipped)
+    info.update(skipped={k: len(v) for k, v in skipped.items()}, skipped_summary=summary, cached=False)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, train_x=splits["train"].images, train_y=splits["train"].labels,
+                         test_x=splits["test"].images, test_y=splits["test"].labels,
+                         info=np.array(json.dumps(info)))
+    except OSError as exc:  # no cache is slower, never wrong
+        info["notes"].append(f"the decoded images could not be cached in {cache.parent} ({exc.strerror or exc})")
+    return CifarData(train=splits["train"], test=splits["test"], class_names=scan.class_names, root=scan.root,
+                     info=info)
+
+
+def _from_arrays(z, scan: FolderScan, info: dict) -> CifarData:
+    saved = json.loads(str(z["info"]))
+    info.update(skipped=saved.get("skipped", {}), skipped_summary=saved.get("skipped_summary"))
+    return CifarData(train=CifarSplit(z["train_x"], z["train_y"].astype(np.int64)),
+                     test=CifarSplit(z["test_x"], z["test_y"].astype(np.int64)),
+                     class_names=scan.class_names, root=scan.root, info=info)
+
+
+def original_size_stats(data_dir: Path | str) -> dict:
+    """min / median / max width and height of the folder's images, from their headers (nothing is decoded)."""
+    from PIL import Image
+
+    scan = scan_folder(data_dir)
+    widths, heights = [], []
+    for rows in scan.files.values():
+        for rel, _ in rows:
+            try:
+                with Image.open(scan.root / rel) as image:
+                    widths.append(image.size[0])
+                    heights.append(image.size[1])
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # counted as skipped when decoded
+
+    def describe(values):
+        return {"min": int(min(values)), "median": int(np.median(values)), "max": int(max(values))} if values \
+            else {"min": None, "median": None, "max": None}
+
+    return {"count": len(widths), "width": describe(widths), "height": describe(heights)}
+
+
+class _bar:
+    """A rich progress bar on stderr (or nothing); the context value advances it."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled, total, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self.progress.__enter__()
+        task = self.progress.add_task(self.label, total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.__exit__(*exc)

@@ -25,6 +25,8 @@
 #   throughput     9 %  bench/train_throughput.py: bf16, batch 1024, layouts x eager/compiled   throughput.jsonl
 #   seed-preset   12 %  the `seed` preset (the study's 10 epochs) on all 45k images, 1 seed     sweep.jsonl
 #   loaders        5 %  bench/loaders.py: the tensor loader, and DALI's GPU pipeline if it imports  loaders.json
+#                       (with DALI also bench/folder_decode.py: nvJPEG on a JPEG folder vs a     (work.tar.gz:
+#                       torchvision DataLoader)                                                   folder-decode.json)
 # `fastcifar compare` is not run: with stand-in weights (no ImageNet download there) its pretrained arm and its lr
 # choice mean nothing, and its ~200 s would push the serving bench out of the budget.
 # OUT_DIR (new or empty) receives at most 8 files: the six above, summary.md (rewritten after every step, so even
@@ -77,6 +79,7 @@ if [ "$dry" = 1 ]; then
   throughput_args=(--batch-sizes 8 --precisions fp32 --steps 2 --warmup 1 --stem imagenet --no-compile
                    --layouts channels_last)
   loader_args=(--epochs 1 --batch-size 64)
+  decode_args=(--per-class 10 --size 40 --batch 32 --workers 0 --repeats 1)
 else
   device=auto
   variants=$repo/bench/variants/gpu.json
@@ -88,6 +91,7 @@ else
   export_args=()
   throughput_args=(--batch-sizes 1024 --precisions bf16 --layouts channels_last,nchw)  # the default layout first
   loader_args=(--epochs 3 --batch-size 512)
+  decode_args=(--per-class 500 --size 96 --batch 256 --workers 8)  # 16 cores there: the DataLoader gets 8
 fi
 
 printf 'step\trc\tseconds\tlimit\tnote\n' > "$work/steps.tsv"
@@ -236,8 +240,14 @@ kinds=(tensor)
 if "$py" -c "import nvidia.dali" 2>/dev/null; then kinds+=(dali); else
   echo "DALI does not import: its GPU pipeline is not measured (stage its wheel: bench/README.md)" > "$work/dali.txt"
 fi
-run_step loaders "$work/loaders.out" "$py" "$repo/bench/loaders.py" --data-dir "$data" --device "$device" \
-  --out "$out/loaders.json" --loaders "${kinds[@]}" "${loader_args[@]}"
+loaders_cmd=("$py" "$repo/bench/loaders.py" --data-dir "$data" --device "$device" --out "$out/loaders.json"
+             --loaders "${kinds[@]}" "${loader_args[@]}")
+decode_cmd=()  # with DALI: an image folder decoded by DALI (nvJPEG) vs a torchvision DataLoader -> work.tar.gz
+[[ " ${kinds[*]} " == *" dali "* ]] && decode_cmd=("$py" "$repo/bench/folder_decode.py" --data-dir "$data"
+  --device "$device" --json "$work/folder-decode.json" "${decode_args[@]}")
+# One step, two commands: the loaders' figures first (loaders.json), then the folder decode if DALI imports.
+run_step loaders "$work/loaders.out" bash -c 'n=$1; shift; "${@:1:n}" || exit; shift "$n"; [ $# -eq 0 ] || "$@"' \
+  loaders-step "${#loaders_cmd[@]}" "${loaders_cmd[@]}" "${decode_cmd[@]}"
 
 for f in "$out"/*.json "$out"/*.jsonl "$out"/*.xml; do  # a step that died before writing leaves an empty file
   [ -e "$f" ] && [ ! -s "$f" ] && rm -f "$f"

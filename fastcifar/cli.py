@@ -299,7 +299,9 @@ _TRAIN_OPTIONS = [
                                "holds cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")),
     (("--loader",), dict(type=click.Choice(LOADER_KINDS),
                          help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (the tensor loader "
-                              "everywhere: the path measured on a GPU; DALI's GPU pipeline is not yet).")),
+                              "everywhere: the path measured on a GPU; DALI's GPU pipeline is not yet); both train on "
+                              "the decoded images. dali-files (image folders only): DALI reads and decodes the files "
+                              "every epoch (nvJPEG on CUDA) with random-resized-crop and flip.")),
     (("--val-fraction",), dict(type=float, help="Fraction of the training images held out for validation.")),
     (("--train-limit",), dict(type=int, help="Train on the first N training images only.")),
     (("--epochs",), dict(type=int, help="Training epochs.")),

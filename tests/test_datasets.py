@@ -312,3 +312,75 @@ def test_unusable_folders_are_one_error_naming_the_folder(synthetic_folder, tmp_
         folder_mod.load_image_folder(synthetic_folder, cache_dir=tmp_path / "c", progress=False)
     result = invoke("data", "--dataset", "folder", "--data-dir", str(synthetic_folder))
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------- DALI on the files
+
+
+def _dali_or_skip():
+    from fastcifar.data import loaders
+
+    if not loaders.dali_available():
+        pytest.skip("NVIDIA DALI not installed")
+
+
+def test_dali_file_loader_follows_the_loader_contract(synthetic_folder, tmp_path):
+    import torch
+
+    from fastcifar.data.dali_files import DaliFileLoader
+    from fastcifar.data.plan import LoaderOptions
+
+    _dali_or_skip()
+    data = load_dataset(synthetic_folder, "folder", cache_dir=tmp_path / "c", progress=False)
+    assert len(data.files["train"]) == len(data.train) and len(data.files["test"]) == len(data.test)
+    train = DaliFileLoader(data.files["train"], data.train.labels, LoaderOptions(batch_size=8, train=True, seed=4))
+    epochs = []
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        batches = list(train)
+        assert len(batches) == len(train) == len(data.train) // 8
+        x, y = batches[0]
+        assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.is_contiguous(memory_format=torch.channels_last) and abs(float(x.mean())) < 1.5
+        epochs.append(torch.cat([b[1] for b in batches]))
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled after every epoch
+    again = DaliFileLoader(data.files["train"], data.train.labels, LoaderOptions(batch_size=8, train=True, seed=4))
+    assert torch.equal(torch.cat([b[1] for b in again]), epochs[0])  # the same seed, the same first epoch
+    test = DaliFileLoader(data.files["test"], data.test.labels, LoaderOptions(batch_size=5, train=False))
+    assert torch.equal(torch.cat([y for _, y in test]), torch.as_tensor(data.test.labels))  # all, once, in order
+
+
+def test_dali_file_loader_refusals(synthetic_folder, tmp_path, synthetic_dir):
+    from PIL import Image
+
+    from fastcifar.data.dali_files import DaliFileLoader
+    from fastcifar.data.plan import LoaderOptions
+    from fastcifar.errors import FastCifarError
+
+    _dali_or_skip()
+    gif = synthetic_folder / "train" / "cat" / "anim.gif"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(gif)
+    data = load_dataset(synthetic_folder, "folder", cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(FastCifarError, match="DALI cannot decode .*anim.gif"):
+        DaliFileLoader(data.files["train"] + data.files["test"], np.concatenate([data.train.labels, data.test.labels]),
+                       LoaderOptions(batch_size=8, train=True))
+    result = invoke("train", "--preset", "smoke", "--data-dir", str(synthetic_dir), "--device", "cpu",
+                    "--loader", "dali-files", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1 and "reads an image folder's files" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_training_with_dali_decoding_the_files_learns(tmp_path):
+    from fastcifar.data.synthetic import synthetic_arrays
+
+    _dali_or_skip()
+    images, labels, _, _ = synthetic_arrays(n_train=1000, n_test=10, seed=5)
+    root = write_folder(tmp_path / "shapes", images, labels, size=48, grey_every=0)
+    run = tmp_path / "run"
+    result = invoke("train", "--preset", "smoke", "--data-dir", str(root), "--device", "cpu", "--loader",
+                    "dali-files", "--epochs", "4", "--out", str(run))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    # learnable shapes; chance is 10 %; measured 53.5 % (the tensor loader on the decoded cache: 50.5 %)
+    assert summary["loader"] == "dali-files" and summary["test_acc"] > 0.3

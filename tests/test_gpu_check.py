@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from fastcifar.data.loaders import dali_available
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.sh"
 OUT_FILES = {"summary.md", "gpu-tests.xml", "sweep.jsonl", "bench.jsonl", "export.json", "throughput.jsonl",
@@ -92,6 +94,11 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
     assert "- bench torch:bf16 (bf16" in summary and "- loaders on cpu, batch 64: tensor" in summary
     with tarfile.open(out / "work.tar.gz") as tar:
         names = tar.getnames()
+        decode = [n for n in names if n.endswith("folder-decode.json")]
+        if dali_available():  # the loaders step's second command
+            rows = json.load(tar.extractfile(decode[0]))["rows"]
+            assert set(rows) == {"cache-decode", "dali-files", "tensor", "dataloader"}
+            assert all(r["images_per_s"] > 0 for r in rows.values()) and rows["dataloader"]["vs_dataloader"] == 1.0
     assert any(n.endswith("sweep.log") for n in names) and any(n.endswith("env.json") for n in names)
     assert not [n for n in names if n.endswith((".pt", ".safetensors", ".onnx", ".pth"))]  # no weights travel
 

@@ -56,6 +56,9 @@ class CifarData:
     root: Path  # the directory holding the batch files (an image folder: the folder)
     # what the run records about the data (datasets.load_dataset: kind, root, test split's source, skipped files)
     info: dict = field(default_factory=dict)
+    # an image folder's accepted files per split, in the arrays' order (absolute paths; `--loader dali-files`
+    # decodes them itself); None for CIFAR
+    files: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------- unpickling

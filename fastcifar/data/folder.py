@@ -43,7 +43,7 @@ SPLITS = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.2  # of each class, when the folder has neither test/ nor val/
 HELD_OUT_SEED = 0  # fixed: every run on the folder shares one test split
 DEFAULT_STORAGE_SIZE = 32
-CACHE_VERSION = 1  # bump when the decoding changes: old caches are then decoded again
+CACHE_VERSION = 2  # bump when the decoding changes: old caches are then decoded again
 
 
 def default_cache_dir() -> Path:
@@ -176,7 +176,8 @@ def cache_key(scan: FolderScan, size: int) -> str:
 
 
 def _decode(scan: FolderScan, split: str, size: int, skipped: dict, progress: Callable | None,
-            workers: int) -> CifarSplit:
+            workers: int) -> tuple[CifarSplit, list[str]]:
+    """(the split's decoded images and labels, the relative paths of the files that decoded)."""
     from fastcifar.data.images import load_image
 
     rows = scan.files.get(split, [])
@@ -188,20 +189,21 @@ def _decode(scan: FolderScan, split: str, size: int, skipped: dict, progress: Ca
         except FastCifarError as exc:
             return None, label, (rel, str(exc))
 
-    images, labels = [], []
+    images, labels, accepted = [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's decoders release the GIL
-        for pixels, label, problem in pool.map(one, rows):
+        for (rel, _), (pixels, label, problem) in zip(rows, pool.map(one, rows)):
             if problem:
                 kind = "decompression bombs" if "decompression bomb" in problem[1] else "unreadable images"
                 skipped.setdefault(kind, []).append(problem[0])
             else:
                 images.append(pixels)
                 labels.append(label)
+                accepted.append(rel)
             if progress:
                 progress(1)
     if not images:
-        return CifarSplit(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64))
-    return CifarSplit(np.stack(images), np.asarray(labels, np.int64))
+        return CifarSplit(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64)), []
+    return CifarSplit(np.stack(images), np.asarray(labels, np.int64)), accepted
 
 
 def skipped_summary(skipped: dict) -> str | None:
@@ -237,8 +239,10 @@ def load_image_folder(data_dir: Path | str, *, size: int = DEFAULT_STORAGE_SIZE,
     skipped = {k: list(v) for k, v in scan.skipped.items()}
     total = sum(len(v) for v in scan.files.values())
     with _bar(progress, total, f"decoding {scan.root.name}") as advance:
-        splits = {s: _decode(scan, s, size, skipped, advance, workers or min(8, (os.cpu_count() or 1) + 2))
-                  for s in ("train", "test")}
+        decoded = {s: _decode(scan, s, size, skipped, advance, workers or min(8, (os.cpu_count() or 1) + 2))
+                   for s in ("train", "test")}
+    splits = {s: split for s, (split, _) in decoded.items()}
+    accepted = {s: rels for s, (_, rels) in decoded.items()}
     if len(splits["train"]) == 0:
         raise DataError(f"no readable training image in {scan.root / 'train'}" + (
             f" ({skipped_summary(skipped)})" if skipped_summary(skipped) else ""))
@@ -254,11 +258,16 @@ def load_image_folder(data_dir: Path | str, *, size: int = DEFAULT_STORAGE_SIZE,
             with open(tmp, "wb") as handle:
                 np.savez(handle, train_x=splits["train"].images, train_y=splits["train"].labels,
                          test_x=splits["test"].images, test_y=splits["test"].labels,
-                         info=np.array(json.dumps(info)))
+                         train_files=np.array(accepted["train"], dtype=str),
+                         test_files=np.array(accepted["test"], dtype=str), info=np.array(json.dumps(info)))
     except OSError as exc:  # no cache is slower, never wrong
         info["notes"].append(f"the decoded images could not be cached in {cache.parent} ({exc.strerror or exc})")
     return CifarData(train=splits["train"], test=splits["test"], class_names=scan.class_names, root=scan.root,
-                     info=info)
+                     info=info, files=_absolute(scan.root, accepted))
+
+
+def _absolute(root: Path, accepted: dict) -> dict:
+    return {split: [str(root / rel) for rel in rels] for split, rels in accepted.items()}
 
 
 def _from_arrays(z, scan: FolderScan, info: dict) -> CifarData:
@@ -266,7 +275,8 @@ def _from_arrays(z, scan: FolderScan, info: dict) -> CifarData:
     info.update(skipped=saved.get("skipped", {}), skipped_summary=saved.get("skipped_summary"))
     return CifarData(train=CifarSplit(z["train_x"], z["train_y"].astype(np.int64)),
                      test=CifarSplit(z["test_x"], z["test_y"].astype(np.int64)),
-                     class_names=scan.class_names, root=scan.root, info=info)
+                     class_names=scan.class_names, root=scan.root, info=info,
+                     files=_absolute(scan.root, {s: z[f"{s}_files"].tolist() for s in ("train", "test")}))
 
 
 def original_size_stats(data_dir: Path | str) -> dict:

@@ -9,7 +9,9 @@ import numpy as np
 from fastcifar.data.plan import Loader, LoaderOptions, check_arrays
 from fastcifar.errors import FastCifarError
 
-LOADER_KINDS = ("auto", "dali", "tensor")
+# dali-files: DALI decodes an image folder's files itself (dali_files.py; train/build.py builds it from the file
+# lists, not through make_loader).
+LOADER_KINDS = ("auto", "dali", "tensor", "dali-files")
 
 
 def make_loader(images: np.ndarray, labels: np.ndarray, options: LoaderOptions, *, kind: str = "auto",
@@ -29,6 +31,9 @@ def make_loader(images: np.ndarray, labels: np.ndarray, options: LoaderOptions, 
     device = torch.device(device)
     if kind not in LOADER_KINDS:
         raise FastCifarError(f"unknown loader '{kind}' (choose from {', '.join(LOADER_KINDS)})")
+    if kind == "dali-files":
+        raise FastCifarError("--loader dali-files reads image files (fastcifar.data.dali_files.DaliFileLoader), "
+                             "not arrays: use it with an image-folder dataset")
     check_arrays(images, labels, options)
     if kind == "auto":
         kind = "tensor"

@@ -267,10 +267,9 @@ def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: 
     pre-upscaled file could not do without blurring what the model sees when it is resized back down.
 
     An explicit `data_dir` without CIFAR-10 is a user mistake; the implicit places (the models' recorded
-    data dir, $FASTCIFAR_DATA, ~/.cache/fastcifar) are only looked in. Nothing is ever downloaded here.
+    data dir, $FASTCIFAR_DATA, ~/.cache/fastcifar) are only looked in. Nothing is ever downloaded here. Models
+    trained on CIFAR-100 or an image folder (model.json's `dataset`) show their own test images.
     """
-    from PIL import Image
-
     from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
     from fastcifar.rundir import recorded_data_dirs, recorded_meta
 

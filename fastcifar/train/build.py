@@ -98,12 +98,27 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> 
     train_opts = LoaderOptions(batch_size=per_rank_batch, train=True, seed=cfg.seed, rank=dist.rank,
                                world_size=dist.world_size, alternating_flip=cfg.alternating_flip, **common)
     eval_opts = LoaderOptions(batch_size=max(cfg.batch_size, 256), train=False, **common)
-    loader = partial(make_loader, kind=cfg.loader, device=device)
     train_images = images[train_idx]
-    train_loader = loader(train_images, labels[train_idx], train_opts)
-    val_loader = loader(images[val_idx], labels[val_idx], eval_opts) if len(val_idx) else None
-    test_loader = loader(data.test.images, data.test.labels, eval_opts)
-    kind = type(train_loader).__name__.replace("Loader", "").lower()
+    if cfg.loader == "dali-files":  # DALI decodes the folder's files itself (fastcifar/data/dali_files.py)
+        from fastcifar.data.dali_files import DaliFileLoader
+
+        if not data.files:
+            raise FastCifarError("--loader dali-files reads an image folder's files (DIR/train/<class>/...); "
+                                 f"{data.info.get('dataset', 'CIFAR-10')} comes as arrays: use --loader tensor or dali")
+        files = data.files["train"][:len(labels)]
+
+        def loader(indices_or_files, split_labels, options):
+            return DaliFileLoader(indices_or_files, split_labels, options, device)
+
+        train_loader = loader([files[i] for i in train_idx], labels[train_idx], train_opts)
+        val_loader = loader([files[i] for i in val_idx], labels[val_idx], eval_opts) if len(val_idx) else None
+        test_loader = loader(data.files["test"], data.test.labels, eval_opts)
+    else:
+        loader = partial(make_loader, kind=cfg.loader, device=device)
+        train_loader = loader(train_images, labels[train_idx], train_opts)
+        val_loader = loader(images[val_idx], labels[val_idx], eval_opts) if len(val_idx) else None
+        test_loader = loader(data.test.images, data.test.labels, eval_opts)
+    kind = "dali-files" if cfg.loader == "dali-files" else type(train_loader).__name__.replace("Loader", "").lower()
     return TrainData(train=train_loader, val=val_loader, test=test_loader, train_options=train_opts,
                      n_train=len(train_idx), n_val=len(val_idx), n_test=len(data.test), root=data.root.resolve(),
                      kind=kind, train_images=train_images,

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Feeding training from a folder of JPEGs: DALI decoding the files vs a torchvision ImageFolder + DataLoader, and
+fastcifar's decode-once cache.
+
+Builds an image folder from the real CIFAR-10 training images (`--per-class` per class, upscaled to `--size` px and
+JPEG-encoded, quality 90; a temporary folder unless --folder is given), then measures images/s of one training
+epoch at 32 px, batch `--batch`, on the CPU (or --device cuda) for:
+  dali-files    fastcifar's DaliFileLoader: DALI readers.file + decoders.image ("mixed" = nvJPEG on CUDA, CPU here),
+                random-resized-crop + flip + normalise on the device (fastcifar/data/dali_files.py)
+  dataloader    torchvision ImageFolder + DataLoader (`--workers` processes): PIL decode, RandomResizedCrop(32),
+                RandomHorizontalFlip, ToTensor, Normalize - the usual baseline
+  cache-decode  fastcifar's one-time decode of the folder into its uint8 cache (PIL, threads), per image
+  tensor        the tensor loader's epoch over that cache (what `--loader tensor` trains from afterwards)
+Each timed epoch follows one warm-up epoch (DALI builds its pipeline, DataLoader forks its workers); the best of
+`--repeats` epochs counts. Prints a table and one JSON line with the machine, versions and sizes.
+
+    python bench/folder_decode.py                         # 5,000 images at 96 px, batch 256
+    python bench/folder_decode.py --per-class 200 --size 64 --json /tmp/decode.json
+
+Results: bench/README.md ("Image folders: decoding").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "cifar10"
+
+
+def build_folder(root: Path, data_dir: Path, per_class: int, size: int) -> Path:
+    from PIL import Image
+
+    from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
+
+    batches = locate_cifar(data_dir)
+    train, names = load_split(batches, "train"), load_class_names(batches)
+    for c, name in enumerate(names):
+        folder = root / "train" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in np.flatnonzero(train.labels == c)[:per_class]:
+            Image.fromarray(train.images[i]).resize((size, size), Image.Resampling.BICUBIC).save(
+                folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def timed_epochs(make_iter, repeats: int) -> tuple[float, int]:
+    """(best seconds, images) over `repeats` epochs after one warm-up epoch."""
+    n = sum(len(y) for _, y in make_iter())
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in make_iter():
+            pass
+        best = min(best, time.perf_counter() - start)
+    return best, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help=f"[default: {DEFAULT_DATA}]")
+    parser.add_argument("--folder", type=Path, default=None, help="build (or reuse) the image folder here")
+    parser.add_argument("--per-class", type=int, default=500, help="[default: 500]")
+    parser.add_argument("--size", type=int, default=96, help="stored image size in px [default: 96]")
+    parser.add_argument("--batch", type=int, default=256, help="[default: 256]")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers [default: 2]")
+    parser.add_argument("--repeats", type=int, default=2, help="timed epochs each [default: 2]")
+    parser.add_argument("--device", default="cpu", help="[default: cpu]")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+    import torchvision
+    from torchvision import transforms
+
+    import fastcifar
+    from fastcifar.data import folder as folder_mod
+    from fastcifar.data.dali_files import DaliFileLoader
+    from fastcifar.data.loaders import make_loader
+    from fastcifar.data.plan import LoaderOptions
+    from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD
+
+    tmp = tempfile.TemporaryDirectory()
+    root = args.folder or Path(tmp.name) / "folder"
+    if not (root / "train").is_dir():
+        print(f"building {args.per_class * 10} JPEGs at {args.size} px in {root}", file=sys.stderr)
+        build_folder(root, args.data_dir, args.per_class, args.size)
+    cache = Path(tmp.name) / "cache"
+    rows = {}
+
+    start = time.perf_counter()
+    data = folder_mod.load_image_folder(root, cache_dir=cache, progress=False)
+    seconds = time.perf_counter() - start
+    n_all = len(data.train) + len(data.test)
+    rows["cache-decode"] = {"images_per_s": n_all / seconds, "images": n_all, "seconds": seconds}
+    files, labels = data.files["train"], data.train.labels
+    device = torch.device(args.device)
+    options = LoaderOptions(batch_size=args.batch, train=True, seed=0)
+
+    dali = DaliFileLoader(files, labels, options, device)
+    s, n = timed_epochs(lambda: iter(dali), args.repeats)
+    rows["dali-files"] = {"images_per_s": n / s, "images": n, "seconds": s}
+
+    tensor = make_loader(data.train.images, labels, options, kind="tensor", device=device)
+    s, n = timed_epochs(lambda: iter(tensor), args.repeats)
+    rows["tensor"] = {"images_per_s": n / s, "images": n, "seconds": s}
+
+    transform = transforms.Compose([transforms.RandomResizedCrop(32, scale=(0.35, 1.0)),
+                                    transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                    transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    dataset = torchvision.datasets.ImageFolder(str(root / "train"), transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
+                                         num_workers=args.workers, persistent_workers=args.workers > 0)
+    s, n = timed_epochs(lambda: iter(loader), args.repeats)
+    rows["dataloader"] = {"images_per_s": n / s, "images": n, "seconds": s}
+
+    base = rows["dataloader"]["images_per_s"]
+    for row in rows.values():
+        row["vs_dataloader"] = round(row["images_per_s"] / base, 2)
+        row["images_per_s"] = round(row["images_per_s"], 1)
+        row["seconds"] = round(row["seconds"], 3)
+    result = {"rows": rows, "images": n_all, "jpeg_size_px": args.size, "batch": args.batch, "device": str(device),
+              "dataloader_workers": args.workers, "repeats": args.repeats,
+              "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                          "cpu_count": os.cpu_count()},
+              "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                           "torchvision": torchvision.__version__, "dali": _version("nvidia-dali-cuda130"),
+                           "pillow": _version("pillow"), "fastcifar": fastcifar.__version__},
+              "date": time.strftime("%Y-%m-%d")}
+    print(f"{'loader':<14}{'images/s':>12}{'vs DataLoader':>15}")
+    for name, row in rows.items():
+        print(f"{name:<14}{row['images_per_s']:>12,.1f}{row['vs_dataloader']:>14.2f}x")
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    tmp.cleanup()
+
+
+def _version(name: str):
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

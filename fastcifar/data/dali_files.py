@@ -1,0 +1,125 @@
+"""`--loader dali-files`: DALI reads and decodes an image folder's files itself - nvJPEG on the GPU ("mixed") on
+CUDA, DALI's CPU decoders otherwise - with random-resized-crop and flip on the device.
+
+Owns `DaliFileLoader`, the loader for the case DALI is in this design for: a folder of JPEGs that must be decoded
+every epoch at its own resolution, where a torchvision DataLoader spends its CPU workers on decoding. It follows
+the loader contract of fastcifar/data/plan.py (batches of normalised NCHW images at `image_size` and int64
+labels on the device, `len`, `set_epoch`, disjoint shards under torchrun), with these differences from the
+cache-fed loaders (`tensor`, `dali`), which train on the 32 px decoded cache:
+- augmentation: random-resized-crop (scale 0.35-1, DALI's default aspect range) of the full-resolution image to
+  `image_size`, and a random horizontal flip; evaluation resizes the shorter side to `image_size` and takes the
+  centre square (the cache's conversion: largest centred square, resized);
+- order: DALI's reader shuffles the whole shard after every epoch from `options.seed` (`shuffle_after_epoch`),
+  so the order is reproducible from the start of a run but `set_epoch` cannot jump to an arbitrary epoch, and
+  the pixels are not those of the tensor loader (another decoder, another resampling).
+The files are exactly those fastcifar/data/folder.py accepted when it decoded the folder (the same skipped
+files, the same test split); a file whose format DALI cannot decode (GIF, for one) is refused before training
+with one message, never mid-epoch.
+
+Measured on the development CPU (bench/folder_decode.py, bench/README.md); not yet run on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from fastcifar.data.plan import LoaderOptions, num_batches
+from fastcifar.errors import FastCifarError
+from fastcifar.preprocess import pixel_mean_std
+
+# What DALI's image decoder reads (its documentation's list); anything else is refused up front.
+DALI_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".pnm", ".ppm", ".pgm", ".pbm",
+                           ".jp2", ".j2k", ".webp"})
+RANDOM_AREA = (0.35, 1.0)
+
+
+class DaliFileLoader:
+    """The loader contract over image files: (paths, labels) in, normalised batches out (module docstring)."""
+
+    def __init__(self, files: list[str | Path], labels: np.ndarray, options: LoaderOptions, device="cpu"):
+        from fastcifar.data.loaders import dali_available
+
+        if not dali_available():
+            raise FastCifarError("--loader dali-files needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or use "
+                                 "--loader tensor)")
+        files = [str(f) for f in files]
+        if len(files) != len(labels) or not files:
+            raise FastCifarError(f"{len(files)} files but {len(labels)} labels: the loader needs one label per file")
+        odd = [f for f in files if Path(f).suffix.lower() not in DALI_SUFFIXES]
+        if odd:
+            raise FastCifarError(f"DALI cannot decode {odd[0]} ({len(odd)} such file(s)): use --loader tensor, which "
+                                 "trains on the decoded cache")
+        self.options = options
+        self.batch_size = options.batch_size
+        self.device = torch.device(device)
+        self.epoch = 0
+        self._n = len(files)
+        self._len = num_batches(self._n, options)
+        if options.train and self._len < 1:
+            raise FastCifarError(f"{self._n} images cannot fill one batch of {options.batch_size} per rank")
+        self._dtype = getattr(torch, options.dtype)
+        try:
+            self._iterator = self._build(files, np.asarray(labels, np.int32))
+        except FastCifarError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError and its own types
+            raise FastCifarError(f"the DALI file pipeline could not be built ({type(exc).__name__}: "
+                                 f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}); use "
+                                 "--loader tensor") from None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # the reader reshuffles after every epoch itself (module docstring)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        for count, batch in enumerate(self._iterator):
+            if count >= self._len:  # the iterator's epoch may be one padded batch longer on some shards
+                self._iterator.reset()
+                return
+            images, labels = batch[0]["images"], batch[0]["labels"]
+            images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            yield (images.to(dtype=self._dtype, memory_format=memory_format),
+                   labels.to(self.device).reshape(-1).long())
+
+    def _build(self, files: list[str], labels: np.ndarray):
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        opts, gpu = self.options, self.device.type == "cuda"
+        size = opts.image_size
+        mean, std = pixel_mean_std(opts.mean, opts.std)
+        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu \
+            else None
+
+        @pipeline_def(batch_size=opts.batch_size, num_threads=max(1, min(4, os.cpu_count() or 1)),
+                      device_id=device_id, seed=opts.seed, prefetch_queue_depth=2)
+        def pipeline():
+            encoded, label = fn.readers.file(files=files, labels=labels.tolist(), name="Reader",
+                                             shard_id=opts.rank, num_shards=opts.world_size,
+                                             random_shuffle=False, shuffle_after_epoch=opts.train,
+                                             seed=opts.seed, pad_last_batch=not opts.train)
+            images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            if opts.train:
+                images = fn.random_resized_crop(images, size=[size, size], random_area=list(RANDOM_AREA))
+                mirror = fn.random.coin_flip(probability=0.5) if opts.flip else 0
+            else:
+                images = fn.resize(images, resize_shorter=size)
+                mirror = 0
+            images = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, dtype=types.FLOAT,
+                                              output_layout="HWC", mean=mean, std=std)
+            return images, label
+
+        pipe = pipeline()
+        pipe.build()
+        policy = LastBatchPolicy.DROP if opts.train else LastBatchPolicy.PARTIAL
+        return DALIGenericIterator([pipe], ["images", "labels"], reader_name="Reader", auto_reset=True,
+                                   last_batch_policy=policy)

@@ -34,7 +34,7 @@ COPY fastcifar ./fastcifar
 # --extra-index-url: the TensorRT libraries are published on NVIDIA's index only. DL3013 (pin versions) is
 # about named packages; this installs the project itself, whose setup.cfg carries the version ranges.
 # hadolint ignore=DL3013
-RUN pip install --extra-index-url https://pypi.nvidia.com ".[demo,trt]" \
+RUN pip install --extra-index-url https://pypi.nvidia.com ".[demo,serve,trt]" \
     && fastcifar --version
 # docker-compose.yml's one-shot `train` service (trains the demo's two models when they are missing); copied after
 # the install so that editing it does not reinstall the package.
@@ -49,7 +49,8 @@ USER 1000:1000
 WORKDIR /workspace
 VOLUME ["/workspace/data", "/workspace/runs", "/workspace/exported", "/workspace/reports", "/workspace/examples"]
 
-EXPOSE 7860
+# 7860: the demo; 8000-8002: `fastcifar serve` (Triton's HTTP, gRPC and metrics; docker-compose.yml's `triton`).
+EXPOSE 7860 8000 8001 8002
 # The demo answers GET / once both models are loaded; the start period covers loading and warm-up.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]

@@ -126,6 +126,19 @@ def test_compose_serves_demo_on_loopback_with_a_gpu_and_runs_compare():
     assert compare["profiles"] and compare["command"][0] == "compare"
 
 
+def test_compose_triton_serves_the_pretrained_model_on_loopback():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    triton = services["triton"]
+    assert triton["profiles"] == ["triton"]  # only on request: `docker compose up -d` starts the demo
+    params = _parse_cli(_compose_defaults(triton["command"]))  # the real `fastcifar serve` options
+    assert str(params["model"]) == "runs/pretrained" and params["host"] == "0.0.0.0"
+    published = [_compose_defaults(p) for p in triton["ports"]]
+    assert published == [f"127.0.0.1:{port}:{port}" for port in (params["http_port"], params["grpc_port"],
+                                                                   params["metrics_port"])]
+    assert f":{params['http_port']}/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert {"8000", "8001", "8002"} <= set(_one("EXPOSE").split())
+
+
 def _image_path(src: str) -> str:
     """Where the Dockerfile's COPY of `src` puts it in the image (destination taken against the WORKDIR then)."""
     workdir = "/"

@@ -57,17 +57,25 @@ def untrained_model(folder: Path) -> Path:
 
 
 def start_server(model: Path, ports: list[int], extra: list[str]) -> tuple[subprocess.Popen, dict]:
+    """`fastcifar serve --json` in its own process group; (process, its ready line)."""
+    import queue
+    import threading
+
     cmd = [sys.executable, "-m", "fastcifar", "serve", str(model), "--device", "cpu", "--json", "--name", "bench",
            "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+                            start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
         if line.startswith("{"):
             return proc, json.loads(line)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # with its tritonserver child
     raise SystemExit("the server did not start (run fastcifar serve by hand to see why)")
 
 

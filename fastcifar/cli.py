@@ -862,6 +862,11 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
     if server is not None:
         return _bench_server(server, model_args, models, batch_sizes, concurrency, requests, duration, metrics_url,
                              as_json)
+    ctx = click.get_current_context()
+    server_only = [f"--{name.replace('_', '-')}" for name in ("concurrency", "requests", "duration", "metrics_url")
+                   if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if server_only:
+        raise _usage_error(f"{', '.join(server_only)} belong to the load test of a server: add --server URL")
     models = tuple(_checkpoint(m, checkpoint) for m in _models(model_args, models))
     from fastcifar.bench.harness import BenchConfig, bench as run_bench, parse_backends, parse_batch_sizes
 

@@ -52,10 +52,11 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, *, size: in
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
+    """The default decode cache of the verbs this module runs (in-process), never the user's ~/.cache."""
     path = tmp_path_factory.mktemp("folder-cache")
-    os.environ["FASTCIFAR_CACHE"] = str(path)  # the default cache of every verb in this module (subprocess-free)
-    yield path
-    os.environ.pop("FASTCIFAR_CACHE", None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FASTCIFAR_CACHE", str(path))
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,8 @@ def test_an_image_folder_trains_exports_and_predicts(real_folder, tmp_path):
     assert json.loads(evaluated.stdout)["n_test"] == n_test
     wrong = invoke("evaluate", str(run), "--corruptions", "none", "--data-dir", str(real_folder.parent.parent))
     assert wrong.exit_code != 0 and "Traceback" not in wrong.output
+    c10c = invoke("evaluate", str(run), "--cifar10c", str(tmp_path), "--corruptions", "contrast")
+    assert c10c.exit_code == 2 and "trained on folder" in c10c.output  # CIFAR-10-C files are CIFAR-10's images
     assert snapshot(real_folder) == before  # nothing written into the data folder
 
 
@@ -286,6 +289,40 @@ def test_held_out_split_is_stratified_fixed_and_keeps_single_images(synthetic_fo
     per_class = np.bincount(a.test.labels, minlength=len(a.class_names))
     assert all(per_class[c] >= 1 for c in range(len(a.class_names)) if c != zebra)
     assert any("one image" in note for note in a.info["notes"])
+    # the training images come in a fixed random order: the first N (--train-limit, compare's fractions) hold
+    # every class, not the first classes of the sorted folder
+    assert len(set(a.train.labels[:30].tolist())) >= 8
+
+
+def test_a_folder_with_nothing_to_test_on_is_one_error(tmp_path):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "few" / "train" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "few" / "train" / name / "one.png")
+    with pytest.raises(DataError, match="no test images: every class has a single image"):
+        load_dataset(tmp_path / "few", cache_dir=tmp_path / "c", progress=False)
+
+
+def test_a_models_dataset_is_found_beside_others_and_missing_is_one_message(tmp_path):
+    from fastcifar.data.cifar100 import load_cifar100_split
+    from fastcifar.data.datasets import model_split
+    from fastcifar.data.download import extract_archive
+    from fastcifar.data.synthetic import write_synthetic_cifar, write_synthetic_cifar100_archive
+
+    both = tmp_path / "both"
+    write_synthetic_cifar(both, n_train=20, n_test=10)
+    archive = write_synthetic_cifar100_archive(tmp_path / "c100.tar.gz", n_train=100, n_test=100)
+    extract_archive(archive, both, top="cifar-100-python", required="meta")
+    meta = {"dataset": "cifar100", "class_names": [f"class_{i:02d}" for i in range(100)]}
+    split, root = model_split("test", both, meta)  # CIFAR-10 beside it does not confuse the CIFAR-100 model
+    assert len(split) == 100 and np.array_equal(split.labels, load_cifar100_split(root, "test").labels)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="trained on CIFAR-100, and --data-dir .* holds none"):
+        model_split("test", tmp_path / "empty", meta)
+    (both / "cifar-100-python" / "test").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="download CIFAR-100 again"):
+        model_split("test", both, meta)
 
 
 def test_test_and_val_folders_are_the_test_split(synthetic_folder, tmp_path):
@@ -348,6 +385,9 @@ def test_dali_file_loader_follows_the_loader_contract(synthetic_folder, tmp_path
     assert torch.equal(torch.cat([b[1] for b in again]), epochs[0])  # the same seed, the same first epoch
     test = DaliFileLoader(data.files["test"], data.test.labels, LoaderOptions(batch_size=5, train=False))
     assert torch.equal(torch.cat([y for _, y in test]), torch.as_tensor(data.test.labels))  # all, once, in order
+    for _ in test:  # a consumer that stops early leaves the next epoch whole
+        break
+    assert torch.equal(torch.cat([y for _, y in test]), torch.as_tensor(data.test.labels))
 
 
 def test_dali_file_loader_refusals(synthetic_folder, tmp_path, synthetic_dir):
@@ -371,10 +411,11 @@ def test_dali_file_loader_refusals(synthetic_folder, tmp_path, synthetic_dir):
 
 
 @pytest.mark.slow
-def test_training_with_dali_decoding_the_files_learns(tmp_path):
+def test_training_with_dali_decoding_the_files_learns(tmp_path, monkeypatch):
     from fastcifar.data.synthetic import synthetic_arrays
 
     _dali_or_skip()
+    monkeypatch.setenv("FASTCIFAR_CACHE", str(tmp_path / "cache"))
     images, labels, _, _ = synthetic_arrays(n_train=1000, n_test=10, seed=5)
     root = write_folder(tmp_path / "shapes", images, labels, size=48, grey_every=0)
     run = tmp_path / "run"

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,22 +42,27 @@ def free_ports(n: int) -> list[int]:
 
 
 def start_server(model: Path, *extra: str, timeout: float = 180.0):
-    """(process, ready dict) of `fastcifar serve MODEL --json` on free ports."""
+    """(process, ready dict) of `fastcifar serve MODEL --json` on free ports. Its own process group, so a server
+    that never gets ready is killed with its tritonserver child."""
     http, grpc, metrics = free_ports(3)
     cmd = [sys.executable, "-m", "fastcifar", "serve", str(model), "--device", "cpu", "--json",
            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
     deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
         if line.startswith("{"):
             return proc, json.loads(line)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"the server did not get ready: {line!r} {proc.stderr.read()[-3000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    raise AssertionError(f"the server did not get ready in {timeout:.0f} s: {proc.stderr.read()[-3000:]}")
 
 
 def descendants(pid: int) -> set[int]:
@@ -90,23 +97,29 @@ def stop(proc: subprocess.Popen) -> None:
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
 
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir):
-    """(process, ready line) of the module's server; the SIGTERM test, last of those that use it, stops it."""
-    proc, ready = start_server(tiny_model_dir, "--name", "r18")
-    yield proc, ready
-    stop(proc)
+    """The module's server as {"proc", "ready"}: one start for every test, whatever their order. The SIGTERM test
+    stops it; a test after that starts a new one (`server`)."""
+    holder = {}
+
+    def ensure():
+        if "proc" not in holder or holder["proc"].poll() is not None:
+            holder["proc"], holder["ready"] = start_server(tiny_model_dir, "--name", "r18")
+        return holder
+
+    yield ensure
+    if "proc" in holder:
+        stop(holder["proc"])
 
 
 @pytest.fixture
 def server(served):
-    proc, ready = served
-    if proc.poll() is not None:
-        pytest.skip("the module's server was stopped by the SIGTERM test")
-    return ready
+    return served()["ready"]
 
 
 @pytest.fixture(scope="module")
@@ -239,8 +252,9 @@ def test_bad_requests_get_errors_and_the_server_keeps_answering(server):
 
 
 def test_sigterm_stops_the_server_and_every_child(served):
-    """Last of the tests that use the module's server: it stops it (one server start fewer for the suite)."""
-    proc, ready = served
+    """Stops the module's server (one server start fewer for the suite; a later test would start another)."""
+    holder = served()
+    proc, ready = holder["proc"], holder["ready"]
     assert ready["model"] == "r18" and ready["pid"] == proc.pid and proc.poll() is None
     children = descendants(proc.pid)
     assert any("tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -300,6 +314,25 @@ def test_client_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and "only runs against a server on this machine" in result.output
     result = CliRunner().invoke(cli, ["bench", "--server", "localhost:1", "--threads", "2"])
     assert result.exit_code == 2 and "--threads apply to the in-process benchmark" in result.output
+    result = CliRunner().invoke(cli, ["bench", "runs/x", "--concurrency", "4", "--requests", "9"])
+    assert result.exit_code == 2 and "--concurrency, --requests belong to the load test" in result.output
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_server_is_free():
+    """A server that stopped a moment ago leaves its port in TIME_WAIT: serving again on it must work."""
+    from fastcifar.serve.triton_server import check_ports
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers (Triton's HTTP and gRPC) bind
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first: its port goes to TIME_WAIT
+    client.close()
+    listener.close()
+    check_ports("127.0.0.1", {"http": port})
 
 
 def test_server_url_model_name_and_library_path():

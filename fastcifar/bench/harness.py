@@ -474,10 +474,17 @@ def _row_from_result(model: str, spec: str, device: str, artifact: Path, result:
 def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
     from fastcifar.data.datasets import model_split
     from fastcifar.rundir import recorded_data_dirs, recorded_meta
+    from fastcifar.serve.artifacts import model_class_names
 
     recorded = [d for model in cfg.models for d in recorded_data_dirs(model)]  # where the runs were trained from
-    meta = next((m for m in map(recorded_meta, cfg.models) if m), {})
-    test, root = model_split("test", cfg.data_dir, meta, recorded=recorded, download=cfg.download)
+    metas = [m for m in map(recorded_meta, cfg.models) if m]
+    names = {n for n in map(model_class_names, cfg.models) if n}
+    kinds = {m.get("dataset", "cifar10") for m in metas}
+    if len(names) > 1 or len(kinds) > 1:
+        raise FastCifarError("the models were trained on different datasets or classes: bench them one dataset at "
+                             "a time (the accuracy parity compares every backend on the same test images)")
+    test, root = model_split("test", cfg.data_dir, metas[0] if metas else {}, recorded=recorded,
+                             download=cfg.download, class_names=next(iter(names), None))
     n = len(test) if cfg.max_images is None else min(cfg.max_images, len(test))
     return test.images[:n], test.labels[:n], str(root)
 

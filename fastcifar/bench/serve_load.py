@@ -2,8 +2,9 @@
 throughput, errors, and the batch sizes Triton's dynamic batcher formed.
 
 Owns one measurement: for each (concurrency, request batch size), `concurrency` client threads, each with its own
-tritonclient connection, send requests of `batch` images back to back until `requests` requests are done or
-`duration_s` has passed, whichever comes first (bounded, so it cannot run away). Each row reports images/s over the
+tritonclient connection, connect first, then (together, from one clock) send requests of `batch` images back to
+back until `requests` requests are done or `duration_s` has passed, whichever comes first (bounded, so it cannot
+run away); a failed request of any kind counts as an error. Each row reports images/s over the
 level's wall time, p50/p95/p99 request latency, the error count, and the server-side mean batch size: the change
 in Triton's Prometheus counters `nv_inference_count` (images) / `nv_inference_exec_count` (model executions) over
 the level, read from the metrics endpoint (Triton's statistics API needs PyTriton's access token; metrics do not).
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastcifar.errors import FastCifarError
-from fastcifar.serve.triton_client import ServerURL, TritonPredictor, parse_server_url
+from fastcifar.serve.triton_client import DEFAULT_PORT, ServerURL, TritonPredictor, parse_server_url
 
 DEFAULT_CONCURRENCY = (1, 8, 32)
 DEFAULT_BATCH = 8  # images per request: a client sending a few images at a time, what dynamic batching is for
@@ -56,7 +57,11 @@ def parse_counts(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def default_metrics_url(url: ServerURL) -> str:
+def default_metrics_url(url: ServerURL) -> str | None:
+    """Triton's metrics endpoint when the server uses Triton's default ports (HTTP 8000 / gRPC 8001 -> 8002); None
+    otherwise (another port could be another server's: --metrics-url says where)."""
+    if url.port != DEFAULT_PORT[url.protocol]:
+        return None
     return f"http://{url.host}:{METRICS_PORT_DEFAULT}/metrics"
 
 
@@ -77,16 +82,24 @@ def read_counters(metrics_url: str, model: str) -> dict | None:
     return out
 
 
-def _client_loop(predictor_args: tuple, pixels: np.ndarray, deadline: float, budget: list, lock: threading.Lock,
-                 latencies: list, errors: list) -> None:
+def _client_loop(predictor_args: tuple, pixels: np.ndarray, clock: dict, barrier: threading.Barrier, budget: list,
+                 lock: threading.Lock, latencies: list, errors: list) -> None:
+    """One client: connect, wait until every client has connected (connections are not timed), then send
+    requests until the shared budget or the deadline is spent. Every failure counts as an error."""
+    client = None
     try:
         client = TritonPredictor(*predictor_args)
-    except FastCifarError as exc:
+    except Exception as exc:  # noqa: BLE001 - a client that cannot connect is an error of this level
         with lock:
             errors.append(str(exc))
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+    if client is None:
         return
     try:
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < clock["deadline"]:
             with lock:
                 if budget[0] <= 0:
                     return
@@ -94,7 +107,7 @@ def _client_loop(predictor_args: tuple, pixels: np.ndarray, deadline: float, bud
             start = time.perf_counter()
             try:
                 client.run(pixels)
-            except FastCifarError as exc:
+            except Exception as exc:  # noqa: BLE001 - refused, reset, timed out: all errors, none lost
                 with lock:
                     errors.append(str(exc))
                 continue
@@ -117,15 +130,21 @@ def _measure(url: str, model: str, concurrency: int, pixels: np.ndarray, request
     errors: list[str] = []
     budget = [requests]
     before = read_counters(metrics_url, model) if metrics_url else None
-    start = time.perf_counter()
-    deadline = start + duration_s
-    threads = [threading.Thread(target=_client_loop, args=((url, model), pixels, deadline, budget, lock, latencies,
-                                                           errors), daemon=True) for _ in range(concurrency)]
+    clock = {"start": 0.0, "deadline": 0.0}
+
+    def start_clock():  # runs once, when the last client has connected: the timed part starts together
+        clock["start"] = time.perf_counter()
+        clock["deadline"] = clock["start"] + duration_s
+
+    barrier = threading.Barrier(concurrency, action=start_clock, timeout=120)
+    threads = [threading.Thread(target=_client_loop, args=((url, model), pixels, clock, barrier, budget, lock,
+                                                           latencies, errors), daemon=True)
+               for _ in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(duration_s + 60)  # a request in flight at the deadline finishes (tritonclient's own timeout)
-    wall = time.perf_counter() - start
+        thread.join(duration_s + 180)  # connecting + a request in flight at the deadline (tritonclient's timeout)
+    wall = time.perf_counter() - clock["start"] if clock["start"] else 0.0
     after = read_counters(metrics_url, model) if metrics_url else None
     batch = len(pixels)
     lat_ms = np.asarray(latencies) * 1000.0
@@ -160,7 +179,10 @@ def load_test(cfg: LoadConfig, log=lambda message: None) -> dict:
         raise FastCifarError(f"request batch {too_big[0]} is above the model's max_batch_size {max_batch}: the "
                              "server would refuse every request (lower --batch-sizes)")
     metrics_url = cfg.metrics_url or default_metrics_url(url)
-    if read_counters(metrics_url, model) is None:
+    if metrics_url is None:
+        log("the server is not on Triton's default port, so its metrics port is unknown: give --metrics-url "
+            "(fastcifar serve prints it) to report the batches it formed")
+    elif read_counters(metrics_url, model) is None:
         log(f"no Triton metrics at {metrics_url} (--metrics-url): the server's batch sizes are not reported")
         metrics_url = None
     rows = []

@@ -115,7 +115,8 @@ def restricted_load(data: bytes) -> object:
     return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
-def _read_pickle(path: Path) -> dict:
+def _read_pickle(path: Path, dataset: str = "CIFAR-10") -> dict:
+    """A batch/meta pickle of `dataset` (named in the messages: cifar100.py reads CIFAR-100's with it)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -123,13 +124,13 @@ def _read_pickle(path: Path) -> dict:
     try:
         obj = restricted_load(raw)
     except UnsafePickleError as exc:
-        raise DataError(f"{path} is not a safe CIFAR-10 batch: {exc}. The file was not loaded; "
+        raise DataError(f"{path} is not a safe {dataset} batch: {exc}. The file was not loaded; "
                         "replace it with the official one.") from None
     except Exception as exc:  # truncated / garbage files raise many different types
         raise DataError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
-                        "Delete it and download CIFAR-10 again.") from None
+                        f"Delete it and download {dataset} again.") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict, found {type(obj).__name__})")
+        raise DataError(f"{path} is not a {dataset} batch (expected a dict, found {type(obj).__name__})")
     # Official files read with encoding="bytes" have bytes keys; normalise to str.
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 

@@ -61,7 +61,7 @@ def ensure_cifar100(data_dir: Path | str, *, download: bool = True, url: str = C
 
 
 def load_fine_names(root: Path) -> tuple[str, ...]:
-    meta = _read_pickle(root / "meta")
+    meta = _read_pickle(root / "meta", "CIFAR-100")
     names = meta.get("fine_label_names")
     if not isinstance(names, list) or len(names) != NUM_FINE:
         raise DataError(f"{root / 'meta'}: 'fine_label_names' must be a list of {NUM_FINE} names")
@@ -73,7 +73,7 @@ def load_cifar100_split(root: Path, split: str) -> CifarSplit:
     if not path.is_file():
         raise DataError(f"CIFAR-100 in {root} is incomplete: missing {split}. Delete the directory and download "
                         "again.")
-    batch = _read_pickle(path)
+    batch = _read_pickle(path, "CIFAR-100")
     data, labels = batch.get("data"), batch.get("fine_labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found "

@@ -13,8 +13,9 @@ cache-fed loaders (`tensor`, `dali`), which train on the 32 px decoded cache:
   so the order is reproducible from the start of a run but `set_epoch` cannot jump to an arbitrary epoch, and
   the pixels are not those of the tensor loader (another decoder, another resampling).
 The files are exactly those fastcifar/data/folder.py accepted when it decoded the folder (the same skipped
-files, the same test split); a file whose format DALI cannot decode (GIF, for one) is refused before training
-with one message, never mid-epoch.
+files, the same test split). A suffix DALI does not decode (GIF, for one) is refused before training with one
+message; a file whose content DALI still cannot decode (a misnamed file) stops the epoch with one message that
+says to use --loader tensor.
 
 Measured on the development CPU (bench/folder_decode.py, bench/README.md); not yet run on a GPU.
 """
@@ -80,14 +81,36 @@ class DaliFileLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        for count, batch in enumerate(self._iterator):
-            if count >= self._len:  # the iterator's epoch may be one padded batch longer on some shards
-                self._iterator.reset()
-                return
-            images, labels = batch[0]["images"], batch[0]["labels"]
-            images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            yield (images.to(dtype=self._dtype, memory_format=memory_format),
-                   labels.to(self.device).reshape(-1).long())
+        batches = self._iterator  # next() only: DALI's __iter__ would try a reset, which it ignores mid-epoch
+        count, finished = 0, False
+        try:
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:  # auto_reset: the iterator is ready for the next epoch
+                    finished = True
+                    return
+                except Exception as exc:  # noqa: BLE001 - a file DALI could not read or decode mid-epoch
+                    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                    raise FastCifarError(f"DALI failed to read or decode a file in epoch {self.epoch + 1} ({first}); "
+                                         "use --loader tensor, which trains on the decoded cache") from None
+                if count >= self._len:  # a shard's epoch one batch longer than this rank's share: not yielded
+                    continue
+                count += 1
+                images, labels = batch[0]["images"], batch[0]["labels"]
+                images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+                yield (images.to(dtype=self._dtype, memory_format=memory_format),
+                       labels.to(self.device).reshape(-1).long())
+        finally:
+            # A consumer that stopped early: DALI's reset() is ignored mid-epoch, so the rest of the epoch is read
+            # and dropped, and the next iteration starts a new epoch (on every rank alike).
+            while not finished:
+                try:
+                    next(batches)
+                except StopIteration:
+                    finished = True
+                except Exception:  # noqa: BLE001 - the epoch already failed with its own message
+                    break
 
     def _build(self, files: list[str], labels: np.ndarray):
         from nvidia.dali import fn, pipeline_def, types

@@ -36,6 +36,20 @@ def resolve_dataset(dataset: str, data_dir: Path | str | None) -> str:
     return "cifar10"
 
 
+def holds(data_dir: Path | str, kind: str) -> bool:
+    """Whether `data_dir` holds a dataset of `kind` (its files, or for CIFAR its official archive)."""
+    from fastcifar.data.cifar100 import CIFAR100_ARCHIVE, find_cifar100_dir
+    from fastcifar.data.download import ARCHIVE_NAME
+    from fastcifar.data.folder import is_image_folder
+
+    root = Path(data_dir).expanduser()
+    if kind == "folder":
+        return is_image_folder(root)
+    if kind == "cifar100":
+        return find_cifar100_dir(root) is not None or (root / CIFAR100_ARCHIVE).is_file()
+    return find_batches_dir(root) is not None or (root / ARCHIVE_NAME).is_file()
+
+
 def load_dataset(data_dir: Path | str | None, dataset: str = "auto", *, download: bool = True, progress: bool = True,
                  cache_dir: Path | str | None = None, url: str | None = None, md5: str | None = None) -> CifarData:
     """Both splits of the dataset `data_dir` holds (downloaded when a CIFAR one is missing and `download`)."""
@@ -44,9 +58,8 @@ def load_dataset(data_dir: Path | str | None, dataset: str = "auto", *, download
     if kind == "folder":
         from fastcifar.data.folder import load_image_folder
 
-        if data_dir is None:
-            raise DataError("--dataset folder needs --data-dir: the folder holding train/<class>/<images>")
-        return load_image_folder(data_dir, cache_dir=cache_dir, progress=progress)
+        return load_image_folder(data_dir if data_dir is not None else default_data_dir(), cache_dir=cache_dir,
+                                 progress=progress)
     if kind == "cifar100":
         from fastcifar.data.cifar100 import load_cifar100
 
@@ -72,10 +85,10 @@ def model_split(split: str, data_dir: Path | str | None, model_meta: dict | None
     from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
 
     meta = model_meta or {}
-    found = resolve_dataset("auto", data_dir) if data_dir else None
-    kind = meta.get("dataset") or found or "cifar10"
-    if found and meta.get("dataset") and found != kind:
-        raise DataError(f"the model was trained on {_NAMES[kind]}, and --data-dir {data_dir} holds {_NAMES[found]}: "
+    recorded_kind = meta.get("dataset")
+    kind = recorded_kind or (resolve_dataset("auto", data_dir) if data_dir else "cifar10")
+    if data_dir and recorded_kind and not holds(data_dir, recorded_kind):
+        raise DataError(f"the model was trained on {_NAMES[recorded_kind]}, and --data-dir {data_dir} holds none: "
                         "give the --data-dir of the dataset it was trained on")
     places = [Path(p).expanduser() for p in (list(recorded) or [meta.get("data_dir")]) if p]
     if kind == "cifar10":

@@ -3,7 +3,9 @@ uint8 cache the loaders read like CIFAR.
 
 Owns scanning the folder, deciding what every bad file is (once, for every loader), decoding in parallel with a
 progress bar, the cache, and the held-out test split:
-- layout: `DIR/train/<class>/<images>`; `DIR/test/<class>/...` is the test split, else `DIR/val/<class>/...`, else
+- layout: `DIR/train/<class>/<images>` (kept in a fixed random order, so the first N training images - what
+  --train-limit and compare's fractions take - are a sample of every class); `DIR/test/<class>/...` is the test
+  split, else `DIR/val/<class>/...`, else
   a fixed, stratified split of train/ (seed 0, `HELD_OUT_FRACTION` of each class with at least 2 images) that is
   recorded in the dataset info every run keeps. With both val/ and test/, val/ is not read (fastcifar holds its
   validation images out of the training split itself: --val-fraction) and the info says so.
@@ -43,7 +45,7 @@ SPLITS = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.2  # of each class, when the folder has neither test/ nor val/
 HELD_OUT_SEED = 0  # fixed: every run on the folder shares one test split
 DEFAULT_STORAGE_SIZE = 32
-CACHE_VERSION = 2  # bump when the decoding changes: old caches are then decoded again
+CACHE_VERSION = 3  # bump when the decoding changes: old caches are then decoded again
 
 
 def default_cache_dir() -> Path:
@@ -140,6 +142,10 @@ def scan_folder(data_dir: Path | str) -> FolderScan:
         if singles:
             notes.append(f"{len(singles)} class(es) with one image keep it for training, none held out: "
                          + ", ".join(classes[c] for c in singles[:5]))
+    # The training files in a fixed random order, not sorted by class: --train-limit and compare's fractions take
+    # the first N training images, which must be a sample of every class (CIFAR's batches are shuffled too).
+    order = np.random.default_rng(HELD_OUT_SEED + 1).permutation(len(files["train"]))
+    files["train"] = [files["train"][i] for i in order]
     return FolderScan(root=root, class_names=tuple(classes), files=files, skipped=skipped, test_source=test_source,
                       notes=notes)
 
@@ -246,6 +252,10 @@ def load_image_folder(data_dir: Path | str, *, size: int = DEFAULT_STORAGE_SIZE,
     if len(splits["train"]) == 0:
         raise DataError(f"no readable training image in {scan.root / 'train'}" + (
             f" ({skipped_summary(skipped)})" if skipped_summary(skipped) else ""))
+    if len(splits["test"]) == 0:
+        why = ("every class has a single image, so none is held out" if scan.test_source == "held out of train/"
+               else f"{scan.test_source} holds no readable image")
+        raise DataError(f"{scan.root} has no test images: {why}. Add images (or a test/ folder)")
     present = set(np.unique(splits["train"].labels).tolist())
     lost = [scan.class_names[i] for i in range(len(scan.class_names)) if i not in present]
     if lost:

@@ -45,6 +45,28 @@ def artifact_kind(path: Path | str) -> str:
     raise FastCifarError(f"{path} is not a model fastcifar can run: give {', '.join(ARTIFACT_WORDS.values())}")
 
 
+def model_class_names(path: Path | str) -> tuple[str, ...] | None:
+    """The class names a model file carries (model.json, the ONNX metadata or the engine sidecar); None when they
+    cannot be read (the loader then says why)."""
+    try:
+        kind = artifact_kind(path)
+        if kind == "weights":
+            from fastcifar.models import read_model_meta
+
+            names = read_model_meta(path).get("class_names")
+        elif kind == "onnx":
+            from fastcifar.export.onnx import read_onnx_metadata
+
+            names = read_onnx_metadata(path).get("class_names")
+        else:
+            from fastcifar.export.tensorrt import read_engine_sidecar
+
+            names = (read_engine_sidecar(path).get("metadata") or {}).get("class_names")
+    except FastCifarError:
+        return None
+    return tuple(names) if names else None
+
+
 def fingerprint(files: list[Path], settings: dict) -> str:
     """The cache key: a sha256 over the settings and each source file's sha256 (fileio.file_digest)."""
     payload = {"settings": settings, "files": [file_digest(file) for file in files]}

@@ -37,7 +37,12 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
         predictor = load_predictor(model, backend, device, precision=precision)
     except FastCifarError as exc:
         raise FastCifarError(str(exc), exit_code=2) from None
-    test, root = model_split("test", data_dir, recorded_meta(model), recorded=recorded_data_dirs(model),
+    meta = recorded_meta(model)
+    if cifar10c is not None and meta.get("dataset", "cifar10") != "cifar10":
+        raise FastCifarError(f"--cifar10c holds corrupted CIFAR-10 test images, and this model was trained on "
+                             f"{meta['dataset']}: leave it out (the corruptions are then generated from the model's "
+                             "own test images)", exit_code=2)
+    test, root = model_split("test", data_dir, meta, recorded=recorded_data_dirs(model),
                              class_names=predictor.class_names,
                              no_download="evaluate reads the test split but never downloads it (fastcifar data "
                                          "--data-dir DIR does)")

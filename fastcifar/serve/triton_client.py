@@ -191,6 +191,8 @@ class TritonPredictor(Predictor):
             result = self.client.infer(self.name, [request], outputs=wanted)
         except self._error as exc:
             raise FastCifarError(f"the server refused the request: {_reason(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - the HTTP client passes socket errors and timeouts through
+            raise FastCifarError(f"the request to {self.url} failed ({type(exc).__name__}: {_reason(exc)})") from None
         return result.as_numpy(self.output_name)
 
     def to_numpy(self, outputs: np.ndarray) -> np.ndarray:

@@ -150,6 +150,9 @@ def check_ports(host: str, ports: dict) -> None:
                                  "own port")
         seen[port] = kind
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As servers bind: a port whose last connections wait in TIME_WAIT (a server stopped a minute ago) is
+            # free; one that something listens on is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, int(port)))
             except OSError as exc:
@@ -219,22 +222,21 @@ def serve_model(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | No
     check_ports(cfg.host, ports)
 
     stop = stop_event or threading.Event()
+    # Loading and warm-up (an engine build, a compile) run with the usual Ctrl-C: nothing is started yet.
+    log(f"loading {cfg.model}")
+    predictor = load_predictor(cfg.model, cfg.backend, cfg.device, precision=cfg.precision,
+                               cache_dir=cfg.cache_dir or DEFAULT_CACHE_DIR)
+    size = predictor.input_size
+    started = time.perf_counter()
+    for n in sorted({1, min(cfg.max_batch, predictor.max_batch)}):  # compiles, allocates, tunes: before ready
+        predictor.logits(np.zeros((n, size, size, 3), np.uint8))
+    log(f"warmed up {predictor.backend} {predictor.precision} on {predictor.device} in "
+        f"{time.perf_counter() - started:.1f} s")
     previous = {}
-    if install_signal_handlers:  # before the slow parts: a SIGTERM during start-up still stops cleanly
+    if install_signal_handlers:  # from here SIGINT and SIGTERM stop Triton and its child cleanly
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
-        log(f"loading {cfg.model}")
-        predictor = load_predictor(cfg.model, cfg.backend, cfg.device, precision=cfg.precision,
-                                   cache_dir=cfg.cache_dir or DEFAULT_CACHE_DIR)
-        size = predictor.input_size
-        started = time.perf_counter()
-        for n in sorted({1, min(cfg.max_batch, predictor.max_batch)}):  # compiles, allocates, tunes: before ready
-            predictor.logits(np.zeros((n, size, size, 3), np.uint8))
-        log(f"warmed up {predictor.backend} {predictor.precision} on {predictor.device} in "
-            f"{time.perf_counter() - started:.1f} s")
-        if stop.is_set():
-            raise KeyboardInterrupt
         info = ServerInfo(name=name, host=cfg.host, ports=ports, backend=predictor.backend,
                           precision=predictor.precision, device=str(predictor.device), max_batch=cfg.max_batch,
                           queue_delay_us=delay, class_names=list(predictor.class_names), pid=os.getpid())
@@ -258,22 +260,23 @@ def _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfi
     # --json); its tail is in the message when the server fails.
     log_dir = Path(tempfile.mkdtemp(prefix="fastcifar-triton-"))
     log_file = log_dir / "tritonserver.log"
-    config = TritonConfig(http_address=info.host, http_port=info.ports["http"], grpc_address=info.host,
-                          grpc_port=info.ports["grpc"], metrics_address=info.host,
-                          metrics_port=info.ports["metrics"], log_verbose=0, log_file=log_file,
-                          exit_timeout_secs=5, allow_gpu_metrics=_has_gpu())
-    triton = Triton(config=config)
-    preferred = [b for b in (8, 32, 64, 128, 256) if b <= info.max_batch]  # what the batcher aims for
-    triton.bind(model_name=info.name, infer_func=infer_batch,
-                inputs=[Tensor(name=INPUT_NAME, dtype=np.uint8, shape=(size, size, 3))],
-                outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(len(predictor.class_names),))],
-                config=ModelConfig(max_batch_size=info.max_batch,
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=info.queue_delay_us,
-                                                          preferred_batch_size=preferred or None)),
-                strict=True)
-    _add_parameters(triton, info.name, model_parameters(predictor))
     saved = os.environ.get("LD_LIBRARY_PATH")
+    triton = None
     try:
+        config = TritonConfig(http_address=info.host, http_port=info.ports["http"], grpc_address=info.host,
+                              grpc_port=info.ports["grpc"], metrics_address=info.host,
+                              metrics_port=info.ports["metrics"], log_verbose=0, log_file=log_file,
+                              exit_timeout_secs=5, allow_gpu_metrics=_has_gpu())
+        triton = Triton(config=config)
+        preferred = [b for b in (8, 32, 64, 128, 256) if b <= info.max_batch]  # what the batcher aims for
+        triton.bind(model_name=info.name, infer_func=infer_batch,
+                    inputs=[Tensor(name=INPUT_NAME, dtype=np.uint8, shape=(size, size, 3))],
+                    outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(len(predictor.class_names),))],
+                    config=ModelConfig(max_batch_size=info.max_batch,
+                                       batcher=DynamicBatcher(max_queue_delay_microseconds=info.queue_delay_us,
+                                                              preferred_batch_size=preferred or None)),
+                    strict=True)
+        _add_parameters(triton, info.name, model_parameters(predictor))
         log(f"starting Triton on {info.host} (HTTP {info.ports['http']}, gRPC {info.ports['grpc']}, metrics "
             f"{info.ports['metrics']})")
         os.environ["LD_LIBRARY_PATH"] = library_path(saved) or ""  # tritonserver and its stub inherit it
@@ -297,8 +300,9 @@ def _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfi
         raise FastCifarError(f"Triton did not start ({type(exc).__name__}: {exc}); its log:\n"
                              + _log_tail(log_file)) from None
     finally:
-        log("stopping Triton")
-        triton.stop()
+        if triton is not None:
+            log("stopping Triton")
+            triton.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
 
 

@@ -220,28 +220,15 @@ def locate_cifar(data_dir: Path | str | None, recorded=(), *, download: bool = F
 def ensure_cifar(data_dir: Path | str, *, download: bool = True, url: str = CIFAR_URL, md5: str = CIFAR_MD5,
                  progress: bool = True, no_download: str = "downloading is off (--no-download)") -> Path:
     """Return the batches directory under `data_dir`, extracting or downloading the archive if needed."""
-    from fastcifar.data.download import download_archive, extract_archive, md5sum
+    from fastcifar.data.download import fetch_official
 
     data_dir = Path(data_dir).expanduser()
     found = find_batches_dir(data_dir)
     if found is not None:
         return found
     archive = data_dir / ARCHIVE_NAME
-    if not archive.exists():
-        if not download:
-            raise DataError(f"CIFAR-10 not found in {data_dir}; {no_download}. "
-                            f"Point --data-dir (or $FASTCIFAR_DATA) at a directory holding {BATCHES_DIR}/ "
-                            f"or {ARCHIVE_NAME}.")
-        download_archive(url, archive, md5=md5, progress=progress)
-    else:
-        try:
-            actual = md5sum(archive)
-        except OSError as exc:
-            raise DataError(f"cannot read {archive}: {exc.strerror or exc}") from None
-        if actual != md5:
-            raise DataError(f"{archive} has md5 {actual}, expected {md5}: the archive is corrupt or not the "
-                            "official one. Delete it and download again.")
-    extract_archive(archive, data_dir)
+    fetch_official(data_dir, ARCHIVE_NAME, url=url, md5=md5, top=BATCHES_DIR, required=TRAIN_FILES[0],
+                   name="CIFAR-10", download=download, progress=progress, no_download=no_download)
     found = find_batches_dir(data_dir)
     if found is None:
         raise DataError(f"{archive} did not contain {BATCHES_DIR}/")

@@ -38,25 +38,17 @@ def find_cifar100_dir(data_dir: Path) -> Path | None:
 def ensure_cifar100(data_dir: Path | str, *, download: bool = True, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5,
                     progress: bool = True) -> Path:
     """The directory holding CIFAR-100's files under `data_dir`, extracting or downloading the archive if needed."""
-    from fastcifar.data.download import download_archive, extract_archive, md5sum
+    from fastcifar.data.download import fetch_official
 
     data_dir = Path(data_dir).expanduser()
     found = find_cifar100_dir(data_dir)
     if found is not None:
         return found
-    archive = data_dir / CIFAR100_ARCHIVE
-    if not archive.exists():
-        if not download:
-            raise DataError(f"CIFAR-100 not found in {data_dir}; downloading is off (--no-download). Point "
-                            f"--data-dir at a directory holding {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}.")
-        download_archive(url, archive, md5=md5, progress=progress)
-    elif md5sum(archive) != md5:
-        raise DataError(f"{archive} has md5 {md5sum(archive)}, expected {md5}: the archive is corrupt or not the "
-                        "official one. Delete it and download again.")
-    extract_archive(archive, data_dir, top=CIFAR100_DIR, required="meta")
+    fetch_official(data_dir, CIFAR100_ARCHIVE, url=url, md5=md5, top=CIFAR100_DIR, required="meta", name="CIFAR-100",
+                   download=download, progress=progress, no_download="downloading is off (--no-download)")
     found = find_cifar100_dir(data_dir)
     if found is None:
-        raise DataError(f"{archive} did not contain {CIFAR100_DIR}/ with train, test and meta")
+        raise DataError(f"{data_dir / CIFAR100_ARCHIVE} did not contain {CIFAR100_DIR}/ with train, test and meta")
     return found
 
 

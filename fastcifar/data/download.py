@@ -193,6 +193,28 @@ def extract_archive(archive: Path, data_dir: Path, *, top: str = BATCHES_DIR,
     return target
 
 
+def fetch_official(data_dir: Path, archive_name: str, *, url: str, md5: str, top: str, required: str, name: str,
+                   download: bool, progress: bool, no_download: str) -> None:
+    """The official archive `data_dir/archive_name` verified (downloaded first when missing and `download`), then
+    extracted into `data_dir/top`: the shared path of CIFAR-10 (cifar.ensure_cifar) and CIFAR-100
+    (cifar100.ensure_cifar100). The caller looks for the extracted files afterwards."""
+    archive = data_dir / archive_name
+    if not archive.exists():
+        if not download:
+            raise DataError(f"{name} not found in {data_dir}; {no_download}. Point --data-dir (or $FASTCIFAR_DATA) at "
+                            f"a directory holding {top}/ or {archive_name}.")
+        download_archive(url, archive, md5=md5, progress=progress)
+    else:
+        try:
+            actual = md5sum(archive)
+        except OSError as exc:
+            raise DataError(f"cannot read {archive}: {exc.strerror or exc}") from None
+        if actual != md5:
+            raise DataError(f"{archive} has md5 {actual}, expected {md5}: the archive is corrupt or not the "
+                            "official one. Delete it and download again.")
+    extract_archive(archive, data_dir, top=top, required=required)
+
+
 def _move_into(tmp: Path, target: Path) -> None:
     """Rename the extracted directory onto `target`; into it file by file when it already exists."""
     if not target.is_dir():

@@ -1,9 +1,10 @@
 """`fastcifar serve` on a real Triton server (PyTriton), its clients and its load test.
 
-One server (module scope) answers every client test: predict --server over HTTP and gRPC agrees with the local
-predictor on the same files; tritonclient sees the exported repository's contract; the load test reports its rows
-and the batches Triton formed; hundreds of bad requests between good ones leave the answers unchanged. A second
-server checks that SIGTERM leaves no process behind. The checks before start-up run without a server.
+One server (module scope, the torch backend) answers every client test: predict --server over HTTP and gRPC agrees
+with the local predictor on the same files; tritonclient sees the exported repository's contract; the load test
+reports its rows and the batches Triton formed; hundreds of bad requests between good ones leave the answers
+unchanged. A second server (onnxruntime) answers, then SIGTERM leaves no process behind. The checks before start-up
+run without a server.
 """
 
 from __future__ import annotations
@@ -103,23 +104,15 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir):
-    """The module's server as {"proc", "ready"}: one start for every test, whatever their order. The SIGTERM test
-    stops it; a test after that starts a new one (`server`)."""
-    holder = {}
-
-    def ensure():
-        if "proc" not in holder or holder["proc"].poll() is not None:
-            holder["proc"], holder["ready"] = start_server(tiny_model_dir, "--name", "r18")
-        return holder
-
-    yield ensure
-    if "proc" in holder:
-        stop(holder["proc"])
+    """(process, ready line) of the module's server (torch, the default backend), shared by the client tests."""
+    proc, ready = start_server(tiny_model_dir, "--name", "r18")
+    yield proc, ready
+    stop(proc)
 
 
 @pytest.fixture
 def server(served):
-    return served()["ready"]
+    return served[1]
 
 
 @pytest.fixture(scope="module")
@@ -251,21 +244,36 @@ def test_bad_requests_get_errors_and_the_server_keeps_answering(server):
     assert np.array_equal(infer(good, "UINT8"), before) and client.is_model_ready("r18")
 
 
-def test_sigterm_stops_the_server_and_every_child(served):
-    """Stops the module's server (one server start fewer for the suite; a later test would start another)."""
-    holder = served()
-    proc, ready = holder["proc"], holder["ready"]
-    assert ready["model"] == "r18" and ready["pid"] == proc.pid and proc.poll() is None
-    children = descendants(proc.pid)
-    assert any("tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-               for pid in children if alive(pid))
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
-    deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in children if alive(pid)]
-    assert "stopped" in proc.stderr.read()
+def test_an_onnxruntime_server_answers_and_sigterm_leaves_no_process(tiny_model_dir, tmp_path):
+    """Another backend behind the same contract (the run exported on the fly into --cache-dir), then SIGTERM: the
+    server and every child (tritonserver, PyTriton's proxy and backend stub) are gone."""
+    import tritonclient.grpc as tg
+
+    from fastcifar.serve.predictor import load_predictor
+
+    proc, ready = start_server(tiny_model_dir, "--backend", "onnxruntime", "--cache-dir", str(tmp_path / "cache"))
+    try:
+        assert ready["model"] == "resnet18-random" and ready["backend"] == "onnxruntime" and ready["pid"] == proc.pid
+        pixels = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+        client = tg.InferenceServerClient(ready["urls"]["grpc"].split("://")[1])
+        request = tg.InferInput("pixels", list(pixels.shape), "UINT8")
+        request.set_data_from_numpy(pixels)
+        got = client.infer("resnet18-random", [request]).as_numpy("logits")
+        assert np.allclose(got, load_predictor(tiny_model_dir, device="cpu").logits(pixels), atol=1e-4)
+        params = {k: v.string_value for k, v in client.get_model_config("resnet18-random").config.parameters.items()}
+        assert params["fastcifar.backend"] == "onnxruntime"
+        children = descendants(proc.pid)
+        assert any("tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                   for pid in children if alive(pid))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if alive(pid)]
+        assert "stopped" in proc.stderr.read()
+    finally:
+        stop(proc)
 
 
 # ---------------------------------------------------------------------------------------------- before start

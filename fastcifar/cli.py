@@ -121,6 +121,16 @@ def _same_path(a: Path, b: Path) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+def _given_options(names=None, exclude=()) -> list[str]:
+    """The running command's options the user typed on the command line (not defaults), as their flags
+    (`--batch-sizes`), among `names` (default: every option) minus `exclude`: for the option combinations a verb
+    refuses."""
+    ctx = click.get_current_context()
+    return [param.opts[0] for param in ctx.command.params
+            if isinstance(param, click.Option) and (names is None or param.name in names) and param.name not in exclude
+            and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]
+
+
 def _usage_error(message: str) -> click.UsageError:
     return click.UsageError(message, ctx=click.get_current_context(silent=True))
 
@@ -427,9 +437,7 @@ def train(preset: str, data_dir, download: bool, out, resume_dir, keep_state: bo
 
     progress = "bar" if sys.stderr.isatty() else "lines"  # a log file gets one plain line per epoch
     if resume_dir is not None:
-        ctx = click.get_current_context()
-        given = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in ("resume_dir", "as_json",
-                 "keep_state") and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        given = _given_options(exclude=("resume_dir", "as_json", "keep_state"))
         if given:
             raise FastCifarError(f"--resume continues {resume_dir} with the options it was started with; drop "
                                  f"{', '.join(given)} (or start a new run with --out)")
@@ -705,9 +713,7 @@ def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, de
 
 def _server_predictor(paths: tuple[Path, ...], model_name, server: str):
     """predict --server: the options that choose a local model mean nothing there; a usage error names them."""
-    ctx = click.get_current_context()
-    local = [f"--{name}" for name in ("backend", "device", "precision", "checkpoint")
-             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    local = _given_options(("backend", "device", "precision", "checkpoint"))
     if local:
         raise _usage_error(f"{', '.join(local)} choose a local model; with --server the server runs its own "
                            "(give them to fastcifar serve)")
@@ -862,9 +868,7 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
     if server is not None:
         return _bench_server(server, model_args, models, batch_sizes, concurrency, requests, duration, metrics_url,
                              as_json)
-    ctx = click.get_current_context()
-    server_only = [f"--{name.replace('_', '-')}" for name in ("concurrency", "requests", "duration", "metrics_url")
-                   if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    server_only = _given_options(("concurrency", "requests", "duration", "metrics_url"))
     if server_only:
         raise _usage_error(f"{', '.join(server_only)} belong to the load test of a server: add --server URL")
     models = tuple(_checkpoint(m, checkpoint) for m in _models(model_args, models))
@@ -893,11 +897,8 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
 def _bench_server(server, model_args, models, batch_sizes, concurrency, requests, duration, metrics_url,
                   as_json) -> None:
     """bench --server: the load test (fastcifar/bench/serve_load.py)."""
-    ctx = click.get_current_context()
-    local = [f"--{p.name.replace('_', '-')}" for p in ctx.command.params
-             if p.name not in ("server", "concurrency", "requests", "duration", "metrics_url", "batch_sizes",
-                               "models", "model_args", "as_json")
-             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    local = _given_options(exclude=("server", "concurrency", "requests", "duration", "metrics_url", "batch_sizes",
+                                    "models", "model_args", "as_json"))
     if local:
         raise _usage_error(f"{', '.join(local)} apply to the in-process benchmark, not to --server")
     names = tuple(model_args) + tuple(models)
@@ -905,7 +906,7 @@ def _bench_server(server, model_args, models, batch_sizes, concurrency, requests
         raise _usage_error("--server load-tests one model: give its name once with --model NAME")
     from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts, print_load_table
 
-    explicit = ctx.get_parameter_source("batch_sizes") == click.core.ParameterSource.COMMANDLINE
+    explicit = bool(_given_options(("batch_sizes",)))
     cfg = LoadConfig(server=server, model=str(names[0]) if names else None,
                      concurrency=parse_counts(concurrency, "--concurrency"),
                      batch_sizes=parse_counts(batch_sizes, "--batch-sizes") if explicit else (8,),

@@ -135,12 +135,14 @@ def _read_pickle(path: Path, dataset: str = "CIFAR-10") -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def load_batch(path: Path) -> CifarSplit:
-    """Load and validate one batch file into (N,32,32,3) uint8 images and int64 labels."""
-    batch = _read_pickle(path)
-    data, labels = batch.get("data"), batch.get("labels")
+def load_batch(path: Path, *, label_key: str = "labels", num_classes: int = NUM_CLASSES,
+               dataset: str = "CIFAR-10") -> CifarSplit:
+    """Load and validate one batch file into (N,32,32,3) uint8 images and int64 labels. CIFAR-100's files have the
+    same layout with their labels under `fine_labels` (fastcifar/data/cifar100.py)."""
+    batch = _read_pickle(path, dataset)
+    data, labels = batch.get("data"), batch.get(label_key)
     if data is None or labels is None:
-        raise DataError(f"{path} is not a CIFAR-10 batch (missing 'data' or 'labels')")
+        raise DataError(f"{path} is not a {dataset} batch (missing 'data' or '{label_key}')")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
@@ -150,12 +152,12 @@ def load_batch(path: Path) -> CifarSplit:
     except (TypeError, ValueError):  # ragged nested lists
         labels = None
     if labels is None or labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
-        raise DataError(f"{path}: 'labels' must be a flat list of integers")
+        raise DataError(f"{path}: '{label_key}' must be a flat list of integers")
     labels = labels.astype(np.int64)
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{path}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
     # Rows are channel-major (1024 R, 1024 G, 1024 B); convert to HWC once, contiguous.
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     return CifarSplit(images=images, labels=labels)

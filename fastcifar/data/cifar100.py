@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from fastcifar.data.cifar import CifarData, CifarSplit, _read_pickle, default_data_dir
+from fastcifar.data.cifar import CifarData, CifarSplit, _read_pickle, default_data_dir, load_batch
 from fastcifar.errors import DataError
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -65,21 +63,7 @@ def load_cifar100_split(root: Path, split: str) -> CifarSplit:
     if not path.is_file():
         raise DataError(f"CIFAR-100 in {root} is incomplete: missing {split}. Delete the directory and download "
                         "again.")
-    batch = _read_pickle(path, "CIFAR-100")
-    data, labels = batch.get("data"), batch.get("fine_labels")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found "
-                        f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', None)}")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        labels = None
-    if labels is None or labels.ndim != 1 or len(labels) != len(data):
-        raise DataError(f"{path}: 'fine_labels' must be one integer per image")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_FINE):
-        raise DataError(f"{path}: fine labels must lie in 0..{NUM_FINE - 1}, found {labels.min()}..{labels.max()}")
-    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return CifarSplit(images=images, labels=labels)
+    return load_batch(path, label_key="fine_labels", num_classes=NUM_FINE, dataset="CIFAR-100")
 
 
 def load_cifar100(data_dir: Path | str | None = None, *, download: bool = True, url: str = CIFAR100_URL,

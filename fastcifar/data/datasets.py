@@ -21,17 +21,14 @@ _NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "an image fo
 
 def resolve_dataset(dataset: str, data_dir: Path | str | None) -> str:
     """The kind `auto` means for `data_dir` (others are returned as they are, after a check)."""
-    from fastcifar.data.cifar100 import CIFAR100_ARCHIVE, find_cifar100_dir
-    from fastcifar.data.folder import is_image_folder
-
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
     if dataset != "auto":
         return dataset
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if is_image_folder(root):
+    if holds(root, "folder"):
         return "folder"
-    if find_batches_dir(root) is None and (find_cifar100_dir(root) is not None or (root / CIFAR100_ARCHIVE).is_file()):
+    if find_batches_dir(root) is None and holds(root, "cifar100"):
         return "cifar100"
     return "cifar10"
 

@@ -89,6 +89,7 @@ def main() -> None:
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.plan import LoaderOptions
     from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD
+    from fastcifar.runtime import package_version
 
     tmp = tempfile.TemporaryDirectory()
     root = args.folder or Path(tmp.name) / "folder"
@@ -134,8 +135,8 @@ def main() -> None:
               "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                           "cpu_count": os.cpu_count()},
               "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                           "torchvision": torchvision.__version__, "dali": _version("nvidia-dali-cuda130"),
-                           "pillow": _version("pillow"), "fastcifar": fastcifar.__version__},
+                           "torchvision": torchvision.__version__, "dali": package_version("nvidia-dali-cuda130"),
+                           "pillow": package_version("pillow"), "fastcifar": fastcifar.__version__},
               "date": time.strftime("%Y-%m-%d")}
     print(f"{'loader':<14}{'images/s':>12}{'vs DataLoader':>15}")
     for name, row in rows.items():
@@ -144,15 +145,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     tmp.cleanup()
-
-
-def _version(name: str):
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

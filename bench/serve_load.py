@@ -57,26 +57,11 @@ def untrained_model(folder: Path) -> Path:
 
 
 def start_server(model: Path, ports: list[int], extra: list[str]) -> tuple[subprocess.Popen, dict]:
-    """`fastcifar serve --json` in its own process group; (process, its ready line)."""
-    import queue
-    import threading
+    """`fastcifar serve` on the CPU under the name `bench` (triton_server.launch); (process, its ready line)."""
+    from fastcifar.serve.triton_server import launch
 
-    cmd = [sys.executable, "-m", "fastcifar", "serve", str(model), "--device", "cpu", "--json", "--name", "bench",
-           "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
-                            start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line.startswith("{"):
-            return proc, json.loads(line)
-    os.killpg(proc.pid, signal.SIGKILL)  # with its tritonserver child
-    raise SystemExit("the server did not start (run fastcifar serve by hand to see why)")
+    return launch([model, "--device", "cpu", "--name", "bench", "--http-port", ports[0], "--grpc-port", ports[1],
+                   "--metrics-port", ports[2], *extra], stderr=subprocess.DEVNULL, cwd=REPO)
 
 
 def in_process(model: Path, batch: int, requests: int) -> dict:
@@ -111,7 +96,9 @@ def main() -> None:
     import torch
 
     import fastcifar
-    from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts, print_load_table
+    from fastcifar.bench.report import print_load_table
+    from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts
+    from fastcifar.runtime import package_version
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or untrained_model(Path(tmp))
@@ -135,8 +122,8 @@ def main() -> None:
         row["ratio_to_in_process_same_batch"] = round(row["images_per_s"] / base, 2) if base else None
     result.update(in_process=local, model_path=str(args.model or "untrained resnet18 (cifar stem, 32 px)"),
                   versions={"python": platform.python_version(), "torch": torch.__version__,
-                            "fastcifar": fastcifar.__version__, "pytriton": _version("nvidia-pytriton"),
-                            "tritonclient": _version("tritonclient"), "numpy": np.__version__},
+                            "fastcifar": fastcifar.__version__, "pytriton": package_version("nvidia-pytriton"),
+                            "tritonclient": package_version("tritonclient"), "numpy": np.__version__},
                   cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d"))
     print_load_table(result)
     for row in local:
@@ -148,15 +135,6 @@ def main() -> None:
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-
-
-def _version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

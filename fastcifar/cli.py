@@ -904,7 +904,8 @@ def _bench_server(server, model_args, models, batch_sizes, concurrency, requests
     names = tuple(model_args) + tuple(models)
     if len(names) > 1:
         raise _usage_error("--server load-tests one model: give its name once with --model NAME")
-    from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts, print_load_table
+    from fastcifar.bench.report import print_load_table
+    from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts
 
     explicit = bool(_given_options(("batch_sizes",)))
     cfg = LoadConfig(server=server, model=str(names[0]) if names else None,

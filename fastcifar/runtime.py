@@ -127,6 +127,16 @@ def _git_state(diff: str | None) -> dict:
 _NOT_READ = object()
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of the distribution `name` (pip's name, e.g. nvidia-pytriton), None when absent."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def env_info(command: list[str] | None = None, diff=_NOT_READ) -> dict:
     """Versions, machine, GPU and git sha: written as env.json beside every result. `diff`: the git_diff() the caller
     already read (so a file it writes and the hash recorded here come from one read)."""

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -43,27 +41,13 @@ def free_ports(n: int) -> list[int]:
 
 
 def start_server(model: Path, *extra: str, timeout: float = 180.0):
-    """(process, ready dict) of `fastcifar serve MODEL --json` on free ports. Its own process group, so a server
-    that never gets ready is killed with its tritonserver child."""
+    """(process, ready dict) of `fastcifar serve MODEL --json` on free ports (triton_server.launch)."""
+    from fastcifar.serve.triton_server import launch
+
     http, grpc, metrics = free_ports(3)
-    cmd = [sys.executable, "-m", "fastcifar", "serve", str(model), "--device", "cpu", "--json",
-           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line.startswith("{"):
-            return proc, json.loads(line)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    raise AssertionError(f"the server did not get ready in {timeout:.0f} s: {proc.stderr.read()[-3000:]}")
+    return launch([model, "--device", "cpu", "--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics,
+                   *extra], timeout_s=timeout, env=env)
 
 
 def descendants(pid: int) -> set[int]:

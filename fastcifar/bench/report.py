@@ -1,7 +1,8 @@
 """How `fastcifar bench` results are shown and kept: the rich table, and JSON + markdown + PNG files.
 
-Owns the presentation of `BenchReport` rows (fastcifar/bench/harness.py), nothing else. Every file is written
-atomically; the PNG is git-ignored (bench/results/*.png), the JSON and markdown are the record.
+Owns the presentation of `BenchReport` rows (fastcifar/bench/harness.py) and of a server's load test
+(fastcifar/bench/serve_load.py), nothing else. Every file is written atomically; the PNG is git-ignored
+(bench/results/*.png), the JSON and markdown are the record.
 """
 
 from __future__ import annotations
@@ -144,3 +145,24 @@ def write_reports(report, results_dir: Path, name: str) -> list[Path]:
     if png is not None:
         files.append(write_bytes(results_dir / f"{name}.png", png))
     return files
+
+
+def print_load_table(result: dict) -> None:
+    """The load test of a server (fastcifar/bench/serve_load.py): one row per level, then one line per level with
+    errors."""
+    from rich.table import Table
+
+    from fastcifar.runtime import table_console
+
+    table = Table(title=f"load test: {result['model']} at {result['server']} ({result['precision']})")
+    for column in ("clients", "batch", "requests", "errors", "images/s", "p50 ms", "p95 ms", "p99 ms",
+                   "server batch"):
+        table.add_column(column, justify="right")
+    for r in result["rows"]:
+        table.add_row(str(r["concurrency"]), str(r["batch"]), str(r["requests"]), str(r["errors"]),
+                      _fmt(r["images_per_s"], ".1f"), _fmt(r["p50_ms"], ".1f"), _fmt(r["p95_ms"], ".1f"),
+                      _fmt(r["p99_ms"], ".1f"), _fmt(r["server_mean_batch"], ".1f"))
+    table_console().print(table)
+    for r in result["rows"]:
+        if r["error_example"]:
+            print(f"{r['concurrency']} clients: {r['errors']} errors, e.g. {r['error_example']}")

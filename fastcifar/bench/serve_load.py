@@ -119,12 +119,8 @@ def _client_loop(predictor_args: tuple, pixels: np.ndarray, clock: dict, barrier
 
 def run_level(url: str, model: str, concurrency: int, batch: int, requests: int, duration_s: float,
               metrics_url: str | None, seed: int, size: int = 32) -> dict:
+    """One level: `concurrency` clients sending `batch` seeded random images per request (module docstring)."""
     pixels = np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    return _measure(url, model, concurrency, pixels, requests, duration_s, metrics_url)
-
-
-def _measure(url: str, model: str, concurrency: int, pixels: np.ndarray, requests: int, duration_s: float,
-             metrics_url: str | None) -> dict:
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
@@ -146,7 +142,6 @@ def _measure(url: str, model: str, concurrency: int, pixels: np.ndarray, request
         thread.join(duration_s + 180)  # connecting + a request in flight at the deadline (tritonclient's timeout)
     wall = time.perf_counter() - clock["start"] if clock["start"] else 0.0
     after = read_counters(metrics_url, model) if metrics_url else None
-    batch = len(pixels)
     lat_ms = np.asarray(latencies) * 1000.0
     mean_batch = None
     if before is not None and after is not None and after["executions"] > before["executions"]:
@@ -199,26 +194,3 @@ def load_test(cfg: LoadConfig, log=lambda message: None) -> dict:
             "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                         "python": platform.python_version()},
             "fastcifar": fastcifar.__version__, "metrics_url": metrics_url}
-
-
-def print_load_table(result: dict) -> None:
-    from rich.table import Table
-
-    from fastcifar.runtime import table_console
-
-    table = Table(title=f"load test: {result['model']} at {result['server']} ({result['precision']})")
-    for column in ("clients", "batch", "requests", "errors", "images/s", "p50 ms", "p95 ms", "p99 ms",
-                   "server batch"):
-        table.add_column(column, justify="right")
-    for r in result["rows"]:
-        table.add_row(str(r["concurrency"]), str(r["batch"]), str(r["requests"]), str(r["errors"]),
-                      _fmt(r["images_per_s"], ".1f"), _fmt(r["p50_ms"], ".1f"), _fmt(r["p95_ms"], ".1f"),
-                      _fmt(r["p99_ms"], ".1f"), _fmt(r["server_mean_batch"], ".1f"))
-    table_console().print(table)
-    for r in result["rows"]:
-        if r["error_example"]:
-            print(f"{r['concurrency']} clients: {r['errors']} errors, e.g. {r['error_example']}")
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)

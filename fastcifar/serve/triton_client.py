@@ -107,16 +107,14 @@ def choose_model(client, url: ServerURL, name: str | None) -> str:
     """The model to ask: `name`, else the only ready model the server lists."""
     if name:
         if not client.is_model_ready(name):
+            names = sorted({m["name"] for m in _index(client, url) or []})
             raise FastCifarError(f"the Triton server at {url} has no ready model '{name}'"
-                                 + _listing(client, url))
+                                 + (f" (it has: {', '.join(names)})" if names else ""))
         return name
-    try:
-        index = client.get_model_repository_index(as_json=True) if url.protocol == "grpc" else \
-            client.get_model_repository_index()
-    except Exception:  # noqa: BLE001 - PyTriton guards the repository API with a token
+    models = _index(client, url)
+    if models is None:
         raise FastCifarError(f"the Triton server at {url} does not list its models: name one with --model NAME "
-                             "(fastcifar serve prints it)") from None
-    models = index.get("models", []) if isinstance(index, dict) else index
+                             "(fastcifar serve prints it)")
     ready = sorted({m["name"] for m in models if m.get("state", "READY") == "READY"})
     if len(ready) != 1:
         raise FastCifarError(f"the Triton server at {url} has {len(ready)} ready models"
@@ -124,15 +122,14 @@ def choose_model(client, url: ServerURL, name: str | None) -> str:
     return ready[0]
 
 
-def _listing(client, url: ServerURL) -> str:
+def _index(client, url: ServerURL) -> list[dict] | None:
+    """The server's model repository index; None when it is not listable (PyTriton guards it with a token)."""
     try:
         index = client.get_model_repository_index(as_json=True) if url.protocol == "grpc" else \
             client.get_model_repository_index()
-        models = index.get("models", []) if isinstance(index, dict) else index
-        names = sorted({m["name"] for m in models})
-        return f" (it has: {', '.join(names)})" if names else ""
-    except Exception:  # noqa: BLE001 - not listable (PyTriton's token): nothing to add
-        return ""
+    except Exception:  # noqa: BLE001 - refused (token) or not supported: the caller says what to do instead
+        return None
+    return index.get("models", []) if isinstance(index, dict) else index
 
 
 def _parameters(config: dict) -> dict:

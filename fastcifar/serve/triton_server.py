@@ -38,6 +38,7 @@ import re
 import signal
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import sysconfig
@@ -332,6 +333,35 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def launch(args: list[str], *, timeout_s: float = 300.0, env: dict | None = None, stderr=subprocess.PIPE,
+           cwd=None) -> tuple[subprocess.Popen, dict]:
+    """`fastcifar serve ARGS --json` as a child process in its own process group, for scripts and tests: (process,
+    its ready line as a dict) once the model is ready. Stop it with SIGTERM to the process. One that is not ready
+    within `timeout_s` (or exits first) is killed with its children, and FastCifarError says so, with the end of
+    its stderr when that is piped."""
+    import queue
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastcifar", "serve", *map(str, args), "--json"],
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=cwd,
+                            start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    # A reader thread: readline() alone would block past the deadline while the server prints nothing.
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line.startswith("{"):
+            return proc, json.loads(line)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # with its tritonserver child
+    proc.wait(30)
+    tail = proc.stderr.read()[-3000:] if proc.stderr else ""
+    raise FastCifarError(f"fastcifar serve was not ready within {timeout_s:.0f} s (exit {proc.returncode}): {tail}")
 
 
 def ready_line(info: ServerInfo, as_json: bool) -> str:

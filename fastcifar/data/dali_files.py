@@ -22,7 +22,6 @@ Measured on the development CPU (bench/folder_decode.py, bench/README.md); not y
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -117,14 +116,13 @@ class DaliFileLoader:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+        from fastcifar.data.dali_loader import pipeline_settings
+
         opts, gpu = self.options, self.device.type == "cuda"
         size = opts.image_size
         mean, std = pixel_mean_std(opts.mean, opts.std)
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu \
-            else None
 
-        @pipeline_def(batch_size=opts.batch_size, num_threads=max(1, min(4, os.cpu_count() or 1)),
-                      device_id=device_id, seed=opts.seed, prefetch_queue_depth=2)
+        @pipeline_def(**pipeline_settings(opts, self.device))
         def pipeline():
             encoded, label = fn.readers.file(files=files, labels=labels.tolist(), name="Reader",
                                              shard_id=opts.rank, num_shards=opts.world_size,

@@ -40,6 +40,16 @@ def _dali_failed(when: str, exc: BaseException) -> FastCifarError:
                           "--loader tensor (the measured default) instead")
 
 
+def pipeline_settings(options: LoaderOptions, device: torch.device) -> dict:
+    """`pipeline_def` arguments of both DALI loaders (this one and dali_files.py): the batch, up to 4 CPU threads,
+    the GPU (None: a CPU pipeline), the seed, two batches in flight."""
+    device_id = None
+    if device.type == "cuda":
+        device_id = device.index if device.index is not None else torch.cuda.current_device()
+    return dict(batch_size=options.batch_size, num_threads=max(1, min(4, os.cpu_count() or 1)), device_id=device_id,
+                seed=options.seed, prefetch_queue_depth=2)
+
+
 class DaliLoader(BaseLoader):
     """Loader contract of `fastcifar.data.plan` over uint8 (N,H,W,3) `images`, augmented by DALI."""
 
@@ -87,11 +97,8 @@ class DaliLoader(BaseLoader):
         opts, gpu = self.options, self.device.type == "cuda"
         h, w = self._shape
         pixel_mean, pixel_std = pixel_mean_std(opts.mean, opts.std)
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu \
-            else None
 
-        @pipeline_def(batch_size=opts.batch_size, num_threads=max(1, min(4, os.cpu_count() or 1)),
-                      device_id=device_id, seed=opts.seed, prefetch_queue_depth=2)
+        @pipeline_def(**pipeline_settings(opts, self.device))
         def augment():
             images, pos_y, pos_x, mirror = fn.external_source(
                 source=self._source, num_outputs=4, batch=True, batch_info=True,

@@ -106,10 +106,7 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> 
             raise FastCifarError("--loader dali-files reads an image folder's files (DIR/train/<class>/...); "
                                  f"{data.info.get('dataset', 'CIFAR-10')} comes as arrays: use --loader tensor or dali")
         files = data.files["train"][:len(labels)]
-
-        def loader(indices_or_files, split_labels, options):
-            return DaliFileLoader(indices_or_files, split_labels, options, device)
-
+        loader = partial(DaliFileLoader, device=device)
         train_loader = loader([files[i] for i in train_idx], labels[train_idx], train_opts)
         val_loader = loader([files[i] for i in val_idx], labels[val_idx], eval_opts) if len(val_idx) else None
         test_loader = loader(data.files["test"], data.test.labels, eval_opts)

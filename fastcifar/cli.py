@@ -96,6 +96,12 @@ def _checkpoint(path: Path, checkpoint: str) -> Path:
     return checkpoint_file(path, checkpoint)
 
 
+def backend_option(help: str):
+    """--backend: which runtime runs the model (serve/predictor.py's BACKENDS, or auto: the file's own)."""
+    return click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
+                        help=help)
+
+
 def device_option(func):
     return click.option("--device", default="auto", show_default=True,
                         help="auto (CUDA when present) | cpu | cuda | cuda:N.")(func)
@@ -558,9 +564,7 @@ compare.params = [p for p in compare.params if p.name != "init"]
               help="The ImageNet-pretrained model: a run directory, model.safetensors, .onnx or TensorRT engine.")
 @click.option("--scratch", required=True, type=click.Path(path_type=Path),
               help="The from-scratch model, in any of the same forms.")
-@click.option("--backend", type=click.Choice(_BACKEND_CHOICES),
-              default="auto", show_default=True,
-              help="Inference backend for both models; auto picks the one that runs the given file.")
+@backend_option("Inference backend for both models; auto picks the one that runs the given file.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Use 0.0.0.0 only to make the demo reachable from other machines.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to serve on.")
@@ -598,8 +602,7 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
 @cli.command()
 @model_argument
 @model_option
-@click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
-              help="Inference backend behind the server; auto runs the given file as it is (as for predict).")
+@backend_option("Inference backend behind the server; auto runs the given file as it is (as for predict).")
 @device_option
 @serving_precision_option()
 @checkpoint_option
@@ -657,9 +660,8 @@ def serve(model: Path | None, model_option: Path | None, backend: str, device: s
 @click.option("--model", "model_option", type=click.Path(path_type=Path), default=None,
               help=f"The model ({MODEL_WORDS}); then every argument is an image. Without it the first argument is "
                    "the model.")
-@click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
-              help="Inference backend; auto runs the given file as it is (run dir: torch, .onnx: onnxruntime, "
-                   "engine: tensorrt). A run dir with onnxruntime/tensorrt is exported on the fly (cached).")
+@backend_option("Inference backend; auto runs the given file as it is (run dir: torch, .onnx: onnxruntime, "
+                "engine: tensorrt). A run dir with onnxruntime/tensorrt is exported on the fly (cached).")
 @device_option
 @serving_precision_option()
 @click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Labels shown per image.")
@@ -741,8 +743,7 @@ def _print_predictions(results: list[dict], backend: str) -> None:
 @cli.command()
 @model_argument
 @model_option
-@click.option("--backend", type=click.Choice(_BACKEND_CHOICES), default="auto", show_default=True,
-              help="Inference backend; auto runs the given file as it is (as for predict).")
+@backend_option("Inference backend; auto runs the given file as it is (as for predict).")
 @device_option
 @serving_precision_option()
 @data_dir_option

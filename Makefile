@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 # The real CIFAR-10 beside the project when it is there, else $FASTCIFAR_DATA / ~/.cache/fastcifar.
 DATA ?= $(firstword $(wildcard ../shared/cifar10) $(FASTCIFAR_DATA) $(HOME)/.cache/fastcifar)
 PYTEST_ARGS ?=
+# `make test` runs on pytest-xdist workers, one per core (`logical`; TEST_WORKERS=0 runs in this one process), one
+# test module per worker at a time (module fixtures are built once) in collection order: tests/conftest.py puts the
+# longest modules first. Measured with bench/suite_time.py (bench/README.md, "Test suite time").
+TEST_WORKERS ?= logical
 # OpenMP threads sleep instead of spin-waiting for a busy core (an explicit OMP_WAIT_POLICY wins): on a shared
 # machine the spinning made `make run` 14x slower; measured by bench/omp_wait_policy.py (bench/README.md).
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -31,7 +35,7 @@ run: $(STAMP)
 	$(BIN)/fastcifar compare --data-dir $(DATA) --no-compile --if-no-weights stand-in $(if $(WEIGHTS),--pretrained-weights $(WEIGHTS))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

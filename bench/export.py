@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from fastcifar.errors import FastCifarError  # noqa: E402
 from fastcifar.fileio import write_json, write_text  # noqa: E402
+from fastcifar.precision import DEFAULT_ENGINE_PROFILE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # ONNX Runtime precisions worth timing per device: the CPU has no bf16 kernels; on CUDA, bf16 Conv is patchy.
@@ -194,7 +195,8 @@ def parse_args(argv=None):
     parser.add_argument("--int8-calib-images", type=int, default=512, help="training images for INT8 [512]")
     parser.add_argument("--verify-images", type=int, default=1000, help="test images for parity [1000]")
     parser.add_argument("--batch-sizes", default=None, help="[default: 1,64,256 on CPU; 1,64,256,1024 on CUDA]")
-    parser.add_argument("--trt-batch", default="1:256:1024", help="engine profile MIN:OPT:MAX [1:256:1024]")
+    parser.add_argument("--trt-batch", default=DEFAULT_ENGINE_PROFILE,
+                        help=f"engine profile MIN:OPT:MAX [{DEFAULT_ENGINE_PROFILE}]")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda [auto]")
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds timed per batch size [2]")
     args = parser.parse_args(argv)

@@ -10,8 +10,23 @@ import pytest
 REAL_CIFAR = Path(os.environ.get("FASTCIFAR_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "cifar10"))
 
 
+# The modules that run end-to-end work (trainings, exports, subprocesses, servers), longest first: seconds per module
+# in one serial run on the 2-core CI machine (JUnit XML of `.ci/run`, 2026-11-28): train 95, gpu_check 91 (one 70 s
+# fixture, so it goes first), compare 56, bench 53, export 50, datasets 50, serve 38, ... `make test` runs modules on
+# pytest-xdist workers one at a time in collection order (`--dist loadfile --no-loadscope-reorder`, Makefile), so
+# these start first and the short modules fill in behind them. With xdist's own order (most tests first) the 5-test
+# gpu_check module started last and one worker ran alone for its 90 s (411 s against 358 s; bench/README.md).
+# Order only: no test depends on it.
+LONGEST_FIRST = ("test_gpu_check.py", "test_train.py", "test_compare.py", "test_bench.py", "test_export.py",
+                 "test_datasets.py", "test_serve.py", "test_records.py", "test_docker_files.py", "test_levers.py",
+                 "test_inference.py", "test_serving_precision.py", "test_sweep.py", "test_demo.py")
+
+
 def pytest_collection_modifyitems(config, items):
     import importlib.util
+
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a module, file order stays
 
     has_cuda = False
     try:

@@ -93,16 +93,22 @@ def test_the_best_validation_epoch_is_kept_and_served(tmp_path, synthetic_dir, m
     meta = json.loads((run.run_dir / "best.json").read_text())
     assert meta["epoch"] == 2 and meta["checkpoint"] == "best" and meta["metrics"]["val_acc"] == 0.70
 
-    image = tmp_path / "img.png"
+    # Eight test images, not one made-up colour: far from the data a model's softmax saturates to exactly 1.0 / 0.0,
+    # and two different weight sets then give the same answer (it did with one torch thread per xdist worker).
     from PIL import Image
 
-    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    from fastcifar.data.cifar import load_cifar10
+
+    images = []
+    for i, pixels in enumerate(load_cifar10(synthetic_dir, download=False).test.images[:8]):
+        images.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(pixels).save(images[-1])
 
     def predict(*args):
-        result = CliRunner().invoke(cli, ["predict", str(image), "--model", *args, "--device", "cpu", "--json",
+        result = CliRunner().invoke(cli, ["predict", *images, "--model", *args, "--device", "cpu", "--json",
                                           "--topk", "10"])
         assert result.exit_code == 0, result.output
-        return {t["label"]: t["prob"] for t in json.loads(result.stdout)[0]["top"]}
+        return [{t["label"]: t["prob"] for t in row["top"]} for row in json.loads(result.stdout)]
 
     by_option = predict(str(run.run_dir), "--checkpoint", "best")
     assert by_option == predict(str(run.run_dir / "best.safetensors"))  # the same weights, found without code

@@ -225,8 +225,10 @@ def test_too_high_lr_ends_with_a_warning_and_a_healthy_run_has_none(tmp_path, sy
 
 def test_warm_up_leaves_the_run_exactly_as_without_it(tmp_path, synthetic_dir):
     """The compile warm-up's throw-away steps are undone: same weights bit for bit (here without compile). Two short
-    epochs are enough: bit-equality does not need a model that learns, only steps, an epoch boundary and the EMA."""
-    small = dict(ema=0.9, epochs=2, train_limit=160)
+    epochs are enough: bit-equality does not need a model that learns, only steps, an epoch boundary and the EMA.
+    The EMA averages every step here: at its default (every 5th) the warm-up's 2 steps never touch it, and a warm-up
+    that forgot to restore it would pass."""
+    small = dict(ema=0.9, ema_every=1, epochs=2, train_limit=160)
     result = train(tiny_config(synthetic_dir, tmp_path / "warm", **small), progress=False, warm_up=True)
     cold = train(tiny_config(synthetic_dir, tmp_path / "cold", **small), progress=False)
     assert result.summary["compile_warmup_seconds"] > 0 and cold.summary["compile_warmup_seconds"] is None

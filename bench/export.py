@@ -33,11 +33,12 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from fastcifar.errors import FastCifarError  # noqa: E402
 from fastcifar.fileio import write_json, write_text  # noqa: E402
-from fastcifar.precision import DEFAULT_ENGINE_PROFILE  # noqa: E402
+from fastcifar.precision import DEFAULT_ENGINE_PROFILE, ENGINE_PRECISIONS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # ONNX Runtime precisions worth timing per device: the CPU has no bf16 kernels; on CUDA, bf16 Conv is patchy.
-ORT_PRECISIONS = {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16", "int8")}
+_NO_BF16 = tuple(p for p in ENGINE_PRECISIONS if p != "bf16")  # fp32, fp16, int8
+ORT_PRECISIONS = {"cpu": _NO_BF16, "cuda": _NO_BF16}
 
 
 def make_artifacts(args) -> list[dict]:

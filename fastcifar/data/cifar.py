@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcifar.data.download import (ARCHIVE_NAME, BATCHES_DIR, CIFAR_MD5, CIFAR_URL, META_FILE, TEST_FILES,
-                                     TRAIN_FILES)
+from fastcifar.data.download import (ARCHIVE_NAME, BATCHES_DIR, CIFAR_MD5, CIFAR_URL, META_FILE, NO_DOWNLOAD,
+                                     TEST_FILES, TRAIN_FILES)
 from fastcifar.errors import DataError
 
 NUM_CLASSES = 10
@@ -220,21 +220,13 @@ def locate_cifar(data_dir: Path | str | None, recorded=(), *, download: bool = F
 
 
 def ensure_cifar(data_dir: Path | str, *, download: bool = True, url: str = CIFAR_URL, md5: str = CIFAR_MD5,
-                 progress: bool = True, no_download: str = "downloading is off (--no-download)") -> Path:
+                 progress: bool = True, no_download: str = NO_DOWNLOAD) -> Path:
     """Return the batches directory under `data_dir`, extracting or downloading the archive if needed."""
     from fastcifar.data.download import fetch_official
 
-    data_dir = Path(data_dir).expanduser()
-    found = find_batches_dir(data_dir)
-    if found is not None:
-        return found
-    archive = data_dir / ARCHIVE_NAME
-    fetch_official(data_dir, ARCHIVE_NAME, url=url, md5=md5, top=BATCHES_DIR, required=TRAIN_FILES[0],
-                   name="CIFAR-10", download=download, progress=progress, no_download=no_download)
-    found = find_batches_dir(data_dir)
-    if found is None:
-        raise DataError(f"{archive} did not contain {BATCHES_DIR}/")
-    return found
+    return fetch_official(Path(data_dir).expanduser(), ARCHIVE_NAME, find=find_batches_dir, url=url, md5=md5,
+                          top=BATCHES_DIR, required=TRAIN_FILES[0], name="CIFAR-10", download=download,
+                          progress=progress, no_download=no_download)
 
 
 def load_cifar10(data_dir: Path | str | None = None, *, download: bool = True, url: str = CIFAR_URL,

@@ -38,16 +38,8 @@ def ensure_cifar100(data_dir: Path | str, *, download: bool = True, url: str = C
     """The directory holding CIFAR-100's files under `data_dir`, extracting or downloading the archive if needed."""
     from fastcifar.data.download import fetch_official
 
-    data_dir = Path(data_dir).expanduser()
-    found = find_cifar100_dir(data_dir)
-    if found is not None:
-        return found
-    fetch_official(data_dir, CIFAR100_ARCHIVE, url=url, md5=md5, top=CIFAR100_DIR, required="meta", name="CIFAR-100",
-                   download=download, progress=progress, no_download="downloading is off (--no-download)")
-    found = find_cifar100_dir(data_dir)
-    if found is None:
-        raise DataError(f"{data_dir / CIFAR100_ARCHIVE} did not contain {CIFAR100_DIR}/ with train, test and meta")
-    return found
+    return fetch_official(Path(data_dir).expanduser(), CIFAR100_ARCHIVE, find=find_cifar100_dir, url=url, md5=md5,
+                          top=CIFAR100_DIR, required="meta", name="CIFAR-100", download=download, progress=progress)
 
 
 def load_fine_names(root: Path) -> tuple[str, ...]:

@@ -31,6 +31,8 @@ BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 META_FILE = "batches.meta"
+# Why a missing dataset is not fetched, when the caller does not say (evaluate and export say their own).
+NO_DOWNLOAD = "downloading is off (--no-download)"
 
 def md5sum(path: Path) -> str:
     return file_digest(path, "md5")
@@ -193,11 +195,16 @@ def extract_archive(archive: Path, data_dir: Path, *, top: str = BATCHES_DIR,
     return target
 
 
-def fetch_official(data_dir: Path, archive_name: str, *, url: str, md5: str, top: str, required: str, name: str,
-                   download: bool, progress: bool, no_download: str) -> None:
-    """The official archive `data_dir/archive_name` verified (downloaded first when missing and `download`), then
-    extracted into `data_dir/top`: the shared path of CIFAR-10 (cifar.ensure_cifar) and CIFAR-100
-    (cifar100.ensure_cifar100). The caller looks for the extracted files afterwards."""
+def fetch_official(data_dir: Path, archive_name: str, *, find: Callable[[Path], Path | None], url: str, md5: str,
+                   top: str, required: str, name: str, download: bool, progress: bool,
+                   no_download: str = NO_DOWNLOAD) -> Path:
+    """The dataset's files under `data_dir` (`find(data_dir)`: where they are, None when absent); when absent, the
+    official archive `data_dir/archive_name` verified (downloaded first when missing and `download`) and extracted
+    into `data_dir/top`, then found. The shared path of CIFAR-10 (cifar.ensure_cifar) and CIFAR-100
+    (cifar100.ensure_cifar100)."""
+    found = find(data_dir)
+    if found is not None:
+        return found
     archive = data_dir / archive_name
     if not archive.exists():
         if not download:
@@ -213,6 +220,10 @@ def fetch_official(data_dir: Path, archive_name: str, *, url: str, md5: str, top
             raise DataError(f"{archive} has md5 {actual}, expected {md5}: the archive is corrupt or not the "
                             "official one. Delete it and download again.")
     extract_archive(archive, data_dir, top=top, required=required)
+    found = find(data_dir)
+    if found is None:
+        raise DataError(f"{archive} did not contain {top}/ with {name}'s files")
+    return found
 
 
 def _move_into(tmp: Path, target: Path) -> None:

@@ -76,13 +76,12 @@ def load_data(cfg: TrainConfig, dist: DistInfo):
     return load_dataset(cfg.data_dir, cfg.dataset, download=cfg.download, progress=dist.is_main)
 
 
-def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, dataset=None) -> TrainData:
-    """Load the dataset (or take `dataset`, a loaded `CifarData`: a sweep of many runs reads the files once), apply
-    --train-limit and the validation split, and build the three loaders."""
+def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, data) -> TrainData:
+    """From `data` (the loaded `CifarData`: load_data's, or a sweep's, which reads the files once for many runs):
+    apply --train-limit and the validation split, and build the three loaders."""
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.plan import LoaderOptions
 
-    data = dataset if dataset is not None else load_data(cfg, dist)
     images, labels = data.train.images, data.train.labels
     if cfg.train_limit is not None:
         images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]

@@ -82,7 +82,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
         model, spec = build.build_model(cfg, device, dataset.class_names)
         run_dir, created = build.prepare_run_dir(cfg, resume_dir, dist)
         try:
-            data = build.build_data(cfg, spec, dist, device, dataset=dataset)
+            data = build.build_data(cfg, spec, dist, device, dataset)
             if dist.is_main and resume_dir is None:
                 write_json(run_dir / CONFIG_FILE, cfg.to_dict())
                 write_env(run_dir, device)

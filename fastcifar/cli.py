@@ -18,7 +18,7 @@ from fastcifar import __version__
 # The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
 from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, IF_NO_WEIGHTS, PRESET_NAMES,
                               ROBUSTNESS_SEVERITIES, SCHEDULES)
-from fastcifar.data.datasets import DATASETS
+from fastcifar.data.datasets import DATASET_TITLES, DATASETS
 from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
 from fastcifar.models import ARCHS, STEMS
@@ -59,6 +59,10 @@ def data_dir_option(func):
         help="Directory holding CIFAR-10 (cifar-10-batches-py/, the batch files, or cifar-10-python.tar.gz), "
              "CIFAR-100 (cifar-100-python/ or its archive) or your own images (train/<class>/*, optionally val/ "
              "and test/). [default: $FASTCIFAR_DATA, else ~/.cache/fastcifar]")(func)
+
+
+DATASET_HELP = ("auto: an image folder when --data-dir holds train/<class>/ folders, CIFAR-100 when it holds "
+                "cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")
 
 
 def download_option(func):
@@ -213,9 +217,7 @@ def cli() -> None:
 
 @cli.command()
 @data_dir_option
-@click.option("--dataset", type=click.Choice(DATASETS), default="auto", show_default=True,
-              help="auto: an image folder when --data-dir holds train/<class>/, CIFAR-100 when it holds "
-                   "cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")
+@click.option("--dataset", type=click.Choice(DATASETS), default="auto", show_default=True, help=DATASET_HELP)
 @download_option
 @json_option
 def data(data_dir: Path | None, dataset: str, download: bool, as_json: bool) -> None:
@@ -256,8 +258,7 @@ def _print_data_stats(stats: dict) -> None:
 
     from fastcifar.runtime import table_console
 
-    titles = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "image folder"}
-    table = Table(title=f"{titles.get(stats['dataset'], stats['dataset'])} in {stats['root']}")
+    table = Table(title=f"{DATASET_TITLES.get(stats['dataset'], stats['dataset'])} in {stats['root']}")
     table.add_column("class")
     table.add_column("train", justify="right")
     table.add_column("test", justify="right")
@@ -310,9 +311,7 @@ _TRAIN_OPTIONS = [
     (("--stem",), dict(type=click.Choice(STEMS),
                        help="cifar: 3x3/1 conv, no max-pool; imagenet: torchvision's 7x7/2 conv + max-pool.")),
     (("--image-size",), dict(type=int, help="Train/eval resolution (32-512; images are resized on the device).")),
-    (("--dataset",), dict(type=click.Choice(DATASETS),
-                          help="auto: an image folder when --data-dir holds train/<class>/ folders, CIFAR-100 when it "
-                               "holds cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")),
+    (("--dataset",), dict(type=click.Choice(DATASETS), help=DATASET_HELP)),
     (("--loader",), dict(type=click.Choice(LOADER_KINDS),
                          help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (the tensor loader "
                               "everywhere: the path measured on a GPU; DALI's GPU pipeline is not yet); both train on "

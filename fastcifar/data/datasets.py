@@ -16,7 +16,8 @@ from fastcifar.data.cifar import CifarData, CifarSplit, default_data_dir, find_b
 from fastcifar.errors import DataError
 
 DATASETS = ("auto", "cifar10", "cifar100", "folder")
-_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "an image folder"}
+# How messages, `fastcifar data` and the compare report name each kind.
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "an image folder"}
 
 
 def resolve_dataset(dataset: str, data_dir: Path | str | None) -> str:
@@ -85,7 +86,7 @@ def model_split(split: str, data_dir: Path | str | None, model_meta: dict | None
     recorded_kind = meta.get("dataset")
     kind = recorded_kind or (resolve_dataset("auto", data_dir) if data_dir else "cifar10")
     if data_dir and recorded_kind and not holds(data_dir, recorded_kind):
-        raise DataError(f"the model was trained on {_NAMES[recorded_kind]}, and --data-dir {data_dir} holds none: "
+        raise DataError(f"the model was trained on {DATASET_TITLES[recorded_kind]}, and --data-dir {data_dir} holds none: "
                         "give the --data-dir of the dataset it was trained on")
     places = [Path(p).expanduser() for p in (list(recorded) or [meta.get("data_dir")]) if p]
     if kind == "cifar10":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastcifar.config import COMPARE_INITS, MIN_STEPS_PER_EPOCH
+from fastcifar.data.datasets import DATASET_TITLES
 from fastcifar.study.plots import PLOT_ALTS, plot_files
 from fastcifar.study.results import ORIGINAL_STUDY, caveats, fraction_label
 
@@ -133,14 +134,13 @@ def _software_lines(sw: dict | None) -> list[str]:
     return [f"Code: {code}. Libraries: {libs}.", ""]
 
 
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-
-
 def dataset_title(dataset: dict | None) -> str:
     """'CIFAR-10' (also for reports from before datasets were recorded), 'CIFAR-100', or the image folder's name."""
     if not dataset:
-        return "CIFAR-10"
-    return DATASET_TITLES.get(dataset["kind"], f"the image folder '{Path(dataset['root']).name}'")
+        return DATASET_TITLES["cifar10"]
+    if dataset["kind"] == "folder":
+        return f"the image folder '{Path(dataset['root']).name}'"
+    return DATASET_TITLES[dataset["kind"]]
 
 
 def _dataset_lines(dataset: dict | None) -> list[str]:

@@ -690,13 +690,11 @@ def predict(paths: tuple[Path, ...], model_option: Path | None, backend: str, de
     from fastcifar.serve.predictor import load_predictor, predict_files
 
     if server is not None:
-        predictor = _server_predictor(paths, model_option, server)
+        predictor, images = _server_predictor(paths, model_option, server), paths
     else:
         model, images = _predict_inputs(paths, model_option)
         model = _checkpoint(model, checkpoint)
         predictor = load_predictor(model, None if backend == "auto" else backend, device, precision=precision)
-    if server is not None:
-        images = paths
     results, failures = predict_files(predictor, images, topk=topk)
     for item in results:  # every output says what ran
         item.update(backend=predictor.backend, precision=predictor.precision)

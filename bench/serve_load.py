@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,16 +31,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def untrained_model(folder: Path) -> Path:
@@ -56,10 +45,12 @@ def untrained_model(folder: Path) -> Path:
     return out
 
 
-def start_server(model: Path, ports: list[int], extra: list[str]) -> tuple[subprocess.Popen, dict]:
-    """`fastcifar serve` on the CPU under the name `bench` (triton_server.launch); (process, its ready line)."""
-    from fastcifar.serve.triton_server import launch
+def start_server(model: Path, extra: list[str]) -> tuple[subprocess.Popen, dict]:
+    """`fastcifar serve` on the CPU under the name `bench`, on free loopback ports (triton_server.launch); (process,
+    its ready line)."""
+    from fastcifar.serve.triton_server import free_ports, launch
 
+    ports = free_ports(3)
     return launch([model, "--device", "cpu", "--name", "bench", "--http-port", ports[0], "--grpc-port", ports[1],
                    "--metrics-port", ports[2], *extra], stderr=subprocess.DEVNULL, cwd=REPO)
 
@@ -102,8 +93,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or untrained_model(Path(tmp))
-        ports = free_ports(3)
-        proc, ready = start_server(model, ports, [])
+        proc, ready = start_server(model, [])
         try:
             result = load_test(LoadConfig(server=ready["urls"]["http"], model="bench",
                                           concurrency=parse_counts(args.concurrency, "--concurrency"),

@@ -23,21 +23,10 @@ import pytest
 from click.testing import CliRunner
 
 from fastcifar.cli import cli
+from fastcifar.serve.triton_server import free_ports
 
 pytest.importorskip("pytriton", reason="the serve extra (pip install 'fastcifar[serve]') is not installed")
 pytestmark = pytest.mark.slow
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_server(model: Path, *extra: str, timeout: float = 180.0):

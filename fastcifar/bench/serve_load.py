@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastcifar.errors import FastCifarError
-from fastcifar.serve.triton_client import DEFAULT_PORT, ServerURL, TritonPredictor, parse_server_url
+from fastcifar.serve.triton_client import ServerURL, TritonPredictor, parse_server_url
+from fastcifar.serve.triton_server import DEFAULT_PORTS
 
 DEFAULT_CONCURRENCY = (1, 8, 32)
 DEFAULT_BATCH = 8  # images per request: a client sending a few images at a time, what dynamic batching is for
 DEFAULT_REQUESTS = 200  # per level
 DEFAULT_DURATION_S = 20.0  # per level, the bound whatever --requests says
-METRICS_PORT_DEFAULT = 8002
 
 
 @dataclass
@@ -60,9 +60,9 @@ def parse_counts(text: str, what: str) -> tuple[int, ...]:
 def default_metrics_url(url: ServerURL) -> str | None:
     """Triton's metrics endpoint when the server uses Triton's default ports (HTTP 8000 / gRPC 8001 -> 8002); None
     otherwise (another port could be another server's: --metrics-url says where)."""
-    if url.port != DEFAULT_PORT[url.protocol]:
+    if url.port != DEFAULT_PORTS[url.protocol]:
         return None
-    return f"http://{url.host}:{METRICS_PORT_DEFAULT}/metrics"
+    return f"http://{url.host}:{DEFAULT_PORTS['metrics']}/metrics"
 
 
 def read_counters(metrics_url: str, model: str) -> dict | None:

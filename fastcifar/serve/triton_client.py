@@ -11,18 +11,17 @@ when a model carries none. Needs tritonclient (the `serve` extra).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from fastcifar.errors import FastCifarError
-from fastcifar.preprocess import META_PREFIX
+from fastcifar.preprocess import decode_metadata
 from fastcifar.serve.base import Predictor
+from fastcifar.serve.triton_server import DEFAULT_PORTS
 
 PROTOCOLS = {"http": "http", "https": "http", "grpc": "grpc"}
-DEFAULT_PORT = {"http": 8000, "grpc": 8001}
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
@@ -54,7 +53,7 @@ def parse_server_url(url: str) -> ServerURL:
         raise FastCifarError(f"--server {url}: the scheme must be http, https or grpc")
     protocol = PROTOCOLS[parts.scheme]
     try:
-        port = parts.port or DEFAULT_PORT[protocol]
+        port = parts.port or DEFAULT_PORTS[protocol]
     except ValueError:
         raise FastCifarError(f"--server {url}: the port is not a number from 1 to 65535") from None
     if not parts.hostname or parts.path not in ("", "/"):
@@ -133,16 +132,10 @@ def _index(client, url: ServerURL) -> list[dict] | None:
 
 
 def _parameters(config: dict) -> dict:
-    """The fastcifar metadata in a config's parameters, decoded (JSON values as in export/triton.py)."""
-    out = {}
-    for key, value in (config.get("parameters") or {}).items():
-        if key.startswith(META_PREFIX):
-            text = value.get("string_value", "") if isinstance(value, dict) else str(value)
-            try:
-                out[key[len(META_PREFIX):]] = json.loads(text)
-            except ValueError:
-                out[key[len(META_PREFIX):]] = text
-    return out
+    """The fastcifar metadata in a config's parameters, decoded as an ONNX file's is (preprocess.decode_metadata:
+    export/triton.py writes the same keys and values)."""
+    return decode_metadata({key: value.get("string_value", "") if isinstance(value, dict) else str(value)
+                            for key, value in (config.get("parameters") or {}).items()})
 
 
 class TritonPredictor(Predictor):
@@ -166,7 +159,11 @@ class TritonPredictor(Predictor):
             raise FastCifarError(f"model '{self.name}' at {self.url} takes {inputs[0].get('data_type')} {dims}; "
                                  "predict sends uint8 images [S, S, 3] (serve a raw-input model: fastcifar serve, "
                                  "or export --input raw)")
-        meta = _parameters(config)
+        try:
+            meta = _parameters(config)
+        except ValueError as exc:  # a JSON value (class names, mean, ...) that is not JSON
+            raise FastCifarError(f"model '{self.name}' at {self.url} carries unreadable fastcifar metadata in its "
+                                 f"config ({exc})") from None
         classes = int((outputs[0].get("dims") or [0])[-1])
         names = meta.get("class_names") or [str(i) for i in range(classes)]
         spec = {**meta, "class_names": names, "input_size": dims[0],

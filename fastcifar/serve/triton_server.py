@@ -335,6 +335,19 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+def free_ports(n: int, host: str = DEFAULT_HOST) -> list[int]:
+    """`n` distinct ports free on `host` right now (held together while the kernel picks them, so none repeats): for
+    `launch`'s callers, which pass them as --http-port / --grpc-port / --metrics-port."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def launch(args: list[str], *, timeout_s: float = 300.0, env: dict | None = None, stderr=subprocess.PIPE,
            cwd=None) -> tuple[subprocess.Popen, dict]:
     """`fastcifar serve ARGS --json` as a child process in its own process group, for scripts and tests: (process,

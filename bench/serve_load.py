@@ -88,15 +88,16 @@ def main() -> None:
 
     import fastcifar
     from fastcifar.bench.report import print_load_table
-    from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts
+    from fastcifar.bench.serve_load import LoadConfig, load_test
+    from fastcifar.config import parse_counts
     from fastcifar.runtime import package_version
 
+    concurrency = parse_counts(args.concurrency, "--concurrency", sort=True)  # before anything starts
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or untrained_model(Path(tmp))
         proc, ready = start_server(model, [])
         try:
-            result = load_test(LoadConfig(server=ready["urls"]["http"], model="bench",
-                                          concurrency=parse_counts(args.concurrency, "--concurrency"),
+            result = load_test(LoadConfig(server=ready["urls"]["http"], model="bench", concurrency=concurrency,
                                           batch_sizes=(args.batch,), requests=args.requests,
                                           duration_s=args.duration, metrics_url=ready["urls"]["metrics"]),
                                log=lambda m: print(f"load: {m}", file=sys.stderr))

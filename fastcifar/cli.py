@@ -17,7 +17,7 @@ import click
 from fastcifar import __version__
 # The option choices come from the library's own constants (none of these modules imports torch: --help stays fast).
 from fastcifar.config import (COMPARE_DEFAULTS, COMPARE_LR_GRIDS, COMPILE_MODES, IF_NO_WEIGHTS, PRESET_NAMES,
-                              ROBUSTNESS_SEVERITIES, SCHEDULES)
+                              ROBUSTNESS_SEVERITIES, SCHEDULES, parse_counts)
 from fastcifar.data.datasets import DATASET_TITLES, DATASETS
 from fastcifar.data.loaders import LOADER_KINDS
 from fastcifar.errors import FastCifarError
@@ -903,12 +903,12 @@ def _bench_server(server, model_args, models, batch_sizes, concurrency, requests
     if len(names) > 1:
         raise _usage_error("--server load-tests one model: give its name once with --model NAME")
     from fastcifar.bench.report import print_load_table
-    from fastcifar.bench.serve_load import LoadConfig, load_test, parse_counts
+    from fastcifar.bench.serve_load import LoadConfig, load_test
 
     explicit = bool(_given_options(("batch_sizes",)))
     cfg = LoadConfig(server=server, model=str(names[0]) if names else None,
-                     concurrency=parse_counts(concurrency, "--concurrency"),
-                     batch_sizes=parse_counts(batch_sizes, "--batch-sizes") if explicit else (8,),
+                     concurrency=parse_counts(concurrency, "--concurrency", sort=True),
+                     batch_sizes=parse_counts(batch_sizes, "--batch-sizes", sort=True) if explicit else (8,),
                      requests=requests, duration_s=duration, metrics_url=metrics_url)
     result = load_test(cfg, log=lambda message: click.echo(f"bench: {message}", err=True))
     if as_json:

@@ -260,6 +260,18 @@ def parse_fractions(text: str) -> tuple[float, ...]:
         raise FastCifarError(f"--fractions must be comma-separated numbers like 0.01,0.1,1.0, got '{text}'") from None
 
 
+def parse_counts(text: str, what: str, *, sort: bool = False) -> tuple[int, ...]:
+    """`1,8,32` -> (1, 8, 32): whole numbers >= 1 for the option `what` (bench's --batch-sizes in the order given,
+    its load test's --concurrency and request sizes with `sort`: distinct, ascending)."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise FastCifarError(f"{what} must be comma-separated whole numbers like 1,64,256, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise FastCifarError(f"{what} must be whole numbers >= 1, got '{text}'")
+    return tuple(sorted(set(values))) if sort else tuple(values)
+
+
 def parse_lr_grid(text: str) -> tuple[float, ...] | None:
     """`--lr-grid 0.05,0.1,0.2` -> (0.05, 0.1, 0.2); `none` -> None (one shared lr)."""
     if text.strip().lower() == "none":

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR, artifact_kind, ensure_artifact
+from fastcifar.config import parse_counts
 from fastcifar.errors import FastCifarError
 from fastcifar.export.parity import parity_metrics
 from fastcifar.fileio import append_jsonl, make_dir
@@ -151,13 +152,7 @@ def merge_rounds(results: list[dict]) -> dict:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise FastCifarError(f"--batch-sizes must be comma-separated integers like 1,64,256, got '{text}'") from None
-    if not sizes or min(sizes) < 1:
-        raise FastCifarError(f"--batch-sizes must be positive integers, got '{text}'")
-    return sizes
+    return parse_counts(text, "--batch-sizes")
 
 
 def split_backend(spec: str) -> tuple[str, str | None]:

@@ -47,16 +47,6 @@ class LoadConfig:
     seed: int = 0
 
 
-def parse_counts(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(sorted({int(v) for v in str(text).split(",") if v.strip()}))
-    except ValueError:
-        raise FastCifarError(f"{what} must be comma-separated whole numbers, got '{text}'") from None
-    if not values or values[0] < 1:
-        raise FastCifarError(f"{what} must be whole numbers >= 1, got '{text}'")
-    return values
-
-
 def default_metrics_url(url: ServerURL) -> str | None:
     """Triton's metrics endpoint when the server uses Triton's default ports (HTTP 8000 / gRPC 8001 -> 8002); None
     otherwise (another port could be another server's: --metrics-url says where)."""

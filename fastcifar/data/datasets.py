@@ -86,8 +86,8 @@ def model_split(split: str, data_dir: Path | str | None, model_meta: dict | None
     recorded_kind = meta.get("dataset")
     kind = recorded_kind or (resolve_dataset("auto", data_dir) if data_dir else "cifar10")
     if data_dir and recorded_kind and not holds(data_dir, recorded_kind):
-        raise DataError(f"the model was trained on {DATASET_TITLES[recorded_kind]}, and --data-dir {data_dir} holds none: "
-                        "give the --data-dir of the dataset it was trained on")
+        raise DataError(f"the model was trained on {DATASET_TITLES[recorded_kind]}, and --data-dir {data_dir} holds "
+                        "none: give the --data-dir of the dataset it was trained on")
     places = [Path(p).expanduser() for p in (list(recorded) or [meta.get("data_dir")]) if p]
     if kind == "cifar10":
         kwargs = {"no_download": no_download} if no_download else {}

@@ -1,9 +1,9 @@
 """Any image a user hands us -> the uint8 (size, size, 3) RGB array a CIFAR model takes.
 
 Owns `load_image` (shared by `fastcifar predict`, the demo and image-folder datasets, fastcifar/data/folder.py,
-so training and serving see the same pixels) and `find_images` (walking the paths given on the command line). Every failure a user can cause (missing file, a directory, not an image, truncated or
-corrupt data, a decompression bomb, an unconvertible colour mode) becomes a `FastCifarError` that names the
-input; nothing else escapes.
+so training and serving see the same pixels) and `find_images` (walking the paths given on the command line).
+Every failure a user can cause (missing file, a directory, not an image, truncated or corrupt data, a decompression
+bomb, an unconvertible colour mode) becomes a `FastCifarError` that names the input; nothing else escapes.
 
 Conversion, in order:
   1. animated images (GIF, APNG, WebP, multi-page TIFF) use their FIRST frame;

@@ -252,7 +252,7 @@ def split_stats(split: CifarSplit, num_classes: int = NUM_CLASSES) -> dict:
         chunk = split.images[start:start + 1000].reshape(-1, 3).astype(np.float64)
         total += chunk.sum(0)
         total_sq += np.diag(chunk.T @ chunk)
-    pixels = max(n * split.images.shape[1] * split.images.shape[2], 1) if n else 1
+    pixels = n * split.images.shape[1] * split.images.shape[2] or 1
     mean = total / pixels
     std = np.sqrt(np.maximum(total_sq / pixels - mean ** 2, 0.0))
     return {

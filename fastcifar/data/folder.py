@@ -48,8 +48,9 @@ DEFAULT_STORAGE_SIZE = 32
 CACHE_VERSION = 3  # bump when the decoding changes: old caches are then decoded again
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("FASTCIFAR_CACHE")
+def default_cache_dir(environ: bool = True) -> Path:
+    """`$FASTCIFAR_CACHE/folders`, else (or with `environ=False`) `~/.cache/fastcifar/folders`."""
+    env = os.environ.get("FASTCIFAR_CACHE") if environ else None
     return Path(env).expanduser() / "folders" if env else Path.home() / ".cache" / "fastcifar" / "folders"
 
 
@@ -228,8 +229,8 @@ def load_image_folder(data_dir: Path | str, *, size: int = DEFAULT_STORAGE_SIZE,
     scan = scan_folder(data_dir)
     key = cache_key(scan, size)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if _inside(cache_root, scan.root) and cache_dir is None:  # the default may not point into the data
-        cache_root = Path.home() / ".cache" / "fastcifar" / "folders"
+    if _inside(cache_root, scan.root) and cache_dir is None:  # $FASTCIFAR_CACHE may not point into the data
+        cache_root = default_cache_dir(environ=False)
     cache = cache_root / f"{scan.root.name}-{key}.npz"
     info = {"dataset": "folder", "root": str(scan.root), "class_names": list(scan.class_names),
             "test_source": scan.test_source, "storage_size": size, "cache": str(cache), "cache_key": key,

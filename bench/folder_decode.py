@@ -39,19 +39,13 @@ DEFAULT_DATA = REPO.parent / "shared" / "cifar10"
 
 
 def build_folder(root: Path, data_dir: Path, per_class: int, size: int) -> Path:
-    from PIL import Image
-
     from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
+    from fastcifar.data.synthetic import write_image_folder
 
     batches = locate_cifar(data_dir)
     train, names = load_split(batches, "train"), load_class_names(batches)
-    for c, name in enumerate(names):
-        folder = root / "train" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in np.flatnonzero(train.labels == c)[:per_class]:
-            Image.fromarray(train.images[i]).resize((size, size), Image.Resampling.BICUBIC).save(
-                folder / f"{i:05d}.jpg", quality=90)
-    return root
+    picked = np.concatenate([np.flatnonzero(train.labels == c)[:per_class] for c in range(len(names))])
+    return write_image_folder(root, train.images[picked], train.labels[picked], names, size=size, quality=90)
 
 
 def timed_epochs(make_iter, repeats: int) -> tuple[float, int]:
@@ -85,7 +79,7 @@ def main() -> None:
 
     import fastcifar
     from fastcifar.data import folder as folder_mod
-    from fastcifar.data.dali_files import DaliFileLoader
+    from fastcifar.data.dali_files import RANDOM_AREA, DaliFileLoader
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.plan import LoaderOptions
     from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD
@@ -116,7 +110,7 @@ def main() -> None:
     s, n = timed_epochs(lambda: iter(tensor), args.repeats)
     rows["tensor"] = {"images_per_s": n / s, "images": n, "seconds": s}
 
-    transform = transforms.Compose([transforms.RandomResizedCrop(32, scale=(0.35, 1.0)),
+    transform = transforms.Compose([transforms.RandomResizedCrop(32, scale=RANDOM_AREA),
                                     transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                                     transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
     dataset = torchvision.datasets.ImageFolder(str(root / "train"), transform=transform)

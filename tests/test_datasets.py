@@ -38,16 +38,10 @@ def snapshot(root: Path) -> dict:
 
 def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, *, size: int = 40, grey_every: int = 5,
                  split: str = "train", names=NAMES) -> Path:
-    from PIL import Image
+    """JPEGs at `size` px, every 5th greyscale (fastcifar.data.synthetic.write_image_folder)."""
+    from fastcifar.data.synthetic import write_image_folder
 
-    for i, (pixels, label) in enumerate(zip(images, labels)):
-        folder = root / split / names[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        image = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
-        if grey_every and i % grey_every == 0:
-            image = image.convert("L")
-        image.save(folder / f"{i:05d}.jpg", quality=92)
-    return root
+    return write_image_folder(root, images, labels, names, size=size, grey_every=grey_every, split=split)
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,24 @@ def write_synthetic_cifar100_archive(path: Path | str, *, n_train: int = 400, n_
     return path
 
 
+def write_image_folder(root: Path | str, images: np.ndarray, labels: np.ndarray, names, *, size: int = 40,
+                       quality: int = 92, grey_every: int = 0, split: str = "train") -> Path:
+    """uint8 images as an image-folder dataset (`root/<split>/<names[label]>/<index>.jpg`, fastcifar/data/folder.py's
+    layout): each upscaled to `size` px (bicubic) and JPEG-encoded at `quality`; with `grey_every` N, every Nth
+    image is stored greyscale (the folder loader must convert it). For tests and bench/folder_decode.py."""
+    from PIL import Image
+
+    root = Path(root)
+    for i, (pixels, label) in enumerate(zip(images, labels)):
+        folder = root / split / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
+        if grey_every and i % grey_every == 0:
+            image = image.convert("L")
+        image.save(folder / f"{i:05d}.jpg", quality=quality)
+    return root
+
+
 def malicious_pickle(command_marker: Path) -> bytes:
     """A pickle that runs `touch command_marker` when loaded by a plain `pickle.load` (for tests)."""
 
@@ -136,4 +154,4 @@ def malicious_pickle(command_marker: Path) -> bytes:
 
 
 __all__ = ["make_images", "synthetic_arrays", "write_synthetic_cifar", "write_synthetic_archive",
-           "write_synthetic_cifar100_archive", "malicious_pickle"]
+           "write_synthetic_cifar100_archive", "write_image_folder", "malicious_pickle"]

@@ -266,9 +266,9 @@ def parse_counts(text: str, what: str, *, sort: bool = False) -> tuple[int, ...]
     try:
         values = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        raise FastCifarError(f"{what} must be comma-separated whole numbers like 1,64,256, got '{text}'") from None
+        raise FastCifarError(f"{what} must be comma-separated integers like 1,64,256, got '{text}'") from None
     if not values or min(values) < 1:
-        raise FastCifarError(f"{what} must be whole numbers >= 1, got '{text}'")
+        raise FastCifarError(f"{what} must be positive integers, got '{text}'")
     return tuple(sorted(set(values))) if sort else tuple(values)
 
 

@@ -15,7 +15,7 @@ TEST_WORKERS ?= logical
 # machine the spinning made `make run` 14x slower; measured by bench/omp_wait_policy.py (bench/README.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test install clean
+.PHONY: run test install clean gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+
+# What bench/gpu_check.sh needs on the borrowed GPU machine besides torch (Python 3.12 wheels, dependencies resolved,
+# < 60 MiB, one carried path): bench/README.md, "The GPU check". ARGS=--dali also stages DALI in 60 MiB parts.
+gpu-wheels: $(STAMP)
+	$(BIN)/python bench/gpu_wheels.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,18 +1,19 @@
-"""summary.md of bench/gpu_check.sh: the machine, each step's status, and every figure with what produced it.
+"""summary.md of bench/gpu_check.sh: the machine, each step's planned / given / used seconds, and every figure with
+what produced it.
 
     python bench/gpu_check_summary.py OUT_DIR [WORK_DIR] > summary.md
 
-Reads what the check wrote into OUT_DIR (gpu-tests.xml, sweep.jsonl, bench.jsonl, export.json, throughput.jsonl,
-loaders.json; any may be missing or cut short) and, when given, the check's work directory (steps.tsv, env.json).
-gpu_check.sh reruns it after every step, so a check stopped from outside still leaves a summary of what finished;
-run it by hand on a fetched OUT_DIR to redo it. Every figure names its loader, precision, compile mode and cuDNN
-setting; the machine line names the GPU, driver and library versions. Standard library plus bench/sweep.py's
-table (no torch import), so it runs wherever the check runs.
+Reads what the check wrote into OUT_DIR (check.json, env.json, steps.jsonl, setup.json, gpu-tests.jsonl,
+sweep.jsonl, epochs.jsonl, bench.jsonl, export.jsonl, throughput.jsonl, loaders.jsonl; any may be missing or cut
+short) and, when given, the check's work directory (per-file JUnit records of the gpu tests without
+pytest-reportlog).
+The check reruns it after every step, so a check stopped from outside still leaves a summary of what finished;
+run it by hand on a fetched OUT_DIR (or a copy under bench/results/gpu/) to redo it. Standard library plus
+bench/sweep.py's table (no torch import), so it runs wherever the check runs.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import xml.etree.ElementTree as ET
@@ -56,54 +57,82 @@ def machine_lines(env: dict | None) -> list[str]:
             f"{env.get('git_sha') or 'unknown commit'}"]
 
 
-def steps_lines(work: Path | None) -> list[str]:
-    rows = []
-    if work is not None and (work / "steps.tsv").is_file():
-        with (work / "steps.tsv").open() as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-    lines = ["| step | exit | seconds | limit s | note |", "|---|---:|---:|---:|---|"]
-    lines += [f"| {r['step']} | {r['rc']} | {r['seconds']} | {r['limit']} | {r.get('note') or ''} |" for r in rows]
-    not_ok = [r["step"] for r in rows if r["rc"] != "0"]
+def steps_lines(rows: list[dict], check: dict | None) -> list[str]:
+    if not rows:
+        return ["(no step record: steps.jsonl was not found)"]
+    budget = f"Budget {check['budget_s']:.0f} s" if check else "Budget unknown"
+    lines = [f"{budget}; time a step does not use flows to the steps after it.", "",
+             "| step | exit | planned s | given s | used s | note |", "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['step']} | {r['rc']} | {r['planned_s']} | {r['limit_s']} | {r['seconds']} | {r.get('note') or ''} |"
+              for r in rows]
+    not_ok = [r["step"] for r in rows if r["rc"] != 0]
     lines += ["", f"Failed, cut, killed or skipped steps: {', '.join(not_ok) if not_ok else 'none'}."]
-    return lines if rows else ["(no step record: steps.tsv was not found)"]
-
-
-def gpu_test_lines(path: Path) -> list[str]:
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return ["- gpu tests: no result"]
-    cases = root.iter("testcase")
-    status = {"passed": [], "failed": [], "skipped": []}
-    for case in cases:
-        name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
-        kind = "failed" if case.find("failure") is not None or case.find("error") is not None else \
-            "skipped" if case.find("skipped") is not None else "passed"
-        status[kind].append(name)
-    lines = [f"- gpu tests: {len(status['passed'])} passed, {len(status['failed'])} failed, "
-             f"{len(status['skipped'])} skipped"]
-    lines += [f"  - {kind}: {name}" for kind in ("failed", "passed") for name in status[kind]]
     return lines
 
 
-def sweep_lines(rows: list[dict]) -> list[str]:
+def setup_lines(setup: dict | None) -> list[str]:
+    if not setup:
+        return []
+    missing = setup.get("missing") or {}
+    line = f"- setup: {setup.get('installed_with') or 'nothing installed'}"
+    line += f"; still missing: {', '.join(f'{k} ({v})' for k, v in missing.items())}" if missing else \
+        "; every module the check uses imports"
+    return [line] + [f"  - could not install {f['requirement']}: {f['error'][-200:]}" for f in setup.get("failed", [])]
+
+
+def gpu_test_lines(out: Path, work: Path | None) -> list[str]:
+    """Per test: passed / failed / skipped, from pytest-reportlog's lines (or per-file JUnit records)."""
+    outcome: dict[str, str] = {}
+    for r in load_jsonl(out / "gpu-tests.jsonl"):
+        if r.get("$report_type") != "TestReport":
+            continue
+        node, when, result = r.get("nodeid"), r.get("when"), r.get("outcome")
+        if result == "failed" or (result == "skipped" and when == "setup") or (when == "call" and node not in outcome):
+            outcome[node] = result  # a failed teardown fails a passed test; a setup skip is the test's result
+    for path in sorted(work.glob("gpu-tests-*.xml")) if work is not None else []:
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        for case in root.iter("testcase"):
+            node = f"{case.get('classname', '')}::{case.get('name')}"
+            outcome[node] = "failed" if case.find("failure") is not None or case.find("error") is not None else \
+                "skipped" if case.find("skipped") is not None else "passed"
+    if not outcome:
+        return ["- gpu tests: no result"]
+    count = {k: sum(v == k for v in outcome.values()) for k in ("passed", "failed", "skipped")}
+    lines = [f"- gpu tests: {count['passed']} passed, {count['failed']} failed, {count['skipped']} skipped"]
+    lines += [f"  - {result}: {node}" for node, result in outcome.items() if result != "skipped"]
+    return lines
+
+
+def sweep_lines(rows: list[dict], epochs: list[dict], previous: int) -> list[str]:
     if not rows:
-        return ["- sweep: no run finished"]
-    targets = sorted({r.get("target") for r in rows if r.get("target") is not None})
-    lines = []
-    for target in targets:
-        lines += ["", markdown(summarize([r for r in rows if r.get("target") == target]), target), ""]
-    first = next((r for r in rows if r.get("status") == "finished"), None)
-    if first:
-        lines.append(f"How these ran: {first['device']} ({first['machine']}), {first['loader']} loader, "
-                     f"{first['precision']}, channels_last {first['channels_last']}, "
-                     + (f"compiled (mode {first.get('compile_mode') or 'default'})" if first["compile"] else "eager")
-                     + f", cudnn.benchmark {first.get('cudnn_benchmark')}; "
-                     f"batch {first['batch_size']}, {first['n_train']:,} training images. Training seconds exclude "
-                     f"compile warm-up (first run {first.get('compile_warmup_seconds') or 0:.1f} s), evaluation and "
-                     "state saving.")
-    failed = [f"{r['variant']} seed {r['seed']}: {r.get('error')}" for r in rows if r.get("status") != "finished"]
-    lines += [f"- failed run: {f}" for f in failed]
+        lines = ["- sweep: no run finished in this check"]
+    else:
+        lines = []
+        for target in sorted({r.get("target") for r in rows if r.get("target") is not None}):
+            lines += ["", markdown(summarize([r for r in rows if r.get("target") == target]), target), ""]
+        first = next((r for r in rows if r.get("status") == "finished"), None)
+        if first:
+            lines.append(f"How these ran: {first['device']} ({first['machine']}), {first['loader']} loader, "
+                         f"{first['precision']}, channels_last {first['channels_last']}, cudnn.benchmark "
+                         f"{first.get('cudnn_benchmark')}; batch {first['batch_size']}, {first['n_train']:,} training "
+                         "images. Accuracy runs are eager; a timed run is compiled (its compile warm-up is outside "
+                         "the training seconds). Training seconds exclude evaluation and state saving.")
+        lines += [f"- failed run: {r['variant']} seed {r['seed']}: {r.get('error')}" for r in rows
+                  if r.get("status") != "finished"]
+    if previous:
+        lines.append(f"- {previous} run(s) measured by earlier GPU runs (bench/results/gpu/) were not run again.")
+    finished = {(r["variant"], r["seed"]) for r in rows}
+    cut = {}
+    for e in epochs:  # runs a limit or a signal cut: their last epoch
+        if (e["variant"], e["seed"]) not in finished:
+            cut[(e["variant"], e["seed"])] = e
+    for (variant, seed), e in cut.items():
+        acc = "-" if e.get("test_acc") is None else f"{100 * e['test_acc']:.2f} %"
+        lines.append(f"- cut run: {variant} seed {seed} stopped after epoch {e['epoch']} (test {acc}, "
+                     f"{e.get('elapsed_train_seconds') or 0:.1f} s of training)")
     return lines
 
 
@@ -129,18 +158,12 @@ def bench_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def export_lines(d: dict | None) -> list[str]:
-    if not d:
+def export_lines(rows: list[dict]) -> list[str]:
+    if not rows:
         return ["- export: no result"]
-    lines = []
-    for r in d.get("onnx", []):
-        p = r.get("parity") or {}
-        lines.append(f"- export {Path(r['path']).name}: max |logit diff| {p.get('max_abs_diff', float('nan')):.2g}, "
-                     f"agreement {p.get('top1_agreement', float('nan')):.4f} on {p.get('n_images')} test images "
-                     f"({p.get('runtime')})")
-    if d.get("error"):
-        lines.append(f"- export error: {d['error']}")
-    return lines or ["- export: nothing exported"]
+    return [f"- export {r['onnx']} ({r.get('precision')}): max |logit diff| {r.get('max_abs_diff', float('nan')):.2g}, "
+            f"agreement {r.get('top1_agreement', float('nan')):.4f} on {r.get('n_images')} test images, "
+            + ("passed" if r.get("passed") else "FAILED: " + "; ".join(r.get("failures") or ["?"])) for r in rows]
 
 
 def throughput_lines(rows: list[dict]) -> list[str]:
@@ -155,21 +178,28 @@ def throughput_lines(rows: list[dict]) -> list[str]:
             "run: 76.6k channels_last compiled."]
 
 
-def loader_lines(d: dict | None, work: Path | None) -> list[str]:
-    if not d:
+def loader_lines(rows: list[dict], setup: dict | None) -> list[str]:
+    if not rows:
         return ["- loaders: no result"]
-    cells = ", ".join(f"{kind} {r['img_per_s_median']:,} img/s" for kind, r in d["results"].items())
-    why = (work / "dali.txt").read_text().strip() if work is not None and (work / "dali.txt").is_file() else ""
-    return [f"- loaders on {d['device']}, batch {d['batch_size']}: {cells}" + (f" ({why})" if why else "")]
+    cells = ", ".join(f"{r['loader']} {r['img_per_s_median']:,} img/s" for r in rows)
+    dali = "" if any(r["loader"] == "dali" for r in rows) else " (DALI did not import: its GPU pipeline is not " \
+        "measured; stage it with make gpu-wheels ARGS=--dali)"
+    r = rows[0]
+    return [f"- loaders on {r['device']}, batch {r['batch_size']}, {r['images']:,} images: {cells}{dali}"]
 
 
 def render(out: Path, work: Path | None) -> str:
-    env = load_json(work / "env.json") if work is not None else None
-    lines = ["# fastcifar GPU check", "", *machine_lines(env), "", *steps_lines(work), "", "## Figures", "",
-             *gpu_test_lines(out / "gpu-tests.xml"), *sweep_lines(load_jsonl(out / "sweep.jsonl")), "",
-             *bench_lines(load_jsonl(out / "bench.jsonl")), *export_lines(load_json(out / "export.json")),
+    env, check = load_json(out / "env.json"), load_json(out / "check.json")
+    setup = load_json(out / "setup.json")
+    sweep = load_jsonl(out / "sweep.jsonl")
+    repo = Path(__file__).resolve().parents[1]
+    previous = sum(len(load_jsonl(repo / p)) for p in (check or {}).get("previous", []))
+    lines = ["# fastcifar GPU check", "", *machine_lines(env), "", *steps_lines(load_jsonl(out / "steps.jsonl"), check),
+             "", "## Figures", "", *setup_lines(setup), *gpu_test_lines(out, work),
+             *sweep_lines(sweep, load_jsonl(out / "epochs.jsonl"), previous), "",
+             *bench_lines(load_jsonl(out / "bench.jsonl")), *export_lines(load_jsonl(out / "export.jsonl")),
              *throughput_lines(load_jsonl(out / "throughput.jsonl")),
-             *loader_lines(load_json(out / "loaders.json"), work)]
+             *loader_lines(load_jsonl(out / "loaders.jsonl"), setup)]
     return "\n".join(lines) + "\n"
 
 

@@ -5,11 +5,12 @@ for `fastcifar`'s tensor loader, its DALI pipeline and the textbook torchvision 
 RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, 2 worker processes).
 Goal: both fastcifar loaders >= 8x the DataLoader on CPU. Recorded figures: bench/README.md ("Loaders").
 
-Method: one untimed warm-up epoch per loader (pipeline build, worker start, first-touch allocations), then
-`--epochs` timed epochs, interleaved round-robin across loaders so that load from other processes on a
-shared machine hits all of them alike. Per-epoch figures, their median and best are kept; the machine's
-load average before and after is recorded because a busy 2-core machine moves these numbers by 2x.
-On CUDA each epoch ends with a synchronize, and the DataLoader baseline copies pinned batches to the GPU.
+Method: one loader at a time: built, one untimed warm-up epoch (pipeline build, worker start, first-touch
+allocations), then `--epochs` timed epochs, and its figures written (--jsonl: one line per loader as it finishes,
+so a run cut by a time limit keeps the loaders it measured). Per-epoch figures, their median and best are kept;
+the machine's load average before and after is recorded because a busy 2-core machine moves these numbers by 2x
+(compare ratios from one run on a quiet machine). On CUDA each epoch ends with a synchronize, and the DataLoader
+baseline copies pinned batches to the GPU.
 
     python bench/loaders.py --data-dir ../shared/cifar10 [--batch-size 512] [--device auto] [--epochs 5]
 
@@ -35,7 +36,7 @@ from fastcifar.data.cifar import load_cifar10  # noqa: E402
 from fastcifar.data.loaders import dali_available, make_loader  # noqa: E402
 from fastcifar.data.plan import LoaderOptions  # noqa: E402
 from fastcifar.errors import FastCifarError  # noqa: E402
-from fastcifar.fileio import write_json  # noqa: E402
+from fastcifar.fileio import append_jsonl, write_json  # noqa: E402
 from fastcifar.runtime import cpu_name, resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,7 +102,8 @@ def versions() -> dict:
             "dali": dali_version, "cuda": torch.version.cuda}
 
 
-def build_loaders(args, device, data) -> dict:
+def loader_builders(args, device, data) -> dict:
+    """{kind: () -> loader} for the asked kinds DALI allows; each is built only when its turn comes."""
     options = LoaderOptions(batch_size=args.batch_size, train=True, seed=0)
     images, labels = data.train.images, data.train.labels
     builders = {
@@ -109,20 +111,23 @@ def build_loaders(args, device, data) -> dict:
         "dali": lambda: make_loader(images, labels, options, kind="dali", device=device),
         "dataloader": lambda: dataloader_epochs(images, labels, options, device, args.workers),
     }
-    kinds = [k for k in args.loaders if k != "dali" or dali_available()]
-    return {kind: builders[kind]() for kind in kinds}
+    return {kind: builders[kind] for kind in args.loaders if kind != "dali" or dali_available()}
 
 
-def measure(loaders: dict, epochs: int, device) -> dict:
-    for kind, loader in loaders.items():  # warm-up, untimed
+def measure(builders: dict, epochs: int, device, on_loader=lambda kind, rates: None) -> dict:
+    """Per loader in turn: build, warm up (untimed), time `epochs` epochs, then `on_loader(kind, rates)`."""
+    per_epoch = {}
+    for kind, build in builders.items():
+        loader = build()
         time_epoch(loader, 0, device)
-        print(f"  warmed up {kind}", flush=True)
-    per_epoch = {kind: [] for kind in loaders}
-    for epoch in range(1, epochs + 1):
-        for kind, loader in loaders.items():
+        rates = []
+        for epoch in range(1, epochs + 1):
             seconds, n = time_epoch(loader, epoch, device)
-            per_epoch[kind].append(n / seconds)
+            rates.append(n / seconds)
             print(f"  epoch {epoch} {kind:>10}: {n / seconds:9.0f} img/s ({n} images, {seconds:.2f} s)", flush=True)
+        per_epoch[kind] = rates
+        on_loader(kind, rates)
+        del loader
     return per_epoch
 
 
@@ -148,6 +153,7 @@ def main(argv=None) -> int:
                         choices=["tensor", "dali", "dataloader"])
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads [torch default]")
     parser.add_argument("--out", type=Path, default=None, help="JSON path [bench/results/loaders-<device>.json]")
+    parser.add_argument("--jsonl", type=Path, default=None, help="also append one JSON line per loader as it ends")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.workers < 0:
         raise FastCifarError(f"--epochs must be >= 1 and --workers >= 0 (got {args.epochs}, {args.workers})")
@@ -162,7 +168,14 @@ def main(argv=None) -> int:
           f"device {device}, batch {args.batch_size}, {len(data.train)} training images, "
           f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"load average {load_before[0]:.2f}", flush=True)
-    per_epoch = measure(build_loaders(args, device, data), args.epochs, device)
+    def on_loader(kind: str, rates: list[float]) -> None:
+        if args.jsonl is not None:
+            append_jsonl(args.jsonl, {"loader": kind, "device": str(device), "batch_size": args.batch_size,
+                                      "images": len(data.train), "img_per_s_epochs": [round(r) for r in rates],
+                                      "img_per_s_median": round(statistics.median(rates)), "versions": env,
+                                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None})
+
+    per_epoch = measure(loader_builders(args, device, data), args.epochs, device, on_loader)
     results = summarise(per_epoch)
     load_after = os.getloadavg()
 

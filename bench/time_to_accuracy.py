@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep import parse_overrides, pm, run_sweep, spread  # noqa: E402 - bench/sweep.py runs the seeds
+from sweep import parse_overrides, pm, run_sweep, single_plan, spread  # noqa: E402 - bench/sweep.py runs them
 
 from fastcifar.errors import FastCifarError  # noqa: E402
 from fastcifar.fileio import write_json  # noqa: E402
@@ -51,10 +51,10 @@ def main() -> int:
     args = ap.parse_args()
     try:
         overrides = parse_overrides(args.overrides)
+        plan = single_plan(args.preset, args.preset, overrides, args.seeds, args.target)
         with tempfile.TemporaryDirectory() as tmp:
-            variant = {"name": args.preset, "preset": args.preset, "seeds": args.seeds, "set": overrides}
-            runs = run_sweep([variant], data_dir=args.data_dir, jsonl=args.jsonl or Path(tmp) / "runs.jsonl",
-                             device=args.device, target=args.target, runs_dir=args.runs_dir)
+            runs = run_sweep(plan, data_dir=args.data_dir, jsonl=args.jsonl or Path(tmp) / "runs.jsonl",
+                             device=args.device, runs_dir=args.runs_dir)
     except FastCifarError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,23 @@ def _refuse_unknown_keys(cls, d: dict, what: str) -> None:
         raise FastCifarError(f"unknown {what} keys: {', '.join(unknown)}")
 
 
+_KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _refuse_wrong_types(config) -> None:
+    """A value of the wrong type (a JSON plan's `"lr": "fast"`, a Python caller's typo) is one message naming the
+    field, not a TypeError from deep inside a check. The annotations are strings like 'float | None'."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        allowed = [kind.strip() for kind in str(f.type).split("|")]
+        if value is None and "None" in allowed:
+            continue
+        kinds = tuple(t for kind in allowed for t in _KINDS.get(kind, ()))
+        # bool is an int to Python; a config field that wants a number never means True.
+        if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise FastCifarError(f"{f.name} must be {' or '.join(allowed)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # model
@@ -89,6 +106,7 @@ class TrainConfig:
         from fastcifar.data.loaders import LOADER_KINDS
         from fastcifar.models import ARCHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, STEMS
 
+        _refuse_wrong_types(self)
         checks = [
             (self.arch in ARCHS, f"unknown arch '{self.arch}' (choose from {', '.join(ARCHS)})"),
             (self.stem in STEMS, f"unknown stem '{self.stem}' (choose from {', '.join(STEMS)})"),
@@ -204,6 +222,7 @@ def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:
         raise FastCifarError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     values = dict(PRESETS.get(preset, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    _refuse_unknown_keys(TrainConfig, values, "training option")
     return TrainConfig(**values, preset=preset) if "preset" not in values else TrainConfig(**values)
 
 

@@ -16,10 +16,11 @@ REAL_CIFAR = Path(os.environ.get("FASTCIFAR_REAL_DATA", Path(__file__).resolve()
 # pytest-xdist workers one at a time in collection order (`--dist loadfile --no-loadscope-reorder`, Makefile), so
 # these start first and the short modules fill in behind them. With xdist's own order (most tests first) the 5-test
 # gpu_check module started last and one worker ran alone for its 90 s (411 s against 358 s; bench/README.md).
-# Order only: no test depends on it.
-LONGEST_FIRST = ("test_gpu_check.py", "test_train.py", "test_compare.py", "test_bench.py", "test_export.py",
-                 "test_datasets.py", "test_serve.py", "test_records.py", "test_docker_files.py", "test_levers.py",
-                 "test_inference.py", "test_serving_precision.py", "test_sweep.py", "test_demo.py")
+# test_gpu_machine_env.py goes first: it mostly waits on PyPI (a Python 3.12 environment with torch, built once and
+# cached), so the other worker's CPU work fills its waits. Order only: no test depends on it.
+LONGEST_FIRST = ("test_gpu_machine_env.py", "test_gpu_check.py", "test_train.py", "test_compare.py", "test_bench.py",
+                 "test_export.py", "test_datasets.py", "test_serve.py", "test_records.py", "test_docker_files.py",
+                 "test_levers.py", "test_inference.py", "test_serving_precision.py", "test_sweep.py", "test_demo.py")
 
 
 def pytest_collection_modifyitems(config, items):

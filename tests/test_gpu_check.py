@@ -1,8 +1,11 @@
-"""bench/gpu_check.sh: step limits within the budget; --dry-run runs every step at toy sizes on a CPU and writes at
-most 8 files; a check stopped mid-way keeps the results of every step finished before."""
+"""bench/gpu_check.sh: the step shares and the time that flows between steps; --dry-run runs every step at toy sizes
+on a CPU; a second check with the first one's sweep as earlier GPU results runs nothing again; a check stopped
+inside its gpu-tests step keeps the record of every test that finished, and one stopped inside its sweep keeps every
+finished step and run; bad arguments are one message."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -11,7 +14,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -20,78 +22,109 @@ from fastcifar.data.loaders import dali_available
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.sh"
-OUT_FILES = {"summary.md", "gpu-tests.xml", "sweep.jsonl", "bench.jsonl", "export.json", "throughput.jsonl",
-             "loaders.json", "work.tar.gz"}
-STEPS = ("setup", "gpu-tests", "sweep", "bench", "export", "throughput", "seed-preset", "loaders")
+STEPS = ("setup", "gpu-tests", "sweep", "seed-preset", "bench", "export", "throughput", "loaders")
+OUT_FILES = {"summary.md", "check.json", "env.json", "steps.jsonl", "setup.json", "gpu-tests.jsonl", "sweep.jsonl",
+             "epochs.jsonl", "bench.jsonl", "export.jsonl", "throughput.jsonl", "loaders.jsonl", "work.tar.gz"}
 
 
-def env() -> dict:
-    return {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+def load_check():
+    spec = importlib.util.spec_from_file_location("bench_gpu_check", REPO / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def run_check(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env(), timeout=timeout)
+def env(**extra) -> dict:
+    return {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", **extra}
 
 
-def step_rows(summary: str) -> dict[str, tuple[str, int]]:
-    """{step: (exit, limit)} from summary.md's step table."""
-    rows = {}
-    for line in summary.splitlines():
-        m = re.match(r"\| ([\w-]+) \| (\w+) \| \d+ \| (\d+) \|", line)
-        if m:
-            rows[m.group(1)] = (m.group(2), int(m.group(3)))
-    return rows
+def run_check(*args: str, timeout: int = 900, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env(**extra),
+                          timeout=timeout)
 
 
-def test_step_shares_add_up_to_the_budget_in_order_of_value():
-    text = SCRIPT.read_text()
-    steps = re.search(r"^steps=\((.*)\)", text, re.M).group(1).split()
-    shares = [int(x) for x in re.search(r"^shares=\(([\d ]+)\)", text, re.M).group(1).split()]
-    assert tuple(steps) == STEPS and len(shares) == len(steps) and sum(shares) <= 100
-    assert "compare" not in steps  # stand-in weights make it meaningless there; it would crowd out the bench
+def step_rows(out: Path) -> dict[str, dict]:
+    return {r["step"]: r for r in map(json.loads, (out / "steps.jsonl").read_text().splitlines())}
+
+
+def test_step_shares_are_whole_and_in_order_of_value():
+    check = load_check()
+    assert tuple(s for s, _ in check.STEPS) == STEPS and sum(share for _, share in check.STEPS) == 100
+    assert dict(check.STEPS)["sweep"] == max(share for _, share in check.STEPS)  # the recipe comes first
+    assert "compare" not in dict(check.STEPS)  # stand-in weights make it meaningless there
+
+
+def test_time_a_step_leaves_flows_to_the_steps_after_it(tmp_path):
+    check = load_check()
+    runner = check.Runner(None, 480.0, [s for s, _ in check.STEPS])
+    planned = {s: int(480 * share / 100) for s, share in check.STEPS}
+    assert runner.limit_for("setup") == planned["setup"]
+    assert runner.limit_for("setup") + sum(planned[s] for s in STEPS[1:]) <= 480  # limits never exceed the budget
+    runner.start -= 4  # setup used 4 of its 14 s: the 10 s left over spread over the later steps
+    assert runner.limit_for("gpu-tests") > planned["gpu-tests"]
+    runner.start -= 400  # when earlier steps overran, the later ones share what is left
+    assert runner.limit_for("bench") < planned["bench"]
+    assert runner.limit_for("loaders") == int(runner.left())  # the last step gets all of it
+    runner.steps = ["setup", "loaders"]  # steps not asked for (--steps) do not hold time back
+    assert runner.limit_for("setup") == int(runner.left() * 3 / 12)
+    assert runner.limit_for("loaders") == int(runner.left())
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory, synthetic_dir):
     out = tmp_path_factory.mktemp("gpu-check") / "out"
-    proc = run_check("--dry-run", str(synthetic_dir), str(out))
+    proc = run_check("--dry-run", str(synthetic_dir), str(out), GPU_CHECK_PREVIOUS="")
     return out, proc
 
 
 @pytest.mark.slow
-def test_dry_run_runs_every_step_and_writes_at_most_eight_files(dry_run):
+def test_dry_run_runs_every_step_and_writes_its_records(dry_run):
     out, proc = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == OUT_FILES
     summary = (out / "summary.md").read_text()
     assert summary in proc.stdout  # printed at the end too
-    rows = step_rows(summary)
-    assert list(rows) == list(STEPS) and all(rc == "0" for rc, _ in rows.values()), summary
-    assert sum(limit for _, limit in rows.values()) <= 480  # the limits fit the default budget
-    assert "Failed, cut, killed or skipped steps: none." in summary
+    rows = step_rows(out)
+    assert list(rows) == list(STEPS) and all(r["rc"] == 0 for r in rows.values()), summary
+    assert all(r["limit_s"] >= r["planned_s"] * 0.9 for r in rows.values())  # no step was squeezed
+    assert "Failed, cut, killed or skipped steps: none." in summary and "| step | exit | planned s | given s" in summary
     assert "Machine: no GPU" in summary and "Versions: python" in summary
+    setup = json.loads((out / "setup.json").read_text())
+    assert setup["missing"].keys() <= {"nvidia.dali"}  # nothing to install here
+    assert "every module the check uses imports" in summary
 
 
 @pytest.mark.slow
 def test_dry_run_results_name_what_produced_each_figure(dry_run):
     out, _ = dry_run
-    tests = ET.parse(out / "gpu-tests.xml").getroot()
-    cases = list(tests.iter("testcase"))
-    assert cases and all(c.find("skipped") is not None for c in cases)  # on a CPU every gpu test skips
+    tests = [json.loads(line) for line in (out / "gpu-tests.jsonl").read_text().splitlines()]
+    reports = [t for t in tests if t.get("$report_type") == "TestReport"]
+    assert reports and all(t["outcome"] == "skipped" for t in reports if t["when"] == "setup")  # CPU: gpu tests skip
     sweep = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
-    assert [(r["variant"], r["seed"]) for r in sweep] == [("base", 0), ("levers", 0), ("seed-preset", 0)]
+    # the plan's order: candidate, each lever alone, more seeds of the best, the best timed; then the seed preset
+    assert [(r["stage"], r["seed"]) for r in sweep] == [("candidate", 0), ("levers", 0), ("seeds-of-best", 1),
+                                                       ("timed", 0), ("listed", 0)]
+    assert sweep[3]["variant"].endswith("@timed") and sweep[4]["variant"] == "seed-preset"
     for r in sweep:
         assert r["status"] == "finished" and r["loader"] == "tensor" and r["precision"] == "fp32"
-        assert {"compile", "compile_mode", "cudnn_benchmark", "machine", "levers", "seconds_to_target"} <= set(r)
+        assert {"compile", "compile_record", "cudnn_benchmark", "machine", "levers", "seconds_to_target",
+                "epoch1_train_loss", "wall_seconds"} <= set(r)
+    epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert len(epochs) == 2 * len(sweep) and {e["epoch"] for e in epochs} == {1, 2}
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [r["label"] for r in bench] == ["torch", "torch:bf16"] and all(r["status"] == "ok" for r in bench)
-    assert json.loads((out / "export.json").read_text())["onnx"][0]["parity"]["passed"]
+    export = [json.loads(line) for line in (out / "export.jsonl").read_text().splitlines()]
+    assert sorted(r["precision"] for r in export) == ["fp16", "fp32"] and all(r["passed"] for r in export)
     throughput = [json.loads(line) for line in (out / "throughput.jsonl").read_text().splitlines()]
     assert throughput and {"precision", "compile", "compile_mode", "cudnn_benchmark"} <= set(throughput[0])
+    loaders = [json.loads(line) for line in (out / "loaders.jsonl").read_text().splitlines()]
+    assert [r["loader"] for r in loaders] == ["tensor"] + (["dali"] if dali_available() else [])
     summary = (out / "summary.md").read_text()
-    assert "| base | 1 |" in summary and "| seed-preset | 1 |" in summary
-    assert "tensor loader, fp32, channels_last False, eager" in summary
-    assert "- bench torch:bf16 (bf16" in summary and "- loaders on cpu, batch 64: tensor" in summary
+    assert "| levers | 2 |" in summary and "| seed-preset | 1 |" in summary and "eager |" in summary
+    assert "tensor loader, fp32, channels_last False" in summary
+    assert "- bench torch:bf16 (bf16" in summary and "- loaders on cpu, batch 64" in summary
+    assert "- export seed0 (fp32)" in summary
     with tarfile.open(out / "work.tar.gz") as tar:
         names = tar.getnames()
         decode = [n for n in names if n.endswith("folder-decode.json")]
@@ -99,15 +132,72 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
             rows = json.load(tar.extractfile(decode[0]))["rows"]
             assert set(rows) == {"cache-decode", "dali-files", "tensor", "dataloader"}
             assert all(r["images_per_s"] > 0 for r in rows.values()) and rows["dataloader"]["vs_dataloader"] == 1.0
-    assert any(n.endswith("sweep.log") for n in names) and any(n.endswith("env.json") for n in names)
+    assert any(n.endswith("sweep.log") for n in names)
     assert not [n for n in names if n.endswith((".pt", ".safetensors", ".onnx", ".pth"))]  # no weights travel
 
 
 @pytest.mark.slow
-def test_a_check_stopped_mid_way_keeps_every_finished_step(tmp_path, synthetic_dir):
+def test_a_second_check_skips_what_an_earlier_run_measured(dry_run, synthetic_dir, tmp_path):
+    first, _ = dry_run
     out = tmp_path / "out"
-    proc = subprocess.Popen(["bash", str(SCRIPT), "--dry-run", str(synthetic_dir), str(out)], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = run_check("--dry-run", str(synthetic_dir), str(out), "--steps", "sweep,seed-preset", "--previous",
+                     str(first / "sweep.jsonl"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "sweep.jsonl").exists()  # every run of both plans was in the earlier file
+    rows = step_rows(out)
+    assert list(rows) == ["sweep", "seed-preset"] and all(r["rc"] == 0 for r in rows.values())
+    assert "5 run(s) measured by earlier GPU runs (bench/results/gpu/) were not run again" in \
+        (out / "summary.md").read_text()
+
+
+SLOW_TESTS = '''
+import time
+
+def test_quick_one():
+    assert True
+
+def test_quick_two():
+    assert 1 + 1 == 2
+
+def test_slow():
+    time.sleep(120)
+'''
+
+
+@pytest.mark.slow
+def test_a_check_stopped_inside_the_gpu_tests_keeps_the_finished_tests(tmp_path, synthetic_dir):
+    tests = tmp_path / "test_some.py"
+    tests.write_text(SLOW_TESTS)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "--dry-run", str(synthetic_dir), str(out), "--steps", "gpu-tests",
+                             "--tests", str(tests)], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        record = out / "gpu-tests.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # stop it while test_slow sleeps
+            if record.is_file() and "test_slow" in record.read_text():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the check ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert step_rows(out)["gpu-tests"]["rc"] == "killed"
+    summary = (out / "summary.md").read_text()
+    assert "- gpu tests: 2 passed, 0 failed" in summary and "passed: " in summary and "test_quick_two" in summary
+    assert _processes_naming(out) == []
+
+
+@pytest.mark.slow
+def test_a_check_stopped_inside_its_sweep_keeps_every_finished_step(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "--dry-run", str(synthetic_dir), str(out), "--steps",
+                             "setup,sweep,bench"], env=env(GPU_CHECK_PREVIOUS=""), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 600
         sweep = out / "sweep.jsonl"
@@ -116,25 +206,19 @@ def test_a_check_stopped_mid_way_keeps_every_finished_step(tmp_path, synthetic_d
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the check ended before it could be stopped"
-        proc.send_signal(signal.SIGTERM)  # to the script only: it must stop its running step itself
+        proc.send_signal(signal.SIGTERM)  # to the check only: it must stop its running step itself
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, stderr[-2000:]
-    ET.parse(out / "gpu-tests.xml")  # the step finished before: complete
     lines = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]  # the step cut short
     assert 1 <= len(lines) <= 2 and all(r["status"] == "finished" for r in lines)  # keeps every run it finished
-    rows = step_rows((out / "summary.md").read_text())
-    assert [rows[s][0] for s in STEPS[:2]] == ["0", "0"] and rows["sweep"][0] in ("killed", "0")
-    later = [rc for step, (rc, _) in rows.items() if step not in STEPS[:3]]
-    assert later in ([], ["killed"])  # the sweep was stopped, or (rarely) the step right after it
-    assert (out / "work.tar.gz").is_file()
-    for name in ("bench.jsonl", "throughput.jsonl"):  # whatever a stopped step wrote is whole
-        if (out / name).exists():
-            assert all(json.loads(line) for line in (out / name).read_text().splitlines())
-    # Nothing of the check is left running: no process whose command line names its OUT_DIR (every step's does,
-    # through --jsonl / --out; `timeout` gives each step its own process group, so a group check would miss them).
+    rows = step_rows(out)
+    assert rows["setup"]["rc"] == 0 and rows["sweep"]["rc"] in ("killed", 0)
+    assert "bench" not in rows or rows["bench"]["rc"] == "killed"
+    assert (out / "work.tar.gz").is_file() and "| sweep |" in (out / "summary.md").read_text()
+    # Nothing of the check is left running: no process whose command line names its OUT_DIR (every step's does).
     deadline = time.time() + 15
     while time.time() < deadline and _processes_naming(out):
         time.sleep(0.5)
@@ -158,9 +242,27 @@ def test_bad_arguments_are_one_message(tmp_path, synthetic_dir):
     assert proc.returncode == 2 and "usage:" in proc.stderr
     proc = run_check("--dry-run", str(tmp_path / "nowhere"), str(tmp_path / "o"), timeout=30)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr
+    proc = run_check("--dry-run", str(synthetic_dir), str(tmp_path / "o"), "--steps", "sweep,dance", timeout=30)
+    assert proc.returncode == 2 and "unknown steps dance" in proc.stderr and not (tmp_path / "o").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("precious")
     proc = run_check("--dry-run", str(synthetic_dir), str(mine), timeout=30)
     assert proc.returncode == 2 and "not an empty directory" in proc.stderr
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
+
+
+def test_the_summary_reads_per_file_junit_records_when_reportlog_is_missing(tmp_path):
+    """Without pytest-reportlog the step runs one process per test file, each with its own JUnit file."""
+    spec = importlib.util.spec_from_file_location("bench_summary", REPO / "bench" / "gpu_check_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "gpu-tests-test_gpu.xml").write_text(
+        '<testsuites><testsuite><testcase classname="tests.test_gpu" name="test_a"/>'
+        '<testcase classname="tests.test_gpu" name="test_b"><failure message="x"/></testcase></testsuite>'
+        "</testsuites>")
+    lines = summary.gpu_test_lines(tmp_path, work)
+    assert lines[0] == "- gpu tests: 1 passed, 1 failed, 0 skipped"
+    assert re.search(r"failed: tests.test_gpu::test_b", "\n".join(lines))

@@ -12,7 +12,7 @@ eigenvectors of the first 5,000 training images' patch covariance scaled by 1/sq
 BatchNorm with frozen scales and a 64x bias learning rate, flips that alternate each epoch, mirror + 1-px
 translate TTA, `cudnn.benchmark`), and David Page's "How to train your ResNet" (myrtle.ai, parts 4-8: label
 smoothing, frozen BN scales, CELU, the whitening stem, flip TTA). None of these is measured on fastcifar's
-ResNet on a GPU yet: bench/gpu_check.sh's sweep (bench/variants/gpu.json) measures each one.
+ResNet on a GPU yet: bench/gpu_check.sh's sweep (bench/plans/gpu.json) measures each one.
 """
 
 from __future__ import annotations

@@ -120,6 +120,8 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
         finally:
             if loop.records is not None:  # TensorBoard's writer thread ends with the run, finished or not
                 loop.records.close()
+            if loop.compile_record is not None:  # stop listening to dynamo's log (idempotent)
+                loop.compile_record.finish()
         if dist.is_main and not keep_state:  # finished: nothing left to resume, and it is the largest file
             (run_dir / STATE_FILE).unlink(missing_ok=True)
         return TrainResult(run_dir=run_dir, summary=summary)
@@ -135,7 +137,7 @@ class _Loop:
         import torch
 
         from fastcifar.train.distributed import wrap_distributed
-        from fastcifar.train.step import autocast_factory, make_step
+        from fastcifar.train.step import CompileRecord, autocast_factory, make_step
 
         self.cfg, self.dist, self.device, self.model = cfg, dist, device, model
         self.optimizer, self.scheduler = opt
@@ -149,8 +151,7 @@ class _Loop:
 
             self.records = RunRecords(cfg, run_dir, spec, dataset_extra(data, run_dir), start_epoch)
         self.autocast = autocast_factory(cfg.precision, device)
-        if cfg.compile:
-            model.compile(mode=cfg.compile_mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
+        self.compile_record = CompileRecord(model, cfg.compile_mode) if cfg.compile else None
         self.net = wrap_distributed(model, dist, device)
         self.step = make_step(self.net, self.optimizer, self.scheduler, self.scaler, self.autocast,
                               torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
@@ -317,6 +318,7 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
         "state_save_seconds": loop.state_seconds, "levers": loop.levers,
         "best": loop.records.best_summary(metrics["test_acc"]),
         "cudnn_benchmark": _cudnn_benchmark(loop.device), "compile_mode": cfg.compile_mode,
+        "compile_record": loop.compile_record.finish() if loop.compile_record is not None else None,
         "warnings": [w for h in history if (w := divergence_warning(h, cfg, len(loop.data.train),
                                                                      loop.num_classes))],
     }

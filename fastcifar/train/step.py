@@ -83,6 +83,48 @@ def build_ema(model, cfg: TrainConfig, steps_per_epoch: int):
 
 
 
+# torch.compile guards every compiled frame on the module it was called with, and dynamo keeps one cache for the
+# whole process: the Nth run of a sweep or a compare (a new model each time) recompiles the same code object, and
+# past torch's recompile limit (8) it silently runs eager while the run says compiled. Each run therefore starts
+# from a reset cache, with headroom for the eval/TTA shapes of one run, and records whether the limit was hit.
+RECOMPILE_LIMIT = 32
+
+
+class CompileRecord:
+    """Compiles a model for one run and records what dynamo did: graphs compiled, and whether a recompile limit was
+    hit (dynamo then runs that frame eagerly for the rest of the process)."""
+
+    def __init__(self, model, mode: str | None):
+        import logging
+
+        import torch
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        self._counters = torch._dynamo.utils.counters
+        self._graphs_before = self._counters["stats"]["unique_graphs"]
+        self.limit_hits: list[str] = []
+        record = self
+
+        class _LimitHits(logging.Handler):  # dynamo announces the fallback only as a log warning
+            def emit(self, entry):
+                text = entry.getMessage()
+                if "hit config." in text:
+                    record.limit_hits.append(text.splitlines()[0][:200])
+
+        self._handler = _LimitHits(logging.WARNING)
+        self._logger = logging.getLogger("torch._dynamo.convert_frame")
+        self._logger.addHandler(self._handler)
+        model.compile(mode=mode)  # in place: state_dict keys keep no `_orig_mod.` prefix
+
+    def finish(self) -> dict:
+        """{graphs, recompile_limit_hit, limit_messages}; stops listening to dynamo's log."""
+        self._logger.removeHandler(self._handler)
+        return {"graphs": int(self._counters["stats"]["unique_graphs"] - self._graphs_before),
+                "recompile_limit_hit": bool(self.limit_hits), "limit_messages": self.limit_hits[:3]}
+
+
 def autocast_factory(precision: str, device):
     """A zero-argument callable giving the autocast context for `precision` (nullcontext for fp32)."""
     import torch

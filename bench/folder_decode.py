@@ -79,7 +79,7 @@ def main() -> None:
 
     import fastcifar
     from fastcifar.data import folder as folder_mod
-    from fastcifar.data.dali_files import RANDOM_AREA, DaliFileLoader
+    from fastcifar.data.dali_files import DaliFileLoader
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.plan import LoaderOptions
     from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD
@@ -110,7 +110,7 @@ def main() -> None:
     s, n = timed_epochs(lambda: iter(tensor), args.repeats)
     rows["tensor"] = {"images_per_s": n / s, "images": n, "seconds": s}
 
-    transform = transforms.Compose([transforms.RandomResizedCrop(32, scale=RANDOM_AREA),
+    transform = transforms.Compose([transforms.RandomResizedCrop(32, scale=options.crop_scale),
                                     transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                                     transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
     dataset = torchvision.datasets.ImageFolder(str(root / "train"), transform=transform)

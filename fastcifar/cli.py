@@ -318,6 +318,12 @@ _TRAIN_OPTIONS = [
                               "the decoded images. dali-files (image folders only): DALI reads and decodes the files "
                               "every epoch (nvJPEG on CUDA) with random-resized-crop and flip.")),
     (("--val-fraction",), dict(type=float, help="Fraction of the training images held out for validation.")),
+    (("--flip/--no-flip",), dict(default=None, help="Random horizontal flips in training. Switch them off for data "
+                                                    "that is not mirror-symmetric (digits, text, signs, left/right "
+                                                    "anatomy); flip TTA then follows.")),
+    (("--crop-padding",), dict(type=int, help="Random crop of the image zero-padded by this many pixels (0 = no "
+                                              "crop; tensor and dali loaders).")),
+    (("--crop-scale",), dict(type=float, help="Smallest area fraction of dali-files' random-resized crop.")),
     (("--train-limit",), dict(type=int, help="Train on the first N training images only.")),
     (("--epochs",), dict(type=int, help="Training epochs.")),
     (("--batch-size",), dict(type=int, help="Training batch: images per optimizer step, global (split across "
@@ -351,7 +357,8 @@ _TRAIN_OPTIONS = [
     (("--backbone-lr-scale",), dict(type=float, help="Learning-rate multiplier for every layer but the classifier "
                                                      "(< 1 fine-tunes a pretrained backbone slower than the new "
                                                      "head; compare applies it to the pretrained arm only).")),
-    (("--tta/--no-tta",), dict(default=None, help="Horizontal-flip test-time augmentation at evaluation.")),
+    (("--tta/--no-tta",), dict(default=None, help="Horizontal-flip test-time augmentation at evaluation. "
+                                                  "[default: as --flip]")),
     (("--tta-translate/--no-tta-translate",),
      dict(default=None, help="Also average 1-px translated views at evaluation (airbench94's level 2; outside "
                              "the training clock). Not yet measured on a GPU.")),
@@ -378,7 +385,7 @@ _TRAIN_OPTIONS = [
                                                                  "compare: REPORT/tensorboard/ARM/FRACTION/SEED. "
                                                                  "Needs pip install tensorboard.")),
 ]
-_NO_DEFAULT_TEXT = {"channels_last", "compile", "compile_mode"}  # device-dependent: their help says how
+_NO_DEFAULT_TEXT = {"channels_last", "compile", "compile_mode", "tta"}  # device- or flip-dependent: their help says
 
 
 def train_options(func):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fastcifar.errors import FastCifarError
 from fastcifar.precision import TRAIN_PRECISIONS, default_precision
+from fastcifar.preprocess import CROP_PADDING, CROP_SCALE_MIN
 
 SCHEDULES = ("linear", "cosine")
 # torch.compile's modes (torch._inductor.list_mode_options()); anything else fails inside torch with a traceback.
@@ -61,6 +62,12 @@ class TrainConfig:
     loader: str = "auto"  # auto | dali | tensor
     val_fraction: float = 0.1
     train_limit: int | None = None  # train on the first N training images (before the val split)
+    # augmentation, in every loader: random horizontal flips (switch them off for data that is not mirror-symmetric:
+    # digits, letters, text, signs, left/right anatomy), the random crop's zero padding in pixels (0 = no crop;
+    # tensor and dali loaders) and the smallest area of dali-files' random-resized crop
+    flip: bool = True
+    crop_padding: int = CROP_PADDING
+    crop_scale: float = CROP_SCALE_MIN
     # optimisation
     epochs: int = 10
     batch_size: int = 512  # global batch (split across ranks under torchrun)
@@ -84,7 +91,7 @@ class TrainConfig:
     bn_freeze_scales: bool = False  # BatchNorm scales frozen at their initial value
     bn_bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm biases (airbench94: 64)
     alternating_flip: bool = False  # each image flipped on alternate epochs instead of at random
-    tta: bool = True  # horizontal-flip test-time augmentation at evaluation
+    tta: bool | None = None  # horizontal-flip test-time augmentation at evaluation; None: as `flip`
     tta_translate: bool = False  # + 1-px translations (reflect-padded) averaged in, as airbench94's tta_level 2
     # speed switches: None = the device's default (CUDA: bf16 + channels_last + compile; CPU: fp32, no compile)
     device: str = "auto"
@@ -115,6 +122,9 @@ class TrainConfig:
             (self.loader in LOADER_KINDS, f"unknown loader '{self.loader}' (choose from {', '.join(LOADER_KINDS)})"),
             (self.dataset in DATASETS, f"unknown dataset '{self.dataset}' (choose from {', '.join(DATASETS)})"),
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (0 <= self.crop_padding <= 16, f"--crop-padding must be 0-16 pixels, got {self.crop_padding}"),
+            (0 < self.crop_scale <= 1, f"--crop-scale must be in (0, 1], got {self.crop_scale}"),
+            (self.flip or not self.alternating_flip, "--alternating-flip flips every other epoch: drop --no-flip"),
             (self.train_limit is None or self.train_limit >= 10, "--train-limit must be at least 10 images"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
@@ -151,6 +161,12 @@ class TrainConfig:
             if not ok:
                 raise FastCifarError(message)
 
+    def augmentation(self) -> dict:
+        """What the run's images go through (model.json, summary.json and the report record it)."""
+        return {"flip": self.flip, "crop_padding": self.crop_padding, "crop_scale": self.crop_scale,
+                "tta": self.flip if self.tta is None else self.tta, "tta_translate": self.tta_translate,
+                "loader": self.loader}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["dataset"] == "auto":  # configs and report names from before --dataset stay as they were
@@ -170,7 +186,8 @@ class TrainConfig:
             raise FastCifarError(f"cannot read the run config {path} ({exc})") from None
 
     def resolved(self, device_type: str) -> "TrainConfig":
-        """Fill the device-dependent switches: CUDA bf16 + channels_last + compile; CPU fp32 eager.
+        """Fill the device-dependent switches (CUDA bf16 + channels_last + compile; CPU fp32 eager) and flip TTA
+        (as the training flips: a model trained without flips is not evaluated through them).
 
         The precision is precision.default_precision's (its docstring cites the measurements). Compile on the CPU
         measured 0.96-1.02x of eager for a minutes-long warm-up (bench/README.md), so the CPU runs eager.
@@ -181,6 +198,7 @@ class TrainConfig:
             precision=self.precision if self.precision != "auto" else default_precision(device_type),
             channels_last=self.channels_last if self.channels_last is not None else cuda,
             compile=self.compile if self.compile is not None else cuda,
+            tta=self.tta if self.tta is not None else self.flip,
         )
 
 
@@ -205,7 +223,7 @@ PRESETS: dict[str, dict] = {
     # residual BatchNorm scales are left off: on the CPU smoke budget they cost 15 points (28.8 vs 44.3 %, 2 seeds,
     # bench/README.md); bench/gpu_check.sh measures them on the GPU as a candidate.
     "fast": dict(epochs=18, val_fraction=0.02, batch_size=1024, lr=0.4, warmup_epochs=3.6, schedule="linear",
-                 label_smoothing=0.0, tta=True),
+                 label_smoothing=0.0),
     # A CPU-sized check that still learns: 10k real images, the ImageNet stem at 32 px (its stride-4 stem makes
     # a ResNet-18 ~16x cheaper than the CIFAR stem), 2 epochs, the plain recipe's 20 % warm-up. Measured with
     # bench/time_to_accuracy.py on this project's 2-core CPU, 2 seeds: 44.3 ± 0.6 % test in 23 s of training,
@@ -214,6 +232,18 @@ PRESETS: dict[str, dict] = {
     "smoke": dict(epochs=2, train_limit=10000, val_fraction=0.1, batch_size=128, lr=0.05, warmup_epochs=0.4,
                   schedule="linear", stem="imagenet", image_size=32, label_smoothing=0.0),
 }
+
+
+def describe_augmentation(aug: dict) -> str:
+    """'random 4-px-padded crops and horizontal flips; flip TTA at evaluation' and the like, for people."""
+    if aug.get("loader") == "dali-files":
+        crop = f"random-resized crops of {100 * aug['crop_scale']:g}-100 % of the area"
+    else:
+        crop = f"random {aug['crop_padding']}-px-padded crops" if aug["crop_padding"] else "no random crop"
+    flips = "horizontal flips" if aug["flip"] else "no flips"
+    tta = " + 1-px translations" if aug.get("tta_translate") else ""
+    return f"{crop} and {flips} in training; " + (f"flip TTA{tta} at evaluation" if aug["tta"] else
+                                                  f"no flip TTA{' (translate TTA)' if tta else ''} at evaluation")
 
 
 def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:

@@ -21,6 +21,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 NATIVE_SIZE = 32  # CIFAR-10's pixels: what raw inputs are, whatever size a model trains at (it resizes inside)
+# Training augmentation unless a run says otherwise (TrainConfig's crop_padding / crop_scale, every loader): a random
+# crop of the image zero-padded by 4 px (torchvision's RandomCrop(32, padding=4), the plain recipe's), and for
+# `--loader dali-files` a random-resized crop of 35-100 % of the image's area (bench/folder_decode.py measures it).
+CROP_PADDING = 4
+CROP_SCALE_MIN = 0.35
 # What an exported graph takes: `raw` uint8 NHWC pixels (normalised and resized inside the graph) or `normalized`
 # float NCHW input at the model's image size, already normalised.
 INPUT_KINDS = ("raw", "normalized")

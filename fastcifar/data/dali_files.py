@@ -6,8 +6,8 @@ every epoch at its own resolution, where a torchvision DataLoader spends its CPU
 the loader contract of fastcifar/data/plan.py (batches of normalised NCHW images at `image_size` and int64
 labels on the device, `len`, `set_epoch`, disjoint shards under torchrun), with these differences from the
 cache-fed loaders (`tensor`, `dali`), which train on the 32 px decoded cache:
-- augmentation: random-resized-crop (scale 0.35-1, DALI's default aspect range) of the full-resolution image to
-  `image_size`, and a random horizontal flip; evaluation resizes the shorter side to `image_size` and takes the
+- augmentation: random-resized-crop (area `options.crop_scale`, by default 0.35-1, DALI's default aspect range) of
+  the full-resolution image to `image_size`, and a random horizontal flip unless `options.flip` is off; evaluation resizes the shorter side to `image_size` and takes the
   centre square (the cache's conversion: largest centred square, resized);
 - order: DALI's reader shuffles the whole shard after every epoch from `options.seed` (`shuffle_after_epoch`),
   so the order is reproducible from the start of a run but `set_epoch` cannot jump to an arbitrary epoch, and
@@ -35,7 +35,6 @@ from fastcifar.preprocess import pixel_mean_std
 # What DALI's image decoder reads (its documentation's list); anything else is refused up front.
 DALI_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".pnm", ".ppm", ".pgm", ".pbm",
                            ".jp2", ".j2k", ".webp"})
-RANDOM_AREA = (0.35, 1.0)
 
 
 class DaliFileLoader:
@@ -130,7 +129,7 @@ class DaliFileLoader:
                                              seed=opts.seed, pad_last_batch=not opts.train)
             images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
             if opts.train:
-                images = fn.random_resized_crop(images, size=[size, size], random_area=list(RANDOM_AREA))
+                images = fn.random_resized_crop(images, size=[size, size], random_area=list(opts.crop_scale))
                 mirror = fn.random.coin_flip(probability=0.5) if opts.flip else 0
             else:
                 images = fn.resize(images, resize_shorter=size)

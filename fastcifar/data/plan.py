@@ -5,7 +5,7 @@ Contract: iterating yields `(images, labels)` already on the training device: im
 (`dtype`), normalised with mean/std, NCHW shape in channels_last memory format (when asked), at
 `image_size`; labels int64. `len(loader)` is batches per epoch; `set_epoch(e)` reshuffles deterministically
 from (seed, e). Under torchrun each rank sees a disjoint shard (`rank`, `world_size`).
-Training loaders (`train=True`) augment (4-px padded random crop, horizontal flip), shuffle globally
+Training loaders (`train=True`) augment (padded random crop, horizontal flip: each can be off), shuffle globally
 every epoch and drop the ragged last batch; evaluation loaders (`train=False`) neither augment nor shuffle
 and yield every image exactly once (a smaller last batch).
 
@@ -23,7 +23,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from fastcifar.errors import FastCifarError
-from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, NATIVE_SIZE
+from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, CROP_PADDING, CROP_SCALE_MIN, NATIVE_SIZE
 
 LOADER_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -51,7 +51,8 @@ class LoaderOptions:
     rank: int = 0
     world_size: int = 1
     channels_last: bool = True
-    crop_padding: int = 4
+    crop_padding: int = CROP_PADDING
+    crop_scale: tuple[float, float] = (CROP_SCALE_MIN, 1.0)  # random-resized crop's area range (dali-files)
     flip: bool = True
     alternating_flip: bool = False  # flips alternate per image from epoch to epoch (augment_params)
     dtype: str = "float32"  # "float32" | "bfloat16" | "float16"

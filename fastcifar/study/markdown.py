@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastcifar.config import COMPARE_INITS, MIN_STEPS_PER_EPOCH
+from fastcifar.config import COMPARE_INITS, MIN_STEPS_PER_EPOCH, TrainConfig, describe_augmentation
 from fastcifar.data.datasets import DATASET_TITLES
 from fastcifar.study.plots import PLOT_ALTS, plot_files
 from fastcifar.study.results import ORIGINAL_STUDY, caveats, fraction_label
@@ -175,7 +175,7 @@ def render_markdown(results: dict) -> str:
         f"{base['arch']}, {base['epochs']} epochs, SGD Nesterov, {lr} (batch {base['batch_size']}), "
         f"{base['warmup_epochs']:g}-epoch warm-up then {base['schedule']} decay, label smoothing "
         f"{base['label_smoothing']:g}, {100 * base['val_fraction']:g} % held out for validation, seeds "
-        f"{', '.join(map(str, cfg['seeds']))}.", "",
+        f"{', '.join(map(str, cfg['seeds']))}. **Augmentation:** {describe_augmentation(TrainConfig.from_dict(base).augmentation())}.", "",
         "## Conclusion", "", results["conclusion"], "",
         f"Original study (one run per model, 10 epochs, full data, 224 px with the ImageNet stem): "
         f"ImageNet-pretrained {ORIGINAL_STUDY['imagenet']} %, random init {ORIGINAL_STUDY['random']} %.", "",

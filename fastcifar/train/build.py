@@ -95,7 +95,8 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, data) -> TrainDat
                              + (" or raise --train-limit" if cfg.train_limit is not None else ""))
     common = dict(image_size=cfg.image_size, mean=spec.mean, std=spec.std, channels_last=bool(cfg.channels_last))
     train_opts = LoaderOptions(batch_size=per_rank_batch, train=True, seed=cfg.seed, rank=dist.rank,
-                               world_size=dist.world_size, alternating_flip=cfg.alternating_flip, **common)
+                               world_size=dist.world_size, flip=cfg.flip, alternating_flip=cfg.alternating_flip,
+                               crop_padding=cfg.crop_padding, crop_scale=(cfg.crop_scale, 1.0), **common)
     eval_opts = LoaderOptions(batch_size=max(cfg.batch_size, 256), train=False, **common)
     train_images = images[train_idx]
     if cfg.loader == "dali-files":  # DALI decodes the folder's files itself (fastcifar/data/dali_files.py)

@@ -149,7 +149,7 @@ class _Loop:
         if dist.is_main:
             from fastcifar.train.records import RunRecords
 
-            self.records = RunRecords(cfg, run_dir, spec, dataset_extra(data, run_dir), start_epoch)
+            self.records = RunRecords(cfg, run_dir, spec, dataset_extra(data, run_dir, cfg), start_epoch)
         self.autocast = autocast_factory(cfg.precision, device)
         self.compile_record = CompileRecord(model, cfg.compile_mode) if cfg.compile else None
         self.net = wrap_distributed(model, dist, device)
@@ -315,24 +315,25 @@ def _finish(loop: _Loop, spec, history: list[dict], train_seconds: float) -> dic
         "precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
         "device": str(loop.device), "loader": loop.data.kind, "world_size": dist.world_size,
         "distributed": distributed, "compile_warmup_seconds": loop.warmup_seconds,
-        "state_save_seconds": loop.state_seconds, "levers": loop.levers,
+        "state_save_seconds": loop.state_seconds, "levers": loop.levers, "augmentation": cfg.augmentation(),
         "best": loop.records.best_summary(metrics["test_acc"]),
         "cudnn_benchmark": _cudnn_benchmark(loop.device), "compile_mode": cfg.compile_mode,
         "compile_record": loop.compile_record.finish() if loop.compile_record is not None else None,
         "warnings": [w for h in history if (w := divergence_warning(h, cfg, len(loop.data.train),
                                                                      loop.num_classes))],
     }
-    save_model(loop.eval_model(), spec, loop.run_dir, metrics=metrics, extra=dataset_extra(loop.data, loop.run_dir))
+    save_model(loop.eval_model(), spec, loop.run_dir, metrics=metrics,
+               extra=dataset_extra(loop.data, loop.run_dir, cfg))
     write_json(loop.run_dir / SUMMARY_FILE, summary)
     loop.records.finish(summary, confusion)
     return summary
 
 
-def dataset_extra(data, run_dir: Path) -> dict:
+def dataset_extra(data, run_dir: Path, cfg: TrainConfig) -> dict:
     """What model.json records about the data: where it is, which dataset (the verbs that read a model's test split
-    later read the same one: fastcifar/data/datasets.model_split), and the run's name."""
+    later read the same one: fastcifar/data/datasets.model_split), the run's name and its augmentation."""
     info = data.info
-    extra = {"data_dir": str(data.root), "run_name": run_dir.name}
+    extra = {"data_dir": str(data.root), "run_name": run_dir.name, "augmentation": cfg.augmentation()}
     if info.get("dataset", "cifar10") != "cifar10":  # CIFAR-10 runs keep the model.json they always had
         extra.update(dataset=info["dataset"], dataset_info={k: v for k, v in info.items() if k != "class_names"})
     return extra

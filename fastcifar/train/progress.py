@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastcifar.config import TrainConfig
+from fastcifar.config import TrainConfig, describe_augmentation
 from fastcifar.errors import FastCifarError
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class EpochProgress:
                                f"classes, test split: {info.get('test_source')}"
                                + (f"; {info['skipped_summary']}" if info.get("skipped_summary") else "")
                                + "".join(f"; {note}" for note in info.get("notes") or []), markup=False)
+        self.console.print(f"augmentation: {describe_augmentation(cfg.augmentation())}", markup=False)
         if levers:
             self.console.print("levers: " + "; ".join(levers), markup=False)
 

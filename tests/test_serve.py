@@ -109,8 +109,10 @@ def predict_json(*args: str) -> list[dict]:
 
 def test_predict_through_the_server_agrees_with_the_local_model(server, tiny_model_dir, image_files):
     local = predict_json(str(tiny_model_dir), str(image_files), "--device", "cpu")
-    for url in (server["urls"]["http"], server["urls"]["grpc"]):
-        remote = predict_json(str(image_files), "--server", url, "--model", "r18")
+    for url, named in ((server["urls"]["http"], ["--model", "r18"]), (server["urls"]["grpc"], ["--model", "r18"]),
+                       (server["urls"]["http"], []), (server["urls"]["grpc"], [])):
+        # Without --model the server's metadata names its model (PyTriton keeps the model index behind a token).
+        remote = predict_json(str(image_files), "--server", url, *named)
         assert [r["file"] for r in remote] == [r["file"] for r in local] and len(remote) == 12
         for a, b in zip(remote, local):
             assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]  # 100 % agreement
@@ -160,6 +162,33 @@ def test_the_served_and_exported_configs_declare_the_same_tensors(server, tiny_m
     assert {"fastcifar.class_names", "fastcifar.mean", "fastcifar.std", "fastcifar.image_size"} <= shared
     assert all(exported.parameters[k].string_value == served.parameters[k].string_value
                for k in ("fastcifar.class_names", "fastcifar.image_size"))
+
+
+def test_a_url_that_is_not_triton_is_one_error(server, image_files):
+    """The metrics port, or any web server that is not Triton: one message, not a JSON parser's traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello, not triton")
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        for url in (server["urls"]["metrics"].rsplit("/", 1)[0], f"http://127.0.0.1:{other.server_address[1]}"):
+            for named in ([], ["--model", "r18"]):
+                result = CliRunner().invoke(cli, ["predict", str(image_files), "--server", url, *named])
+                assert result.exit_code == 1 and "answers, but not as a Triton server" in result.output, result.output
+                assert "Traceback" not in result.output and result.output.count("Error:") == 1
+    finally:
+        other.shutdown()
+        other.server_close()
 
 
 def test_load_test_reports_every_level_and_dynamic_batching(server):
@@ -247,6 +276,56 @@ def test_an_onnxruntime_server_answers_and_sigterm_leaves_no_process(tiny_model_
         assert "stopped" in proc.stderr.read()
     finally:
         stop(proc)
+
+
+def triton_leftovers() -> set[str]:
+    """What a Triton server can leave behind: PyTriton's and its proxy's shared memory, tritonserver's localized
+    model folders and the Python backend's env folders (fastcifar/serve/leftovers.py)."""
+    return ({p.name for p in Path("/dev/shm").glob("pytrtion*")} | {p.name for p in Path("/dev/shm").glob("psm_*")}
+            | {p.name for p in Path("/tmp").glob("folder*")} | {p.name for p in Path("/tmp").glob("python_env_*")})
+
+
+def test_sigterm_under_load_leaves_no_process_segment_or_folder(tiny_model_dir, tmp_path):
+    """Stopped while clients send, tritonserver used to die with signal 11 and leave its stub, PyTriton's proxy,
+    shared memory and temporary folders behind. Several times: whatever the server was doing, nothing survives."""
+    from fastcifar.bench.serve_load import LoadConfig, load_test
+    from fastcifar.serve.triton_server import launch
+
+    before = triton_leftovers()
+    for round_ in range(3):
+        http, grpc, metrics = free_ports(3)
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+        with open(tmp_path / f"serve-{round_}.log", "w") as log:  # a file: a full stderr pipe would block the stop
+            proc, ready = launch([tiny_model_dir, "--device", "cpu", "--http-port", http, "--grpc-port", grpc,
+                                  "--metrics-port", metrics], env=env, stderr=log)
+        try:
+            children = descendants(proc.pid)
+            outcome = {}
+
+            def load():
+                try:
+                    outcome["rows"] = load_test(LoadConfig(server=f"127.0.0.1:{http}", concurrency=(8,),
+                                                           requests=100000, duration_s=60))["rows"]
+                except Exception as exc:  # noqa: BLE001 - the server going away mid-test is expected here
+                    outcome["error"] = str(exc)
+
+            import threading
+
+            clients = threading.Thread(target=load, daemon=True)
+            clients.start()
+            time.sleep(2.0 + round_)  # under load: requests in flight when the signal comes
+            children |= descendants(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(90) == 0, (tmp_path / f"serve-{round_}.log").read_text()[-2000:]
+            clients.join(90)
+            deadline = time.monotonic() + 30
+            while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            left = [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if alive(pid)]
+            assert not left, left
+            assert triton_leftovers() <= before, triton_leftovers() - before
+        finally:
+            stop(proc)
 
 
 # ---------------------------------------------------------------------------------------------- before start

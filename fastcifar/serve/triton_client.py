@@ -2,7 +2,8 @@
 test (fastcifar/bench/serve_load.py) talk to a server through it.
 
 Owns the server URL (`http://host:port`, `https://...`, `grpc://host:port`, or `host:port` for HTTP), choosing the
-model (the one named, else the only one the server lists), and reading the model's contract from its config: the
+model (the one named, else the one `fastcifar serve` names in its server metadata, else the only one the server
+lists), and reading the model's contract from its config: the
 uint8 NHWC input, the float32 output, `max_batch_size` (larger batches are split) and the fastcifar metadata in
 `parameters` (class names, precision). It works the same against `fastcifar serve` (triton_server.py) and against
 a Triton loading the repository `fastcifar export --triton-repo` writes; the class names fall back to the indices
@@ -19,7 +20,7 @@ import numpy as np
 from fastcifar.errors import FastCifarError
 from fastcifar.preprocess import decode_metadata
 from fastcifar.serve.base import Predictor
-from fastcifar.serve.triton_server import DEFAULT_PORTS
+from fastcifar.serve.triton_server import DEFAULT_PORTS, SERVER_ID_PREFIX
 
 PROTOCOLS = {"http": "http", "https": "http", "grpc": "grpc"}
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -75,7 +76,8 @@ def _modules(protocol: str):
 
 
 def connect(url: ServerURL, timeout_s: float = 30.0):
-    """A live client for `url` (one message when nothing answers there)."""
+    """(a live client for `url`, its module, its error type, the server's metadata); one message when nothing
+    answers there, or something that is not Triton (a metrics port, another web server) does."""
     client_mod, error = _modules(url.protocol)
     try:
         if url.protocol == "grpc":
@@ -87,9 +89,17 @@ def connect(url: ServerURL, timeout_s: float = 30.0):
     except Exception as exc:  # noqa: BLE001 - connection refused / DNS / TLS: the server is not there
         raise FastCifarError(f"no Triton server answers at {url} ({_reason(exc)}): start one with fastcifar serve "
                              "MODEL, or check --server") from None
+    try:
+        meta = client.get_server_metadata(as_json=True) if url.protocol == "grpc" else client.get_server_metadata()
+    except Exception as exc:  # noqa: BLE001 - an HTTP server that is not Triton answers with something else
+        meta = {"error": _reason(exc)}
+    if not isinstance(meta, dict) or "version" not in meta:
+        why = meta.get("error") if isinstance(meta, dict) and meta.get("error") else "no server metadata"
+        raise FastCifarError(f"{url} answers, but not as a Triton server ({why}): give the HTTP or gRPC port that "
+                             "fastcifar serve prints, not its metrics port")
     if not live:
         raise FastCifarError(f"the Triton server at {url} is not live")
-    return client, client_mod, error
+    return client, client_mod, error, meta
 
 
 def _reason(exc: Exception) -> str:
@@ -102,14 +112,18 @@ def _config(client, protocol: str, name: str) -> dict:
     return config.get("config", config)  # gRPC wraps it in {"config": ...}
 
 
-def choose_model(client, url: ServerURL, name: str | None) -> str:
-    """The model to ask: `name`, else the only ready model the server lists."""
+def choose_model(client, url: ServerURL, name: str | None, server_meta: dict | None = None) -> str:
+    """The model to ask: `name`, else the model a `fastcifar serve` names in its metadata, else the only ready model
+    the server lists."""
     if name:
         if not client.is_model_ready(name):
             names = sorted({m["name"] for m in _index(client, url) or []})
             raise FastCifarError(f"the Triton server at {url} has no ready model '{name}'"
                                  + (f" (it has: {', '.join(names)})" if names else ""))
         return name
+    served = str((server_meta or {}).get("name", ""))
+    if served.startswith(SERVER_ID_PREFIX) and client.is_model_ready(served[len(SERVER_ID_PREFIX):]):
+        return served[len(SERVER_ID_PREFIX):]  # fastcifar serve says which model it serves
     models = _index(client, url)
     if models is None:
         raise FastCifarError(f"the Triton server at {url} does not list its models: name one with --model NAME "
@@ -146,9 +160,13 @@ class TritonPredictor(Predictor):
 
     def __init__(self, url: str, name: str | None = None, *, timeout_s: float = 30.0):
         self.url = parse_server_url(url)
-        self.client, self._mod, self._error = connect(self.url, timeout_s)
-        self.name = choose_model(self.client, self.url, name)
-        config = _config(self.client, self.url.protocol, self.name)
+        self.client, self._mod, self._error, server_meta = connect(self.url, timeout_s)
+        self.name = choose_model(self.client, self.url, name, server_meta)
+        try:
+            config = _config(self.client, self.url.protocol, self.name)
+        except Exception as exc:  # noqa: BLE001 - refused or unreadable: one message, not the client's traceback
+            raise FastCifarError(f"the Triton server at {url} did not give the config of model '{self.name}' "
+                                 f"({_reason(exc)})") from None
         inputs, outputs = config.get("input") or [], config.get("output") or []
         if len(inputs) != 1 or len(outputs) != 1:
             raise FastCifarError(f"model '{self.name}' at {self.url} has {len(inputs)} inputs and {len(outputs)} "

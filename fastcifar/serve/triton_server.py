@@ -22,7 +22,10 @@ The pitfalls measured on the development machine (bench/README.md) and handled h
   load (`'_thread.RLock' object has no attribute '_recursion_count'`). The interpreter's own LIBDIR goes first on
   LD_LIBRARY_PATH (`library_path`).
 - A SIGTERM to the Python parent left `tritonserver` running: a handler turns SIGTERM into the same clean stop as
-  Ctrl-C.
+  Ctrl-C. Stopped under load, tritonserver crashed and left its children, shared memory and folders: the server
+  first refuses new requests for DRAIN_S, then stops, then ends and removes what is left (serve/leftovers.py).
+- PyTriton guards the model index with a token, so clients could not find the model: the server's id (its
+  unguarded metadata, GET /v2) is "fastcifar:<model>", which fastcifar's client reads.
 - Triton's statistics and repository endpoints need PyTriton's access token: the load test reads Triton's
   Prometheus metrics instead (bench/serve_load.py in the package: fastcifar/bench/serve_load.py).
 The server binds 127.0.0.1 unless --host says otherwise. Not run here: a GPU (the predictor's device is the only
@@ -33,6 +36,7 @@ serve the exported repository instead).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -62,6 +66,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # Triton's (and PyTriton's) mod
 SERVE_EXTRA = "pip install 'fastcifar[serve]'"
 # The metadata keys a served model's config carries (the exported repository's keys, export/triton.py).
 META_KEYS = ("class_names", "mean", "std", "image_size", "input_size", "arch", "stem", "init", "precision")
+# A served model's server calls itself "fastcifar:<model name>" (GET /v2 answers without PyTriton's token).
+SERVER_ID_PREFIX = "fastcifar:"
+DRAIN_S = 0.5  # after refusing new requests, before Triton is stopped: a batch in flight finishes (~60 ms on a CPU)
 
 
 @dataclass
@@ -186,12 +193,15 @@ def model_parameters(predictor) -> dict:
     return metadata_parameters(meta)
 
 
-def make_infer(predictor) -> Callable[[np.ndarray], np.ndarray]:
+def make_infer(predictor, stopping: threading.Event | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """pixels (N, S, S, 3) uint8 -> logits (N, classes) float32; a batch the predictor refuses raises PyTriton's
-    bad-parameter error, which Triton returns to that request alone."""
+    bad-parameter error, which Triton returns to that request alone. Once `stopping` is set every request is refused
+    at once, so what is in flight drains before Triton stops (stopped mid-batch under load, it crashed)."""
     from pytriton.exceptions import PyTritonBadParameterError
 
     def infer(pixels: np.ndarray) -> np.ndarray:
+        if stopping is not None and stopping.is_set():
+            raise PyTritonBadParameterError("the server is stopping")
         try:
             return predictor.logits(pixels)
         except FastCifarError as exc:
@@ -250,7 +260,10 @@ def serve_model(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | No
 
 def _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfig, Tensor, Triton,
          TritonConfig) -> None:
-    infer = make_infer(predictor)
+    from fastcifar.serve.leftovers import Leftovers
+
+    stopping = threading.Event()
+    infer = make_infer(predictor, stopping)
 
     @batch
     def infer_batch(**inputs):
@@ -263,11 +276,14 @@ def _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfi
     log_file = log_dir / "tritonserver.log"
     saved = os.environ.get("LD_LIBRARY_PATH")
     triton = None
+    leftovers = Leftovers()
     try:
-        config = TritonConfig(http_address=info.host, http_port=info.ports["http"], grpc_address=info.host,
-                              grpc_port=info.ports["grpc"], metrics_address=info.host,
-                              metrics_port=info.ports["metrics"], log_verbose=0, log_file=log_file,
-                              exit_timeout_secs=5, allow_gpu_metrics=_has_gpu())
+        # The server's id is what its unguarded metadata endpoint (GET /v2) names: fastcifar's client reads the
+        # model's name there, since PyTriton guards the repository index with a token.
+        config = TritonConfig(id=f"{SERVER_ID_PREFIX}{info.name}", http_address=info.host,
+                              http_port=info.ports["http"], grpc_address=info.host, grpc_port=info.ports["grpc"],
+                              metrics_address=info.host, metrics_port=info.ports["metrics"], log_verbose=0,
+                              log_file=log_file, exit_timeout_secs=5, allow_gpu_metrics=_has_gpu())
         triton = Triton(config=config)
         preferred = [b for b in (8, 32, 64, 128, 256) if b <= info.max_batch]  # what the batcher aims for
         triton.bind(model_name=info.name, infer_func=infer_batch,
@@ -288,9 +304,11 @@ def _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfi
                 os.environ.pop("LD_LIBRARY_PATH", None)
             else:
                 os.environ["LD_LIBRARY_PATH"] = saved
+        leftovers.started()
         if on_ready:
             on_ready(info)
         while not stop.wait(0.5):
+            leftovers.watch()
             if not triton.is_alive():
                 raise FastCifarError("the Triton server stopped unexpectedly; its log:\n" + _log_tail(log_file))
     except KeyboardInterrupt:
@@ -303,7 +321,15 @@ def _run(info, predictor, stop, on_ready, log, batch, DynamicBatcher, ModelConfi
     finally:
         if triton is not None:
             log("stopping Triton")
+            # Requests cut off by the stop make PyTriton warn once per shared-memory block ("Failed to release
+            # block ..."): hundreds of lines under load that say nothing the cleanup below does not handle.
+            logging.getLogger("pytriton").setLevel(logging.ERROR)
+            stopping.set()  # refuse new work, let in-flight batches finish
+            time.sleep(DRAIN_S)
+            leftovers.watch()
             triton.stop()
+            for line in leftovers.cleanup():  # what a hard stop left: processes, segments, folders
+                log(f"cleaned up after Triton: {line}")
         shutil.rmtree(log_dir, ignore_errors=True)
 
 

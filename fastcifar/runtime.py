@@ -71,27 +71,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def git_sha(cwd: Path | None = None) -> str | None:
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _git(args: list[str], cwd: Path, timeout: float = 10) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def fastcifar_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The git checkout fastcifar itself runs from: the work tree whose top holds this package. None for an installed
+    package, even one inside a user's own git project (its HEAD and changes describe their code, not fastcifar)."""
+    top = _git(["rev-parse", "--show-toplevel"], package_dir, timeout=5)
+    if not top or Path(top.strip()).resolve() != package_dir.parent:
+        return None
+    return package_dir.parent
+
+
+def git_sha(checkout: Path | None = None) -> str | None:
+    checkout = checkout or fastcifar_checkout()
+    out = _git(["rev-parse", "HEAD"], checkout, timeout=5) if checkout else None
+    return out.strip() or None if out else None
 
 
 GIT_DIFF_KEEP_BYTES = 256 * 1024  # a run keeps the diff itself up to this size (env.json always has its hash)
 
 
-def git_diff(cwd: Path | None = None) -> str | None:
-    """The uncommitted changes (tracked files) of the checkout fastcifar runs from: '' when clean, None when it is
-    not a git checkout (an installed package) or git is missing."""
-    try:
-        out = subprocess.run(["git", "diff", "HEAD", "--no-color"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+def git_diff(checkout: Path | None = None) -> str | None:
+    """The uncommitted changes of the checkout fastcifar runs from, untracked files included (a new source file is a
+    change too): '' when clean, None when fastcifar does not run from its own checkout or git is missing."""
+    checkout = checkout or fastcifar_checkout()
+    if checkout is None:
         return None
-    return out.stdout if out.returncode == 0 else None
+    tracked = _git(["diff", "HEAD", "--no-color"], checkout)
+    untracked = _git(["ls-files", "--others", "--exclude-standard", "-z"], checkout)
+    if tracked is None or untracked is None:
+        return None
+    parts = [tracked]
+    for name in filter(None, untracked.split("\0")):
+        try:  # `git diff --no-index` exits 1 when the files differ, which they always do here
+            out = subprocess.run(["git", "diff", "--no-color", "--no-index", "--", "/dev/null", name], cwd=checkout,
+                                 capture_output=True, text=True, timeout=10)
+            parts.append(out.stdout or f"untracked: {name}\n")
+        except (OSError, subprocess.SubprocessError):
+            parts.append(f"untracked: {name}\n")
+    return "".join(parts)
 
 
 def cpu_name() -> str:

@@ -10,6 +10,7 @@ dataset: `model_split`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from fastcifar.data.cifar import CifarData, CifarSplit, default_data_dir, find_batches_dir
@@ -100,6 +101,13 @@ def model_split(split: str, data_dir: Path | str | None, model_meta: dict | None
                             f"({', '.join(map(str, places)) or 'nowhere'}): give --data-dir")
         data = load_dataset(where, kind, download=download, progress=False)
         out, root, names = getattr(data, split), data.root, data.class_names
+        recorded_files = (meta.get("dataset_info") or {}).get("test_files")
+        if kind == "folder" and split == "test" and recorded_files is not None:
+            from fastcifar.data.folder import recorded_test_split
+
+            out, note = recorded_test_split(data, recorded_files)  # the run's own held-out images, not a new draw
+            if note:
+                print(f"note: {note}", file=sys.stderr)
     if class_names is not None and tuple(class_names) != tuple(names):
         raise DataError(f"{root} holds {len(names)} classes ({_few(names)}), and the model was trained on "
                         f"{len(class_names)} ({_few(class_names)}): give the --data-dir of the dataset it was "

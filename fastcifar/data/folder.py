@@ -31,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,8 +243,9 @@ def load_image_folder(data_dir: Path | str, *, size: int = DEFAULT_STORAGE_SIZE,
                 data = _from_arrays(z, scan, info)
                 info.update(cached=True)
                 return data
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is decoded again and replaced
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated, corrupt, foreign
+            print(f"note: the decoded-image cache {cache} is damaged ({type(exc).__name__}); decoding the folder "
+                  "again", file=sys.stderr)
     skipped = {k: list(v) for k, v in scan.skipped.items()}
     total = sum(len(v) for v in scan.files.values())
     with _bar(progress, total, f"decoding {scan.root.name}") as advance:
@@ -279,6 +282,37 @@ def load_image_folder(data_dir: Path | str, *, size: int = DEFAULT_STORAGE_SIZE,
 
 def _absolute(root: Path, accepted: dict) -> dict:
     return {split: [str(root / rel) for rel in rels] for split, rels in accepted.items()}
+
+
+def relative_files(root: Path | str, files: list[str]) -> list[str]:
+    """`files` (absolute, as CifarData.files holds them) relative to the folder: what a run records."""
+    return [str(Path(f).relative_to(root)) for f in files]
+
+
+def recorded_test_split(data: CifarData, recorded: list[str]) -> tuple[CifarSplit, str | None]:
+    """The test split a run was trained against (`recorded`: its test files, relative to the folder), taken from the
+    folder as it is now: (split, a note when the folder's own test split has changed since, else None). The images
+    come from whichever split holds them now (a held-out image can have moved into train/'s share). Files that are
+    gone or unreadable now are one DataError: that run's test accuracy can no longer be measured on its images."""
+    current = relative_files(data.root, data.files["test"])
+    if current == list(recorded):
+        return data.test, None
+    where = {}
+    for split in ("train", "test"):
+        for i, rel in enumerate(relative_files(data.root, data.files[split])):
+            where[rel] = (split, i)
+    missing = [rel for rel in recorded if rel not in where]
+    if missing:
+        raise DataError(f"{len(missing)} of the {len(recorded)} test images the run held out are no longer readable "
+                        f"in {data.root} (e.g. {missing[0]}): its accuracy cannot be measured on the images it was "
+                        "tested on. Restore them, or train again on the folder as it is")
+    images = np.stack([getattr(data, where[rel][0]).images[where[rel][1]] for rel in recorded])
+    labels = np.array([getattr(data, where[rel][0]).labels[where[rel][1]] for rel in recorded], np.int64)
+    moved = sum(where[rel][0] == "train" for rel in recorded)
+    note = (f"{data.root} changed since the run trained: its {len(recorded)} held-out test images are used, not the "
+            f"folder's current test split ({len(current)} images" + (f"; {moved} of the run's are now in train/'s "
+                                                                       "share" if moved else "") + ")")
+    return CifarSplit(images, labels), note
 
 
 def _from_arrays(z, scan: FolderScan, info: dict) -> CifarData:

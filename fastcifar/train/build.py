@@ -57,6 +57,7 @@ class TrainData:
     kind: str
     train_images: object  # the training split's uint8 NHWC pixels on the host (the whitened stem is fitted on them)
     info: dict  # the dataset (fastcifar/data/datasets.py): kind, root, test split's source, skipped files
+    test_files: list | None = None  # an image folder's test images, relative to it (model.json records them)
 
 
 def split_train_val(n: int, val_fraction: float, seed: int):
@@ -79,6 +80,7 @@ def load_data(cfg: TrainConfig, dist: DistInfo):
 def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, data) -> TrainData:
     """From `data` (the loaded `CifarData`: load_data's, or a sweep's, which reads the files once for many runs):
     apply --train-limit and the validation split, and build the three loaders."""
+    from fastcifar.data.folder import relative_files
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.plan import LoaderOptions
 
@@ -119,7 +121,8 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, data) -> TrainDat
     return TrainData(train=train_loader, val=val_loader, test=test_loader, train_options=train_opts,
                      n_train=len(train_idx), n_val=len(val_idx), n_test=len(data.test), root=data.root.resolve(),
                      kind=kind, train_images=train_images,
-                     info=dict(data.info) or {"dataset": "cifar10", "root": str(data.root)})
+                     info=dict(data.info) or {"dataset": "cifar10", "root": str(data.root)},
+                     test_files=relative_files(data.root, data.files["test"]) if data.files else None)
 
 
 def apply_levers(model, spec, cfg: TrainConfig, train_images) -> list[str]:

@@ -336,6 +336,8 @@ def dataset_extra(data, run_dir: Path, cfg: TrainConfig) -> dict:
     extra = {"data_dir": str(data.root), "run_name": run_dir.name, "augmentation": cfg.augmentation()}
     if info.get("dataset", "cifar10") != "cifar10":  # CIFAR-10 runs keep the model.json they always had
         extra.update(dataset=info["dataset"], dataset_info={k: v for k, v in info.items() if k != "class_names"})
+    if data.test_files is not None:  # an image folder: the run's test images by name, so a change cannot move them
+        extra["dataset_info"]["test_files"] = data.test_files
     return extra
 
 

@@ -189,9 +189,11 @@ def run_name(run: Run, variant: Variant) -> str:
 
 
 def recipe_key(plan: Plan, variant: Variant, extra: dict, base: dict) -> str:
-    """12 hex digits naming what a line was trained with: preset, overrides, the sweep's own (not the data path)."""
-    recipe = {"preset": variant.preset, "set": {**plan.accuracy_set, **variant.set, **extra},
-              "base": {k: v for k, v in base.items() if k != "data_dir"}}
+    """12 hex digits naming what a line was trained with: the whole training config it resolves to (a preset whose
+    defaults change is a new recipe), less the seed, the data's path and where the run went."""
+    recipe = make_config(plan, variant, extra, base, seed=0).to_dict()
+    for key in ("seed", "data_dir", "out"):
+        recipe.pop(key, None)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -297,7 +299,8 @@ def run_one(plan: Plan, run: Run, *, base: dict, runs_dir: Path, dataset, machin
     line.update({k: s.get(k) for k in RUN_KEYS})
     line.update(status="finished", batch_size=cfg.batch_size, lr=cfg.lr,
                 seconds_to_target=seconds_to_target(metrics, plan.target),
-                epoch1_train_loss=metrics[0]["train_loss"], test_acc_per_epoch=[m.get("test_acc") for m in metrics],
+                epoch1_train_loss=metrics[0]["train_loss"],
+                epoch1_train_loss_second_half=metrics[0].get("train_loss_second_half"), test_acc_per_epoch=[m.get("test_acc") for m in metrics],
                 wall_seconds=time.perf_counter() - start, run_dir=str(result.run_dir))
     return line
 
@@ -392,7 +395,7 @@ def summarize(lines: list[dict]) -> list[dict]:
                  train_seconds=spread([r["train_seconds"] for r in done]),
                  seconds_to_target=spread([r["seconds_to_target"] for r in done]),
                  reached_target=sum(r["seconds_to_target"] is not None for r in done),
-                 epoch1_train_loss=[r["epoch1_train_loss"] for r in done],
+                 epoch1_train_loss=[r.get("epoch1_train_loss_second_half", r["epoch1_train_loss"]) for r in done],
                  compiled=sorted({bool(r.get("compile")) for r in done}),
                  graphs=[rec.get("graphs") for rec in records if rec],
                  recompile_limit_hit=any(rec.get("recompile_limit_hit") for rec in records),
@@ -403,7 +406,7 @@ def summarize(lines: list[dict]) -> list[dict]:
 
 def markdown(summary: list[dict], target: float) -> str:
     rows = ["| variant | runs | test acc % (mean ± std) | per seed | training s | "
-            f"reached {100 * target:g} % | s to {100 * target:g} % | epoch-1 loss | compiled |",
+            f"reached {100 * target:g} % | s to {100 * target:g} % | epoch-1 loss (2nd half) | compiled |",
             "|---|---:|---:|---|---:|---:|---:|---|---|"]
     for v in summary:
         seeds = ", ".join(f"{s}: {100 * a:.2f}" for s, a in v["test_acc_per_seed"].items())

@@ -333,6 +333,8 @@ _TRAIN_OPTIONS = [
     (("--weight-decay",), dict(type=float, help="Weight decay (not on BatchNorm weights or biases).")),
     (("--label-smoothing",), dict(type=float, help="Label smoothing of the cross-entropy loss.")),
     (("--warmup-epochs",), dict(type=float, help="Linear learning-rate warm-up length in epochs.")),
+    (("--min-steps-per-epoch",), dict(type=int, help="On small data the batch shrinks (lr scaled with it) until an "
+                                                     "epoch has this many steps. 0 = keep the batch.")),
     (("--schedule",), dict(type=click.Choice(SCHEDULES), help="Decay after warm-up.")),
     (("--lr-floor",), dict(type=float, help="The schedule ends at this fraction of the peak lr instead of 0 "
                                             "(airbench94: 0.07). Not yet measured on a GPU.")),

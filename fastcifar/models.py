@@ -112,7 +112,9 @@ def read_state_dict(path: Path) -> dict:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise FastCifarError(f"{path} is not a readable state dict ({type(exc).__name__}: {exc})") from None
+        # Not torch's message: it advises weights_only=False, which would run code from an untrusted file.
+        raise FastCifarError(f"{path} is not a readable state dict: not a file of weights saved by torch.save or "
+                             f"safetensors ({type(exc).__name__})") from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -243,6 +245,22 @@ def resolve_model_files(path: Path | str) -> tuple[Path, Path]:
     if not meta.is_file():
         raise FastCifarError(f"{weights} has no {meta.name} beside it (it records arch, stem and normalisation)")
     return weights, meta
+
+
+def model_name(path: Path | str) -> str:
+    """The one name a model goes by in file names and on a server: its run directory's name ('-best' for the run's
+    best.safetensors), an exported file's stem; characters other than letters, digits, '.', '_' and '-' become '-'
+    (Triton's rule, and safe in any file system)."""
+    import re
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        stem = path.resolve().name
+    elif path.suffix == ".safetensors":
+        stem = path.resolve().parent.name + ("" if path.stem == Path(MODEL_FILE).stem else f"-{path.stem}")
+    else:
+        stem = path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
 
 
 def read_model_meta(path: Path | str) -> dict:

@@ -20,6 +20,9 @@ def places(tmp_path_factory, synthetic_dir, tiny_model_dir):
     """Inputs the cases point at: a text file posing as an image/weights, an empty dir, an unfinished run."""
     root = tmp_path_factory.mktemp("places")
     (root / "text.png").write_text("not an image")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "picture.png")  # a real image, not weights
     (root / "empty").mkdir()
     unfinished = root / "unfinished"
     unfinished.mkdir()
@@ -31,17 +34,19 @@ def places(tmp_path_factory, synthetic_dir, tiny_model_dir):
     (root / "r34" / "model.safetensors").replace(mismatch / "model.safetensors")
     return {"DATA": str(synthetic_dir), "MODEL": str(tiny_model_dir), "TEXT": str(root / "text.png"),
             "EMPTY": str(root / "empty"), "UNFINISHED": str(unfinished), "CORRUPT": str(root / "corrupt.onnx"),
-            "MISMATCH": str(mismatch)}
+            "MISMATCH": str(mismatch), "PICTURE": str(root / "picture.png")}
 
 
 CASES = [
     # data
     ("data", ["--data-dir", "{EMPTY}", "--no-download"], "CIFAR-10 not found"),
+    ("data", ["--data-dir", "nowhere/deeper"], "cannot download CIFAR-10"),  # offline: no empty folder stays
     ("data", ["--data-dir", "{TEXT}"], "is a file"),
     # train
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "file.png/sub"], "Not a directory"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "/proc/x"], "/proc/x"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--init", "{TEXT}"], "not a readable state dict"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--init", "{PICTURE}"], "not a file of weights"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--epochs", "0"], "--epochs must be >= 1"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--val-fraction", "2"], "--val-fraction"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--lr", "abc"], "'abc' is not a valid float"),
@@ -131,6 +136,7 @@ def test_bad_input_is_one_error_line_and_leaves_nothing(verb, args, message, pla
     assert len(errors) == 1, output
     assert message in errors[0], output
     assert "Traceback" not in output and not isinstance(result.exception, (AssertionError, TypeError, KeyError))
+    assert "weights_only" not in output  # never torch's advice to load an untrusted file with code execution
     assert _tree(tmp_path) == before, f"left behind: {sorted(_tree(tmp_path) - before)}"
     assert not os.path.exists(os.path.join(places["UNFINISHED"], "model.safetensors"))
 

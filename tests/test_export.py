@@ -310,3 +310,23 @@ def test_model_files_are_readable_by_others(tmp_path):
         os.umask(old)
     assert (run / "model.safetensors").stat().st_mode & 0o777 == 0o644  # safetensors' own write made it 0600
     assert (run / "model.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_export_serve_and_bench_call_a_run_by_one_name(tmp_path, synthetic_dir):
+    """A run directory named "my run ü" is "my-run" everywhere (export's file, serve's model, bench's results) - the
+    export used to take the name recorded in model.json - and a run's best weights are "<run>-best", so two runs'
+    best checkpoints never share a bench results file. The parity message counts the images really checked."""
+    from fastcifar.bench.harness import BenchConfig, default_name
+    from fastcifar.models import model_name
+
+    run = make_saved_model(tmp_path / "my run ü", data_dir=synthetic_dir)
+    logged = []
+    result = export_onnx(run, tmp_path / "out", data_dir=synthetic_dir, max_images=1000, log=logged.append)
+    assert result.path.name == "my-run.onnx" and model_name(run) == "my-run"
+    assert any("on 200 test images" in line for line in logged), logged  # the synthetic test split holds 200
+    a, b = make_saved_model(tmp_path / "a"), make_saved_model(tmp_path / "b")
+    for run_dir in (a, b):
+        (run_dir / "model.safetensors").rename(run_dir / "best.safetensors")
+        (run_dir / "model.json").rename(run_dir / "best.json")
+    names = {default_name(BenchConfig(models=[str(r / "best.safetensors")]), "cpu") for r in (a, b)}
+    assert names == {"inference-a-best-cpu", "inference-b-best-cpu"}

@@ -397,7 +397,8 @@ def test_a_port_left_in_time_wait_by_a_stopped_server_is_free():
 
 def test_server_url_model_name_and_library_path():
     from fastcifar.serve.triton_client import parse_server_url
-    from fastcifar.serve.triton_server import default_model_name, library_path
+    from fastcifar.models import model_name as default_model_name
+    from fastcifar.serve.triton_server import library_path
 
     assert str(parse_server_url("localhost")) == "http://localhost:8000"
     assert str(parse_server_url("grpc://h:9001")) == "grpc://h:9001"

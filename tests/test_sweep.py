@@ -155,7 +155,7 @@ def test_a_failing_run_is_recorded_and_the_next_still_runs(tmp_path, synthetic_d
 
 def test_a_run_that_cannot_start_is_recorded(tmp_path, synthetic_dir, sweep):
     plan = sweep.load_plan(write_plan(tmp_path / "p.json", [{"stage": "listed", "seeds": 1, "variants": [
-        {"name": "too-big", "set": {"batch_size": 5000}}]}]))
+        {"name": "too-big", "set": {"batch_size": 5000, "min_steps_per_epoch": 0}}]}]))
     lines = sweep.run_sweep(plan, data_dir=str(synthetic_dir), jsonl=tmp_path / "r.jsonl", device="cpu",
                             base_overrides={"train_limit": 100, "stem": "imagenet"})
     assert lines[0]["status"] == "failed" and "cannot fill one batch" in lines[0]["error"]

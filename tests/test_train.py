@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from fastcifar.cli import cli
 from fastcifar.config import TrainConfig, make_train_config
 from fastcifar.errors import FastCifarError
-from fastcifar.train.loop import NonFiniteLoss, divergence_warning, resume, train
+from fastcifar.train.loop import DIVERGENCE_MARGIN, NonFiniteLoss, divergence_warning, resume, train
 from fastcifar.train.build import split_train_val
 from fastcifar.train.step import build_optimizer, lr_lambda, param_groups
 
@@ -27,7 +27,7 @@ RUN_FILES = {"config.json", "env.json", "metrics.jsonl", "results.csv", "model.s
 
 def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
     """ResNet-18 with the ImageNet stem at 32 px: ~16x cheaper than the CIFAR stem, still a real ResNet."""
-    base = dict(data_dir=str(data_dir), out=str(out), stem="imagenet", epochs=3, batch_size=32, lr=0.05,
+    base = dict(data_dir=str(data_dir), out=str(out), stem="imagenet", epochs=3, batch_size=32, lr=0.025,
                 warmup_epochs=0.5, device="cpu", loader="tensor", download=False, train_limit=400)
     base.update(kw)
     return TrainConfig(**base)
@@ -206,10 +206,11 @@ def test_divergence_warning_names_the_learning_rate():
     assert divergence_warning({"epoch": 1, "train_loss": 2.35, "train_loss_second_half": 2.1}, cfg, 48, 10) is None
     assert divergence_warning({"epoch": 1, "train_loss": 2.2, "train_loss_second_half": 2.6}, cfg, 48, 10)
     assert divergence_warning({"epoch": 2, "train_loss": 3.0}, cfg, 48, 10) is None  # judged after epoch 1 / warm-up
-    assert divergence_warning({"epoch": 1, "train_loss": 2.5}, cfg, 5, 10) is None  # 5 steps: too early to judge
+    assert divergence_warning({"epoch": 1, "train_loss": 2.6}, cfg, 5, 10)  # 5 steps: a short run is told too
+    assert divergence_warning({"epoch": 1, "train_loss": 2.46}, cfg, 48, 10) is None  # a little above: a slow start
     late = TrainConfig(lr=0.8, warmup_epochs=2.5, epochs=10)
-    assert "warm-up (epoch 3)" in divergence_warning({"epoch": 3, "train_loss": 2.4}, late, 10, 10)
-    assert divergence_warning({"epoch": 2, "train_loss": 2.4}, late, 10, 10) is None
+    assert "warm-up (epoch 3)" in divergence_warning({"epoch": 3, "train_loss": 2.6}, late, 10, 10)
+    assert divergence_warning({"epoch": 2, "train_loss": 2.6}, late, 10, 10) is None
 
 
 def test_too_high_lr_ends_with_a_warning_and_a_healthy_run_has_none(tmp_path, synthetic_dir, finished_run):
@@ -247,7 +248,7 @@ def test_val_split_is_seeded_and_disjoint():
 
 def test_presets_and_overrides():
     cfg = make_train_config("smoke", {"epochs": 5, "lr": None})
-    assert cfg.epochs == 5 and cfg.lr == 0.05 and cfg.preset == "smoke" and cfg.stem == "imagenet"
+    assert cfg.epochs == 5 and cfg.lr == 0.025 and cfg.preset == "smoke" and cfg.stem == "imagenet"  # "Small data"
     seed = make_train_config("seed", {})
     # The measured plain recipe (../shared/measurements): lr 0.2 at batch 512, warm-up 20 % of all steps, no smoothing.
     assert (seed.epochs, seed.batch_size, seed.lr, seed.label_smoothing) == (10, 512, 0.2, 0.0)
@@ -266,7 +267,7 @@ def test_presets_and_overrides():
     (["--init", "/nonexistent/weights.pth"], "--init must be"),
     (["--device", "cuda"], "CUDA is not available"),
     (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--batch-size", "100000"], "cannot fill one batch"),
+    (["--batch-size", "100000", "--min-steps-per-epoch", "0"], "cannot fill one batch"),
 ])
 def test_bad_input_is_one_message(args, message, synthetic_dir, tmp_path):
     if args[:2] == ["--device", "cuda"] and torch.cuda.is_available():
@@ -330,25 +331,51 @@ def read_first_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
 
 
-@pytest.mark.parametrize("preset", ["seed", "fast"])
-def test_gpu_presets_on_cpu_sized_data_raise_no_false_alarm(preset):
-    """seed and fast at their defaults on a CPU-sized slice (a couple of steps per epoch): an above-chance loss that
-    early is not judged - a short CPU run must not be told it diverged - while the same loss after enough steps is."""
-    from fastcifar.train.loop import DIVERGENCE_MIN_STEPS
-
+@pytest.mark.parametrize("preset", ["seed", "fast", "smoke"])
+def test_the_advice_always_changes_something(preset):
+    """The fix a warning names is never the value already in use (the smoke preset on 1,294 images was told
+    "--lr 0.05" while it ran at 0.05): the lr comes down to the measured recipe, else the warm-up grows, else the
+    batch halves with the lr."""
     cfg = make_train_config(preset, {})
-    assert divergence_warning({"epoch": 1, "train_loss": 2.9}, cfg, 2, 10) is None
-    assert divergence_warning({"epoch": 1, "train_loss": 2.9}, cfg, DIVERGENCE_MIN_STEPS, 10) is not None
+    warning = divergence_warning({"epoch": 1, "train_loss": 2.9}, cfg, 9, 10)
+    fix = warning.split("Fix: ")[1]
+    assert warning and fix
+    for flag, current in (("--lr", cfg.lr), ("--warmup-epochs", cfg.warmup_epochs), ("--batch-size", cfg.batch_size)):
+        if f"{flag} " in fix:
+            assert float(fix.split(f"{flag} ")[1].split()[0]) != pytest.approx(current), (flag, fix)
 
 
-def test_a_blown_up_run_too_short_to_judge_gets_no_warning(tmp_path, synthetic_dir):
-    """lr 5 blows up (test_too_high_lr_ends_with_a_warning... sees the warning after 22 steps); with 11 steps the
-    guard holds its judgement."""
-    result = CliRunner().invoke(cli, ["train", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "short"),
-                                      "--preset", "smoke", "--device", "cpu", "--loader", "tensor", "--train-limit",
-                                      "200", "--batch-size", "16", "--epochs", "1", "--lr", "5", "--json"])
+def run_cli_train(synthetic_dir, out: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(cli, ["train", "--data-dir", str(synthetic_dir), "--out", str(out), "--preset",
+                                      "smoke", "--device", "cpu", "--loader", "tensor", "--json", *extra])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["warnings"] == [] and "WARNING" not in result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_short_blown_up_run_is_warned_and_following_the_advice_fixes_it(tmp_path, synthetic_dir):
+    """lr 5 on 200 images blows up within its 11 steps: the guard says so (it used to stay quiet under 20 steps),
+    and the run with the advised change does not blow up."""
+    hot = ["--train-limit", "200", "--batch-size", "16", "--epochs", "1"]
+    summary = run_cli_train(synthetic_dir, tmp_path / "short", *hot, "--lr", "5")
+    assert summary["warnings"] and "learning rate 5" in summary["warnings"][0]
     first = json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["train_loss_second_half"] > math.log(10)  # it did blow up: only the step count kept it quiet
+    assert first["train_loss_second_half"] > math.log(10) + DIVERGENCE_MARGIN
+    fix = summary["warnings"][0].split("Fix: ")[1].split(" (")[0].split()  # e.g. ['--lr', '0.00625']
+    assert fix[0] == "--lr" and float(fix[1]) < 5
+    fixed = run_cli_train(synthetic_dir, tmp_path / "fixed", *hot, "--lr", "5", *fix)
+    assert fixed["warnings"] == [] and fixed["lr"] == float(fix[1])
+    first = json.loads((tmp_path / "fixed" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss_second_half"] < math.log(10) + DIVERGENCE_MARGIN
+
+
+def test_small_data_gets_a_smaller_batch(tmp_path, synthetic_dir):
+    """200 images at batch 128 would be one step per epoch: the batch shrinks to give 10 steps (lr scaled with it)
+    and the run says so; --min-steps-per-epoch 0 keeps the batch."""
+    summary = run_cli_train(synthetic_dir, tmp_path / "small", "--train-limit", "200", "--epochs", "4")
+    assert summary["batch_size"] == 16 and summary["lr"] == pytest.approx(0.025 * 16 / 128)
+    assert "batch 16" in summary["small_data"] and summary["warmup_steps"] == 4  # 0.4 of an 11-step epoch
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert config["batch_size"] == 16  # what the run trained with, so --resume continues the same run
+    plain = run_cli_train(synthetic_dir, tmp_path / "plain", "--train-limit", "200", "--epochs", "4",
+                          "--min-steps-per-epoch", "0", "--batch-size", "64")
+    assert plain["batch_size"] == 64 and plain["small_data"] is None and plain["warmup_steps"] == 1

@@ -573,8 +573,6 @@ def _busy_check(device_type: str, log: Callable[[str], None]) -> float:
 
 
 def default_name(cfg: BenchConfig, device_type: str) -> str:
-    def label(model: str) -> str:
-        path = Path(model).expanduser().resolve()
-        return path.parent.name if path.name == MODEL_FILE else path.stem if path.is_file() else path.name
+    from fastcifar.models import model_name
 
-    return "inference-" + "+".join(label(m) for m in cfg.models)[:80] + f"-{device_type}"
+    return "inference-" + "+".join(model_name(m) for m in cfg.models)[:80] + f"-{device_type}"

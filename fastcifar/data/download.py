@@ -60,20 +60,28 @@ def download_archive(url: str, dest: Path, *, md5: str, progress: bool = True, t
     interrupted transfer keeps `dest.part` (a prefix of the file) for the next call to resume with a Range
     request; a server that ignores Range (answers 200) restarts the file from zero.
     """
+    from fastcifar.fileio import first_missing, remove_empty_dirs
+
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    created = first_missing(dest.parent)  # what a failed download removes again (never a directory that existed)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create {dest.parent}: {exc.strerror or exc}") from None
     have = part.stat().st_size if part.is_file() else 0
-    response = _open_download(url, dest, have, timeout, opener)
-    if response is not None:  # None: the server says the part file is already whole (416)
-        with response:
-            start = _resume_offset(response, have, url, part)
-            length = response.headers.get("Content-Length")
-            total = start + int(length) if length and length.isdigit() else None
-            _stream_to(response, part, start, total, url, progress)
+    try:
+        response = _open_download(url, dest, have, timeout, opener)
+        if response is not None:  # None: the server says the part file is already whole (416)
+            with response:
+                start = _resume_offset(response, have, url, part)
+                length = response.headers.get("Content-Length")
+                total = start + int(length) if length and length.isdigit() else None
+                _stream_to(response, part, start, total, url, progress)
+    except BaseException:
+        if created is not None:  # offline, refused, interrupted: no empty folder stays (a .part file to resume does)
+            remove_empty_dirs(created)
+        raise
     actual = md5sum(part)
     if actual != md5:
         part.unlink(missing_ok=True)

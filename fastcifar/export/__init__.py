@@ -59,7 +59,8 @@ def export_onnx(model_path: Path | str, out_path: Path | str | None = None, *, p
     log(f"writing the ONNX graph ({precision}, {input_kind} input) of {model_path}")
     result = onnx_export.write_onnx(model_path, out_path, precision=precision, input_kind=input_kind, opset=opset)
     if verify:
-        log(f"checking {result.path.name} against PyTorch fp32 on {max_images or 'all'} test images")
+        n = len(test[0]) if max_images is None else min(max_images, len(test[0]))  # what the check really uses
+        log(f"checking {result.path.name} against PyTorch fp32 on {n} test images")
         try:
             result.parity = parity.verify_onnx(result.path, model_path, data_dir, max_images=max_images, test=test)
         except KeyboardInterrupt:

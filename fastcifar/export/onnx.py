@@ -178,19 +178,16 @@ def onnx_file_name(run_name: str, precision: str, input_kind: str) -> str:
         ("" if input_kind == "raw" else f"-{input_kind}") + ".onnx"
 
 
-def run_name_of(model_path: Path | str, model_meta: dict) -> str:
-    """The name an export of this model is filed under: the run's, with '-best' for its best-validation weights."""
-    from fastcifar.models import resolve_model_files
+def run_name_of(model_path: Path | str) -> str:
+    """The name an export of this model is filed under: models.model_name's (the one `serve` and `bench` use too;
+    '-best' for a run's best-validation weights)."""
+    from fastcifar.models import model_name, resolve_model_files
 
-    name = model_meta.get("run_name") or resolve_model_files(model_path)[0].parent.resolve().name
-    return f"{name}-best" if model_meta.get("checkpoint") == "best" else name
+    return model_name(resolve_model_files(model_path)[0])
 
 
 def default_onnx_path(model_path: Path | str, out_dir: Path | str, precision: str, input_kind: str) -> Path:
-    from fastcifar.models import read_model_meta
-
-    return Path(out_dir) / onnx_file_name(run_name_of(model_path, read_model_meta(model_path)), precision,
-                                          input_kind)
+    return Path(out_dir) / onnx_file_name(run_name_of(model_path), precision, input_kind)
 
 
 def check_options(precision: str, input_kind: str, opset: int | None) -> int:
@@ -249,7 +246,7 @@ def write_onnx(model_path: Path | str, out_path: Path | str | None = None, *, pr
     model, spec, model_meta = load_model(model_path)
     out_path = Path(out_path if out_path is not None else "exported").expanduser()
     if out_path.suffix != ".onnx":
-        out_path = out_path / onnx_file_name(run_name_of(model_path, model_meta), precision, input_kind)
+        out_path = out_path / onnx_file_name(run_name_of(model_path), precision, input_kind)
     module = ExportModule(model, spec, input_kind, torch_dtype(precision)).eval()
     weights_sha256 = sha256_file(resolve_model_files(model_path)[0])
     refuse_foreign_file(out_path, weights_sha256)
@@ -259,7 +256,7 @@ def write_onnx(model_path: Path | str, out_path: Path | str | None = None, *, pr
                              f"--opset {graph_opset(proto)} (or leave --opset out)")
     # source_run names what the file is filed under (<run>-best for the best checkpoint): the INT8 file and the
     # Triton entry derive their names from it, so the best weights never take the final model's names.
-    props = onnx_metadata(spec, {**model_meta, "run_name": run_name_of(model_path, model_meta)},
+    props = onnx_metadata(spec, {**model_meta, "run_name": run_name_of(model_path)},
                           input_kind=input_kind, precision=precision,
                           weights_sha256=weights_sha256)
     set_metadata(proto, props)

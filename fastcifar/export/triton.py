@@ -111,13 +111,12 @@ def planned_entries(model: Path, out_dir: Path, *, is_onnx_file: bool, onnx: boo
         meta = onnx_export.read_onnx_metadata(model)
         stems, sha = [model.stem], meta.get("source_weights_sha256") or None
     else:
-        from fastcifar.models import read_model_meta, resolve_model_files
+        from fastcifar.models import resolve_model_files
 
-        model_meta = read_model_meta(model)
         fp_stem = onnx_export.default_onnx_path(model, out_dir, precision, input_kind).stem
         stems = [fp_stem] if onnx or not int8 else []
         if int8:  # quantize.py's name for the Q/DQ file
-            source_run = onnx_export.run_name_of(model, model_meta) or fp_stem
+            source_run = onnx_export.run_name_of(model) or fp_stem
             stems.append(Path(onnx_export.onnx_file_name(source_run, "int8", input_kind)).stem)
         sha = file_digest(resolve_model_files(model)[0])
     names = [entry_name(stem, ONNX_PLATFORM) for stem in stems]

@@ -55,6 +55,7 @@ from typing import Callable
 import numpy as np
 
 from fastcifar.errors import FastCifarError
+from fastcifar.models import model_name
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"  # export/triton.py's raw graphs name them the same
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
@@ -126,19 +127,6 @@ def require_pytriton():
         raise FastCifarError(f"fastcifar serve needs PyTriton ({exc.name or exc} is not installed): {SERVE_EXTRA} "
                              "(Linux x86_64 with glibc 2.35 or newer)") from None
     return batch, DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig
-
-
-def default_model_name(model: Path | str) -> str:
-    """The name a model is served under: its run directory's name (`-best` for best.safetensors), an exported
-    file's stem; characters Triton refuses become '-'."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        stem = path.resolve().name
-    elif path.suffix == ".safetensors":
-        stem = path.resolve().parent.name + ("" if path.stem == "model" else f"-{path.stem}")
-    else:
-        stem = path.stem
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "fastcifar"
 
 
 def check_name(name: str) -> str:
@@ -223,7 +211,7 @@ def serve_model(cfg: ServeConfig, *, on_ready: Callable[[ServerInfo], None] | No
     from fastcifar.serve.predictor import load_predictor
 
     batch, DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = require_pytriton()
-    name = check_name(cfg.name or default_model_name(cfg.model))
+    name = check_name(cfg.name or model_name(cfg.model))
     if cfg.max_batch < 1:
         raise FastCifarError(f"--max-batch must be >= 1, got {cfg.max_batch}")
     delay = MAX_QUEUE_DELAY_US if cfg.queue_delay_us is None else int(cfg.queue_delay_us)

@@ -19,7 +19,6 @@ set. A setting is an (image size, stem) pair: 32 px with the CIFAR stem handicap
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import shutil
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from fastcifar.config import (COMPARE_INITS, MIN_BATCH, MIN_STEPS_PER_EPOCH, ROBUSTNESS_SEVERITIES, CompareConfig,
+from fastcifar.config import (COMPARE_INITS, ROBUSTNESS_SEVERITIES, CompareConfig, fit_batch,
                               TrainConfig, setting_name)
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_json
@@ -40,7 +39,7 @@ from fastcifar.study.results import collect
 RUNS_DIR, SELECT_DIR = "runs", "lr-select"
 COMPARE_FILE = "compare.json"
 # Filled per device when training starts, so a saved config may hold a value where the plan holds None/"auto".
-_RESOLVED_FIELDS = {"precision", "channels_last", "compile"}
+_RESOLVED_FIELDS = {"precision", "channels_last", "compile", "tta"}
 
 RunHook = Callable[[str, int, dict], None]
 
@@ -77,14 +76,6 @@ def run_name(init: str, fraction: float, seed: int, setting: tuple[int, str] | N
     return f"{init}-f{fraction:g}-s{seed}" + (f"-{setting_name(setting)}" if setting else "")
 
 
-def fit_batch(batch_size: int, lr: float, n_train: int) -> tuple[int, float]:
-    """(batch, lr) giving at least MIN_STEPS_PER_EPOCH steps per epoch on `n_train` images."""
-    if n_train // batch_size >= MIN_STEPS_PER_EPOCH:
-        return batch_size, lr
-    fitted = min(batch_size, max(MIN_BATCH, 2 ** int(math.log2(max(n_train // MIN_STEPS_PER_EPOCH, 1)))))
-    return fitted, lr * fitted / batch_size
-
-
 def _plan_one(cfg: CompareConfig, pool: int, pretrained_init: str, *, setting: tuple[int, str], init: str,
               fraction: float, seed: int, lr: float, folder: str, suffix: str = "") -> PlannedRun:
     """One run of the experiment: the shared recipe with this point's data, seed, setting, arm and lr."""
@@ -94,7 +85,7 @@ def _plan_one(cfg: CompareConfig, pool: int, pretrained_init: str, *, setting: t
         raise FastCifarError(f"--fractions {fraction:g} of {pool} training images is {limit} images; a run needs "
                              "at least 10")
     n_train = limit - int(round(limit * base.val_fraction))  # as fastcifar.train.build.split_train_val
-    batch, run_lr = fit_batch(base.batch_size, lr, n_train)
+    batch, run_lr = fit_batch(base.batch_size, lr, n_train, base.min_steps_per_epoch)
     name = run_name(init, fraction, seed, setting if len(cfg.settings) > 1 else None) + suffix
     # With --tensorboard every run logs under the report, named arm/fraction/seed[/setting][/lrX for an lr-selection
     # run], so one `tensorboard --logdir REPORT/tensorboard` overlays both arms, all seeds and fractions.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastcifar.config import COMPARE_INITS, MIN_STEPS_PER_EPOCH, TrainConfig, describe_augmentation
+from fastcifar.config import COMPARE_INITS, TrainConfig, describe_augmentation
 from fastcifar.data.datasets import DATASET_TITLES
 from fastcifar.study.plots import PLOT_ALTS, plot_files
 from fastcifar.study.results import ORIGINAL_STUDY, caveats, fraction_label
@@ -190,7 +190,8 @@ def render_markdown(results: dict) -> str:
         "variances). 'within noise' means the interval includes 0. With few seeds the t quantile is large (12.7 at "
         "df 1, 4.3 at df 2, 2.8 at df 4), so only large gaps can be told from noise.",
         "- *training data* is the first N training images of the pool (then the validation split); a small fraction "
-        f"trains with a smaller batch (lr scaled with it) so an epoch keeps at least {MIN_STEPS_PER_EPOCH} steps.",
+        f"trains with a smaller batch (lr scaled with it) so an epoch keeps at least "
+        f"{base['min_steps_per_epoch']} steps.",
         "- *time to train* counts the training loop only (evaluation and compile warm-up excluded); *time to 90 %* "
         "is the training time until the test accuracy, measured after each epoch, first reached 90 % of that run's "
         "final accuracy; '-' when no epoch before the last got there.",

@@ -60,6 +60,26 @@ class TrainData:
     test_files: list | None = None  # an image folder's test images, relative to it (model.json records them)
 
 
+def fit_to_data(cfg: TrainConfig, n_images: int, world_size: int = 1) -> tuple[TrainConfig, str | None]:
+    """`cfg` with the batch (and lr, linearly) shrunk so an epoch of the training split has at least
+    `cfg.min_steps_per_epoch` steps (config.fit_batch), and a note saying so (None when nothing changed).
+    `n_images`: the training pool before the validation split."""
+    from dataclasses import replace
+
+    from fastcifar.config import fit_batch
+
+    pool = min(n_images, cfg.train_limit or n_images)
+    n_train = pool - int(round(pool * cfg.val_fraction))
+    batch, lr = fit_batch(cfg.batch_size, cfg.lr, n_train // max(world_size, 1) * max(world_size, 1),
+                          cfg.min_steps_per_epoch)
+    if batch == cfg.batch_size:
+        return cfg, None
+    note = (f"{n_train:,} training images make {n_train // cfg.batch_size} steps of batch {cfg.batch_size} per epoch: "
+            f"batch {batch}, lr {cfg.lr:g} -> {lr:.4g} (at least {cfg.min_steps_per_epoch} steps per epoch; "
+            "--min-steps-per-epoch 0 keeps the batch)")
+    return replace(cfg, batch_size=batch, lr=lr), note
+
+
 def split_train_val(n: int, val_fraction: float, seed: int):
     """A seeded split of `n` training indices into (train, val): val is `round(n * val_fraction)` images."""
     import numpy as np

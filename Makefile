@@ -26,13 +26,16 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 # `make run`: the project's question on this machine. GPU: the 10-epoch `seed` recipe, 3 seeds x 1 %/10 %/100 %
-# of the data (18 runs). No GPU: the `smoke` preset, 2 seeds x 10 %/100 % of 10k images with the per-arm lr choice
-# (a few minutes on 2 idle cores; README.md gives the latest figures). ImageNet weights: WEIGHTS=path, else torchvision's download; offline
-# without either, the pretrained arm uses stand-in random weights and every output says so. Rerunning resumes.
+# of the data (18 runs). No GPU: the `smoke` preset, 2 seeds x 10 %/100 % of 10k images with the per-arm lr choice.
+# BUDGET (minutes): the speed is measured first and the training pool shrinks to fit, saying so (BUDGET=0: the full
+# size, however long). ImageNet weights: WEIGHTS=path, else torchvision's download; offline without either, the
+# pretrained arm uses stand-in random weights and every output says so. Rerunning resumes.
 WEIGHTS ?=
+BUDGET ?= 15
 run: $(STAMP)
 	$(BIN)/fastcifar data --data-dir $(DATA)
-	$(BIN)/fastcifar compare --data-dir $(DATA) --no-compile --if-no-weights stand-in $(if $(WEIGHTS),--pretrained-weights $(WEIGHTS))
+	$(BIN)/fastcifar compare --data-dir $(DATA) --no-compile --if-no-weights stand-in --time-budget $(BUDGET) \
+		$(if $(WEIGHTS),--pretrained-weights $(WEIGHTS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

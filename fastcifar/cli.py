@@ -528,9 +528,13 @@ def _lr_grid_default() -> str:
               help="Report directory. Rerunning with the same --out and options skips finished runs and resumes "
                    "an interrupted one. [default: reports/<arch>-<preset>-<fingerprint of the options>, so "
                    "rerunning the same command resumes]")
+@click.option("--time-budget", type=float, default=0, show_default=True,
+              help="Minutes the whole study may take here: the speed is measured on a few training steps first, "
+                   "and the training pool (--train-limit) shrinks to fit (at least 1,000 images), saying so; 0 = "
+                   "the study as asked, however long. A rerun keeps the first decision (REPORT/sizing.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the summary. [default: off]")
 def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_weights, if_no_weights, lr_grid,
-            image_sizes, out, as_json: bool, robustness_severities: str, **options) -> None:
+            image_sizes, out, as_json: bool, robustness_severities: str, time_budget: float, **options) -> None:
     """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
 
     Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
@@ -555,7 +559,7 @@ def compare(preset: str, data_dir, download: bool, seeds, fractions, pretrained_
                               image_sizes=image_sizes, if_no_weights=if_no_weights,
                               pretrained_weights=str(pretrained_weights.expanduser().resolve())
                               if pretrained_weights else None, out=str(out) if out else None,
-                              robustness_severities=robustness_severities)
+                              robustness_severities=robustness_severities, time_budget_min=time_budget)
     result = run_compare(cfg, progress=sys.stderr.isatty(), command=sys.argv)
     if as_json:
         click.echo(json.dumps(result.results))

@@ -78,8 +78,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     warmup_epochs: float = 2.0
     # Small data (train/build.py): the batch shrinks (lr scaled with it) until an epoch has at least this many steps;
-    # 0 keeps the batch. On 1,000 images the smoke recipe gained 4.8 points from it (bench/README.md, "Small data").
-    min_steps_per_epoch: int = 10
+    # 0 keeps the batch. The smoke recipe on 1,000-2,000 images: +1.8 to +7 points over 10 steps, +7 over none
+    # (bench/README.md, "Small data").
+    min_steps_per_epoch: int = 20
     schedule: str = "linear"  # decay after warm-up: linear | cosine (to zero)
     lr_floor: float = 0.0  # the schedule decays to this fraction of the peak lr (airbench94: 0.07), not to 0
     # Weight averaging: decay per optimizer step (horizon ~1/(1-decay) steps: 0.99 ~ 100 steps, a ~850-step run
@@ -366,6 +367,9 @@ class CompareConfig:
     lr_grid: tuple[float, ...] | None = None  # None: both arms train at base.lr
     settings: tuple[tuple[int, str], ...] = ()  # (image size, stem) pairs; () = base's one setting
     robustness_severities: tuple[int, ...] = ROBUSTNESS_SEVERITIES  # () = no robustness evaluation
+    # Seconds the whole study may take on the machine that starts it: its training pool shrinks to fit, measured
+    # there (study/sizing.py). None: the study as asked, however long it takes.
+    time_budget_s: float | None = None
 
     def __post_init__(self):
         if isinstance(self.base, dict):
@@ -399,6 +403,7 @@ class CompareConfig:
              "--lr-grid chooses each arm's lr on the validation split: give --val-fraction > 0, or --lr-grid none"),
             (len(set(settings)) == len(settings), "--image-sizes must be distinct"),
             (all(1 <= s <= 5 for s in self.robustness_severities), "--robustness-severities must be within 1-5"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "--time-budget must be > 0 minutes (or 0: none)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -413,9 +418,7 @@ class CompareConfig:
                 "pretrained_weights": self.pretrained_weights, "if_no_weights": self.if_no_weights, "out": self.out,
                 "lr_grid": None if self.lr_grid is None else list(self.lr_grid),
                 "settings": [list(s) for s in self.settings],
-                # Only when not the default: reports made before the option keep their names (the fingerprint).
-                **({"robustness_severities": list(self.robustness_severities)}
-                   if self.robustness_severities != ROBUSTNESS_SEVERITIES else {})}
+                "robustness_severities": list(self.robustness_severities), "time_budget_s": self.time_budget_s}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareConfig":
@@ -441,7 +444,8 @@ class CompareConfig:
 def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = None, fractions: str | None = None,
                         lr_grid: str | None = None, image_sizes: str | None = None,
                         pretrained_weights: str | None = None, if_no_weights: str = "fail",
-                        out: str | None = None, robustness_severities: str | None = None) -> CompareConfig:
+                        out: str | None = None, robustness_severities: str | None = None,
+                        time_budget_min: float | None = None) -> CompareConfig:
     """CompareConfig from a preset, train overrides (None = not given) and compare's own options as typed.
 
     The defaults the CLI documents live here, so Python callers get the same experiment: the preset's number of
@@ -462,7 +466,8 @@ def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = Non
                          fractions=parse_fractions(fractions) if fractions else default_fractions,
                          pretrained_weights=pretrained_weights, if_no_weights=if_no_weights, lr_grid=grid,
                          settings=parse_settings(image_sizes) if image_sizes else (), out=out,
-                         robustness_severities=_parse_robustness(robustness_severities))
+                         robustness_severities=_parse_robustness(robustness_severities),
+                         time_budget_s=60.0 * time_budget_min if time_budget_min else None)
 
 
 def _parse_robustness(text: str | None) -> tuple[int, ...]:

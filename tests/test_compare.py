@@ -245,7 +245,8 @@ def test_plan_shares_data_between_inits_and_fits_small_fractions():
         differ = {k for k, v in a.cfg.to_dict().items() if b.cfg.to_dict()[k] != v}
         assert differ == {"init", "out"}
     small = runs[0].cfg
-    assert small.train_limit == 1000 and small.batch_size == 64 and small.lr == pytest.approx(0.05)
+    # 900 training images make 7 steps of 128: the batch shrinks to give at least 20 (min_steps_per_epoch).
+    assert small.train_limit == 1000 and small.batch_size == 32 and small.lr == pytest.approx(0.025)
     assert runs[2].cfg.train_limit == 10_000 and runs[2].cfg.batch_size == 128 and runs[2].cfg.lr == 0.1
     assert runs[2].run_dir == Path("r/runs/imagenet-f1-s3")
     assert CompareConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -311,8 +312,8 @@ def test_plan_selection_and_reuse_of_the_chosen_run():
     assert by_name["imagenet-f1-s3-lr0.05"].cfg == selection[0].cfg
     assert by_name["random-f1-s3-lr0.2"].cfg == selection[3].cfg
     assert by_name["imagenet-f1-s4"].cfg.lr == 0.05 and by_name["random-f1-s4"].cfg.lr == 0.2
-    small = by_name["random-f0.1-s3"].cfg  # 900 images: batch 64, the chosen lr scaled with it
-    assert small.batch_size == 64 and small.lr == pytest.approx(0.1)
+    small = by_name["random-f0.1-s3"].cfg  # 900 images: batch 32, the chosen lr scaled with it
+    assert small.batch_size == 32 and small.lr == pytest.approx(0.05)
     assert CompareConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
@@ -348,7 +349,7 @@ def test_lr_grid_selects_per_arm_on_validation_and_resumes(tmp_path, synthetic_d
         # The chosen selection run is the fraction-1.0 run of the table: trained once, at the chosen lr.
         [row] = [r for r in results["runs"] if r["init"] == init and r["fraction"] == 1.0]
         assert row["run_dir"] == f"lr-select/{init}-f1-s0-lr{arm['chosen']:g}"
-        # 36 images cannot give batch 32 ten steps: the batch shrinks and the chosen lr scales with it.
+        # 36 images cannot give batch 32 twenty steps: the batch shrinks and the chosen lr scales with it.
         assert row["lr"] == pytest.approx(arm["chosen"] * row["batch_size"] / 32)
     small = [r for r in results["runs"] if r["fraction"] == 0.5]
     assert {r["init"]: r["lr"] for r in small} == {
@@ -483,10 +484,58 @@ def test_robustness_severities_are_an_option_and_none_skips_the_evaluation(tmp_p
 
     default = make_compare_config("smoke", {}, if_no_weights="stand-in")
     assert default.robustness_severities == ROBUSTNESS_SEVERITIES
-    assert "robustness_severities" not in default.to_dict()  # reports made before the option keep their names
+    assert default.to_dict()["robustness_severities"] == list(ROBUSTNESS_SEVERITIES)  # compare.json says it
     assert make_compare_config("smoke", {}, robustness_severities="none").robustness_severities == ()
     picked = make_compare_config("smoke", {}, robustness_severities="5,1")
     assert picked.robustness_severities == (1, 5) and picked.fingerprint() != default.fingerprint()
     assert CompareConfig.from_dict(picked.to_dict()).robustness_severities == (1, 5)
     with pytest.raises(FastCifarError, match="1-5"):
         make_compare_config("smoke", {}, robustness_severities="7")
+
+
+def test_fit_keeps_the_largest_pool_that_fits():
+    from fastcifar.study import sizing
+
+    def estimate(pool):  # a minute of fixed cost (the robustness evaluation) plus 0.1 s per image
+        return 60 + 0.1 * pool
+
+    assert sizing.fit(10_000, 2000, estimate) == (10_000, 1060)  # fits as asked
+    pool, seconds = sizing.fit(10_000, 600, estimate)
+    assert pool == 5000 and seconds <= 600 and estimate(pool + 500) > 600  # the largest step of 500 that fits
+    assert sizing.fit(10_000, 10, estimate)[0] == sizing.MIN_POOL  # nothing fits: the smallest study, said so
+    line = sizing.describe({"budget_s": 600, "device": "cpu (x)", "images_per_s": 58, "requested_pool": 10_000,
+                            "requested_estimate_s": 3700, "pool": 5000, "estimate_s": 560})
+    assert "~62 min, over the 10-min budget" in line and "sized to 5,000 training images" in line
+    assert "--time-budget 0 (make run BUDGET=0)" in line
+
+
+def test_a_time_budget_sizes_the_study_says_so_and_a_rerun_keeps_it(tmp_path, synthetic_dir, fake_weights,
+                                                                      monkeypatch):
+    """On a slow machine (the probe says 10 img/s) a 1-minute budget cannot hold 400 images: the pool shrinks, the
+    log and the report say so, and rerunning the same command resumes the sized study without measuring again."""
+    from fastcifar.study import sizing
+
+    monkeypatch.setattr(sizing, "MIN_POOL", 100)
+    probes = []
+
+    def probe(base, settings, device):
+        probes.append(1)
+        return {s: 10.0 for s in settings}, "cpu (a slow one)"
+
+    monkeypatch.setattr(sizing, "probe_rate", probe)
+    out = tmp_path / "sized"
+    args = ["compare", "--data-dir", str(synthetic_dir), "--no-download", "--device", "cpu", "--preset", "smoke",
+            "--train-limit", "400", "--epochs", "1", "--batch-size", "16", "--lr", "0.05", "--seeds", "1",
+            "--fractions", "0.5,1.0", "--pretrained-weights", str(fake_weights), "--robustness-severities", "none",
+            "--time-budget", "1", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "sizing.json").read_text())
+    assert record["requested_pool"] == 400 and record["pool"] < 400 and record["requested_estimate_s"] > 60
+    assert f"sized to {record['pool']:,} training images" in result.output
+    assert json.loads((out / "compare.json").read_text())["base"]["train_limit"] == record["pool"]
+    assert "Sized to a time budget" in (out / "report.md").read_text()
+    assert "left)" in result.output  # the runs' log lines carry an estimate of the time left
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert probes == [1] and "4 already finished" in again.output  # the first decision stands: the same study

@@ -355,7 +355,7 @@ def run_cli_train(synthetic_dir, out: Path, *extra: str) -> dict:
 def test_a_short_blown_up_run_is_warned_and_following_the_advice_fixes_it(tmp_path, synthetic_dir):
     """lr 5 on 200 images blows up within its 11 steps: the guard says so (it used to stay quiet under 20 steps),
     and the run with the advised change does not blow up."""
-    hot = ["--train-limit", "200", "--batch-size", "16", "--epochs", "1"]
+    hot = ["--train-limit", "200", "--batch-size", "16", "--epochs", "1", "--min-steps-per-epoch", "0"]
     summary = run_cli_train(synthetic_dir, tmp_path / "short", *hot, "--lr", "5")
     assert summary["warnings"] and "learning rate 5" in summary["warnings"][0]
     first = json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[0])
@@ -369,13 +369,13 @@ def test_a_short_blown_up_run_is_warned_and_following_the_advice_fixes_it(tmp_pa
 
 
 def test_small_data_gets_a_smaller_batch(tmp_path, synthetic_dir):
-    """200 images at batch 128 would be one step per epoch: the batch shrinks to give 10 steps (lr scaled with it)
+    """200 images at batch 128 would be one step per epoch: the batch shrinks to 8 for 22 steps (lr scaled with it)
     and the run says so; --min-steps-per-epoch 0 keeps the batch."""
     summary = run_cli_train(synthetic_dir, tmp_path / "small", "--train-limit", "200", "--epochs", "4")
-    assert summary["batch_size"] == 16 and summary["lr"] == pytest.approx(0.025 * 16 / 128)
-    assert "batch 16" in summary["small_data"] and summary["warmup_steps"] == 4  # 0.4 of an 11-step epoch
+    assert summary["batch_size"] == 8 and summary["lr"] == pytest.approx(0.025 * 8 / 128)
+    assert "batch 8" in summary["small_data"] and summary["warmup_steps"] == 9  # 0.4 of a 22-step epoch
     config = json.loads((tmp_path / "small" / "config.json").read_text())
-    assert config["batch_size"] == 16  # what the run trained with, so --resume continues the same run
+    assert config["batch_size"] == 8  # what the run trained with, so --resume continues the same run
     plain = run_cli_train(synthetic_dir, tmp_path / "plain", "--train-limit", "200", "--epochs", "4",
                           "--min-steps-per-epoch", "0", "--batch-size", "64")
     assert plain["batch_size"] == 64 and plain["small_data"] is None and plain["warmup_steps"] == 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,12 +33,13 @@ from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_json
 from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, ROBUSTNESS_FILE, RUN_STATES, TENSORBOARD_DIR,
                               read_metrics, read_summary, run_state)
-from fastcifar.study import report
+from fastcifar.study import report, sizing
 from fastcifar.study.pretrained import resolve_pretrained
 from fastcifar.study.results import collect
 
 RUNS_DIR, SELECT_DIR = "runs", "lr-select"
 COMPARE_FILE = "compare.json"
+SIZING_FILE = "sizing.json"  # how --time-budget sized the study on the machine that started it (study/sizing.py)
 # Filled per device when training starts, so a saved config may hold a value where the plan holds None/"auto".
 _RESOLVED_FIELDS = {"precision", "channels_last", "compile", "tta"}
 
@@ -162,13 +164,56 @@ def choose_lrs(cfg: CompareConfig, selection: list[PlannedRun]) -> tuple[dict, d
 # ---------------------------------------------------------------------------------------------- report directory
 
 
-def check_report_dir(cfg: CompareConfig) -> Path:
-    """The report directory, refusing one made by another experiment (or not by compare at all)."""
+def fit_to_budget(cfg: CompareConfig, n_available: int, n_test: int,
+                  log: Callable[[str], None]) -> tuple[CompareConfig, dict | None]:
+    """`cfg` with its training pool sized to fit `cfg.time_budget_s` on this machine (study/sizing.py), and the
+    record of that decision (None without a budget). A report directory that already holds a decision keeps it, so
+    a rerun continues the same experiment."""
+    if not cfg.time_budget_s:
+        return cfg, None
+    saved = Path(cfg.out) / SIZING_FILE
+    if saved.is_file():
+        record = json.loads(saved.read_text())
+        return _with_pool(cfg, record["pool"]), record
+    rates, device = sizing.probe_rate(cfg.base, cfg.settings, cfg.base.device)
+    tta = cfg.base.tta if cfg.base.tta is not None else cfg.base.flip
+
+    def estimate(pool: int) -> float:
+        sized = _with_pool(cfg, pool)
+        final = plan_runs(sized, n_available, "random")
+        trained = plan_selection(sized, n_available, "random") + [
+            r for r in final if not is_selection_point(sized, r.seed, r.fraction)]
+        return sizing.estimate_seconds(trained, final, rates, n_test, cfg.robustness_severities, tta)
+
+    requested = _pool(cfg, n_available)
+    pool, seconds = sizing.fit(requested, cfg.time_budget_s, estimate)
+    record = {"budget_s": cfg.time_budget_s, "device": device, "images_per_s": min(rates.values()),
+              "rates": {setting_name(k): v for k, v in rates.items()}, "requested_pool": requested,
+              "requested_estimate_s": estimate(requested), "pool": pool, "estimate_s": seconds}
+    log(f"compare: {sizing.describe(record)}")
+    return _with_pool(cfg, pool), record
+
+
+def _with_pool(cfg: CompareConfig, pool: int) -> CompareConfig:
+    return replace(cfg, base=replace(cfg.base, train_limit=pool))
+
+
+def _log_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_report_dir(cfg: CompareConfig, sized: bool = False) -> Path:
+    """The report directory, refusing one made by another experiment (or not by compare at all). `sized`: compare
+    only what --time-budget does not decide (the training pool is its decision)."""
     out = Path(cfg.out)
     saved = out / COMPARE_FILE
     if saved.is_file():
         old = CompareConfig.load(saved)
-        diffs = _config_diffs(old.to_dict(), cfg.to_dict())
+        old_dict, new_dict = old.to_dict(), cfg.to_dict()
+        if sized:
+            old_dict["base"].pop("train_limit", None)
+            new_dict["base"].pop("train_limit", None)
+        diffs = _config_diffs(old_dict, new_dict)
         if diffs:
             raise FastCifarError(f"{out} holds a report made with other options ({'; '.join(diffs[:6])}). Rerun "
                                  f"with the same options to continue it, or choose another --out")
@@ -233,15 +278,19 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     from fastcifar.runtime import env_info
 
     started = time.perf_counter()
-    out = check_report_dir(cfg)
+    check_report_dir(cfg, sized=(Path(cfg.out) / SIZING_FILE).is_file())
     dataset = load_dataset(cfg.base.data_dir, cfg.base.dataset, download=cfg.base.download, progress=progress)
     n_available = len(dataset.train)
     plan_runs(cfg, n_available, "random")  # bad fractions fail here, before anything is written
+    cfg, sizing = fit_to_budget(cfg, n_available, len(dataset.test), log=_log_line)
+    out = check_report_dir(cfg)
     source = resolve_pretrained(cfg, out)
     env = env_info(command)
     env["command_line"] = shlex.join(env["command"])
-    for name, obj in ((COMPARE_FILE, cfg.to_dict()), (PRETRAINED_FILE, source), (ENV_FILE, env)):
-        write_json(out / name, obj)
+    files = ((COMPARE_FILE, cfg.to_dict()), (PRETRAINED_FILE, source), (ENV_FILE, env), (SIZING_FILE, sizing))
+    for name, obj in files:
+        if obj is not None:
+            write_json(out / name, obj)
     selection = plan_selection(cfg, n_available, source["init"])
     # Run directory names do not depend on the lr, so the runs after the selection can be counted (and their
     # states read) before it ends: one progress display and one ETA for the whole experiment.
@@ -271,6 +320,7 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     wall = {"seconds": time.perf_counter() - started, "trained": counts["new"] + counts["interrupted"],
             "reused": counts["finished"]}
     results = collect(cfg, source, runs, env, lr_record, wall, dataset=dataset_record(dataset))
+    results["sizing"] = sizing
     files = report.write_report(out, results)
     return CompareResult(out_dir=out, results=results, files=files, counts=counts)
 
@@ -384,13 +434,27 @@ class _Progress:
                                  speed_estimate_period=24 * 3600)  # epochs can be minutes apart on a CPU
         self.total, self.done = len(runs), sum(s == "finished" for s in states.values())
         done_work = sum(r.n_train * r.cfg.epochs for r in runs if states[r.name] == "finished")
-        self.overall = self.progress.add_task("all runs", total=sum(r.n_train * r.cfg.epochs for r in runs),
-                                              completed=done_work, count=self._count())
+        self.total_work = sum(r.n_train * r.cfg.epochs for r in runs)
+        self.work = done_work  # images x epochs trained so far (finished runs included)
+        self.work_here, self.started = 0, time.monotonic()  # trained by this invocation: its pace gives the ETA
+        self.overall = self.progress.add_task("all runs", total=self.total_work, completed=done_work,
+                                              count=self._count())
         self.current = self.progress.add_task("run", total=1, count="", visible=False)
         self.epochs_seen = 0
 
     def _count(self) -> str:
         return f"{self.done}/{self.total} runs"
+
+    def _eta(self) -> str:
+        """'~N min left' for the training still to do, at this invocation's pace (evaluation included in it)."""
+        if not self.work_here:
+            return ""
+        left = (self.total_work - self.work) * (time.monotonic() - self.started) / self.work_here
+        return f", training ~{left / 60:.0f} min left" if left >= 60 else f", training ~{left:.0f} s left"
+
+    def _advance(self, images: int) -> None:
+        self.progress.advance(self.overall, images)
+        self.work += images
 
     def __enter__(self):
         self.progress.__enter__()
@@ -404,22 +468,23 @@ class _Progress:
 
     def start_run(self, run: PlannedRun) -> None:
         self.epochs_seen = len(read_metrics(run.run_dir))
-        self.progress.advance(self.overall, run.n_train * self.epochs_seen)
+        self._advance(run.n_train * self.epochs_seen)
         self.progress.reset(self.current, total=run.cfg.epochs, completed=self.epochs_seen, visible=True,
                             description=run.name, count=f"epoch {self.epochs_seen}/{run.cfg.epochs}")
         self.log(f"{'resuming' if self.epochs_seen else 'starting'} {run.name} ({run.n_train:,} training images, "
                  f"batch {run.cfg.batch_size}, lr {run.cfg.lr:g})")
 
     def epoch_done(self, run: PlannedRun, epoch: int, m: dict) -> None:
-        self.progress.advance(self.overall, run.n_train * (epoch - self.epochs_seen))
+        self._advance(run.n_train * (epoch - self.epochs_seen))
+        self.work_here += run.n_train * (epoch - self.epochs_seen)
         self.epochs_seen = epoch
         self.progress.update(self.current, completed=epoch, count=f"epoch {epoch}/{run.cfg.epochs}")
         test = "-" if m.get("test_acc") is None else f"{100 * m['test_acc']:.2f} %"
         self.log(f"  {run.name} epoch {epoch}/{run.cfg.epochs}: train loss {m['train_loss']:.3f}, test acc {test}, "
-                 f"{m['train_seconds']:.1f} s")
+                 f"{m['train_seconds']:.1f} s{self._eta()}")
 
     def run_done(self, run: PlannedRun, summary: dict) -> None:
         self.done += 1
         self.progress.update(self.overall, count=self._count())
         self.log(f"finished {run.name}: test acc {100 * summary['test_acc']:.2f} %, {summary['train_seconds']:.1f} s "
-                 f"training ({self.done}/{self.total} runs done)")
+                 f"training ({self.done}/{self.total} runs done{self._eta()})")

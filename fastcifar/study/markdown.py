@@ -8,6 +8,7 @@ from pathlib import Path
 from fastcifar.config import COMPARE_INITS, TrainConfig, describe_augmentation
 from fastcifar.data.datasets import DATASET_TITLES
 from fastcifar.study.plots import PLOT_ALTS, plot_files
+from fastcifar.study.sizing import describe as describe_sizing
 from fastcifar.study.results import ORIGINAL_STUDY, caveats, fraction_label
 
 
@@ -116,11 +117,12 @@ def _section_markdown(section: dict, files: list[str]) -> list[str]:
 
 def _wall_lines(results: dict) -> list[str]:
     wall = results.get("wall")
-    if not wall:
-        return []
-    return [f"Wall time of the compare command that wrote this report: {wall['seconds'] / 60:.1f} min on "
-            f"{results['machine']} ({wall['trained']} run(s) trained or resumed by it, {wall['reused']} reused "
-            "finished; the robustness evaluation included).", ""]
+    lines = []
+    if wall:
+        lines += [f"Wall time of the compare command that wrote this report: {wall['seconds'] / 60:.1f} min on "
+                  f"{results['machine']} ({wall['trained']} run(s) trained or resumed by it, {wall['reused']} reused "
+                  "finished; the robustness evaluation included).", ""]
+    return lines
 
 
 def _software_lines(sw: dict | None) -> list[str]:
@@ -171,6 +173,7 @@ def render_markdown(results: dict) -> str:
         f"Made {results['created']} on {results['machine']}. Command: `{results['command']}`", "",
         *_dataset_lines(results.get("dataset")),
         *_software_lines(results.get("software")),
+        *([f"**Sized to a time budget:** {describe_sizing(results['sizing'])}.", ""] if results.get("sizing") else []),
         f"**Pretrained arm:** {results['pretrained']['label']}. **Setting(s):** {settings}. **Recipe:** "
         f"{base['arch']}, {base['epochs']} epochs, SGD Nesterov, {lr} (batch {base['batch_size']}), "
         f"{base['warmup_epochs']:g}-epoch warm-up then {base['schedule']} decay, label smoothing "

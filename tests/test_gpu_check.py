@@ -102,10 +102,15 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
     reports = [t for t in tests if t.get("$report_type") == "TestReport"]
     assert reports and all(t["outcome"] == "skipped" for t in reports if t["when"] == "setup")  # CPU: gpu tests skip
     sweep = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
-    # the plan's order: candidate, each lever alone, more seeds of the best, the best timed; then the seed preset
-    assert [(r["stage"], r["seed"]) for r in sweep] == [("candidate", 0), ("levers", 0), ("seeds-of-best", 1),
-                                                       ("timed", 0), ("listed", 0)]
-    assert sweep[3]["variant"].endswith("@timed") and sweep[4]["variant"] == "seed-preset"
+    # the plan's order: candidate, each lever alone, more seeds of the best (the best may change as seeds come in),
+    # the best timed; then the seed preset
+    stages = [r["stage"] for r in sweep]
+    order = ["candidate", "levers", "seeds-of-best", "timed", "listed"]
+    assert stages[:2] == ["candidate", "levers"] and stages[-2:] == ["timed", "listed"]
+    assert [order.index(s) for s in stages] == sorted(order.index(s) for s in stages)
+    assert 1 <= stages.count("seeds-of-best") <= 2 and all(r["seed"] == 1 for r in sweep if r["stage"] ==
+                                                             "seeds-of-best")
+    assert sweep[-2]["variant"].endswith("@timed") and sweep[-1]["variant"] == "seed-preset"
     for r in sweep:
         assert r["status"] == "finished" and r["loader"] == "tensor" and r["precision"] == "fp32"
         assert {"compile", "compile_record", "cudnn_benchmark", "machine", "levers", "seconds_to_target",
@@ -146,7 +151,8 @@ def test_a_second_check_skips_what_an_earlier_run_measured(dry_run, synthetic_di
     assert not (out / "sweep.jsonl").exists()  # every run of both plans was in the earlier file
     rows = step_rows(out)
     assert list(rows) == ["sweep", "seed-preset"] and all(r["rc"] == 0 for r in rows.values())
-    assert "5 run(s) measured by earlier GPU runs (bench/results/gpu/) were not run again" in \
+    earlier = len((first / "sweep.jsonl").read_text().splitlines())
+    assert f"{earlier} run(s) measured by earlier GPU runs (bench/results/gpu/) were not run again" in \
         (out / "summary.md").read_text()
 
 

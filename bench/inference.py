@@ -41,7 +41,7 @@ def untrained_models(root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastcifar.bench.report import markdown
+    from fastcifar.bench.tables import markdown
     from fastcifar.bench.harness import BenchConfig, bench, parse_backends, parse_batch_sizes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -87,8 +87,8 @@ def main() -> None:
     import torch
 
     import fastcifar
-    from fastcifar.bench.report import print_load_table
-    from fastcifar.bench.serve_load import LoadConfig, load_test
+    from fastcifar.bench.tables import print_load_table
+    from fastcifar.bench.load_test import LoadConfig, load_test
     from fastcifar.config import parse_counts
     from fastcifar.runtime import package_version
 

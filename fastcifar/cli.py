@@ -786,7 +786,7 @@ def evaluate(model: Path | None, model_option: Path | None, backend: str, device
     """
     model = _checkpoint(_one_model("evaluate", model, model_option), checkpoint)
     from fastcifar.robustness import parse_corruptions, parse_severities
-    from fastcifar.serve.evaluate import evaluate_model, print_evaluation
+    from fastcifar.serve.evaluate_model import evaluate_model, print_evaluation
 
     result = evaluate_model(model, backend=None if backend == "auto" else backend, device=device, precision=precision,
                             data_dir=data_dir, corruptions=parse_corruptions(corruptions),
@@ -896,7 +896,7 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
     if as_json:
         click.echo(json.dumps(report.rows))
     else:
-        from fastcifar.bench.report import print_table
+        from fastcifar.bench.tables import print_table
 
         print_table(report)
         for file in report.files:
@@ -907,7 +907,7 @@ def bench(model_args, models, backends, batch_sizes, data_dir, download, device,
 
 def _bench_server(server, model_args, models, batch_sizes, concurrency, requests, duration, metrics_url,
                   as_json) -> None:
-    """bench --server: the load test (fastcifar/bench/serve_load.py)."""
+    """bench --server: the load test (fastcifar/bench/load_test.py)."""
     local = _given_options(exclude=("server", "concurrency", "requests", "duration", "metrics_url", "batch_sizes",
                                     "models", "model_args", "as_json"))
     if local:
@@ -915,8 +915,8 @@ def _bench_server(server, model_args, models, batch_sizes, concurrency, requests
     names = tuple(model_args) + tuple(models)
     if len(names) > 1:
         raise _usage_error("--server load-tests one model: give its name once with --model NAME")
-    from fastcifar.bench.report import print_load_table
-    from fastcifar.bench.serve_load import LoadConfig, load_test
+    from fastcifar.bench.tables import print_load_table
+    from fastcifar.bench.load_test import LoadConfig, load_test
 
     explicit = bool(_given_options(("batch_sizes",)))
     cfg = LoadConfig(server=server, model=str(names[0]) if names else None,

@@ -121,7 +121,7 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
 
 
 def test_report_rendering_with_skipped_and_failed_rows(tmp_path):
-    from fastcifar.bench.report import markdown, table_rows, write_reports
+    from fastcifar.bench.tables import markdown, table_rows, write_reports
     from fastcifar.bench.harness import BenchReport
 
     ok = {"model": "runs/r18", "backend": "torch", "status": "ok", "reason": None, "device": "cpu", "images": 10,

@@ -274,10 +274,10 @@ def test_export_and_evaluate_take_model_as_an_option_too(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import fastcifar.export
-    import fastcifar.serve.evaluate
+    import fastcifar.serve.evaluate_model
 
     exports = _captured(monkeypatch, fastcifar.export, "export_model", SimpleNamespace(to_dict=dict, error=None))
-    evaluations = _captured(monkeypatch, fastcifar.serve.evaluate, "evaluate_model", {})
+    evaluations = _captured(monkeypatch, fastcifar.serve.evaluate_model, "evaluate_model", {})
     run = tmp_path / "run"
     for args in ([str(run)], ["--model", str(run)]):
         assert _run(["export", *args, "--no-verify", "--json"]).exit_code == 0

@@ -288,7 +288,7 @@ def triton_leftovers() -> set[str]:
 def test_sigterm_under_load_leaves_no_process_segment_or_folder(tiny_model_dir, tmp_path):
     """Stopped while clients send, tritonserver used to die with signal 11 and leave its stub, PyTriton's proxy,
     shared memory and temporary folders behind. Several times: whatever the server was doing, nothing survives."""
-    from fastcifar.bench.serve_load import LoadConfig, load_test
+    from fastcifar.bench.load_test import LoadConfig, load_test
     from fastcifar.serve.triton_server import launch
 
     before = triton_leftovers()
@@ -418,10 +418,10 @@ def test_read_counters_sums_one_models_versions(monkeypatch):
     import io
     import urllib.request
 
-    from fastcifar.bench import serve_load
+    from fastcifar.bench import load_test
 
     text = ('nv_inference_count{model="r18",version="1"} 30\nnv_inference_count{model="r18",version="2"} 10\n'
             'nv_inference_exec_count{model="r18",version="1"} 4\nnv_inference_count{model="other",version="1"} 99\n'
             '# HELP nv_inference_exec_count x\n')
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: io.BytesIO(text.encode()))
-    assert serve_load.read_counters("http://x/metrics", "r18") == {"images": 40.0, "executions": 4.0}
+    assert load_test.read_counters("http://x/metrics", "r18") == {"images": 40.0, "executions": 4.0}

@@ -14,7 +14,7 @@ order, so a bench killed by a time limit leaves every row it finished on disk. A
 timing round is done and its parity is scored; for that the reference logits are obtained as early as they can
 be (from the first PyTorch fp32 row of the very same weights, else an untimed reference job before the timing).
 `max_accuracy_drop` turns the result into a gate: any backend losing more points than that (or failing
-to run) makes `passed` false, and the CLI exits non-zero. Reports are written by fastcifar/bench/report.py.
+to run) makes `passed` false, and the CLI exits non-zero. Reports are written by fastcifar/bench/tables.py.
 """
 
 from __future__ import annotations
@@ -515,7 +515,7 @@ def bench(cfg: BenchConfig, *, log: Callable[[str], None] = lambda message: None
     report = BenchReport(rows=rows, env=env, config=cfg.to_dict(),
                          failures=gate_failures(rows, cfg.max_accuracy_drop))
     if cfg.results_dir:
-        from fastcifar.bench.report import write_reports
+        from fastcifar.bench.tables import write_reports
 
         report.files = write_reports(report, Path(cfg.results_dir), cfg.name or default_name(cfg, device_type))
     return report

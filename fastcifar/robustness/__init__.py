@@ -2,7 +2,7 @@
 CIFAR-10-C corruptions (`corruptions.py`, generated on the device; or the official files with `--cifar10c`).
 
 Owns `evaluate_logits(logits_fn, images, labels, ...)`, which any caller feeds with its own logits function (a
-serving Predictor in `fastcifar.serve.evaluate`, a trained run's model in the compare report), so this wing
+serving Predictor in `fastcifar.serve.evaluate_model`, a trained run's model in the compare report), so this wing
 imports neither serving nor training. Parsing of the corruption/severity options lives here too.
 """
 

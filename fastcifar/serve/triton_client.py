@@ -1,5 +1,5 @@
 """A Triton Inference Server as a fastcifar `Predictor`: `fastcifar predict IMAGE... --server URL` and the load
-test (fastcifar/bench/serve_load.py) talk to a server through it.
+test (fastcifar/bench/load_test.py) talk to a server through it.
 
 Owns the server URL (`http://host:port`, `https://...`, `grpc://host:port`, or `host:port` for HTTP), choosing the
 model (the one named, else the one `fastcifar serve` names in its server metadata, else the only one the server

@@ -27,7 +27,7 @@ The pitfalls measured on the development machine (bench/README.md) and handled h
 - PyTriton guards the model index with a token, so clients could not find the model: the server's id (its
   unguarded metadata, GET /v2) is "fastcifar:<model>", which fastcifar's client reads.
 - Triton's statistics and repository endpoints need PyTriton's access token: the load test reads Triton's
-  Prometheus metrics instead (bench/serve_load.py in the package: fastcifar/bench/serve_load.py).
+  Prometheus metrics instead (the load test: fastcifar/bench/load_test.py).
 The server binds 127.0.0.1 unless --host says otherwise. Not run here: a GPU (the predictor's device is the only
 GPU-specific part), and Triton's own ONNX Runtime / TensorRT backends (they come with NVIDIA's containers, which
 serve the exported repository instead).

@@ -236,7 +236,7 @@ class _Loop:
         return self.ema.module if self.ema is not None and self.ema.updates else self.model
 
     def evaluate_epoch(self, keep_predictions: bool = False) -> dict:
-        from fastcifar.train.evaluate import evaluate
+        from fastcifar.train.tta import evaluate
 
         out, results = {}, {}
         for name, loader in (("val", self.data.val), ("test", self.data.test)):

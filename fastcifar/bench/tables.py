@@ -1,7 +1,7 @@
 """How `fastcifar bench` results are shown and kept: the rich table, and JSON + markdown + PNG files.
 
 Owns the presentation of `BenchReport` rows (fastcifar/bench/harness.py) and of a server's load test
-(fastcifar/bench/serve_load.py), nothing else. Every file is written atomically; the PNG is git-ignored
+(fastcifar/bench/load_test.py), nothing else. Every file is written atomically; the PNG is git-ignored
 (bench/results/*.png), the JSON and markdown are the record.
 """
 
@@ -148,7 +148,7 @@ def write_reports(report, results_dir: Path, name: str) -> list[Path]:
 
 
 def print_load_table(result: dict) -> None:
-    """The load test of a server (fastcifar/bench/serve_load.py): one row per level, then one line per level with
+    """The load test of a server (fastcifar/bench/load_test.py): one row per level, then one line per level with
     errors."""
     from rich.table import Table
 

@@ -210,23 +210,20 @@ def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, imag
 # ---------------------------------------------------------------------------------------------- model files
 
 
-def save_model(model, spec: ModelSpec, out_dir: Path | str, *, metrics: dict | None = None,
-               extra: dict | None = None, weights_file: str = MODEL_FILE) -> Path:
-    """Write model.safetensors (the uncompiled module's weights) and model.json atomically into `out_dir`; with
-    `weights_file` another pair (best.safetensors + best.json)."""
-    from safetensors.torch import save_file
-
-    from fastcifar.fileio import atomic_path, write_json
-
-    out_dir = Path(out_dir)
+def weights_and_meta(model, spec: ModelSpec, *, metrics: dict | None = None,
+                     extra: dict | None = None) -> tuple[dict, dict]:
+    """(the uncompiled module's weights on the CPU, model.json's content): what a saved model is."""
     module = getattr(model, "module", model)  # DDP wrapper
     state = {_strip_prefixes(k): v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    weights = out_dir / weights_file
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    meta = {"format_version": FORMAT_VERSION, **spec.to_dict(), "metrics": metrics or {}, **(extra or {})}
-    write_json(meta_path(weights), meta)
-    return weights
+    return state, {"format_version": FORMAT_VERSION, **spec.to_dict(), "metrics": metrics or {}, **(extra or {})}
+
+
+def save_model(model, spec: ModelSpec, out_dir: Path | str, *, metrics: dict | None = None,
+               extra: dict | None = None, checkpoint: str = "final") -> Path:
+    """model.safetensors + model.json (best.* for checkpoint "best") in `out_dir`, written by its RunDir."""
+    from fastcifar.rundir import RunDir
+
+    return RunDir(out_dir).save_weights(*weights_and_meta(model, spec, metrics=metrics, extra=extra), checkpoint)
 
 
 def resolve_model_files(path: Path | str) -> tuple[Path, Path]:

@@ -1,25 +1,9 @@
-"""The run directory: the one place that knows its file names, how a run is created, and how its files are read.
+"""The run directory: its file names, the one writer of its files (`RunDir`), and how runs are read back.
 
-Every reader and writer of `runs/<name>/` goes through here (timm's `CheckpointSaver` owns its checkpoint names
-the same way), so a newcomer who changes a file name or what "finished" means changes it once:
-
-    config.json      the TrainConfig the run started with (train/loop.py writes it)
-    env.json         versions, machine, GPU, git sha (runtime.env_info)
-    metrics.jsonl    one line per epoch
-    state.pt         optimizer/scheduler/RNG/EMA for resuming (removed once finished unless --keep-state)
-    model.safetensors + model.json   the final weights and what is needed to serve them (models.save_model)
-    summary.json     the finished run's figures; `"status": "finished"` is what makes a run finished
-    results.csv      metrics.jsonl as a table, one row per epoch (timm's summary.csv, Ultralytics' results.csv)
-    best.safetensors + best.json     the weights (EMA's where EMA is on) of the epoch with the best validation
-                     accuracy, when there is a validation split; `--checkpoint best` serves them
-    git.diff         the uncommitted changes the run was made with, when small (env.json has their sha256)
-    tensorboard/     TensorBoard event files, with --tensorboard
-    robustness.json  calibration and corruption accuracy of the final model (study/compare.py caches it)
-
-A compare report directory holds runs like these plus pretrained.json (PRETRAINED_FILE): where its pretrained arm's
-weights really came from, which ARM_LABELS names in the report and the demo alike.
-
-Shared by the wings (train, study, serve, bench); imports nothing but the standard library, fileio and errors.
+`RunDir` creates (or opens) `runs/<name>/` and writes every file a run holds, each atomically (temp file +
+rename), so no other module builds a path into a run directory to write it; docs/run-directory.md says what each
+file holds. The module-level functions read runs (summary, metrics, state, which checkpoint to serve). Imports
+the standard library, fileio and errors; torch, safetensors and TensorBoard only inside the methods that need them.
 """
 
 from __future__ import annotations
@@ -29,8 +13,9 @@ import time
 from pathlib import Path
 
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import first_missing, read_jsonl
+from fastcifar.fileio import append_jsonl, atomic_path, first_missing, read_jsonl, write_json, write_jsonl, write_text
 
+GIT_DIFF_KEEP_BYTES = 256 * 1024  # a run keeps the diff itself up to this size (env.json always has its hash)
 CONFIG_FILE = "config.json"
 ENV_FILE = "env.json"
 METRICS_FILE = "metrics.jsonl"
@@ -63,23 +48,138 @@ def default_run_name(arch: str, init: str) -> str:
     return f"{arch}-{init}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def create_run_dir(run_dir: Path) -> Path | None:
-    """Create the (new or empty) run directory; returns the topmost directory created, or None.
+class RunDir:
+    """One run directory and every file in it (timm's CheckpointSaver owns its checkpoints the same way)."""
 
-    A user's run is never overwritten: a non-empty directory is refused with the resume command. A path that cannot
-    be a directory (under a file, in /proc, no permission) is one message naming it. The returned path lets a run
-    that fails before its first epoch remove exactly what it created, never what existed.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise FastCifarError(f"{run_dir} already exists and is not empty; choose another --out, or continue "
-                             f"it with: fastcifar train --resume {run_dir}")
-    created = first_missing(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FastCifarError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    return created
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.created: Path | None = None  # the topmost directory `create` made (what `discard` removes)
+
+    @classmethod
+    def create(cls, path: Path | str) -> "RunDir":
+        """A new run: the directory is created, or must be empty. A user's run is never overwritten (a non-empty
+        directory is refused with the resume command); a path that cannot be a directory is one message."""
+        run = cls(path)
+        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+            raise FastCifarError(f"{run.path} already exists and is not empty; choose another --out, or continue "
+                                 f"it with: fastcifar train --resume {run.path}")
+        run.created = first_missing(run.path)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FastCifarError(f"cannot create the run directory {run.path}: {exc.strerror or exc}") from None
+        return run
+
+    def discard(self) -> None:
+        """Remove what `create` made (a run that failed before its first epoch leaves nothing; never a user's dir)."""
+        import shutil
+
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Remove the whole directory (compare: what a setup that never trained left)."""
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------ records
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.path / CONFIG_FILE, config)
+
+    def write_env(self, env: dict, diff: str | None) -> None:
+        """env.json, and the git diff it hashes as git.diff when it is small (GIT_DIFF_KEEP_BYTES)."""
+        write_json(self.path / ENV_FILE, env)
+        if diff and len(diff.encode()) <= GIT_DIFF_KEEP_BYTES:
+            write_text(self.path / GIT_DIFF_FILE, diff)
+
+    def append_metrics(self, metrics: dict, history: list[dict]) -> None:
+        """One epoch: a line of metrics.jsonl and results.csv rewritten whole."""
+        append_jsonl(self.path / METRICS_FILE, metrics)
+        self._write_results_csv(history)
+
+    def rewrite_metrics(self, history: list[dict]) -> None:
+        """metrics.jsonl and results.csv as `history` (a resumed run drops the epochs after its saved state)."""
+        write_jsonl(self.path / METRICS_FILE, history)
+        self._write_results_csv(history)
+
+    def _write_results_csv(self, history: list[dict]) -> None:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=RESULTS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if m.get(k) is None else m[k]) for k in RESULTS_COLUMNS} for m in history)
+        write_text(self.path / RESULTS_CSV, buffer.getvalue())
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.path / SUMMARY_FILE, summary)
+
+    def write_robustness(self, result: dict) -> None:
+        write_json(self.path / ROBUSTNESS_FILE, result)
+
+    def read_robustness(self) -> dict | None:
+        try:
+            return json.loads((self.path / ROBUSTNESS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    # ------------------------------------------------------------------------------------------ state and weights
+
+    def has_state(self) -> bool:
+        return (self.path / STATE_FILE).is_file()
+
+    def save_state(self, state: dict) -> None:
+        """state.pt: what continuing after an epoch needs (tensors and plain values; read back weights_only)."""
+        import torch
+
+        with atomic_path(self.path / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def load_state(self, device) -> dict:
+        import torch
+
+        path = self.path / STATE_FILE
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+            raise FastCifarError(f"cannot resume from {path}: unreadable ({type(exc).__name__})") from None
+
+    def drop_state(self) -> None:
+        (self.path / STATE_FILE).unlink(missing_ok=True)
+
+    def save_weights(self, state: dict, meta: dict, checkpoint: str = "final") -> Path:
+        """model.safetensors + model.json (or, for checkpoint "best", best.safetensors + best.json)."""
+        from safetensors.torch import save_file
+
+        weights = self.path / CHECKPOINTS[checkpoint]
+        with atomic_path(weights) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_json(meta_path(weights), meta)
+        return weights
+
+    def best_meta(self) -> dict | None:
+        """best.json of the best-validation checkpoint, None when there is none (or it is unreadable)."""
+        try:
+            return json.loads(meta_path(self.path / BEST_FILE).read_text()) if (self.path / BEST_FILE).is_file() \
+                else None
+        except (OSError, ValueError):
+            return None
+
+    def drop_best(self) -> None:
+        (self.path / BEST_FILE).unlink(missing_ok=True)
+        meta_path(self.path / BEST_FILE).unlink(missing_ok=True)
+
+    def tensorboard_writer(self, log_dir: Path | str | None = None):
+        """A TensorBoard SummaryWriter into RUN/tensorboard (or `log_dir`); needs the tensorboard package."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise FastCifarError("--tensorboard needs the tensorboard package: pip install 'fastcifar[tensorboard]' "
+                                 "(or pip install tensorboard)") from None
+        return SummaryWriter(log_dir=str(Path(log_dir) if log_dir else self.path / TENSORBOARD_DIR))
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -109,20 +209,6 @@ def run_state(run_dir: Path) -> str:
     if (run_dir / STATE_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         return "interrupted"
     return "new"
-
-
-def write_results_csv(run_dir: Path, history: list[dict]) -> Path:
-    """results.csv from the epochs so far (rewritten whole and atomically, like every file here)."""
-    import csv
-    import io
-
-    from fastcifar.fileio import write_text
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULTS_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: ("" if m.get(k) is None else m[k]) for k in RESULTS_COLUMNS} for m in history)
-    return write_text(Path(run_dir) / RESULTS_CSV, buffer.getvalue())
 
 
 def meta_path(weights: Path) -> Path:

@@ -97,9 +97,6 @@ def git_sha(checkout: Path | None = None) -> str | None:
     return out.strip() or None if out else None
 
 
-GIT_DIFF_KEEP_BYTES = 256 * 1024  # a run keeps the diff itself up to this size (env.json always has its hash)
-
-
 def git_diff(checkout: Path | None = None) -> str | None:
     """The uncommitted changes of the checkout fastcifar runs from, untracked files included (a new source file is a
     change too): '' when clean, None when fastcifar does not run from its own checkout or git is missing."""

@@ -247,12 +247,12 @@ def test_a_run_with_every_lever_learns_and_records_them(tmp_path, synthetic_dir)
 
 
 def test_state_every_n_epochs_resumes_from_the_last_saved_one(tmp_path, synthetic_dir, monkeypatch):
-    from fastcifar.train import checkpoint
+    from fastcifar.rundir import RunDir
     from fastcifar.train.loop import resume
 
     saved = []
-    real_save = checkpoint.save_state
-    monkeypatch.setattr(checkpoint, "save_state", lambda path, epoch, *a: saved.append(epoch) or real_save(path, epoch, *a))
+    real_save = RunDir.save_state
+    monkeypatch.setattr(RunDir, "save_state", lambda self, state: saved.append(state["epoch"]) or real_save(self, state))
 
     def stop_after_third(epoch, metrics):
         if epoch == 3:
@@ -272,10 +272,10 @@ def test_state_every_n_epochs_resumes_from_the_last_saved_one(tmp_path, syntheti
 def test_no_state_at_all_says_so_on_interrupt(tmp_path, synthetic_dir, monkeypatch):
     from fastcifar.train import loop
 
-    def interrupt(self, epoch, bar):
+    def interrupt(session, epoch, advance):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop._Loop, "train_epoch", interrupt)
+    monkeypatch.setattr(loop, "train_one_epoch", interrupt)
     with pytest.raises(FastCifarError, match="no state to resume"):
         train(tiny(synthetic_dir, tmp_path / "none", save_state_every=0), progress=False)
     assert not (tmp_path / "none" / "state.pt").exists()

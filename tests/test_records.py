@@ -73,16 +73,15 @@ def test_the_best_validation_epoch_is_kept_and_served(tmp_path, synthetic_dir, m
     """A scripted validation accuracy that peaks at epoch 2 of 3: best.safetensors holds epoch 2's weights."""
     scripted = iter([0.30, 0.70, 0.50])
     weights = {}
-    real = loop_module._Loop.evaluate_epoch
+    real = loop_module.evaluate
 
-    def evaluate_epoch(self, keep_predictions=False):
-        out = real(self, keep_predictions)
-        metrics = out[0] if keep_predictions else out
+    def evaluate(session, last=False):
+        metrics = real(session, last)  # the same dict the session keeps for its summary
         metrics["val_acc"] = next(scripted)
-        weights[len(weights) + 1] = {k: v.detach().clone() for k, v in self.eval_model().state_dict().items()}
-        return out
+        weights[len(weights) + 1] = {k: v.detach().clone() for k, v in session.eval_model().state_dict().items()}
+        return metrics
 
-    monkeypatch.setattr(loop_module._Loop, "evaluate_epoch", evaluate_epoch)
+    monkeypatch.setattr(loop_module, "evaluate", evaluate)
     run = train(tiny(synthetic_dir, tmp_path / "run"), progress=False)
     best = run.summary["best"]
     assert best["file"] == "best.safetensors" and best["epoch"] == 2 and best["val_acc"] == 0.70
@@ -105,7 +104,7 @@ def test_the_best_validation_epoch_is_kept_and_served(tmp_path, synthetic_dir, m
         Image.fromarray(pixels).save(images[-1])
 
     def predict(*args):
-        result = CliRunner().invoke(cli, ["predict", *images, "--model", *args, "--device", "cpu", "--json",
+        result = CliRunner().invoke(cli, ["predict", *args, *images, "--device", "cpu", "--json",
                                           "--topk", "10"])
         assert result.exit_code == 0, result.output
         return [{t["label"]: t["prob"] for t in row["top"]} for row in json.loads(result.stdout)]
@@ -130,7 +129,7 @@ def test_env_json_says_what_code_and_machine_made_the_run(tb_run):
                 "device", "device_name"):
         assert key in env, key
     assert env["device"] == "cpu" and env["device_name"]
-    from fastcifar.runtime import GIT_DIFF_KEEP_BYTES
+    from fastcifar.rundir import GIT_DIFF_KEEP_BYTES
 
     if env["git_dirty"] and env["git_diff_bytes"] <= GIT_DIFF_KEEP_BYTES:  # a small diff is kept beside the run
         import hashlib
@@ -150,12 +149,13 @@ def test_export_takes_the_best_checkpoint_under_its_own_name(tmp_path, synthetic
 
 
 def test_a_resume_drops_a_best_checkpoint_from_epochs_it_trains_again(tmp_path):
+    from fastcifar.rundir import RunDir
     from fastcifar.train.records import RunRecords
 
     (tmp_path / "best.safetensors").write_bytes(b"weights of epoch 3")
     (tmp_path / "best.json").write_text(json.dumps({"epoch": 3, "metrics": {"val_acc": 0.9}}))
-    kept = RunRecords(tiny(".", tmp_path), tmp_path, None, {}, start_epoch=3)
+    kept = RunRecords(tiny(".", tmp_path), RunDir(tmp_path), None, {}, start_epoch=3)
     assert kept.best == {"epoch": 3, "val_acc": 0.9} and (tmp_path / "best.safetensors").exists()
-    dropped = RunRecords(tiny(".", tmp_path), tmp_path, None, {}, start_epoch=2)  # state.pt is from epoch 2
+    dropped = RunRecords(tiny(".", tmp_path), RunDir(tmp_path), None, {}, start_epoch=2)  # state.pt: epoch 2
     assert dropped.best is None and not (tmp_path / "best.safetensors").exists()
     assert not (tmp_path / "best.json").exists()

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from fastcifar.cli import cli
 from fastcifar.config import TrainConfig, make_train_config
 from fastcifar.errors import FastCifarError
-from fastcifar.train.loop import DIVERGENCE_MARGIN, NonFiniteLoss, divergence_warning, resume, train
+from fastcifar.train.guards import DIVERGENCE_MARGIN, NonFiniteLoss, divergence_warning
+from fastcifar.train.loop import resume, train
 from fastcifar.train.build import split_train_val
 from fastcifar.train.step import build_optimizer, lr_lambda, param_groups
 

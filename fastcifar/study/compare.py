@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from fastcifar.config import (COMPARE_INITS, ROBUSTNESS_SEVERITIES, CompareConfi
                               TrainConfig, setting_name)
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_json
-from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, ROBUSTNESS_FILE, RUN_STATES, TENSORBOARD_DIR,
+from fastcifar.rundir import (CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, TENSORBOARD_DIR, RunDir,
                               read_metrics, read_summary, run_state)
 from fastcifar.study import report, sizing
 from fastcifar.study.pretrained import resolve_pretrained
@@ -260,7 +259,7 @@ def _start(run: PlannedRun, hook):
     from fastcifar.train.loop import train
 
     if run.run_dir.exists():  # setup-only leftovers (no state.pt): nothing trained, nothing to keep
-        shutil.rmtree(run.run_dir)
+        RunDir(run.run_dir).remove()
     return train(run.cfg, progress=False, on_epoch_end=hook)
 
 
@@ -340,9 +339,9 @@ def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], N
     """The run's final model on the test split: calibration and accuracy under every corruption at
     `severities` (fastcifar.robustness; fp32, no TTA). Cached in the run directory: a rerun of compare
     reuses it, and nothing here trains."""
-    path = run.run_dir / ROBUSTNESS_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
+    cached = RunDir(run.run_dir).read_robustness()
+    if cached is not None:
+        return cached
     import numpy as np
     import torch
 
@@ -366,7 +365,7 @@ def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], N
         f"{', '.join(map(str, severities))}")
     result = evaluate_logits(logits, test.images, test.labels, corruptions=corruption_names(),
                              severities=severities, device=str(resolved))
-    write_json(path, result)
+    RunDir(run.run_dir).write_robustness(result)
     return result
 
 

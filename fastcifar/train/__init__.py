@@ -1,6 +1,6 @@
-"""Training wing: the loop (`loop.py`: `train`, `resume`), what it is built from (`build.py`, `step.py`,
-`checkpoint.py`, `records.py`, `distributed.py`, `progress.py`, `levers.py`) and evaluation
-(`evaluate.py`). `fastcifar.train.train` and `fastcifar.train.resume` are the entry points scripts call."""
+"""Training wing. Entry points: `fastcifar.train.train` and `fastcifar.train.resume` (loop.py, which reads setup ->
+epochs -> finish); the stages' parts live beside it (build, step, levers, tta, guards, records, checkpoint,
+summary, distributed, progress)."""
 
 from fastcifar.rundir import is_finished
 from fastcifar.train.loop import TrainResult, resume, train

@@ -14,20 +14,19 @@ from fastcifar.errors import FastCifarError
 from fastcifar.runtime import DistInfo
 
 
-def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo) -> tuple[Path, Path | None]:
-    """(the run directory, the topmost directory this call created or None): the one being resumed, or a new one
-    named by --out or rundir.default_run_name, agreed on by every rank and created by rank 0 (fastcifar/rundir.py)."""
-    from fastcifar.rundir import create_run_dir, default_run_name
+def open_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo):
+    """The run's rundir.RunDir: the one being resumed, or a new one named by --out or rundir.default_run_name, agreed
+    on by every rank and created by rank 0."""
+    from fastcifar.rundir import RunDir, default_run_name
 
     if resume_dir is not None:
-        return Path(resume_dir), None
+        return RunDir(resume_dir)
     name = [str(Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.arch, cfg.init))]
     if dist.enabled:  # every rank must use rank 0's timestamped name
         import torch.distributed as td
 
         td.broadcast_object_list(name, src=0)
-    run_dir = Path(name[0])
-    return run_dir, create_run_dir(run_dir) if dist.is_main else None
+    return RunDir.create(name[0]) if dist.is_main else RunDir(name[0])
 
 
 def build_model(cfg: TrainConfig, device, class_names=None):

@@ -1,38 +1,23 @@
-"""state.pt: everything needed to continue a run exactly after an epoch (optimizer, scheduler, loss scaler, EMA,
-RNG), saved atomically and loaded back with `torch.load(weights_only=True)`."""
+"""What state.pt holds: everything needed to continue a run exactly after an epoch (model, optimizer, scheduler,
+loss scaler, EMA, RNG). `training_state` gathers it and `restore` puts it back; rundir.RunDir writes and reads the
+file (atomically; read back with torch.load(weights_only=True))."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from fastcifar.errors import FastCifarError
-
-
-def save_state(path: Path, epoch: int, train_seconds: float, model, opt, ema, scaler) -> None:
-    """Everything needed to continue exactly after `epoch` (loaded back with weights_only=True)."""
+def training_state(epoch: int, train_seconds: float, model, optimizer, scheduler, ema, scaler) -> dict:
     import torch
 
-    from fastcifar.fileio import atomic_path
-
-    optimizer, scheduler = opt
-    state = {
-        "epoch": epoch, "train_seconds": train_seconds, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None, "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    return {"epoch": epoch, "train_seconds": train_seconds, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def load_state(path: Path, model, opt, ema, scaler, device) -> tuple[int, float]:
+def restore(state: dict, model, optimizer, scheduler, ema, scaler) -> tuple[int, float]:
+    """Put `state` back; returns (the epoch it was saved after, the training seconds until then)."""
     import torch
 
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-        raise FastCifarError(f"cannot resume from {path}: unreadable ({type(exc).__name__})") from None
-    optimizer, scheduler = opt
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

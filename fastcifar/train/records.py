@@ -1,22 +1,16 @@
-"""What a training run records as it goes, besides its state: metrics.jsonl and results.csv each epoch, the
-best-validation checkpoint, and - with --tensorboard - TensorBoard scalars, hparams and the confusion matrix.
-
-Rank 0 only; every file through fastcifar/rundir.py's names, written atomically. TensorBoard (the `tensorboard`
-package, an optional extra) is imported only when a run asks for it; torch's SummaryWriter needs no TensorFlow.
-What the anchors write and this mirrors: timm's summary.csv and model_best, Ultralytics' results.csv and best.pt.
-"""
+"""What a training run records as it goes, besides its state: the metrics of each epoch, the best-validation
+checkpoint, and - with --tensorboard - TensorBoard scalars, hparams and the confusion matrix. Rank 0 only; every
+file is written by the run's rundir.RunDir (timm's summary.csv and model_best, Ultralytics' results.csv and
+best.pt are the same records)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 from fastcifar.config import TrainConfig
-from fastcifar.errors import FastCifarError
-from fastcifar.fileio import append_jsonl
-from fastcifar.rundir import BEST_FILE, METRICS_FILE, TENSORBOARD_DIR, meta_path, write_results_csv
+from fastcifar.rundir import BEST_FILE, TENSORBOARD_DIR, RunDir
 
 TB_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
     "train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test", "train_acc": "accuracy/train",
@@ -27,26 +21,22 @@ TB_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
 class RunRecords:
     """The per-epoch records of one run directory (`epoch`), and what closes them (`finish`)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, spec, extra: dict, start_epoch: int = 0):
-        self.cfg, self.run_dir, self.spec, self.extra = cfg, Path(run_dir), spec, extra
-        self.best = self._saved_best()  # a resumed run continues from the best it had...
+    def __init__(self, cfg: TrainConfig, run: RunDir, spec, extra: dict, start_epoch: int = 0):
+        self.cfg, self.run, self.spec, self.extra = cfg, run, spec, extra
+        saved = run.best_meta()  # a resumed run continues from the best it had...
+        self.best = None if saved is None else {"epoch": saved["epoch"], **saved["metrics"]}
         if self.best is not None and self.best["epoch"] > start_epoch:
             # ...unless that best came from an epoch after the restored state: those epochs are trained again, so
             # their weights belong to a timeline that no longer exists.
-            (self.run_dir / BEST_FILE).unlink(missing_ok=True)
-            meta_path(self.run_dir / BEST_FILE).unlink(missing_ok=True)
+            run.drop_best()
             self.best = None
         self.best_seconds = 0.0
-        self.writer = _tensorboard_writer(cfg, self.run_dir) if cfg.tensorboard else None
+        self.writer = None
+        if cfg.tensorboard:
+            log_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else run.path / TENSORBOARD_DIR
+            self.writer = run.tensorboard_writer(log_dir)
+            print(f"tensorboard: events in {log_dir} (tensorboard --logdir {log_dir})", file=sys.stderr, flush=True)
         self.keeps_best = cfg.save_best and cfg.val_fraction > 0
-
-    def _saved_best(self) -> dict | None:
-        path = meta_path(self.run_dir / BEST_FILE)
-        try:
-            meta = json.loads(path.read_text()) if (self.run_dir / BEST_FILE).is_file() else None
-        except (OSError, ValueError):
-            return None
-        return None if meta is None else {"epoch": meta["epoch"], **meta["metrics"]}
 
     def header(self) -> str | None:
         """The one line a run without a validation split says about the best checkpoint."""
@@ -57,18 +47,17 @@ class RunRecords:
     def epoch(self, metrics: dict, history: list[dict], eval_model) -> None:
         """metrics.jsonl (appended) and results.csv (rewritten) at once; the best checkpoint when validation
         accuracy improved; TensorBoard scalars."""
-        append_jsonl(self.run_dir / METRICS_FILE, metrics)
-        write_results_csv(self.run_dir, history)
+        self.run.append_metrics(metrics, history)
         val = metrics.get("val_acc")
         if self.keeps_best and val is not None and (self.best is None or val > self.best["val_acc"]):
             start = time.perf_counter()
             self.best = {"epoch": metrics["epoch"], "val_acc": val, "test_acc": metrics.get("test_acc"),
                          "val_loss": metrics.get("val_loss"), "test_loss": metrics.get("test_loss")}
-            from fastcifar.models import save_model
+            from fastcifar.models import weights_and_meta
 
-            save_model(eval_model, self.spec, self.run_dir, weights_file=BEST_FILE,
-                       metrics={k: v for k, v in self.best.items() if k != "epoch"},
-                       extra={**self.extra, "checkpoint": "best", "epoch": metrics["epoch"]})
+            self.run.save_weights(*weights_and_meta(
+                eval_model, self.spec, metrics={k: v for k, v in self.best.items() if k != "epoch"},
+                extra={**self.extra, "checkpoint": "best", "epoch": metrics["epoch"]}), checkpoint="best")
             self.best_seconds += time.perf_counter() - start
         if self.writer is not None:
             for key, tag in TB_SCALARS.items():
@@ -100,17 +89,6 @@ class RunRecords:
         self.writer.add_figure("confusion_matrix", _confusion_figure(confusion, summary["class_names"]),
                                summary["epochs"])
         self.writer.close()
-
-
-def _tensorboard_writer(cfg: TrainConfig, run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise FastCifarError("--tensorboard needs the tensorboard package: pip install 'fastcifar[tensorboard]' "
-                             "(or pip install tensorboard)") from None
-    log_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else run_dir / TENSORBOARD_DIR
-    print(f"tensorboard: events in {log_dir} (tensorboard --logdir {log_dir})", file=sys.stderr, flush=True)
-    return SummaryWriter(log_dir=str(log_dir))
 
 
 def _confusion_figure(confusion, class_names):

@@ -1,21 +1,15 @@
 """Is fastcifar's CPU training slower than a plain torchvision loop on the same machine, and where does it go?
 
-Question (a new user's report: on a 2-core AVX2-only AMD EPYC, `fastcifar train` ran 79 img/s where a plain
-torchvision loop ran ~100): per variant, in a fresh process (OpenMP reads its wait policy at start-up), training
-images per second of
-  plain       torchvision ResNet-18 (ImageNet stem, 10 classes), SGD Nesterov, cross-entropy, batches already
-              normalised in memory: the textbook loop
-  step        fastcifar's own step (train/step.py: param groups, foreach SGD, the LambdaLR schedule) on the same
-              batches and model
-  train       `fastcifar train` itself (smoke recipe) for one epoch on the first N real CIFAR-10 images: the tensor
-              loader's augmentation, the non-finite guard, the progress records (the epoch's images/s)
-each with OpenMP's default waiting and with OMP_WAIT_POLICY=PASSIVE (every fastcifar verb's default: bench/README.md,
-"CPU threads"), rounds interleaved. With --profile it also writes a cProfile of one `train` epoch.
+Per variant, in a fresh process, training images per second of `plain` (the textbook torchvision ResNet-18 loop),
+`step` (fastcifar's own step on the same batches and model) and `train` (one epoch of `fastcifar train`, smoke
+recipe, on the first N real CIFAR-10 images), each with OpenMP's default waiting and with OMP_WAIT_POLICY=PASSIVE,
+rounds interleaved; --profile also writes a cProfile of one `train` epoch.
 
-    python bench/cpu_step.py --data-dir ../shared/cifar10 [--rounds 3] [--steps 20] [--images 3000] [--profile P]
-    python bench/cpu_step.py --isa avx2      # oneDNN and ATen limited to AVX2, as on the slow machine
+    python bench/cpu_step.py --data-dir ~/data/cifar10 [--rounds 3] [--steps 20] [--images 3000] [--profile P]
+    python bench/cpu_step.py --isa avx2      # oneDNN and ATen limited to AVX2, as on a CPU without AVX-512
 
 Writes bench/results/cpu_step-<isa>.json and prints a table with the machine (CPU model and its vector extensions).
+Results: bench/README.md, "fastcifar's CPU step vs a plain torchvision loop".
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
 """Export suite: what each export precision costs and buys - export/build time, file size, parity, speed.
 
-Question: for one trained run and each graph precision (fp32, fp16, bf16, INT8 Q/DQ), how long does the
-ONNX export take (and on a GPU the TensorRT build, cold and with a warm timing cache), how big are the
-files, does the export make the same decisions as the PyTorch fp32 model on real test images, and what
-throughput does it reach - ONNX Runtime (CPU; CUDA EP on a GPU) and TensorRT engines against torch eager
-running the same computation on the same device.
+Question: for one trained run and each graph precision (fp32, fp16, bf16, INT8 Q/DQ), how long does the export
+take (on a GPU also the TensorRT build, cold and with a warm timing cache), how big are the files, do they make the
+same decisions as the PyTorch fp32 model on real test images, and what throughput do ONNX Runtime and TensorRT reach
+against torch eager on the same device? Speed comes from `fastcifar bench` (a process per backend); on the CPU an
+interleaved in-process measurement adds a ratio that holds on a busy machine.
 
-    python bench/export.py --model runs/<trained run> --data-dir ../shared/cifar10
+    python bench/export.py --model runs/<trained run> --data-dir ~/data/cifar10
     python bench/export.py --model runs/<run> --precisions fp32,int8 --batch-sizes 1,256   # a subset
 
-Method: artifacts come from the library calls `fastcifar export` makes (export_onnx, quantize_int8,
-build_engine), with their parity records. Speed comes from `fastcifar bench` (fastcifar/bench/harness.py): each
-backend runs alone in a child process, warm-up excluded, CUDA events on the GPU; the machine's load average
-is recorded because other work on a shared 2-core machine moves CPU figures by 2x or more. On the CPU a
-second, interleaved measurement (torch eager and ONNX Runtime alternating call by call in one process)
-gives a ratio that holds under such load even when the absolute figures do not.
-On the CPU, ONNX Runtime has no bf16 kernels (that row is skipped) and its fp16 kernels are not the fast
-path; TensorRT rows need a GPU and TensorRT, and are skipped with the reason otherwise.
 Writes bench/results/export-<device>.json and .md and prints the markdown (bench/README.md, "Export").
 """
 

@@ -2,17 +2,10 @@
 """Feeding training from a folder of JPEGs: DALI decoding the files vs a torchvision ImageFolder + DataLoader, and
 fastcifar's decode-once cache.
 
-Builds an image folder from the real CIFAR-10 training images (`--per-class` per class, upscaled to `--size` px and
-JPEG-encoded, quality 90; a temporary folder unless --folder is given), then measures images/s of one training
-epoch at 32 px, batch `--batch`, on the CPU (or --device cuda) for:
-  dali-files    fastcifar's DaliFileLoader: DALI readers.file + decoders.image ("mixed" = nvJPEG on CUDA, CPU here),
-                random-resized-crop + flip + normalise on the device (fastcifar/data/dali_files.py)
-  dataloader    torchvision ImageFolder + DataLoader (`--workers` processes): PIL decode, RandomResizedCrop(32),
-                RandomHorizontalFlip, ToTensor, Normalize - the usual baseline
-  cache-decode  fastcifar's one-time decode of the folder into its uint8 cache (PIL, threads), per image
-  tensor        the tensor loader's epoch over that cache (what `--loader tensor` trains from afterwards)
-Each timed epoch follows one warm-up epoch (DALI builds its pipeline, DataLoader forks its workers); the best of
-`--repeats` epochs counts. Prints a table and one JSON line with the machine, versions and sizes.
+Builds an image folder from real CIFAR-10 training images (`--per-class` per class, upscaled to `--size` px, JPEG
+quality 90), then measures images/s of one 32 px training epoch for `dali-files` (DaliFileLoader), `dataloader`
+(ImageFolder + DataLoader with `--workers` processes), `cache-decode` (fastcifar's one-time decode, per image) and
+`tensor` (the tensor loader over that cache); best of `--repeats` epochs after one warm-up.
 
     python bench/folder_decode.py                         # 5,000 images at 96 px, batch 256
     python bench/folder_decode.py --per-class 200 --size 64 --json /tmp/decode.json

@@ -4,28 +4,16 @@ runs this; standard library only, so it starts on a machine that has nothing but
     bash bench/gpu_check.sh DATA_DIR OUT_DIR              # on the GPU machine (budget 480 s)
     bash bench/gpu_check.sh --dry-run DATA_DIR OUT_DIR    # every step at toy sizes on a CPU (no budget cuts)
 
-DATA_DIR holds cifar-10-batches-py/. The steps run in order of value, each in its own process group with a time
-limit: its share of the time still left, over the shares of the steps still to come, so time a quick or skipped
-step leaves flows to the steps after it. A step cut by its limit, or stopped by SIGTERM/SIGINT, keeps what it
-wrote: every step writes as it goes (one JSON line per test, run, epoch, backend, configuration or loader).
-summary.md is rewritten after every step and shows each step's planned, given and used seconds.
+DATA_DIR holds cifar-10-batches-py/. The steps (setup, gpu-tests, sweep, seed-preset, bench, export, throughput,
+loaders) run in order of value, each in its own process group with a share of the time still left; each writes as
+it goes, so a step cut by its limit or a signal keeps what it wrote, and summary.md is rewritten after every step.
+Steps, shares and what each writes: bench/README.md, "The GPU check".
 
-  step         share  what                                                                    writes (OUT_DIR)
-  setup           3   installs the staged wheels (bench/gpu_wheels.py), says what still lacks setup.json
-  gpu-tests      12   pytest -m gpu, a time limit per test, a record per test as it ends      gpu-tests.jsonl
-  sweep          40   bench/sweep.py over bench/plans/gpu.json, planned to fit its limit,   sweep.jsonl,
-                      skipping what earlier GPU runs measured (bench/results/gpu/*/)           epochs.jsonl
-  seed-preset     8   the `seed` preset (10 epochs) on all 45k images, 1 seed                 sweep.jsonl
-  bench          12   fastcifar bench of the best run: torch fp32 / bf16 / compiled bf16      bench.jsonl
-  export          7   fastcifar export of that run: ONNX fp32 and fp16, parity in ORT         export.jsonl
-  throughput      9   bench/train_throughput.py: bf16, batch 1024, layouts x eager/compiled   throughput.jsonl
-  loaders         9   bench/loaders.py, one loader at a time (DALI's GPU pipeline if staged)  loaders.jsonl
-
-Options (or environment): --budget-s (GPU_CHECK_BUDGET_S; 480, dry run 3600: a dry run judges whether every step
-runs, not how fast a busy CPU is), --steps a,b (GPU_CHECK_STEPS), --wheels DIR (GPU_CHECK_WHEELS; .device-wheels),
---previous FILES (GPU_CHECK_PREVIOUS; bench/results/gpu/*/sweep.jsonl), --tests ARGS (GPU_CHECK_TESTS: what pytest
-collects instead of the files holding gpu tests). OUT_DIR must be new or empty; work.tar.gz holds the logs.
-Exit 0 when every step ran and exited 0, 1 otherwise, 2 on a usage mistake, 143 when stopped by a signal.
+Options (or environment): --budget-s (GPU_CHECK_BUDGET_S; 480, dry run 3600), --steps a,b (GPU_CHECK_STEPS),
+--wheels DIR (GPU_CHECK_WHEELS; .device-wheels), --previous FILES (GPU_CHECK_PREVIOUS; bench/results/gpu/*/
+sweep.jsonl), --tests ARGS (GPU_CHECK_TESTS: what pytest collects instead of the files holding gpu tests). OUT_DIR
+must be new or empty; work.tar.gz holds the logs. Exit 0 when every step ran and exited 0, 1 otherwise, 2 on a
+usage mistake, 143 when stopped by a signal.
 """
 
 from __future__ import annotations

@@ -3,13 +3,9 @@ which of the modules the check uses import and which are still missing. Standard
 
     python bench/gpu_check_setup.py --wheels .device-wheels --dali-wheels .device-wheels-dali --out setup.json
 
-The wheels come from bench/gpu_wheels.py (requirements.txt names what to install; the folder holds every
-dependency the GPU machine lacks). Nothing is installed when every module already imports. The ways tried, in order:
-pip into this interpreter; the same with --break-system-packages (a Debian/Ubuntu system Python refuses plain
-installs); pip --user; one requirement at a time (so one that cannot install does not keep the others out); and,
-without pip at all, each wheel unpacked into WORK/site, which the check puts on PYTHONPATH (written to
---pythonpath-file). DALI's wheel, staged as parts of <= 60 MiB, is joined and installed the same way when present.
-Writes --out (JSON: how it installed, what imports, what is missing and why) and prints one line per module.
+Installs nothing when every module already imports; otherwise tries pip, pip --break-system-packages, pip --user,
+one requirement at a time, and without pip unpacks each wheel into WORK/site for PYTHONPATH (--pythonpath-file).
+DALI's wheel parts are joined and installed the same way. Writes --out (JSON) and prints one line per module.
 """
 
 from __future__ import annotations

@@ -3,13 +3,10 @@ what produced it.
 
     python bench/gpu_check_summary.py OUT_DIR [WORK_DIR] > summary.md
 
-Reads what the check wrote into OUT_DIR (check.json, env.json, steps.jsonl, setup.json, gpu-tests.jsonl,
-sweep.jsonl, epochs.jsonl, bench.jsonl, export.jsonl, throughput.jsonl, loaders.jsonl; any may be missing or cut
-short) and, when given, the check's work directory (per-file JUnit records of the gpu tests without
-pytest-reportlog).
-The check reruns it after every step, so a check stopped from outside still leaves a summary of what finished;
-run it by hand on a fetched OUT_DIR (or a copy under bench/results/gpu/) to redo it. Standard library plus
-bench/sweep.py's table (no torch import), so it runs wherever the check runs.
+Reads what the check wrote into OUT_DIR (any file may be missing or cut short) and, when given, its work directory
+(per-file JUnit records of the gpu tests without pytest-reportlog). The check reruns it after every step; run it by
+hand on a fetched OUT_DIR (or a copy under bench/results/gpu/) to redo it. Standard library plus bench/sweep.py's
+table (no torch import), so it runs wherever the check runs.
 """
 
 from __future__ import annotations

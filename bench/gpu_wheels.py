@@ -1,19 +1,15 @@
 """Stage, on a CPU machine with PyPI, every wheel bench/gpu_check.sh needs on the borrowed GPU machine.
 
-That machine has Python 3.12 with torch, torchvision, numpy and onnxruntime (the CPU package) and no package index;
-whatever else the check imports must travel with the repository, in one carried folder of at most 60 MiB. The
-requirements are resolved together with the machine's own packages (pip's resolver, for CPython 3.12 on
-manylinux x86_64), so every dependency is there and no version clashes with what the machine has; the packages the
-machine already has are left out (they are most of the weight: numpy, pillow, sympy).
+That machine has Python 3.12 with torch, torchvision, numpy and onnxruntime and no package index, so the rest
+travels in one carried folder of at most 60 MiB, resolved together with the machine's own packages (no clashes;
+what it has is left out).
 
     make gpu-wheels                                   # = python bench/gpu_wheels.py
     python bench/gpu_wheels.py --out .device-wheels --dali
 
-Writes OUT/*.whl, OUT/requirements.txt (what the check installs with `pip install --no-index --find-links OUT`)
-and OUT/manifest.json (what was resolved against what, and the size), then prints the size. With --dali, DALI's
-wheel (~190 MiB) is staged in OUT-dali/ (a sibling folder, carried apart) as parts of at most 60 MiB (WHEEL.part-aa,
--ab, ...), one part per carried call, and its own dependencies beside the other wheels. Exit 1 when OUT passes
---max-mib.
+Writes OUT/*.whl, OUT/requirements.txt (for `pip install --no-index --find-links OUT`) and OUT/manifest.json, then
+prints the size. With --dali, DALI's wheel (~190 MiB) goes to OUT-dali/ as parts of at most 60 MiB, one per carried
+call. Exit 1 when OUT passes --max-mib.
 """
 
 from __future__ import annotations

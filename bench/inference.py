@@ -1,17 +1,14 @@
 """Inference backends suite: parity and speed of torch, torch-compiled, ONNX Runtime and TensorRT.
 
-Question it answers: do the exported backends make the same decisions as the PyTorch fp32 model
-(top-1 agreement, accuracy drop, |logit diff|), and what do they buy in images/s and batch-1 latency?
-It is `fastcifar bench` with fixed settings, so the figures in bench/README.md can be reproduced:
+Question it answers: do the exported backends make the same decisions as the PyTorch fp32 model (top-1
+agreement, accuracy drop, |logit diff|), and what do they buy in images/s and batch-1 latency? It is
+`fastcifar bench` with fixed settings, so the figures in bench/README.md ("Inference backends") can be reproduced:
 
-    python bench/inference.py --model runs/<trained run> --data-dir ../shared/cifar10
-    python bench/inference.py --data-dir ../shared/cifar10        # no run: untrained ResNet-18s, speed only
+    python bench/inference.py --model runs/<trained run> --data-dir ~/data/cifar10
+    python bench/inference.py --data-dir ~/data/cifar10        # no run: untrained ResNet-18s, speed only
 
-Without --model it measures two freshly initialised ResNet-18s (CIFAR stem: 3x3/1, no max-pool; ImageNet
-stem: 7x7/2 + max-pool, ~16x fewer FLOPs at 32 px). Speed does not depend on the weights; accuracy and the
-accuracy drop then only show the plumbing (agreement and |logit diff| stay meaningful).
-Each backend runs alone in its own process (see fastcifar/bench/worker.py for the timing method).
-Writes bench/results/<name>.json, .md and .png and prints the markdown for the README.
+Without --model it measures freshly initialised ResNet-18s with the CIFAR and the ImageNet stem: speed does not
+depend on the weights, and agreement and |logit diff| stay meaningful. Writes bench/results/<name>.json, .md, .png.
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
 """How fast do the training loaders deliver augmented CIFAR-10 batches? tensor vs DALI vs torchvision DataLoader.
 
-Question: images/s of a full training epoch (50k images: pad-4 random crop, flip, normalise, on the device)
-for `fastcifar`'s tensor loader, its DALI pipeline and the textbook torchvision DataLoader (PIL images,
-RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, 2 worker processes).
-Goal: both fastcifar loaders >= 8x the DataLoader on CPU. Recorded figures: bench/README.md ("Loaders").
+Question: images/s of a full training epoch (50k images: pad-4 random crop, flip, normalise, on the device) for
+fastcifar's tensor loader, its DALI pipeline and the textbook torchvision DataLoader (2 worker processes). Goal:
+both fastcifar loaders >= 8x the DataLoader on the CPU. One loader at a time, one untimed warm-up epoch, then
+`--epochs` timed ones (--jsonl: one line per loader as it finishes); the load average is recorded beside them.
 
-Method: one loader at a time: built, one untimed warm-up epoch (pipeline build, worker start, first-touch
-allocations), then `--epochs` timed epochs, and its figures written (--jsonl: one line per loader as it finishes,
-so a run cut by a time limit keeps the loaders it measured). Per-epoch figures, their median and best are kept;
-the machine's load average before and after is recorded because a busy 2-core machine moves these numbers by 2x
-(compare ratios from one run on a quiet machine). On CUDA each epoch ends with a synchronize, and the DataLoader
-baseline copies pinned batches to the GPU.
+    python bench/loaders.py --data-dir ~/data/cifar10 [--batch-size 512] [--device auto] [--epochs 5]
 
-    python bench/loaders.py --data-dir ../shared/cifar10 [--batch-size 512] [--device auto] [--epochs 5]
-
-Writes bench/results/loaders-<device>.json and prints a table.
+Writes bench/results/loaders-<device>.json and prints a table. Results: bench/README.md ("Loaders").
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """OpenMP's wait policy and torch's thread count on a shared CPU: which default should fastcifar's verbs run with?
 
-Question: on a machine whose cores are shared (CI runners, laptops, a machine where anything else runs), OpenMP
-threads that spin-wait for a descheduled sibling can stall torch many times over; `OMP_WAIT_POLICY=PASSIVE` makes
-them sleep instead, at some cost when the machine is idle. This measures both, idle and loaded, so the default is a
-measurement. Each cell runs in a fresh process (the policy is read once, when torch loads OpenMP):
-
-  train  ResNet-18 (ImageNet stem, 32 px, fp32) training steps at batch 128: images/s
-  infer  the same model's forward at batch 1: ms per image (median)
-
-for OMP_WAIT_POLICY unset (the OpenMP runtime's default) vs PASSIVE vs a short spin (GOMP_SPINCOUNT=10000), torch
-threads = cores vs 1, on an idle machine
-and with one busy-looping process per `--load` (default 1: one of two cores taken). Rounds alternate the
-variants so drift hits all of them; the median over rounds counts.
+Measures, idle and with `--load` busy-looping processes beside it, ResNet-18 training images/s (batch 128) and
+batch-1 forward latency for OMP_WAIT_POLICY unset vs PASSIVE vs GOMP_SPINCOUNT=10000, torch threads = cores vs 1;
+each cell in a fresh process (the policy is read when torch loads OpenMP), rounds alternating, median counts.
 
     python bench/omp_wait_policy.py --rounds 3 --out bench/results/omp_wait_policy.json
+
+Results: bench/README.md ("CPU threads: OpenMP's wait policy").
 """
 
 from __future__ import annotations

@@ -1,17 +1,15 @@
 #!/usr/bin/env python3
 """Serving through Triton vs in-process: what `fastcifar serve` costs and what dynamic batching buys.
 
-Starts `fastcifar serve MODEL` (a real tritonserver via PyTriton) on free loopback ports, runs the load test
-(`fastcifar bench --server`: concurrent clients, images/s, p50/p95/p99, the server's mean batch from Triton's
-metrics), stops the server, then times the same predictor in this process, one thread, at the same request batch
-and at the batch the server formed. Prints one table and one JSON object with the machine, versions and batch
-sizes; the ratios are from the same run.
+Starts `fastcifar serve MODEL` on free loopback ports, runs the load test (`fastcifar load-test`), stops the
+server, then times the same predictor in this process, one thread, at the request batch and at the batch the server
+formed. Prints one table and one JSON object; the ratios are from the same run.
 
     python bench/serve_load.py                                  # an untrained ResNet-18 (speed only)
     python bench/serve_load.py --model runs/r18 --concurrency 1,8,32 --batch 8 --requests 300
 
-MODEL defaults to an untrained ResNet-18 (CIFAR stem, 32 px) written to a temporary folder: throughput does not
-depend on the weights. Results: bench/README.md ("Serving on Triton").
+MODEL defaults to an untrained ResNet-18 (CIFAR stem, 32 px): throughput does not depend on the weights. Results:
+bench/README.md ("Serving on Triton").
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """How long does `make test` take, in one process and on pytest-xdist workers?
 
-Runs the test suite once per `--workers` setting, back to back on the same machine and code, and reports for each:
-the wall time, the CPU time of pytest and everything it started (user + system, from getrusage of the children),
-how many tests passed / failed / skipped, and the slowest modules (summed from pytest's JUnit XML). Workers 0 is
-pytest in one process (`pytest` as typed); N > 0 is what the Makefile runs: `-n N --dist loadfile
---no-loadscope-reorder` (one module per worker at a time, in tests/conftest.py's longest-first order).
+Runs the test suite once per `--workers` setting, back to back on the same code, and reports the wall time, the CPU
+time of pytest and its children, the test counts and the slowest modules. Workers 0 is pytest in one process; N > 0
+is what the Makefile runs (`-n N --dist loadfile --no-loadscope-reorder`).
 
     python bench/suite_time.py --workers 0,2 --json bench/results/suite_time.json
 
-Takes as long as the suite, once per setting (~10 + ~6 minutes on a 2-core machine). Run it on an otherwise idle
-machine: the wall times are the figure, and anything else running takes cores from both settings.
+Takes as long as the suite, once per setting; run it on an otherwise idle machine. Results: bench/README.md ("Test
+suite time").
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """A recipe sweep in one process, planned to fit a time budget: which recipe reaches 94 % on CIFAR-10, and why.
 
-GPU time comes ~15 minutes at a time, so the next GPU run edits a plan file, not code, and each GPU run extends the
-measurement instead of repeating it: a (variant, seed) already in --jsonl or in a --previous file (an earlier GPU
-run's raw results, committed under bench/results/gpu/) with the same recipe is not run again.
-
 A plan (JSON; bench/plans/gpu.json is the GPU check's) lists stages in the order the next decision needs them:
     {"target": 0.94, "preset": "fast",
      "accuracy_set": {"compile": false},          # accuracy runs are eager: no compile stalls, no recompiles
@@ -14,17 +10,11 @@ A plan (JSON; bench/plans/gpu.json is the GPU check's) lists stages in the order
        {"stage": "seeds-of-best", "seeds": 3},    # seeds 0..2 of the best variant of the stages before
        {"stage": "timed", "seeds": 1, "set": {"compile": true}}]}   # the best, compiled: time to target
 A "listed" stage runs its variants as they are (`preset` per variant allowed). `set` holds TrainConfig overrides.
+A run is planned while its estimated cost fits --budget-s, and a (variant, seed) already in --jsonl or a --previous
+file with the same recipe is not run again. Each run is one JSON line at once (--epochs-jsonl: every epoch too).
+Planning and the fields of a line: bench/README.md, "The recipe sweep".
 
-Planning: the runs not done yet, in stage order; a run is planned when its estimated cost (this machine's median
-wall seconds for eager / compiled runs so far, else the plan's `cost_s`) still fits --budget-s, else skipped for a
-cheaper one after it. The plan is redone after every run with what it measured, so time a fast run leaves goes to
-the next. Each finished or failed run is one JSON line at once; with --epochs-jsonl every epoch is one line too.
-
-Per run: test/val accuracy, accuracy per epoch, epoch-1 training loss, training seconds (the loop only: compile
-warm-up, evaluation and state saving are outside it), seconds to the target, images/s, compiled or eager and the
-compile record (graphs, whether torch's recompile limit was hit), loader, precision, channels_last, cudnn.benchmark.
-
-    python bench/sweep.py --data-dir ../shared/cifar10 --plan bench/plans/gpu.json --jsonl sweep.jsonl
+    python bench/sweep.py --data-dir ~/data/cifar10 --plan bench/plans/gpu.json --jsonl sweep.jsonl
     python bench/sweep.py --data-dir D --plan P.json --jsonl s.jsonl --device cpu --set train_limit=2000
 """
 

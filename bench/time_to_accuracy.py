@@ -1,20 +1,15 @@
 """Time to accuracy of `fastcifar train` on real CIFAR-10: training seconds, test accuracy and seconds to a target.
 
-Question: how fast does a preset reach its accuracy from scratch? Goal for `--preset fast` on one H100: >= 94 %
-mean test accuracy over 3 seeds in <= 12 s of training (ResNet-18, cifar stem, 32 px); the plain anchor recipe
-needed 20 epochs / 19.4 s for 93.8 % (../shared/measurements/gpu-2026-11-26.md).
+Question: how fast does a preset reach its accuracy from scratch? Goal for `--preset fast` on one H100: >= 94 % mean
+test accuracy over 3 seeds in <= 12 s of training (the first GPU run's figures: bench/README.md, "Time to accuracy
+and the presets"). The clock holds the training loop only (airbench's convention): the compile warm-up, reported
+beside it, and evaluation are outside. Per seed and as mean ± std: training seconds, final test accuracy (flip
+TTA), seconds to the first epoch at --target. The seeds run in one process through bench/sweep.py (one variant).
 
-What the clock holds (airbench's convention): the training loop only. torch.compile is warmed up on throw-away
-batches before the clock starts (`fastcifar.train.loop.train` does this whenever it compiles) and its cost is
-reported beside the figures: the first seed pays the cold compile, later seeds hit the warm cache. Evaluation
-after each epoch is outside the clock too. Per seed and as mean ± std: training seconds, final test accuracy
-(flip TTA), and the training seconds until the first epoch whose test accuracy reached --target. The seeds run in
-one process through bench/sweep.py (one variant); --jsonl keeps each seed's line the moment it finishes.
-
-    python bench/time_to_accuracy.py --data-dir ../shared/cifar10 --preset fast --seeds 3
-    python bench/time_to_accuracy.py --data-dir ../shared/cifar10 --preset seed --seeds 1 --target 0.90
-    python bench/time_to_accuracy.py --data-dir ../shared/cifar10 --preset fast --set lr=0.2 --set epochs=20
-    python bench/time_to_accuracy.py --data-dir ../shared/cifar10 --preset smoke --seeds 1 --device cpu
+    python bench/time_to_accuracy.py --data-dir ~/data/cifar10 --preset fast --seeds 3
+    python bench/time_to_accuracy.py --data-dir ~/data/cifar10 --preset seed --seeds 1 --target 0.90
+    python bench/time_to_accuracy.py --data-dir ~/data/cifar10 --preset fast --set lr=0.2 --set epochs=20
+    python bench/time_to_accuracy.py --data-dir ~/data/cifar10 --preset smoke --seeds 1 --device cpu
 """
 
 from __future__ import annotations

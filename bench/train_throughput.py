@@ -1,22 +1,16 @@
 """Training throughput (images/s) of fastcifar's own step function across the speed switches.
 
-Question: what do channels_last, AMP (bf16/fp16), torch.compile and batch size buy for training?
-Measures the model step only (data already on the device, random pixels) so the loader is out of the
-picture (bench/loaders.py measures that). Uses `fastcifar.train.step.make_step` - the same step `train`
-runs - with the fused SGD optimizer on CUDA. Warm-up steps (compile, cudnn autotune) are excluded; GPU
-timing uses CUDA events.
+Question: what do channels_last, AMP (bf16/fp16), torch.compile and batch size buy for training? Times the step
+`train` runs (`fastcifar.train.step.make_step`) on random device-resident batches, so the loader is out of the
+picture; warm-up steps are excluded, GPU timing uses CUDA events. Goal on an H100 (ResNet-18, CIFAR stem, bf16 +
+channels_last + compile, batch 1024): >= 80k img/s (bench/README.md, "Training throughput").
 
     python bench/train_throughput.py                      # CUDA: the full grid; CPU: a reduced grid
     python bench/train_throughput.py --device cpu --steps 10 --batch-sizes 128 --arch resnet18 --stem imagenet
     python bench/train_throughput.py --jsonl bench/results/train_throughput.jsonl   # one line per configuration
 
---out is written at the end; --jsonl gets each configuration as one JSON line the moment it is measured, so a
-run killed by a time limit (bench/gpu_check.sh runs it under `timeout`) keeps every figure it measured. Each
-line names the configuration (batch, precision, channels_last, compile, compile_mode), the device and GPU, the
-torch version and the cudnn.benchmark setting.
-
-Goal on an H100 (ResNet-18, cifar stem, 32 px, bf16 + channels_last + compile, batch 1024): >= 80k img/s
-(a plain torchvision step measured 81-84k on the same H100; bench/README.md).
+--out is written at the end; --jsonl gets each configuration (batch, precision, layout, compile, device, versions)
+as one line the moment it is measured, so a run killed by a time limit keeps every figure it measured.
 """
 
 from __future__ import annotations

@@ -78,8 +78,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     warmup_epochs: float = 2.0
     # Small data (train/build.py): the batch shrinks (lr scaled with it) until an epoch has at least this many steps;
-    # 0 keeps the batch. The smoke recipe on 1,000-2,000 images: +1.8 to +7 points over 10 steps, +7 over none
-    # (bench/README.md, "Small data").
+    # 0 keeps the batch (bench/README.md, "Small data").
     min_steps_per_epoch: int = 20
     schedule: str = "linear"  # decay after warm-up: linear | cosine (to zero)
     lr_floor: float = 0.0  # the schedule decays to this fraction of the peak lr (airbench94: 0.07), not to 0
@@ -173,10 +172,7 @@ class TrainConfig:
                 "loader": self.loader}
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if d["dataset"] == "auto":  # configs and report names from before --dataset stay as they were
-            d.pop("dataset")
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -194,8 +190,8 @@ class TrainConfig:
         """Fill the device-dependent switches (CUDA bf16 + channels_last + compile; CPU fp32 eager) and flip TTA
         (as the training flips: a model trained without flips is not evaluated through them).
 
-        The precision is precision.default_precision's (its docstring cites the measurements). Compile on the CPU
-        measured 0.96-1.02x of eager for a minutes-long warm-up (bench/README.md), so the CPU runs eager.
+        The precision is precision.default_precision's; compile on the CPU bought nothing measurable for a minutes-long
+        warm-up (bench/README.md, "Training throughput"), so the CPU runs eager.
         """
         cuda = device_type == "cuda"
         return replace(
@@ -207,33 +203,16 @@ class TrainConfig:
         )
 
 
-# Presets set a budget and recipe; options given explicitly on the command line override them.
-# A default is a measurement: each preset says which run stands behind its values, or that none does yet.
-# The GPU figures are from ../shared/measurements/gpu-2026-11-26.md (one H100, torch 2.11, 1,000 test images),
-# summarised in bench/README.md. Every earlier GPU preset (lr 0.4-0.8 with a one-epoch warm-up) blew up in epoch 1
-# (training loss 3.2-3.7 > ln 10) and ended at 59-87 %; the values below follow the measured plain recipe instead
-# (SGD Nesterov, peak lr 0.2 at batch 512, linear warm-up over 20 % of all steps, then linear decay to 0).
+# Presets set a budget and recipe; options given on the command line override them. A default is a measurement:
+# each value's evidence (or that a GPU run has not measured it yet) is in docs/training.md, "Presets".
 PRESETS: dict[str, dict] = {
-    # The original study's budget: 10 epochs, 90/10 train/val split. Measured (H100, 1 seed): these values on
-    # 25,000 training images reached 83.1 % test accuracy compiled / 84.1 % eager (the plain anchor script:
-    # 81.3 %); on all 50,000 images the anchor with the same hyperparameters reached 91.1 %. fastcifar's own
-    # 50k figure and seed spread are not measured yet (bench/gpu_check.sh measures them).
+    # The original study's budget, on the plain recipe measured on an H100 (lr 0.2 @ 512, 20 % warm-up).
     "seed": dict(epochs=10, val_fraction=0.1, batch_size=512, lr=0.2, warmup_epochs=2.0, schedule="linear",
                  label_smoothing=0.0),
-    # Time to accuracy on a GPU (goal: >= 94 % mean over 3 seeds in <= 12 s of training on one H100).
-    # PROPOSED, NOT YET MEASURED ON A GPU. Why these values: 18 epochs of 49k images at the measured compiled
-    # 75k img/s (batch 1024) is ~11.8 s; lr 0.4 is the measured 0.2 @ 512 scaled linearly with the batch;
-    # warm-up stays 20 % of all steps (3.6 of 18 epochs; the one-epoch warm-up is what blew up); no label
-    # smoothing until a run shows it helps. The anchor needed 20 epochs (19.4 s eager) for 93.8 %. Zero-initialised
-    # residual BatchNorm scales are left off: on the CPU smoke budget they cost 15 points (28.8 vs 44.3 %, 2 seeds,
-    # bench/README.md); bench/gpu_check.sh measures them on the GPU as a candidate.
+    # Time to accuracy on a GPU (goal >= 94 % in <= 12 s on one H100): proposed, not yet measured on a GPU.
     "fast": dict(epochs=18, val_fraction=0.02, batch_size=1024, lr=0.4, warmup_epochs=3.6, schedule="linear",
                  label_smoothing=0.0),
-    # A CPU-sized check that still learns: 10k real images, the ImageNet stem at 32 px (its stride-4 stem makes
-    # a ResNet-18 ~16x cheaper than the CIFAR stem), 2 epochs, the plain recipe's 20 % warm-up. lr 0.025: at 0.05 the
-    # loss spiked above chance when the lr peaked, and on 1,000-3,000 images epoch 1 ended at 3.1-3.8 (chance: 2.30);
-    # at 0.025 it ends near or below chance at 1k-10k images, 43.5 ± 1.3 % at 10k (0.05: 43.6 ± 2.3 %) and better
-    # below (bench/plans/small-data.json, 2-core CPU, 2 seeds, bench/README.md "Small data").
+    # A CPU-sized check that still learns (43.5 ± 1.3 % on 10k images; lr 0.025: bench/README.md, "Small data").
     "smoke": dict(epochs=2, train_limit=10000, val_fraction=0.1, batch_size=128, lr=0.025, warmup_epochs=0.4,
                   schedule="linear", stem="imagenet", image_size=32, label_smoothing=0.0),
 }
@@ -284,10 +263,9 @@ ROBUSTNESS_SEVERITIES = (1, 3, 5)
 COMPARE_DEFAULTS: dict[str, tuple[int, tuple[float, ...]]] = {
     "seed": (3, (0.01, 0.1, 1.0)), "fast": (3, (0.01, 0.1, 1.0)), "smoke": (2, (0.1, 1.0)),
 }
-# Each arm's peak lr is chosen from this grid on the validation split when --lr-grid is not given. Each grid holds
-# the preset's own lr (measured for random init where the preset says so) and its neighbours (lower ones, because
-# fine-tuning a pretrained backbone usually wants a smaller step; smoke's 0.05 was its lr until small data moved it). Which value wins for which arm is not measured on a GPU
-# yet: that is what the selection is for, and results.json records it.
+# Each arm's peak lr is chosen from this grid on the validation split when --lr-grid is not given: the preset's own
+# lr and its neighbours (lower ones: fine-tuning a pretrained backbone usually wants a smaller step). Which value wins
+# for which arm is what the selection measures; results.json records it.
 COMPARE_LR_GRIDS: dict[str, tuple[float, ...]] = {
     "seed": (0.05, 0.1, 0.2), "fast": (0.1, 0.2, 0.4), "smoke": (0.025, 0.05),
 }

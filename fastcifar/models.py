@@ -1,13 +1,9 @@
 """ResNets for CIFAR-10: `create_model(arch, init, stem)`, the `ModelSpec` every artifact carries, save/load.
 
-Owns: building torchvision resnet18/34/50 with an ImageNet or CIFAR stem, loading pretrained weights
-(torchvision's IMAGENET1K_V1 download/cache, or a local torchvision-format state dict), and the model files
-of a run directory (`model.safetensors` + `model.json`).
-
-How a pretrained conv1 enters the CIFAR stem: the 7x7/stride-2 ImageNet kernel is area-resampled to 3x3
-(each tap sums the weights under its 7/3-wide cell, fractional overlaps weighted), so each filter keeps its
-orientation/colour pattern and exactly its response to a flat image patch (the sum of its weights). The max-pool is
-dropped. Every other tensor loads unchanged; only the classifier (`fc.*`) is replaced for 10 classes.
+Owns building torchvision resnet18/34/50 with an ImageNet or CIFAR stem, loading pretrained weights (torchvision's
+IMAGENET1K_V1, or a local torchvision-format state dict; a pretrained 7x7 conv1 enters the CIFAR stem by area
+resampling to 3x3), `model_name`, and the model files of a run directory (`model.safetensors` + `model.json`).
+What a user sees: docs/training.md, "Models".
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The one precision vocabulary: the names fastcifar takes, what each means in each stage, and the device defaults.
 
-"Precision" means three things, each with its own list here:
-  training   autocast during `fastcifar train` / `compare` (TRAIN_PRECISIONS, "auto" = the device's default)
-  serving    what the PyTorch backends are cast to at inference (SERVING_PRECISIONS)
-  export     the compute type inside an exported ONNX graph / TensorRT engine (EXPORT_PRECISIONS; an engine built
-             from a Q/DQ graph is "int8": ENGINE_PRECISIONS)
-They share one name -> torch dtype map (`torch_dtype`) and one device default (`default_precision`). The TensorRT
-optimisation profile every engine is built with by default lives here too (DEFAULT_ENGINE_PROFILE), so export and
-the serving cache build the same engine. Standard library only: the CLI reads the names without importing torch.
+Three lists: training autocast (TRAIN_PRECISIONS, "auto" = the device default), the serving cast of the PyTorch
+backends (SERVING_PRECISIONS), and an exported graph's or engine's types (EXPORT_PRECISIONS, ENGINE_PRECISIONS);
+one name -> dtype map (`torch_dtype`), one device default (`default_precision`) and the default TensorRT profile.
+Standard library only: the CLI reads the names without importing torch. docs/inference.md, "Precision".
 """
 
 from __future__ import annotations
@@ -24,13 +20,9 @@ DEFAULT_ENGINE_PROFILE = "1:256:1024"
 
 
 def default_precision(device_type: str) -> str:
-    """bf16 on CUDA, fp32 on the CPU - for training autocast and serving alike.
-
-    CUDA: bf16 channels_last ResNet-18 ran 202k img/s eager / 299k compiled at inference on an H100 against fp32
-    serving's 20k, and bf16 + channels_last trains at 57-77k img/s (../shared/measurements/gpu-2026-11-26.md).
-    CPU: bf16 autocast measured 0.86x of fp32 on this project's AMX CPU and ~7x slower on AVX2 CPUs without AMX
-    (bench/README.md), so fp32 is faster there.
-    """
+    """bf16 on CUDA, fp32 on the CPU - for training autocast and serving alike. The first GPU run measured bf16 far
+    faster on an H100 (docs/inference.md, "Precision"); on the CPU fp32 measured faster (docs/training.md,
+    "Precision and compile switches")."""
     return "bf16" if device_type == "cuda" else "fp32"
 
 

@@ -1,12 +1,9 @@
 """The one home of how pixels become model input: normalisation constants, the native size, the scale/shift form,
 the numpy reference (`normalize_images`), the in-model pixel pipeline every PyTorch evaluation runs
-(`make_pixel_pipeline`: serving and compare's robustness evaluation), and the decoding of exported metadata back
-into a model spec.
+(`make_pixel_pipeline`), and the decoding of exported metadata back into a model spec.
 
-Every consumer derives from here: the training loaders (`data/tensor_loader.py`, `data/dali_loader.py`), the
-ONNX graph (`export/onnx.py`, which must compute it in its own ops to live in the graph), the parity reference
-and the serving pipelines (`serve/`). A model records which mean/std it was trained with (`model.json`, ONNX
-metadata, engine sidecar), so inference never guesses.
+The loaders, the ONNX graph (which computes it in its own ops), the parity reference and the serving pipelines all
+derive from here; a model records the mean/std it was trained with, so inference never guesses.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from fastcifar.errors import FastCifarError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, 0-1 scale, RGB: pretrained inits normalise with these
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# CIFAR-10 training-set statistics (0-1 scale), measured on ../shared/cifar10 by `fastcifar data`: random init.
+# CIFAR-10's training-set statistics (0-1 scale), as `fastcifar data` measures them: random init normalises with these.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 NATIVE_SIZE = 32  # CIFAR-10's pixels: what raw inputs are, whatever size a model trains at (it resizes inside)

@@ -176,7 +176,7 @@ def env_info(command: list[str] | None = None, diff=_NOT_READ) -> dict:
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # CPU figures depend on it (fastcifar/cli.py)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # CPU figures depend on it (docs/development.md)
         "torch_threads": torch.get_num_threads(),
         "git_sha": git_sha(),
         **_git_state(git_diff() if diff is _NOT_READ else diff),

@@ -146,7 +146,7 @@ def test_report_rendering_with_skipped_and_failed_rows(tmp_path):
 
 def test_bench_json_schema_results_files_and_cache(tiny_model_dir, synthetic_dir, tmp_path):
     results, cache = tmp_path / "results", tmp_path / "cache"
-    args = ["--model", tiny_model_dir, "--backends", "torch,onnxruntime,tensorrt", "--data-dir", synthetic_dir,
+    args = [tiny_model_dir, "--backends", "torch,onnxruntime,tensorrt", "--data-dir", synthetic_dir,
             "--max-images", "24", "--results-dir", results, "--cache-dir", cache, "--name", "t",
             "--max-accuracy-drop", "0.1", "--json"]
     result = _bench(*args)
@@ -171,7 +171,7 @@ def test_bench_json_schema_results_files_and_cache(tiny_model_dir, synthetic_dir
     onnx_files = list(cache.glob("*/model.onnx"))
     assert len(onnx_files) == 1
     mtime = onnx_files[0].stat().st_mtime_ns
-    again = _bench("--model", tiny_model_dir, "--backends", "onnxruntime", "--data-dir", synthetic_dir,
+    again = _bench(tiny_model_dir, "--backends", "onnxruntime", "--data-dir", synthetic_dir,
                    "--max-images", "8", "--cache-dir", cache, "--no-save", "--repeats", "2")
     assert again.exit_code == 0, again.output
     assert "round 2/2" in again.stderr
@@ -217,7 +217,7 @@ def test_parity_gate_fails_on_a_broken_onnx_export(gate_setup, tmp_path):
 
     good, broken, data = gate_setup
     broken_onnx = export_onnx(broken, tmp_path / "broken.onnx", verify=False).path
-    result = _bench("--model", broken_onnx, "--reference", good, "--backends", "onnxruntime", "--data-dir", data,
+    result = _bench(broken_onnx, "--reference", good, "--backends", "onnxruntime", "--data-dir", data,
                     "--max-accuracy-drop", "0.1", "--no-save", "--json")
     assert result.exit_code == 1
     (row,) = json.loads(result.stdout)
@@ -232,7 +232,7 @@ def test_parity_gate_needs_a_reference(gate_setup, tmp_path):
 
     good, _, data = gate_setup
     onnx_path = export_onnx(good, tmp_path / "orphan.onnx", verify=False).path  # its run is not findable from here
-    result = CliRunner().invoke(cli, ["bench", "--model", str(onnx_path), "--data-dir", str(data),
+    result = CliRunner().invoke(cli, ["bench", str(onnx_path), "--data-dir", str(data),
                                       "--max-accuracy-drop", "0.1", "--no-save", *FAST])
     assert result.exit_code == 1 and "--reference" in result.output
 
@@ -240,7 +240,7 @@ def test_parity_gate_needs_a_reference(gate_setup, tmp_path):
 def test_a_backend_that_cannot_load_fails_the_run_with_its_reason(synthetic_dir, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
-    result = _bench("--model", bad, "--backends", "onnxruntime", "--data-dir", synthetic_dir, "--max-images", "4",
+    result = _bench(bad, "--backends", "onnxruntime", "--data-dir", synthetic_dir, "--max-images", "4",
                     "--no-save")
     assert result.exit_code == 1
     assert "onnxruntime: FAILED" in result.stdout and "not a readable ONNX file" in result.stdout
@@ -263,7 +263,7 @@ def test_worker_processes_import_this_fastcifar():
 
 def test_jsonl_has_one_line_per_final_row(tiny_model_dir, synthetic_dir, tmp_path):
     jsonl = tmp_path / "new" / "folder" / "rows.jsonl"  # the folders do not exist yet
-    result = _bench("--model", tiny_model_dir, "--backends", "torch,tensorrt,torch:bf16", "--data-dir", synthetic_dir,
+    result = _bench(tiny_model_dir, "--backends", "torch,tensorrt,torch:bf16", "--data-dir", synthetic_dir,
                     "--max-images", "8", "--no-save", "--json", "--jsonl", jsonl)
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
@@ -274,7 +274,7 @@ def test_jsonl_has_one_line_per_final_row(tiny_model_dir, synthetic_dir, tmp_pat
         assert set(row["machine"]) == {"host", "cpu", "cpu_count", "gpu"} and row["machine"]["gpu"] is None
     assert [r["precision"] for r in lines] == ["fp32", None, "bf16"] and lines[1]["status"] == "skipped"
     assert lines[0]["agreement"] == 1.0 and lines[2]["agreement"] is not None  # final: parity scored
-    again = _bench("--model", tiny_model_dir, "--backends", "tensorrt", "--data-dir", synthetic_dir,
+    again = _bench(tiny_model_dir, "--backends", "tensorrt", "--data-dir", synthetic_dir,
                    "--max-images", "8", "--no-save", "--jsonl", jsonl)
     assert again.exit_code == 0, again.output
     assert len(jsonl.read_text().splitlines()) == 4  # appended: an earlier run's rows are kept
@@ -363,7 +363,7 @@ def test_each_row_is_written_as_soon_as_it_is_final(case, tiny_model_dir, synthe
 def test_jsonl_bad_paths_are_one_clean_error(tiny_model_dir, synthetic_dir, tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    common = ["bench", "--model", str(tiny_model_dir), "--data-dir", str(synthetic_dir), "--device", "cpu",
+    common = ["bench", str(tiny_model_dir), "--data-dir", str(synthetic_dir), "--device", "cpu",
               "--no-save"]
     under_a_file = CliRunner().invoke(cli, [*common, "--jsonl", str(a_file / "rows.jsonl")])
     assert under_a_file.exit_code == 1 and "Traceback" not in under_a_file.output

@@ -13,11 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from fastcifar import __version__
-from fastcifar.cli import cli
+from fastcifar.cli import COMMANDS, cli
 from fastcifar.data.synthetic import (malicious_pickle, synthetic_arrays, write_synthetic_archive,
                                       write_synthetic_cifar)
 
 REPO = Path(__file__).resolve().parents[1]
+VERBS = cli.list_commands(None)
 
 
 def _run(args: list[str], env: dict | None = None):
@@ -143,28 +144,34 @@ def test_version():
 
 
 def _imported_modules(args: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
-    proc = _subprocess("-X", "importtime", "-m", "fastcifar", *args)
-    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
-             if line.startswith("import time:") and line.count("|") == 2}
-    return proc, names
+    """`python -m fastcifar ARGS` in a fresh interpreter, and every module in its sys.modules at exit."""
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('MODULES', *sys.modules, file=sys.stderr)); "
+            f"sys.argv = ['fastcifar', *{args!r}]; runpy.run_module('fastcifar', run_name='__main__')")
+    proc = _subprocess("-c", code)
+    lines = [line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("MODULES ")]
+    return proc, set(lines[-1]) if lines else set()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], *([verb, "--help"] for verb in VERBS)])
 def test_help_and_version_do_not_import_torch(args):
     proc, modules = _imported_modules(args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"click", "fastcifar.cli"} <= modules  # the import log was parsed
     heavy = sorted(m for m in modules if m.split(".")[0] in {"torch", "torchvision", "nvidia", "onnx",
-                                                             "onnxruntime", "tensorrt", "gradio"})
+                                                             "onnxruntime", "tensorrt", "gradio", "tritonclient"})
     assert heavy == []
     assert (f"fastcifar, version {__version__}" in proc.stdout) == (args == ["--version"])
+    # A verb's module is imported when that verb shows its help (the group's help lists them all), not before.
+    verb_modules = {m for m in modules if m.startswith("fastcifar.cli.") and m != "fastcifar.cli.options"}
+    expected = {"--version": set(), "--help": {f"fastcifar.cli.{module}" for module in COMMANDS.values()}}
+    assert verb_modules == expected.get(args[0], {f"fastcifar.cli.{COMMANDS.get(args[0])}"})
 
 
 def test_python_m_fastcifar_help_lists_the_verbs():
     proc = _subprocess("-m", "fastcifar", "--help")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert "Usage:" in proc.stdout
-    for verb in cli.commands:
+    for verb in VERBS:
         assert verb in proc.stdout
 
 
@@ -176,8 +183,8 @@ def test_data_help_documents_its_options():
 
 
 def test_every_verb_has_help():
-    assert {"data", "train", "compare", "export", "bench", "predict", "demo"} <= set(cli.commands)
-    for verb in cli.commands:
+    assert {"data", "train", "compare", "export", "bench", "load-test", "predict", "demo"} <= set(VERBS)
+    for verb in VERBS:
         result = _run([verb, "--help"])
         assert result.exit_code == 0, (verb, result.output, result.exception)
         assert f"Usage: cli {verb}" in result.stdout or f"Usage: fastcifar {verb}" in result.stdout
@@ -232,7 +239,7 @@ def _captured(monkeypatch, module, name: str, result):
     return calls
 
 
-def test_bench_takes_models_as_arguments_or_options_alike(monkeypatch, tmp_path):
+def test_bench_takes_its_models_as_arguments(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from fastcifar.bench import harness
@@ -240,17 +247,17 @@ def test_bench_takes_models_as_arguments_or_options_alike(monkeypatch, tmp_path)
     calls = _captured(monkeypatch, harness, "bench", SimpleNamespace(rows=[], files=[], passed=True, failures=[]))
     a, b = tmp_path / "run-a", tmp_path / "run-b.onnx"
     common = ["--backends", "torch,onnxruntime", "--batch-sizes", "1,8", "--device", "cpu", "--json"]
-    for args in ([str(a), *common], ["--model", str(a), *common], [*common, str(a)],  # one model
-                 [str(a), str(b), *common], ["--model", str(a), "--model", str(b), *common]):  # two, in order
+    for args in ([str(a), *common], [*common, str(a)],  # one model, before or after the options
+                 [str(a), str(b), *common]):  # two, in order
         result = _run(["bench", *args])
         assert result.exit_code == 0, result.output
     configs = [args[0] for args, _ in calls]
-    assert configs[0] == configs[1] == configs[2] and configs[0].models == (str(a),)
-    assert configs[3] == configs[4] and configs[3].models == (str(a), str(b))
+    assert configs[0] == configs[1] and configs[0].models == (str(a),)
+    assert configs[2].models == (str(a), str(b))
     assert configs[0].backends == ("torch", "onnxruntime") and configs[0].batch_sizes == (1, 8)
 
 
-def test_predict_takes_the_model_first_or_as_an_option(monkeypatch, tmp_path):
+def test_predict_takes_the_model_first(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from fastcifar.serve import predictor as predictor_module
@@ -263,14 +270,15 @@ def test_predict_takes_the_model_first_or_as_an_option(monkeypatch, tmp_path):
     loads = _captured(monkeypatch, predictor_module, "load_predictor",
                       SimpleNamespace(backend="torch", precision="fp32", device="cpu"))
     files = _captured(monkeypatch, predictor_module, "predict_files", ([], []))
-    for args in ([run, "cat.jpg", photos], ["cat.jpg", photos, "--model", run], ["--model", run, "cat.jpg", photos]):
-        result = _run(["predict", *map(str, args), "--device", "cpu", "--json"])
+    for args in (["predict", run, "cat.jpg", photos, "--device", "cpu", "--json"],
+                 ["predict", "--device", "cpu", "--json", run, "cat.jpg", photos]):
+        result = _run(list(map(str, args)))
         assert result.exit_code == 0, result.output
-    assert [args for args, _ in loads] == [(run, None, "cpu")] * 3
-    assert [args[1] for args, _ in files] == [(Path("cat.jpg"), photos)] * 3
+    assert [args for args, _ in loads] == [(run, None, "cpu")] * 2
+    assert [args[1] for args, _ in files] == [(Path("cat.jpg"), photos)] * 2
 
 
-def test_export_and_evaluate_take_model_as_an_option_too(monkeypatch, tmp_path):
+def test_export_and_evaluate_take_model_as_an_argument(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import fastcifar.export
@@ -279,24 +287,22 @@ def test_export_and_evaluate_take_model_as_an_option_too(monkeypatch, tmp_path):
     exports = _captured(monkeypatch, fastcifar.export, "export_model", SimpleNamespace(to_dict=dict, error=None))
     evaluations = _captured(monkeypatch, fastcifar.serve.evaluate_model, "evaluate_model", {})
     run = tmp_path / "run"
-    for args in ([str(run)], ["--model", str(run)]):
-        assert _run(["export", *args, "--no-verify", "--json"]).exit_code == 0
-        assert _run(["evaluate", *args, "--corruptions", "none", "--json"]).exit_code == 0
+    for verb, options in (("export", ["--no-verify", "--json"]), ("evaluate", ["--corruptions", "none", "--json"])):
+        assert _run([verb, str(run), *options]).exit_code == 0  # MODEL before or after the options
+        assert _run([verb, *options, str(run)]).exit_code == 0
     for calls in (exports, evaluations):
         (args, kwargs), (args2, kwargs2) = calls
         kwargs.pop("log"), kwargs2.pop("log")  # a fresh lambda per call
         assert args == args2 == (run,) and kwargs == kwargs2
 
 
-@pytest.mark.parametrize("verb", ["export", "evaluate", "bench", "predict"])
-def test_model_given_twice_or_not_at_all_is_a_usage_error(verb, tmp_path):
-    run = str(tmp_path / "run")
-    extra = [str(tmp_path / "cat.png")] if verb == "predict" else []
-    for args, words in (([run, *extra, "--model", run], "given twice"), ([], "Missing")):
-        result = _run([verb, *args])
-        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1 and words in errors[0] and "--model" in errors[0], result.output
+@pytest.mark.parametrize("verb", ["export", "evaluate", "bench", "predict", "serve", "load-test"])
+def test_a_missing_model_is_a_usage_error(verb):
+    result = _run([verb])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Missing" in errors[0], result.output
+    assert ("URL" if verb == "load-test" else "MODEL") in errors[0], result.output
 
 
 def test_compare_help_derives_its_defaults_from_the_config():
@@ -314,9 +320,20 @@ def test_compare_help_derives_its_defaults_from_the_config():
         assert ",".join(map(str, fractions)) in fractions_help.split("[default:")[1]
 
 
+def test_training_options_set_trainconfig_fields_and_compare_has_no_init():
+    from dataclasses import fields
+
+    from fastcifar.cli.options import train_params
+    from fastcifar.config import TrainConfig
+
+    names = {option.name for option in train_params()}
+    assert "init" in names and names <= {f.name for f in fields(TrainConfig)}
+    assert "init" not in {p.name for p in cli.get_command(None, "compare").params}
+
+
 def test_precision_and_batch_help_say_which_meaning_first():
     def option_help(verb: str, option: str) -> str:
-        command = cli.commands[verb]
+        command = cli.get_command(None, verb)
         return next(p.help for p in command.params if option in getattr(p, "opts", ()))
 
     for verb in ("train", "compare"):

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from fastcifar.study import compare as cmp
+from fastcifar.study import plan
 from fastcifar.cli import cli
 from fastcifar.config import CompareConfig, TrainConfig
 from fastcifar.errors import FastCifarError
@@ -238,7 +239,7 @@ def test_conclusion_states_what_the_numbers_support(accs, kind, phrases):
 def test_plan_shares_data_between_inits_and_fits_small_fractions():
     base = TrainConfig(train_limit=10_000, batch_size=128, lr=0.1, val_fraction=0.1)
     cfg = CompareConfig(base=base, seeds=(3, 4), fractions=(1.0, 0.1), out="r")
-    runs = cmp.plan_runs(cfg, 50_000, "/w.pth")
+    runs = plan.plan_runs(cfg, 50_000, "/w.pth")
     assert len(runs) == 8 and runs[0].name == "imagenet-f0.1-s3" and runs[0].cfg.init == "/w.pth"
     for a, b in zip(runs[::2], runs[1::2]):  # the two arms of one (seed, fraction)
         assert (a.init, b.init, b.cfg.init) == ("imagenet", "random", "random")
@@ -298,7 +299,7 @@ def test_plan_selection_and_reuse_of_the_chosen_run():
     base = TrainConfig(train_limit=10_000, batch_size=128, lr=0.1, val_fraction=0.1, backbone_lr_scale=0.5)
     cfg = CompareConfig(base=base, seeds=(3, 4), fractions=(0.1, 1.0), out="r", lr_grid=(0.2, 0.05))
     assert cfg.lr_grid == (0.05, 0.2)
-    selection = cmp.plan_selection(cfg, 50_000, "/w.pth")
+    selection = plan.plan_selection(cfg, 50_000, "/w.pth")
     assert [r.name for r in selection] == ["imagenet-f1-s3-lr0.05", "imagenet-f1-s3-lr0.2", "random-f1-s3-lr0.05",
                                            "random-f1-s3-lr0.2"]
     assert all(r.run_dir.parent == Path("r/lr-select") and r.fraction == 1.0 and r.seed == 3 for r in selection)
@@ -306,7 +307,7 @@ def test_plan_selection_and_reuse_of_the_chosen_run():
     # The backbone scale is the pretrained arm's only: a random init has no pretrained backbone to protect.
     assert [r.cfg.backbone_lr_scale for r in selection] == [0.5, 0.5, 1.0, 1.0]
     lrs = {((32, "cifar"), "imagenet"): 0.05, ((32, "cifar"), "random"): 0.2}
-    runs = cmp.plan_runs(cfg, 50_000, "/w.pth", lrs)
+    runs = plan.plan_runs(cfg, 50_000, "/w.pth", lrs)
     by_name = {r.name: r for r in runs}
     # First seed, largest fraction: the selection run of the chosen lr, the same directory and config.
     assert by_name["imagenet-f1-s3-lr0.05"].cfg == selection[0].cfg
@@ -446,7 +447,7 @@ def test_report_shows_each_protocol_per_corruption_and_its_own_wall_time(report)
 
 
 def test_time_to_90_is_not_the_training_time_when_only_the_last_epoch_got_there():
-    from fastcifar.train.loop import _time_to_fraction
+    from fastcifar.train.summary import _time_to_fraction
 
     history = [{"test_acc": 0.3, "elapsed_train_seconds": 5.0}, {"test_acc": 0.5, "elapsed_train_seconds": 10.0}]
     assert _time_to_fraction(history, 0.5, 0.9) is None

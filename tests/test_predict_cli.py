@@ -39,7 +39,7 @@ def _invoke(*args):
 
 
 def test_predict_json_schema_and_probabilities(tiny_model_dir, image_dir):
-    result = _invoke("predict", *(image_dir / n for n in GOOD), "--model", tiny_model_dir, "--device", "cpu",
+    result = _invoke("predict", tiny_model_dir, *(image_dir / n for n in GOOD), "--device", "cpu",
                      "--topk", "3", "--json")
     assert result.exit_code == 0, result.output
     items = json.loads(result.stdout)
@@ -53,7 +53,7 @@ def test_predict_json_schema_and_probabilities(tiny_model_dir, image_dir):
 
 
 def test_predict_walks_directories_and_keeps_going_past_a_corrupt_file(tiny_model_dir, image_dir):
-    result = _invoke("predict", image_dir, image_dir / "missing.png", "--model", tiny_model_dir, "--device", "cpu",
+    result = _invoke("predict", tiny_model_dir, image_dir, image_dir / "missing.png", "--device", "cpu",
                      "--topk", "1", "--json")
     assert result.exit_code == 1  # something failed ...
     items = json.loads(result.stdout)  # ... but stdout is still valid JSON with every readable image
@@ -63,7 +63,7 @@ def test_predict_walks_directories_and_keeps_going_past_a_corrupt_file(tiny_mode
 
 
 def test_predict_table_output(tiny_model_dir, image_dir):
-    result = _invoke("predict", image_dir / "a.png", "--model", tiny_model_dir, "--device", "cpu", "--topk", "2")
+    result = _invoke("predict", tiny_model_dir, image_dir / "a.png", "--device", "cpu", "--topk", "2")
     assert result.exit_code == 0
     assert "a.png" in result.stdout and "top 2" in result.stdout and "%" in result.stdout
 
@@ -72,7 +72,7 @@ def test_predict_onnx_matches_torch(tiny_model_dir, image_dir, tmp_path):
     from fastcifar.export import export_onnx
 
     onnx_path = export_onnx(tiny_model_dir, tmp_path / "m.onnx", verify=False).path
-    runs = {model: json.loads(_invoke("predict", image_dir / "a.png", image_dir / "b.jpg", "--model", model,
+    runs = {model: json.loads(_invoke("predict", model, image_dir / "a.png", image_dir / "b.jpg",
                                       "--device", "cpu", "--json").stdout) for model in (tiny_model_dir, onnx_path)}
     torch_top, onnx_top = runs.values()
     assert [i["top"][0]["label"] for i in torch_top] == [i["top"][0]["label"] for i in onnx_top]
@@ -81,26 +81,26 @@ def test_predict_onnx_matches_torch(tiny_model_dir, image_dir, tmp_path):
 
 
 def test_predict_user_errors_are_one_line_without_traceback(tiny_model_dir, image_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fastcifar", "predict", str(image_dir / "a.png"), "--model",
-                           str(tmp_path / "no-such-run")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "fastcifar", "predict", str(tmp_path / "no-such-run"),
+                           str(image_dir / "a.png")], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("Error:") and len(proc.stderr.strip().splitlines()) == 1
-    result = CliRunner().invoke(cli, ["predict", str(image_dir / "a.png"), "--model", str(tiny_model_dir),
+    result = CliRunner().invoke(cli, ["predict", str(tiny_model_dir), str(image_dir / "a.png"),
                                       "--backend", "tensorrt", "--device", "cpu"])
     assert result.exit_code == 1 and "CUDA GPU" in result.output
 
 
-def test_predict_model_first_equals_model_option(tiny_model_dir, image_dir):
-    """`predict MODEL IMAGE...` (as export/evaluate take MODEL) and `predict IMAGE... --model MODEL` agree."""
+def test_predict_takes_the_model_first_before_or_after_the_options(tiny_model_dir, image_dir):
+    """`predict MODEL IMAGE...`, as export/evaluate take MODEL; the options may come anywhere."""
     images = [image_dir / "a.png", image_dir / "b.jpg"]
-    outputs = [_invoke("predict", *args, "--device", "cpu", "--json")
-               for args in ((tiny_model_dir, *images), (*images, "--model", tiny_model_dir))]
+    outputs = [_invoke("predict", *args) for args in ((tiny_model_dir, *images, "--device", "cpu", "--json"),
+                                                      ("--device", "cpu", "--json", tiny_model_dir, *images))]
     assert all(r.exit_code == 0 for r in outputs), [r.output for r in outputs]
     first, second = (json.loads(r.stdout) for r in outputs)
     assert first == second and [Path(i["file"]).name for i in first] == ["a.png", "b.jpg"]
-    # Without --model, an image where the model belongs is named, with both forms.
+    # An image where the model belongs is named.
     wrong = CliRunner().invoke(cli, ["predict", str(images[0]), str(images[1]), "--device", "cpu"])
-    assert wrong.exit_code == 2 and "a.png is not a model" in wrong.output and "--model MODEL" in wrong.output
+    assert wrong.exit_code == 1 and "a.png is not a model" in wrong.output
 
 
 @pytest.mark.realdata
@@ -114,7 +114,7 @@ def test_predict_real_cifar_pngs_through_onnx_equals_the_arrays(real_cifar, tiny
     for i in range(8):
         Image.fromarray(test.images[i]).save(tmp_path / f"test_{i}.png")
     onnx_path = export_onnx(tiny_model_dir, tmp_path / "m.onnx", verify=False).path
-    result = _invoke("predict", *sorted(tmp_path.glob("test_*.png")), "--model", onnx_path, "--json", "--topk", "1")
+    result = _invoke("predict", onnx_path, *sorted(tmp_path.glob("test_*.png")), "--json", "--topk", "1")
     assert result.exit_code == 0
     labels = [i["top"][0]["label"] for i in json.loads(result.stdout)]
     predictor = load_predictor(onnx_path, device="cpu")
@@ -127,6 +127,6 @@ def test_the_predictions_table_prints_a_long_path_whole_in_a_log(tiny_model_dir,
     deep = tmp_path / ("a_very_long_folder_name_" * 4) / "a_photo_with_a_rather_long_file_name.png"
     deep.parent.mkdir(parents=True)
     deep.write_bytes((image_dir / "a.png").read_bytes())
-    result = _invoke("predict", deep, "--model", tiny_model_dir, "--device", "cpu", "--topk", "3")
+    result = _invoke("predict", tiny_model_dir, deep, "--device", "cpu", "--topk", "3")
     assert result.exit_code == 0, result.output
     assert str(deep) in result.stdout

@@ -109,9 +109,9 @@ def predict_json(*args: str) -> list[dict]:
 
 def test_predict_through_the_server_agrees_with_the_local_model(server, tiny_model_dir, image_files):
     local = predict_json(str(tiny_model_dir), str(image_files), "--device", "cpu")
-    for url, named in ((server["urls"]["http"], ["--model", "r18"]), (server["urls"]["grpc"], ["--model", "r18"]),
+    for url, named in ((server["urls"]["http"], ["--name", "r18"]), (server["urls"]["grpc"], ["--name", "r18"]),
                        (server["urls"]["http"], []), (server["urls"]["grpc"], [])):
-        # Without --model the server's metadata names its model (PyTriton keeps the model index behind a token).
+        # Without --name the server's metadata names its model (PyTriton keeps the model index behind a token).
         remote = predict_json(str(image_files), "--server", url, *named)
         assert [r["file"] for r in remote] == [r["file"] for r in local] and len(remote) == 12
         for a, b in zip(remote, local):
@@ -182,7 +182,7 @@ def test_a_url_that_is_not_triton_is_one_error(server, image_files):
     threading.Thread(target=other.serve_forever, daemon=True).start()
     try:
         for url in (server["urls"]["metrics"].rsplit("/", 1)[0], f"http://127.0.0.1:{other.server_address[1]}"):
-            for named in ([], ["--model", "r18"]):
+            for named in ([], ["--name", "r18"]):
                 result = CliRunner().invoke(cli, ["predict", str(image_files), "--server", url, *named])
                 assert result.exit_code == 1 and "answers, but not as a Triton server" in result.output, result.output
                 assert "Traceback" not in result.output and result.output.count("Error:") == 1
@@ -193,7 +193,7 @@ def test_a_url_that_is_not_triton_is_one_error(server, image_files):
 
 def test_load_test_reports_every_level_and_dynamic_batching(server):
     http = server["urls"]["http"]
-    result = CliRunner().invoke(cli, ["bench", "--server", http, "--model", "r18", "--concurrency", "1,6",
+    result = CliRunner().invoke(cli, ["load-test", http, "--name", "r18", "--concurrency", "1,6",
                                       "--requests", "24", "--duration", "30", "--metrics-url",
                                       server["urls"]["metrics"], "--json"])
     assert result.exit_code == 0, result.output
@@ -204,7 +204,7 @@ def test_load_test_reports_every_level_and_dynamic_batching(server):
         assert row["images_per_s"] > 0 and row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
     assert r["rows"][0]["server_mean_batch"] == pytest.approx(8.0)  # one client: one request per execution
     assert r["rows"][1]["server_mean_batch"] > 8.0  # six clients: Triton merged queued requests
-    table = CliRunner().invoke(cli, ["bench", "--server", http, "--model", "r18", "--concurrency", "2",
+    table = CliRunner().invoke(cli, ["load-test", http, "--name", "r18", "--concurrency", "2",
                                      "--requests", "4"])
     assert table.exit_code == 0 and "load test: r18" in table.output and "server batch" in table.output
 
@@ -365,17 +365,20 @@ def test_client_errors_are_one_line(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     result = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), "--server", f"localhost:{port}"])
     assert result.exit_code == 1 and f"no Triton server answers at http://localhost:{port}" in result.output
-    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), "--server", "ftp://x", "--model", "m"])
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), "--server", "ftp://x", "--name", "m"])
     assert result.exit_code == 1 and "scheme must be http, https or grpc" in result.output
     result = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), "--server", "localhost:1",
                                       "--backend", "onnxruntime"])
     assert result.exit_code == 2 and "--backend choose a local model" in result.output
-    result = CliRunner().invoke(cli, ["bench", "--server", "http://10.0.0.1:8000", "--model", "m"])
+    result = CliRunner().invoke(cli, ["load-test", "http://10.0.0.1:8000", "--name", "m"])
     assert result.exit_code == 1 and "only runs against a server on this machine" in result.output
-    result = CliRunner().invoke(cli, ["bench", "--server", "localhost:1", "--threads", "2"])
-    assert result.exit_code == 2 and "--threads apply to the in-process benchmark" in result.output
+    # The load test and the in-process benchmark are two verbs: neither takes the other's options.
+    result = CliRunner().invoke(cli, ["load-test", "localhost:1", "--threads", "2"])
+    assert result.exit_code == 2 and "No such option" in result.output and "--threads" in result.output
     result = CliRunner().invoke(cli, ["bench", "runs/x", "--concurrency", "4", "--requests", "9"])
-    assert result.exit_code == 2 and "--concurrency, --requests belong to the load test" in result.output
+    assert result.exit_code == 2 and "No such option" in result.output and "--concurrency" in result.output
+    result = CliRunner().invoke(cli, ["predict", "runs/x", str(tmp_path / "a.png"), "--name", "m"])
+    assert result.exit_code == 2 and "--name names a served model: add --server URL" in result.output
 
 
 def test_a_port_left_in_time_wait_by_a_stopped_server_is_free():

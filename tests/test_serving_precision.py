@@ -109,7 +109,7 @@ def test_bench_row_carries_provider_note_and_precision():
 
 def test_bench_sets_precisions_side_by_side_against_the_fp32_reference(tiny_model_dir, synthetic_dir, tmp_path):
     result = CliRunner().invoke(cli, [
-        "bench", "--model", str(tiny_model_dir), "--backends", "torch,torch:bf16,onnxruntime", "--device", "cpu",
+        "bench", str(tiny_model_dir), "--backends", "torch,torch:bf16,onnxruntime", "--device", "cpu",
         "--data-dir", str(synthetic_dir), "--no-download", "--batch-sizes", "1,8", "--min-time", "0.05",
         "--warmup", "0.02", "--latency-iters", "3", "--max-images", "64", "--results-dir", str(tmp_path / "r"),
         "--cache-dir", str(tmp_path / "cache"), "--json"])
@@ -131,7 +131,7 @@ def test_bench_sets_precisions_side_by_side_against_the_fp32_reference(tiny_mode
     ("pytorch", "unknown backend 'pytorch'"),
 ])
 def test_bad_backend_specs_are_one_message(backends, message, tiny_model_dir, tmp_path):
-    result = CliRunner().invoke(cli, ["bench", "--model", str(tiny_model_dir), "--backends", backends, "--device",
+    result = CliRunner().invoke(cli, ["bench", str(tiny_model_dir), "--backends", backends, "--device",
                                       "cpu", "--results-dir", str(tmp_path / "r")])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
@@ -141,12 +141,12 @@ def test_predict_with_bf16_says_what_ran(tiny_model_dir, tmp_path):
     from PIL import Image
 
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
-    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_dir),
+    result = CliRunner().invoke(cli, ["predict", str(tiny_model_dir), str(tmp_path / "a.png"),
                                       "--device", "cpu", "--precision", "bf16", "--json"])
     assert result.exit_code == 0, result.output
     [item] = json.loads(result.stdout)
     assert (item["backend"], item["precision"]) == ("torch", "bf16") and len(item["top"]) == 3
-    refused = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_dir),
+    refused = CliRunner().invoke(cli, ["predict", str(tiny_model_dir), str(tmp_path / "a.png"),
                                        "--backend", "onnxruntime", "--precision", "bf16"])
     assert refused.exit_code == 1 and "exported with" in refused.output and "Traceback" not in refused.output
 

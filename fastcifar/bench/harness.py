@@ -73,7 +73,7 @@ class BenchConfig:
         for spec in self.backends:
             split_backend(spec)  # each one known, with a precision only where one applies
         checks = [
-            (len(self.models) > 0, "give at least one --model"),
+            (len(self.models) > 0, "give at least one MODEL"),
             (len(self.backends) > 0 and len(set(self.backends)) == len(self.backends),
              f"--backends must list distinct backends from {', '.join(BACKENDS)}"),
             (self.precision is None or self.precision in SERVING_PRECISIONS,

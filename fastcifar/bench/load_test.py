@@ -1,17 +1,10 @@
-"""The load test of a Triton server (`fastcifar bench --server URL`): concurrent clients, latency percentiles,
+"""The load test of a Triton server (`fastcifar load-test URL`): concurrent clients, latency percentiles,
 throughput, errors, and the batch sizes Triton's dynamic batcher formed.
 
-Owns one measurement: for each (concurrency, request batch size), `concurrency` client threads, each with its own
-tritonclient connection, connect first, then (together, from one clock) send requests of `batch` images back to
-back until `requests` requests are done or `duration_s` has passed, whichever comes first (bounded, so it cannot
-run away); a failed request of any kind counts as an error. Each row reports images/s over the
-level's wall time, p50/p95/p99 request latency, the error count, and the server-side mean batch size: the change
-in Triton's Prometheus counters `nv_inference_count` (images) / `nv_inference_exec_count` (model executions) over
-the level, read from the metrics endpoint (Triton's statistics API needs PyTriton's access token; metrics do not).
-
-Only loopback servers are load-tested: a load test aimed at a shared server by mistake would be an attack on it.
-The pixels are seeded random uint8 images (the load does not depend on what they show); correctness is predict's
-and the tests' business (tests/test_serve.py compares server answers with the local predictor).
+Owns one measurement, `load_test(LoadConfig)`: per (concurrency, batch) level, client threads that connect first,
+then send seeded random images back to back from one clock until `requests` or `duration_s` runs out; the server's
+mean batch comes from Triton's Prometheus counters. Loopback servers only. What each column means: docs/serving.md,
+"The load test".
 """
 
 from __future__ import annotations
@@ -57,7 +50,8 @@ def default_metrics_url(url: ServerURL) -> str | None:
 
 def read_counters(metrics_url: str, model: str) -> dict | None:
     """{"images": nv_inference_count, "executions": nv_inference_exec_count} summed over the model's versions;
-    None when the metrics endpoint does not answer."""
+    None when the metrics endpoint does not answer. (Metrics, not Triton's statistics API: that one needs PyTriton's
+    access token.)"""
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
             text = response.read().decode("utf-8", "replace")
@@ -151,7 +145,7 @@ def load_test(cfg: LoadConfig, log=lambda message: None) -> dict:
     """Every (concurrency, batch) level in turn; one dict with the rows and what they were measured on."""
     url = parse_server_url(cfg.server)
     if not url.is_loopback():
-        raise FastCifarError(f"--server {cfg.server}: the load test only runs against a server on this machine "
+        raise FastCifarError(f"{cfg.server}: the load test only runs against a server on this machine "
                              "(localhost / 127.0.0.1), so it cannot overload a shared one by mistake")
     if cfg.requests < 1 or cfg.duration_s <= 0:
         raise FastCifarError("--requests must be >= 1 and --duration > 0")

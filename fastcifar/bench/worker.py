@@ -1,21 +1,10 @@
 """One backend's measurements, run in a process of its own: `python -m fastcifar.bench.worker JOB.json`.
 
-Owns the timing method of `fastcifar bench`. Why a process per backend: ONNX Runtime's spinning worker
-threads slowed PyTorch in the same process from 2.1k to 0.2k img/s here, CUDA caching allocators and
-compile caches of one backend would otherwise count against the next, and the peak-memory figures
-(ru_maxrss, device memory) only mean something when one backend owns the process.
-
-The job file names the artifact, backend, device, the images (.npy, uint8 NHWC) and where to write the logits
-(.npy) and the result (.json). Method, per batch size:
-  * the first call is timed alone (`first_call_s`: compile, engine/allocator set-up) and kept out of the figures;
-  * warm-up calls follow until `warmup_s` has passed (at least one), which also calibrates how many calls fill
-    `min_time_s` (never fewer than `min_iters`);
-  * that many calls are timed back to back: with CUDA events on torch's stream for backends that queue work
-    there (torch, torch-compiled, tensorrt), else wall clock with a device synchronisation at both ends
-    (ONNX Runtime synchronises its own stream inside every run);
-  * `throughput` keeps the input on the device; `throughput_h2d` copies it from host memory in every call
-    (on the CPU there is no copy, so it is not measured).
-Latency is per call at batch 1, end to end (host pixels in, host logits out), as a server sees it.
+Owns the timing method of `fastcifar bench`: per batch size, the first call timed apart, warm-up calls that size the
+timed window, then back-to-back calls timed with CUDA events (torch, tensorrt) or the wall clock around a sync
+(ONNX Runtime); batch-1 latency end to end. The job file names the model, backend, device, the images (.npy) and
+where the logits and the result go. Why a process per backend, and the method in full: bench/README.md,
+"Inference backends".
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Find, download, verify and safely load CIFAR-10 into plain uint8 arrays.
+"""Find, download, verify and safely load CIFAR-10 into plain uint8 arrays (`CifarData`; no torch, no devices).
 
-Owns everything between "a directory path" and `CifarData` (N,32,32,3 uint8 images + int64 labels +
-class names). Nothing here knows about torch or devices.
-
-Layouts accepted in a data directory (first match wins):
-  <dir>/cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta   (the extracted official archive)
-  <dir>/data_batch_1..5, test_batch, batches.meta                         (the batch files themselves)
-  <dir>/cifar-10-python.tar.gz                                            (the official archive, verified + extracted)
-
-Security: the batch files are pickles. They go through `RestrictedUnpickler`, which admits only what a
-CIFAR batch needs (numpy arrays, dtypes and plain containers/scalars); any other global, and so any code a
-malicious pickle tries to run, is refused before it is touched.
+Owns everything between "a directory path" and `CifarData`: the layouts a data directory may hold (the extracted
+`cifar-10-batches-py/`, the batch files themselves, or the official archive; first match wins) and the
+`RestrictedUnpickler` the batch files (pickles) go through, which refuses any global a CIFAR batch does not need
+before it is touched (docs/data.md, "Download safety").
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """CIFAR-100: find, download (the official python archive, md5-verified), safely unpickle, load.
 
-Owns `load_cifar100(data_dir)` -> `CifarData` with the 100 fine labels and their names from the archive's `meta`
-file. The same machinery as CIFAR-10 (fastcifar/data/cifar.py, download.py): resumable download to `.part`,
-renamed only once the md5 matches; traversal-safe extraction of `cifar-100-python/`; every pickle through the
-restricted unpickler.
-
-Layouts accepted in a data directory (first match wins):
-  <dir>/cifar-100-python/{train,test,meta}   (the extracted official archive)
-  <dir>/{train,test,meta}                     (its files themselves)
-  <dir>/cifar-100-python.tar.gz               (the official archive, verified + extracted)
+Owns `load_cifar100(data_dir)` -> `CifarData` with the 100 fine labels and their names from the archive's `meta`,
+through CIFAR-10's machinery (data/cifar.py, download.py). A data directory may hold `cifar-100-python/`, its
+files themselves, or the official archive (first match wins).
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""`--loader dali-files`: DALI reads and decodes an image folder's files itself - nvJPEG on the GPU ("mixed") on
-CUDA, DALI's CPU decoders otherwise - with random-resized-crop and flip on the device.
+"""`--loader dali-files` (`DaliFileLoader`): DALI reads and decodes an image folder's files itself every epoch -
+nvJPEG on CUDA ("mixed"), DALI's CPU decoders otherwise - with random-resized-crop and flip on the device.
 
-Owns `DaliFileLoader`, the loader for the case DALI is in this design for: a folder of JPEGs that must be decoded
-every epoch at its own resolution, where a torchvision DataLoader spends its CPU workers on decoding. It follows
-the loader contract of fastcifar/data/plan.py (batches of normalised NCHW images at `image_size` and int64
-labels on the device, `len`, `set_epoch`, disjoint shards under torchrun), with these differences from the
-cache-fed loaders (`tensor`, `dali`), which train on the 32 px decoded cache:
-- augmentation: random-resized-crop (area `options.crop_scale`, by default 0.35-1, DALI's default aspect range) of
-  the full-resolution image to `image_size`, and a random horizontal flip unless `options.flip` is off; evaluation resizes the shorter side to `image_size` and takes the
-  centre square (the cache's conversion: largest centred square, resized);
-- order: DALI's reader shuffles the whole shard after every epoch from `options.seed` (`shuffle_after_epoch`),
-  so the order is reproducible from the start of a run but `set_epoch` cannot jump to an arbitrary epoch, and
-  the pixels are not those of the tensor loader (another decoder, another resampling).
-The files are exactly those fastcifar/data/folder.py accepted when it decoded the folder (the same skipped
-files, the same test split). A suffix DALI does not decode (GIF, for one) is refused before training with one
-message; a file whose content DALI still cannot decode (a misnamed file) stops the epoch with one message that
-says to use --loader tensor.
-
-Measured on the development CPU (bench/folder_decode.py, bench/README.md); not yet run on a GPU.
+It follows the loader contract of data/plan.py over exactly the files data/folder.py accepted, but unlike the
+cache-fed loaders its order is DALI's own per-epoch shuffle from the seed and its pixels are not the tensor
+loader's. What a user sees, and its measurement: docs/training.md, "Loaders".
 """
 
 from __future__ import annotations
@@ -38,7 +24,7 @@ DALI_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".ti
 
 
 class DaliFileLoader:
-    """The loader contract over image files: (paths, labels) in, normalised batches out (module docstring)."""
+    """The loader contract over image files: (paths, labels) in, normalised batches out."""
 
     def __init__(self, files: list[str | Path], labels: np.ndarray, options: LoaderOptions, device="cpu"):
         from fastcifar.data.loaders import dali_available
@@ -75,7 +61,9 @@ class DaliFileLoader:
         return self._len
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch  # the reader reshuffles after every epoch itself (module docstring)
+        # The reader reshuffles after every epoch itself (shuffle_after_epoch): reproducible from the start of a
+        # run, but it cannot jump to an arbitrary epoch.
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format

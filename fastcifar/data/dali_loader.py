@@ -1,23 +1,10 @@
-"""The NVIDIA DALI loader: one pipeline built once, fed the epoch's batches by an external source.
+"""The NVIDIA DALI loader (`DaliLoader`): one pipeline built once, fed the epoch's batches by an external source.
 
-Owns `DaliLoader`. The pipeline is crop_mirror_normalize (crop of the zero-padded image at the planned
-offset, flip, mean/std, float) -> optional bilinear resize, on the GPU when the device is CUDA (`.gpu()`
-after the external source) and as a CPU pipeline (`device_id=None`) otherwise. Order, crop offsets and flips
-come from `plan.epoch_plan`, exactly as for the tensor loader, so both give the same pixels for a seed.
-
-Why the images are zero-padded once on the host instead of `fn.slice(..., out_of_bounds_policy="pad")` per
-batch: it makes the whole augmentation one DALI operator per sample. On the 2-core CPU that was ~25-30 %
-fewer CPU-seconds per image (about 80k vs 62k img per CPU-second, 50k images, batch 512), for 1.56x the
-host memory (240 MB for CIFAR-10's training set) and host-to-device bytes.
-
-Why an external source and not a DALI reader: the data is already a uint8 array in memory, and DALI's
-`fn.random_shuffle` only shuffles inside a small buffer (DALI issues #2688, #3902), whereas the plan is a
-global permutation per (seed, epoch), sharded by rank without duplicates.
-
-Epochs: the source callback reads the plan captured by `__iter__` and raises StopIteration after the last
-batch; `Pipeline.run()` then raises StopIteration and `reset()` readies the same pipeline for the next
-epoch - it is built once. One iteration at a time per loader (the pipeline is shared). DALI reuses its
-output buffers, so every batch is copied into a fresh torch tensor.
+The pipeline is crop_mirror_normalize (the planned crop of the zero-padded image, flip, mean/std) -> optional
+resize, on the GPU when the device is CUDA and as a CPU pipeline otherwise. Order, crops and flips come from
+`plan.epoch_plan`, as for the tensor loader, so both give the same pixels for a seed. Each epoch ends with
+StopIteration from the source and a `reset()`; one iteration at a time per loader; every batch is copied out of
+DALI's reused buffers into a fresh torch tensor.
 """
 
 from __future__ import annotations
@@ -57,7 +44,9 @@ class DaliLoader(BaseLoader):
         super().__init__(images, labels, options, device)
         pad = options.crop_padding
         self._shape = images.shape[1:3]
-        self._padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # zeros, as RandomCrop pads
+        # Padded once with zeros (as RandomCrop pads), so augmenting is one DALI operator per sample: fewer
+        # CPU-seconds per image than fn.slice's padding (bench/README.md, "Loaders"), for 1.56x the host memory.
+        self._padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         self._plan: EpochPlan | None = None  # set only while an epoch is being iterated
         try:
             self._pipe = self._build()
@@ -100,6 +89,8 @@ class DaliLoader(BaseLoader):
 
         @pipeline_def(**pipeline_settings(opts, self.device))
         def augment():
+            # An external source, not a DALI reader: fn.random_shuffle only shuffles inside a small buffer (DALI
+            # issues #2688, #3902), and the plan is a global permutation per (seed, epoch), sharded by rank.
             images, pos_y, pos_x, mirror = fn.external_source(
                 source=self._source, num_outputs=4, batch=True, batch_info=True,
                 layout=["HWC", "", "", ""], dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32])

@@ -1,11 +1,8 @@
 """Which dataset a data directory holds, and loading it: the one entry point every verb that reads data calls.
 
-Owns `--dataset`: `cifar10` (fastcifar/data/cifar.py), `cifar100` (cifar100.py: fine labels), `folder` (folder.py:
-DIR/train/<class>/<images>), and `auto` (the default): a folder when DIR holds train/<class>/, CIFAR-100 when DIR
-holds its files and not CIFAR-10's, else CIFAR-10. Every `CifarData` it returns has `.info` (dataset kind, root,
-class names, where the test split came from, what was skipped), which runs record in model.json so that the
-verbs that read a model's test split later (export parity and INT8 calibration, evaluate, bench) read the same
-dataset: `model_split`.
+Owns `--dataset` (`cifar10`, `cifar100`, `folder`, and `auto`: a folder when DIR holds train/<class>/, CIFAR-100
+when DIR holds its files and not CIFAR-10's, else CIFAR-10), `load_dataset`, and `model_split`: a model's test split
+read from the dataset its run recorded, for export parity, INT8 calibration, evaluate and bench.
 """
 
 from __future__ import annotations

@@ -1,29 +1,10 @@
 """A folder of images per class as a dataset: `train/CLASS/*` (optionally `val/`, `test/`), decoded once into a
 uint8 cache the loaders read like CIFAR.
 
-Owns scanning the folder, deciding what every bad file is (once, for every loader), decoding in parallel with a
-progress bar, the cache, and the held-out test split:
-- layout: `DIR/train/<class>/<images>` (kept in a fixed random order, so the first N training images - what
-  --train-limit and compare's fractions take - are a sample of every class); `DIR/test/<class>/...` is the test
-  split, else `DIR/val/<class>/...`, else
-  a fixed, stratified split of train/ (seed 0, `HELD_OUT_FRACTION` of each class with at least 2 images) that is
-  recorded in the dataset info every run keeps. With both val/ and test/, val/ is not read (fastcifar holds its
-  validation images out of the training split itself: --val-fraction) and the info says so.
-- classes: train/'s sub-folders, sorted; their names travel into model.json, the ONNX metadata, the engine
-  sidecar, the Triton config and the report.
-- pixels: every image goes through fastcifar/data/images.py's `load_image`, the conversion `predict` uses (first
-  frame, EXIF orientation, transparency over white, 16-bit/CMYK/palette/greyscale to RGB, the largest centred
-  square resized to `size`), so training, evaluation and serving see the same pixels. `size` is the storage size
-  (default 32: the CIFAR models' native input).
-- bad data, decided here: non-image files (by suffix), unreadable, corrupt or truncated images, decompression
-  bombs, and symlinks that leave the folder are skipped and counted in one summary line (`DatasetInfo.skipped`);
-  an empty class folder, a test/val class missing from train/, no train/ at all, or nothing readable are refused
-  with one error naming the folder. A class with a single image stays in training (nothing is held out of it) and
-  the summary says so.
-- cache: `<cache_dir>/<folder name>-<key>.npz` (default `~/.cache/fastcifar/folders`, never inside the data folder),
-  keyed by every file's relative path, size and modification time and the storage size: a changed folder is
-  decoded again, an unchanged one is not. Written atomically, read with allow_pickle=False.
-Nothing is ever written into the data folder.
+Owns scanning the folder (class names, the fixed training order, the test split: test/, else val/, else a seeded
+stratified share of train/), deciding once, for every loader, what each bad file is, decoding in parallel through
+data/images.py's `load_image`, and the decode cache. Entry points: `load_image_folder`, `scan_folder`. The rules a
+user sees (test split, bad files, cache location and key): docs/data.md, "Image folders".
 """
 
 from __future__ import annotations

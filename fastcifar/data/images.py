@@ -1,22 +1,9 @@
 """Any image a user hands us -> the uint8 (size, size, 3) RGB array a CIFAR model takes.
 
-Owns `load_image` (shared by `fastcifar predict`, the demo and image-folder datasets, fastcifar/data/folder.py,
-so training and serving see the same pixels) and `find_images` (walking the paths given on the command line).
-Every failure a user can cause (missing file, a directory, not an image, truncated or corrupt data, a decompression
-bomb, an unconvertible colour mode) becomes a `FastCifarError` that names the input; nothing else escapes.
-
-Conversion, in order:
-  1. animated images (GIF, APNG, WebP, multi-page TIFF) use their FIRST frame;
-  2. huge JPEGs are decoded at 1/2, 1/4 or 1/8 scale (`draft`) - never below the requested size - so a
-     40-megapixel photo costs milliseconds; anything above Pillow's decompression-bomb limit (~179 MP) is
-     refused rather than decoded;
-  3. the EXIF orientation is applied (phone photos stand upright);
-  4. colour: transparency is composited over WHITE (a transparent PNG of a cat shows a cat, not black
-     noise), 16-bit and float greyscale are scaled to 0-255, everything else (L, 1, P, CMYK, YCbCr, ...) goes
-     through Pillow's own conversion to RGB;
-  5. the largest centred square is cropped and resized to `size` x `size` (bicubic, antialiased when
-     shrinking): objects keep their aspect ratio, as they have in CIFAR-10. An image already `size` x
-     `size` passes through bit for bit, so CIFAR PNGs give exactly the test-set pixels.
+Owns `load_image` (shared by `fastcifar predict`, the demo and image-folder datasets, so training and serving see
+the same pixels) and `find_images` (walking the paths given on the command line). Every failure a user can cause
+(missing file, not an image, truncated or corrupt data, a decompression bomb, an unconvertible colour mode) becomes
+one `FastCifarError` naming the input. The conversion a user sees: docs/data.md, "Image folders".
 """
 
 from __future__ import annotations
@@ -115,7 +102,10 @@ def _to_rgb(image, name: str):
 
 
 def load_image(source, size: int = 32) -> np.ndarray:
-    """Read `source` (path, bytes, file object or PIL image) as uint8 RGB (size, size, 3); see module doc."""
+    """Read `source` (path, bytes, file object or PIL image) as uint8 RGB (size, size, 3): the first frame, a JPEG
+    decoded at a reduced scale (never below `size`), EXIF orientation applied, transparency over white, 16-bit and
+    float greyscale scaled to 0-255 (other modes through Pillow's RGB conversion), then the largest centred square
+    resized to `size` (bicubic; an image already `size` x `size` passes through bit for bit)."""
     from PIL import Image
 
     # Pillow warns (with its own file path) between 89 and 179 megapixels and refuses above; the refusal is

@@ -21,10 +21,9 @@ def make_loader(images: np.ndarray, labels: np.ndarray, options: LoaderOptions, 
     kind: 'tensor' (pure torch, dataset resident on the device), 'dali' (NVIDIA DALI; GPU ops on CUDA,
     CPU pipeline otherwise) or 'auto' (the tensor loader, on every device).
 
-    Why 'auto' is the tensor loader on CUDA too: it is the path that has run on a GPU (75k img/s of training on
-    an H100, ../shared/measurements/gpu-2026-11-26.md), while DALI's GPU pipeline has not run on one yet. It
-    becomes the CUDA default once bench/gpu_check.sh shows it pixel-equal (tests/test_loaders.py, gpu-marked) and
-    at least as fast (bench/loaders.py). On the CPU the tensor loader measured 1.5x DALI's CPU pipeline.
+    Why 'auto' is the tensor loader on CUDA too: it is the path measured on a GPU, while DALI's GPU pipeline has not
+    run on one yet (docs/training.md, "Loaders"); on the CPU it is the faster of the two (bench/README.md, "Loaders").
+    Revisit once bench/gpu_check.sh shows DALI's GPU pipeline pixel-equal and at least as fast.
     """
     import torch
 

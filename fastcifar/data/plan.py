@@ -1,18 +1,11 @@
-"""The loader contract: `LoaderOptions`, the `Loader` interface, the per-epoch plan both loaders follow, and
-`BaseLoader`, the constructor and epoch bookkeeping they share (`loaders.make_loader` picks one).
+"""The loader contract: `LoaderOptions`, the `Loader` interface, `epoch_plan` (the per-epoch order, crop offsets and
+flips every loader follows) and `BaseLoader` (what the loaders share); `loaders.make_loader` picks one.
 
-Contract: iterating yields `(images, labels)` already on the training device: images float
-(`dtype`), normalised with mean/std, NCHW shape in channels_last memory format (when asked), at
-`image_size`; labels int64. `len(loader)` is batches per epoch; `set_epoch(e)` reshuffles deterministically
-from (seed, e). Under torchrun each rank sees a disjoint shard (`rank`, `world_size`).
-Training loaders (`train=True`) augment (padded random crop, horizontal flip: each can be off), shuffle globally
-every epoch and drop the ragged last batch; evaluation loaders (`train=False`) neither augment nor shuffle
-and yield every image exactly once (a smaller last batch).
-
-Both implementations take their randomness from here, not from their own generators: `epoch_plan` gives
-the sample order (`shard_indices`) and per-sample crop offsets and flips (`augment_params`) for an epoch,
-so the DALI pipeline and the tensor loader produce the same pixels for the same (seed, epoch) and the
-reference tests can compare them.
+A loader yields `(images, labels)` on the training device: normalised float images (`dtype`, NCHW, channels_last
+when asked) at `image_size`, int64 labels; `len` is batches per epoch, `set_epoch(e)` reshuffles from (seed, e),
+each torchrun rank gets a disjoint shard. Training loaders augment, shuffle and drop the ragged last batch;
+evaluation loaders yield every image once. The DALI and tensor loaders draw their randomness only from
+`epoch_plan`, so they produce the same pixels for a (seed, epoch) and the tests compare them.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Export: a saved model -> ONNX -> parity check -> optional INT8 Q/DQ ONNX -> optional TensorRT engine.
 
-Owns `export_model(...)`, the one call behind `fastcifar export`, and `export_onnx` (write + verify): they
-chain the steps and collect their results. The steps live in their own modules, none of which calls another
-step except through here (quantize.py verifies its own INT8 file with parity.py):
-  onnx.py      write_onnx / read_onnx_metadata (torch.onnx dynamo export, the graph, its metadata)
-  parity.py    verify_onnx: ONNX Runtime vs the fp32 PyTorch model on real test images, tolerance policy
-  quantize.py  quantize_int8: explicit INT8 (Q/DQ nodes) calibrated on training images with ONNX Runtime
-  tensorrt.py  build_engine and the engine sidecar / compatibility checks (importable without TensorRT)
-  triton.py    a Triton Inference Server model repository (config.pbtxt + the file) from what was exported
-
-This file stays import-light (no torch, onnx or tensorrt at import time) so the CLI and `serve/` can import it
-cheaply.
+Owns `export_model(...)`, the one call behind `fastcifar export`, and `export_onnx` (write + verify): they chain the
+steps of onnx.py, parity.py, quantize.py, tensorrt.py and triton.py, none of which calls another step except through
+here (quantize.py verifies its own INT8 file with parity.py). Import-light (no torch, onnx or tensorrt at import
+time) so the CLI and `serve/` can import it cheaply.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """ONNX export of a saved fastcifar model and its `fastcifar.*` metadata.
 
-Owns: the exported graph (`ExportModule`: optional in-graph preprocessing, the reduced-precision cast, the
-model, float32 logits out), `write_onnx` (torch.onnx.export with dynamo=True of the *uncompiled* eval model,
-explicit opset, dynamic batch, one self-contained file, then onnx.checker), and the metadata written into /
-read back from the file (`read_onnx_metadata`). The parity check is parity.py's; `fastcifar.export.export_onnx`
-chains the two.
-
-Graph I/O contract (also in the README):
-  raw         input `pixels`  uint8 [batch, 32, 32, 3] (NHWC, RGB, CIFAR's native pixels); the graph
-              normalises with the model's mean/std in fp32 and resizes (bilinear) to the training size.
-  normalized  input `images`  float32 [batch, 3, S, S] (NCHW, already normalised, S = training size).
-  output      `logits` float32 [batch, num_classes] for every precision: consumers never see fp16/bf16;
-              the precision lives inside the graph's own types (that is what strongly typed TensorRT reads).
+Owns the exported graph (`ExportModule`: optional in-graph preprocessing, the reduced-precision cast, the model,
+float32 logits out), `write_onnx` (the dynamo exporter on the uncompiled eval model, explicit opset, dynamic batch,
+one self-contained file, then onnx.checker) and the metadata written into and read back from the file
+(`read_onnx_metadata`). The graph's inputs and outputs per `--input` kind: docs/inference.md, "Export".
 """
 
 from __future__ import annotations

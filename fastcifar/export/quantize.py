@@ -1,14 +1,9 @@
-"""Explicit INT8: an fp32 fastcifar ONNX file -> a Q/DQ ONNX file calibrated on training images, checked.
+"""Explicit INT8 (`quantize_int8`): an fp32 fastcifar ONNX file -> a Q/DQ ONNX file calibrated on training images.
 
-Owns `quantize_int8`. TensorRT 11 has no implicit INT8 calibration (no IInt8Calibrator, no INT8 builder
-flag): INT8 must be in the graph as QuantizeLinear/DequantizeLinear pairs. ONNX Runtime's static quantizer
-writes them on the CPU, so the calibration needs no GPU and no extra dependency; the engine build later just
-parses the Q/DQ graph.
-
-What TensorRT accepts, and so what is written here: symmetric int8 (zero point 0) for activations and
-weights, per-channel weight scales, float biases (TensorRT quantizes biases itself), Q/DQ only around the
-convolutions - the in-graph preprocessing (uint8 -> normalised float) and the classifier stay in float.
-The same file runs in ONNX Runtime, which is how its parity is checked before any engine exists.
+TensorRT 11 has no implicit INT8 calibration, so INT8 must be in the graph as QuantizeLinear/DequantizeLinear
+pairs; ONNX Runtime's static quantizer writes them on the CPU (no GPU needed). What TensorRT accepts is written:
+symmetric int8 activations and weights, per-channel weight scales, float biases, Q/DQ only around the convolutions
+(preprocessing and classifier stay float). The same file runs in ONNX Runtime, which checks its parity.
 """
 
 from __future__ import annotations
@@ -27,13 +22,10 @@ from fastcifar.errors import FastCifarError
 from fastcifar.preprocess import META_PREFIX, decode_metadata
 from fastcifar.fileio import atomic_path
 
-# Convolutions only: the classifier (512x10 Gemm, a negligible share of the FLOPs) stays fp32 - alone it cost
-# 15 points of top-1 agreement on a barely trained resnet18 whose top-2 logit margins are small.
+# Convolutions only: the classifier (a negligible share of the FLOPs) stays fp32, which kept top-1 agreement up.
 QUANTIZED_OPS = ["Conv"]
-# Activation ranges: MinMax per 32-image batch, smoothed by a moving average (constant 0.1), so a few outlier
-# images do not set the scale for everything. On two CPU smoke resnet18s (1,000 real test images), top-1
-# agreement with fp32: global MinMax 0.954 / 0.562, percentile 99.99 0.945 / 0.638, entropy - / 0.562,
-# this 0.964 / 0.907 (accuracy 48.9 -> 48.9 %, 32.4 -> 31.7 %).
+# Activation ranges: MinMax per 32-image batch with a moving average, so a few outlier images do not set the scale:
+# the best agreement of the calibrations tried (bench/README.md, "Export").
 CALIBRATION_BATCH = 32
 CALIBRATION_METHOD = "MinMax"
 CALIBRATION_OPTIONS = {"CalibMovingAverage": True, "CalibMovingAverageConstant": 0.1}

@@ -1,19 +1,10 @@
 """TensorRT engines from fastcifar ONNX files: the build (TensorRT 10 and 11), the sidecar, compatibility checks.
 
-Owns `build_engine`, the engine's JSON sidecar (`<engine>.json`: TensorRT version, GPU and compute
-capability, precision, profile, I/O, source ONNX hash, fastcifar metadata) and the checks an engine
-consumer runs before deserialising (`check_engine_compatible`, `load_engine`).
-
-Importable without TensorRT and without a GPU: only `build_engine`/`load_engine` import tensorrt (inside
-the call). Profile parsing, the version -> precision plan and the sidecar checks are plain Python, tested
-on CPU. Verified on a GPU: nothing yet (no GPU and no TensorRT wheel on the development machine; the
-`tensorrt`-marked tests in tests/test_tensorrt_logic.py are the GPU check).
-
-Precision: one strongly typed plan for both majors. Each layer runs in the type the ONNX graph gives it, so an
-fp16 / bf16 export gives an fp16 / bf16 engine and INT8 comes from Q/DQ nodes; no precision flags (TensorRT 11
-removed BuilderFlag.FP16/BF16/INT8, and 10.12+ deprecates them in favour of strong typing).
-  11+  networks are always strongly typed: create_network(0).
-  10   strong typing is asked for: create_network(1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED).
+Owns `build_engine` (one strongly typed build for both majors: each layer runs in the ONNX graph's type, INT8 comes
+from Q/DQ nodes), the engine's JSON sidecar (`<engine>.json`: TensorRT version, GPU, precision, profile, I/O,
+source ONNX hash, metadata) and the checks before deserialising (`check_engine_compatible`, `load_engine`). Only
+`build_engine` and `load_engine` import tensorrt, so the rest runs and is tested on a CPU. Which TensorRT works
+with which path, and what has not run yet: docs/development.md, "TensorRT and ONNX Runtime versions".
 """
 
 from __future__ import annotations
@@ -97,7 +88,8 @@ def precision_plan(trt_version: str, precision: str) -> BuildPlan:
                              + INSTALL_HINT)
     if precision not in ENGINE_PRECISIONS:
         raise FastCifarError(f"unknown precision '{precision}' (expected one of {', '.join(ENGINE_PRECISIONS)})")
-    # 11 made strong typing the only mode (the flag is gone or a no-op); 10 has it behind a creation flag.
+    # No precision builder flags: 11 removed BuilderFlag.FP16/BF16/INT8 and 10.12+ deprecates them. 11 is always
+    # strongly typed (create_network(0)); 10 is asked with the STRONGLY_TYPED creation flag.
     return BuildPlan(precision, major, strongly_typed=True, builder_flags=(),
                      network_flags=("STRONGLY_TYPED",) if major == 10 else ())
 

@@ -1,22 +1,10 @@
 """An NVIDIA Triton Inference Server model repository from fastcifar's exports (`fastcifar export --triton-repo DIR`).
 
-Owns the repository layout and each entry's `config.pbtxt` (protobuf text format of Triton's ModelConfig):
-  DIR/<onnx stem>_onnx/config.pbtxt, labels.txt, 1/model.onnx     platform onnxruntime_onnx
-  DIR/<engine stem>_trt/config.pbtxt, labels.txt, 1/model.plan    platform tensorrt_plan (with --trt)
-The stems are the exported files' (`resnet18-imagenet`, `resnet18-imagenet-fp16`, ...). Inputs and outputs are read
-from the ONNX graph itself (or from the engine's sidecar, which recorded the graph's), so the config always names the
-tensors the model has: `pixels` uint8 [32, 32, 3] NHWC for raw graphs, `images` float32 [3, S, S] NCHW for
-`--input normalized` ones, `logits` float32 [num_classes] out (Triton's dims leave out the batch dimension).
-`parameters` carry the fastcifar metadata (class names, mean/std, image size, input kind and preprocessing,
-precision, source weights) and, for a plan, the TensorRT version, GPU and profile it was built with.
-
-The text is written here, without Triton's protobuf classes: the runtime needs no tritonclient. The tests parse
-every generated file with tritonclient's `model_config_pb2` (a misspelled field fails the parse).
-Entries are written file by file atomically (model, labels, then config.pbtxt last); an existing entry that another
-model wrote (other weights, or not written by fastcifar) is never replaced.
-
-Verified: the text parses as ModelConfig and matches the ONNX graph; 1/model.onnx runs in ONNX Runtime. Not run
-here: a Triton server (no Docker engine, no GPU on the development machine).
+Owns the repository layout (`DIR/<stem>_onnx/`, `DIR/<stem>_trt/` with `labels.txt` and `1/model.onnx|plan`) and
+each entry's `config.pbtxt`, whose tensors come from the ONNX graph (or the engine's sidecar) and whose `parameters`
+carry the fastcifar metadata. The text is written here without Triton's protobuf classes, so the runtime needs no
+tritonclient (the tests parse it with them). Entries are written atomically, config.pbtxt last; another model's
+entry is never replaced. Entry point: `write_repository`. What a user sees: docs/inference.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""CIFAR-10-C corruptions, batched in torch on the device, deterministic for a seed.
+"""CIFAR-10-C corruptions (`corrupt`), batched in torch on the device, deterministic for a seed.
 
-Severity parameters are Hendrycks and Dietterich's (ICLR 2019), from hendrycks/robustness
-`ImageNet-C/create_c/make_cifar_c.py` (the script that made CIFAR-10-C); each function below names its list.
-The arithmetic follows that script on [0, 1] floats; where it used another library the torch equivalent is
-exact unless said: skimage's gaussian filter (separable kernel, 'nearest' borders, truncate 4), skimage's HSV
-for brightness/saturation (for a fixed hue the RGB channels are linear in V and S, so the change is applied in
-RGB without a round trip), PIL's BOX resize for pixelate (exact area weights). Random draws come from a
-generator seeded per (seed, corruption, severity), so a corrupted test set is the same on every run - but not
-the official files' pixels (other random streams): for numbers comparable with papers, evaluate on the official
-CIFAR-10-C (`fastcifar evaluate --cifar10c DIR`). Like the official files, results are truncated to uint8.
+Severity parameters and arithmetic follow Hendrycks and Dietterich's `make_cifar_c.py` (hendrycks/robustness, the
+script that made CIFAR-10-C); each function names its list, and where the script used skimage or PIL the torch
+equivalent is exact unless its comment says otherwise. Draws come from a generator seeded per (seed, corruption,
+severity), so the pixels are the same on every run but not the official files' (docs/inference.md, "Evaluate").
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Which file each inference backend needs, and the cache that makes it on the fly.
 
-Owns the mapping model path -> artifact kind (`weights`: a run directory or model.safetensors; `onnx`;
-`engine`: a TensorRT plan) and `ensure_artifact(path, backend)`: the path itself when it already is what the
-backend runs, else an ONNX export / TensorRT build cached under `exported/cache/` (`--cache-dir`).
-
-Cache entries are keyed by the SHA-256 of the source files (weights + model.json, or the .onnx) and the
-conversion settings, so an entry is reused exactly while the model is unchanged and a retrained run gets a
-fresh one. An entry is built in a temporary directory and renamed into place whole: an interrupted export
-never leaves a half-written model that a later run would trust.
+Owns the mapping model path -> artifact kind (`weights`, `onnx`, `engine`) and `ensure_artifact(path, backend)`:
+the path itself when it already is what the backend runs, else an ONNX export / TensorRT build cached under
+`exported/cache/` (`--cache-dir`), keyed by the SHA-256 of the source files and the conversion settings (reused
+exactly while the model is unchanged), built in a temporary directory and renamed into place whole.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`fastcifar evaluate`: any model `load_predictor` loads, on the CIFAR-10 test split - calibration and corruption
+"""`fastcifar evaluate`: any model `load_predictor` loads, on its dataset's test split - calibration and corruption
 robustness beside clean accuracy (Hendrycks, Lee and Mazeika, ICML 2019: what pretraining buys beyond top-1).
 
 Owns `evaluate_model(...)` (load the predictor and the test split, run `fastcifar.robustness.evaluate_logits`,

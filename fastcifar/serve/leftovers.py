@@ -1,13 +1,10 @@
 """What a Triton server started by this process could leave behind, found while it runs and removed when it stops.
 
-Owns `Leftovers` (made before the server starts, `started()` once it is ready). Stopped while clients were sending, tritonserver 2.51 died with signal 11 twice out of twice and
-left its Python-backend stub, PyTriton's proxy process and multiprocessing's resource tracker running under PID 1
-(the stub ignoring SIGTERM), a 4 MB `/dev/shm/pytrtion<pid>-...` segment, the proxy's `psm_*` segments, the model
-folder tritonserver localizes (`/tmp/folderXXXXXX`) and the Python backend's `/tmp/python_env_XXXXXX`. While the
-server runs, `watch()` notes this process's descendants (pid and start time, so a reused pid is never touched), the
-shared-memory segments they map and the model folder the stub was started with; after PyTriton's own stop,
-`cleanup()` ends what is still alive (SIGTERM, then SIGKILL; resource trackers last, so they can unlink their
-segments) and removes what is still on disk. Linux only (/proc); elsewhere it finds nothing and removes nothing.
+Owns `Leftovers` (made before the server starts, `started()` once it is ready): `watch()` notes this process's
+descendants (pid and start time, so a reused pid is never touched), the shared-memory segments they map and the
+model folder the stub was started with; after PyTriton's own stop, `cleanup()` ends what is alive (SIGTERM, then
+SIGKILL; resource trackers last) and removes what is on disk. Linux only (/proc); elsewhere it does nothing. What
+a hard stop left, and why this exists: docs/serving.md, "Stopping".
 """
 
 from __future__ import annotations

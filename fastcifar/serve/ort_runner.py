@@ -159,8 +159,8 @@ class OnnxRuntimePredictor(Predictor):
         super().__init__(spec_from_metadata(read_onnx_metadata(path)), path)
         self.torch_device, self.device = device, str(device)
         options = ort.SessionOptions()
-        # ORT's worker threads spin while idle; beside PyTorch in one process that took torch from 2.1k to
-        # 0.2k img/s here. Spinning is allowed only when the predictor has its process to itself (bench).
+        # ORT's idle worker threads spin, which slowed PyTorch in the same process ~10x (bench/README.md, "Inference
+        # backends"): spinning only when the predictor has its process to itself (bench).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if isolated else "0")
         if threads:
             options.intra_op_num_threads = threads

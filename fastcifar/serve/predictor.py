@@ -1,16 +1,10 @@
 """Predictors: one call for every inference backend - uint8 HWC pixel batches in, probabilities out.
 
-Owns `load_predictor(path, backend=None, device=None)`, the entry point scripts call, which backends can run
-here (`backend_unavailable`) and `predict_files`. The backends, each in its own module:
-  torch           the run's model.safetensors in PyTorch eager (fp32: the parity reference) - torch_runner.py
-  torch-compiled  the same behind torch.compile (static shapes: one compile per batch size) - torch_runner.py
-  onnxruntime     an .onnx file on ONNX Runtime: TensorRT EP, CUDA EP, then CPU - ort_runner.py
-  tensorrt        a TensorRT engine on its own runner: CUDA tensors in and out - trt_runner.py
-`backend=None` picks from the file type (run dir/.safetensors -> torch, .onnx -> onnxruntime, .engine ->
-tensorrt); a run directory given to onnxruntime/tensorrt is exported on the fly into the artifact cache
-(artifacts.py). Preprocessing (resize to the model's image size, mean/std) always comes from the model's own
-metadata (model.json, the ONNX metadata_props or the engine sidecar) and never from the caller.
-`Predictor` (base.py) and `load_image` (fastcifar/data/images.py) are re-exported here.
+Owns `load_predictor(path, backend=None, device=None)`, the entry point scripts call, which backends can run here
+(`backend_unavailable`) and `predict_files`. The backends live in torch_runner.py (`torch`, `torch-compiled`),
+ort_runner.py (`onnxruntime`) and trt_runner.py (`tensorrt`); `backend=None` picks from the file type, and
+preprocessing always comes from the model's own metadata (docs/inference.md, "Naming a model"). `Predictor`
+(base.py) and `load_image` (data/images.py) are re-exported here.
 """
 
 from __future__ import annotations

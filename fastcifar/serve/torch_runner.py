@@ -24,12 +24,9 @@ def compile_mode(device_type: str) -> str | None:
     return "reduce-overhead" if device_type == "cuda" else None
 
 
-# Batch sizes the compiled predictor runs at. torch.compile(dynamic=False) compiles (and on CUDA captures a graph)
-# once per new batch size, and after torch._dynamo.config.recompile_limit (8 by default) recompiles it silently
-# falls back to eager - so a server fed ragged tail batches would first stall on compiles, then lose the compiled
-# speed. Padding every batch up to one of these sizes bounds the compiles at len(BATCH_BUCKETS), under the limit,
-# at the cost of computing up to 4x the rows of a ragged batch (2 run as 8, 257 as 1024). 1, 64, 256 and 1024 are
-# `fastcifar bench`'s default sizes and 256 is `Predictor.max_batch`, so those run unpadded.
+# Batch sizes the compiled predictor runs at: padding every batch up to one bounds the compiles (one per size) below
+# dynamo's recompile limit, past which torch silently falls back to eager, for up to 4x the rows of a ragged batch.
+# 1, 64, 256 and 1024 (bench's sizes; 256 is Predictor.max_batch) run unpadded. docs/inference.md, "Precision".
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 1024)
 
 

@@ -1,13 +1,10 @@
-"""A Triton Inference Server as a fastcifar `Predictor`: `fastcifar predict IMAGE... --server URL` and the load
-test (fastcifar/bench/load_test.py) talk to a server through it.
+"""A Triton Inference Server as a fastcifar `Predictor` (`TritonPredictor`): `fastcifar predict --server URL` and the
+load test talk to a server through it.
 
-Owns the server URL (`http://host:port`, `https://...`, `grpc://host:port`, or `host:port` for HTTP), choosing the
-model (the one named, else the one `fastcifar serve` names in its server metadata, else the only one the server
-lists), and reading the model's contract from its config: the
-uint8 NHWC input, the float32 output, `max_batch_size` (larger batches are split) and the fastcifar metadata in
-`parameters` (class names, precision). It works the same against `fastcifar serve` (triton_server.py) and against
-a Triton loading the repository `fastcifar export --triton-repo` writes; the class names fall back to the indices
-when a model carries none. Needs tritonclient (the `serve` extra).
+Owns parsing the server URL (`parse_server_url`: http(s)://, grpc:// or host:port), choosing the model (the one
+named, else the one `fastcifar serve` names in its server metadata, else the only one listed) and reading its
+contract from its config (input, output, `max_batch_size`, the fastcifar metadata), the same against `fastcifar
+serve` and a Triton serving `export --triton-repo`'s repository. Needs tritonclient (the `serve` extra).
 """
 
 from __future__ import annotations
@@ -88,7 +85,7 @@ def connect(url: ServerURL, timeout_s: float = 30.0):
         live = client.is_server_live()
     except Exception as exc:  # noqa: BLE001 - connection refused / DNS / TLS: the server is not there
         raise FastCifarError(f"no Triton server answers at {url} ({_reason(exc)}): start one with fastcifar serve "
-                             "MODEL, or check --server") from None
+                             "MODEL, or check the server URL") from None
     try:
         meta = client.get_server_metadata(as_json=True) if url.protocol == "grpc" else client.get_server_metadata()
     except Exception as exc:  # noqa: BLE001 - an HTTP server that is not Triton answers with something else
@@ -126,12 +123,13 @@ def choose_model(client, url: ServerURL, name: str | None, server_meta: dict | N
         return served[len(SERVER_ID_PREFIX):]  # fastcifar serve says which model it serves
     models = _index(client, url)
     if models is None:
-        raise FastCifarError(f"the Triton server at {url} does not list its models: name one with --model NAME "
-                             "(fastcifar serve prints it)")
+        raise FastCifarError(f"the Triton server at {url} does not list its models: name one (predict --name NAME, "
+                             "load-test --name NAME; fastcifar serve prints it)")
     ready = sorted({m["name"] for m in models if m.get("state", "READY") == "READY"})
     if len(ready) != 1:
         raise FastCifarError(f"the Triton server at {url} has {len(ready)} ready models"
-                             + (f" ({', '.join(ready)})" if ready else "") + ": name one with --model NAME")
+                             + (f" ({', '.join(ready)})" if ready else "")
+                             + ": name one (predict --name NAME, load-test --name NAME)")
     return ready[0]
 
 

@@ -1,36 +1,10 @@
 """`fastcifar serve MODEL`: any fastcifar predictor behind a real NVIDIA Triton Inference Server, through PyTriton.
 
-Owns the server's life: the checks before anything starts (the `serve` extra is installed, the model name is one
-Triton accepts, the three ports are free), the model's Triton contract, a warm-up batch before the model is loaded
-(so Triton reports it ready only once it can answer at full speed), the wait, and the stop: SIGINT and SIGTERM stop
-the `tritonserver` child and PyTriton's proxy before this process exits.
-
-The contract is the exported repository's (`fastcifar export --triton-repo`, export/triton.py), so a client written
-for one works against the other: input `pixels` TYPE_UINT8 [S, S, 3] (NHWC, RGB 0-255, without the batch
-dimension), output `logits` TYPE_FP32 [num_classes], dynamic batching, and the fastcifar metadata (class names,
-mean/std, image size, backend, precision) in the config's `parameters` under the same `fastcifar.` keys. Whatever
-the backend (torch at any precision, torch-compiled, onnxruntime, tensorrt), the predictor does its own
-preprocessing, as it does for `predict`.
-
-Bad requests (wrong dtype or shape, a batch above the maximum, an unknown model) are refused by Triton itself
-against the model config; a request the predictor refuses comes back as an error response naming the problem, and
-the server goes on serving (tests/test_serve.py sends hundreds of bad requests between good ones).
-
-The pitfalls measured on the development machine (bench/README.md) and handled here:
-- PyTriton's Python-backend stub loads the first libpython of the interpreter's version it finds; with a pyenv
-  Python beside Debian's libpython3.11 it took Debian's, whose standard library differs, and the model failed to
-  load (`'_thread.RLock' object has no attribute '_recursion_count'`). The interpreter's own LIBDIR goes first on
-  LD_LIBRARY_PATH (`library_path`).
-- A SIGTERM to the Python parent left `tritonserver` running: a handler turns SIGTERM into the same clean stop as
-  Ctrl-C. Stopped under load, tritonserver crashed and left its children, shared memory and folders: the server
-  first refuses new requests for DRAIN_S, then stops, then ends and removes what is left (serve/leftovers.py).
-- PyTriton guards the model index with a token, so clients could not find the model: the server's id (its
-  unguarded metadata, GET /v2) is "fastcifar:<model>", which fastcifar's client reads.
-- Triton's statistics and repository endpoints need PyTriton's access token: the load test reads Triton's
-  Prometheus metrics instead (the load test: fastcifar/bench/load_test.py).
-The server binds 127.0.0.1 unless --host says otherwise. Not run here: a GPU (the predictor's device is the only
-GPU-specific part), and Triton's own ONNX Runtime / TensorRT backends (they come with NVIDIA's containers, which
-serve the exported repository instead).
+Owns the server's life: the checks before anything starts (the `serve` extra, the model name, free ports), the
+model's Triton contract (the exported repository's, export/triton.py), a warm-up batch before Triton reports the
+model ready, the wait, and the stop (SIGINT/SIGTERM: drain, stop `tritonserver`, remove what a hard stop left).
+Entry points: `serve_model`, and `launch` (a server as a child process, for scripts and tests). The contract, the
+pitfalls handled here and what has not run yet: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -158,7 +132,8 @@ def check_ports(host: str, ports: dict) -> None:
 
 def library_path(current: str | None) -> str | None:
     """LD_LIBRARY_PATH with this interpreter's own libpython directory first, so PyTriton's Python-backend stub
-    loads the library that matches this interpreter's standard library (see the module docstring)."""
+    loads the library that matches this interpreter's standard library (a pyenv Python otherwise got Debian's
+    libpython3.11 and the model failed to load: docs/serving.md, "Handled inside")."""
     libdir = sysconfig.get_config_var("LIBDIR")
     library = sysconfig.get_config_var("LDLIBRARY")
     if not libdir or not library or not (Path(libdir) / library).exists():
@@ -399,5 +374,5 @@ def ready_line(info: ServerInfo, as_json: bool) -> str:
     return (f"serving {info.name} ({info.backend} {info.precision} on {info.device}; max batch {info.max_batch}, "
             f"queue delay {info.queue_delay_us} us; classes: {classes})\n"
             f"  HTTP    {urls['http']}\n  gRPC    {urls['grpc']}\n  metrics {urls['metrics']}\n"
-            f"  try:    fastcifar predict IMAGE... --server {urls['http']} --model {info.name}\n"
+            f"  try:    fastcifar predict --server {urls['http']} --name {info.name} IMAGE...\n"
             f"Ctrl-C or SIGTERM (kill {info.pid}) stops the server.")

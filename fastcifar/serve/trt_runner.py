@@ -1,17 +1,9 @@
 """The TensorRT engine runner behind the `tensorrt` inference backend (TensorRT 10 and 11 Python APIs).
 
-Owns `EngineRunner` (one execution context: torch CUDA tensors in, torch CUDA tensors out, no host round
-trip) and `TensorRTPredictor` (the Predictor interface around it). Loading and the compatibility checks of
-an engine file (TensorRT version, GPU, sidecar hash) are fastcifar/export/tensorrt.py's `load_engine`.
-
-The API used exists unchanged in TensorRT 10 and 11: `num_io_tensors` / `get_tensor_name` /
-`get_tensor_mode` / `get_tensor_dtype` / `get_tensor_profile_shape` on the engine, and
-`set_input_shape` / `get_tensor_shape` / `set_tensor_address` / `execute_async_v3` on the context.
-Work is queued on a dedicated CUDA stream ordered against torch's current stream on both sides
-(`DedicatedStream`), so the engine never runs on the default stream, torch's caching allocator keeps the input
-alive until the engine has read it, and CUDA events on the current stream still time the engine exactly.
-Verified here: the binding logic, against a fake engine (tests/test_inference.py). Needs a GPU: the rest
-(`tensorrt`-marked tests).
+Owns `EngineRunner` (one execution context: torch CUDA tensors in and out, no host round trip, on a dedicated
+stream ordered against torch's current one, so CUDA events on that stream still time the engine) and
+`TensorRTPredictor` (the Predictor around it). Loading an engine and its compatibility checks are
+export/tensorrt.py's `load_engine`. Only the binding logic has run, against a fake engine; the rest needs a GPU.
 """
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-"""Study wing: `compare.py` (pretrained vs random init over settings, seeds and fractions; its entry point
-`fastcifar.study.compare.compare`), `pretrained.py` (where the pretrained weights come from), `results.py` (the
-numbers and the conclusion), `markdown.py` (report.md), `plots.py` (the figures), `report.py` (writes them) and
-`stats.py` (Welch intervals)."""
+"""Study wing: `fastcifar.study.compare.compare` runs the experiment (plan.py plans its runs, sizing.py fits it to a
+time budget, progress.py shows it, pretrained.py finds the pretrained weights); results.py, markdown.py, plots.py,
+stats.py and report.py turn the finished runs into the report."""

@@ -1,11 +1,9 @@
-"""Fitting a compare to a time budget on the machine it runs on: `make run` on a slow 2-core CPU (AVX2 only) took an
-hour where the README promised minutes.
+"""Fitting a compare to a time budget on the machine it runs on (`--time-budget`).
 
-Owns `probe_rate` (training images per second of the study's model on this device, from a few steps on random
-data), `estimate_seconds` (training, per-epoch evaluation and the robustness evaluation of the planned runs at that
-rate) and `fit` (the largest training pool, at least MIN_POOL images, whose estimate fits the budget). compare.py
-calls them before the first run and keeps the decision in the report directory (sizing.json), so rerunning the same
-command resumes the same experiment instead of measuring again.
+Owns `probe_rate` (training images per second of the study's model here, from a few steps on random data),
+`estimate_seconds` (training, per-epoch evaluation and robustness evaluation of the planned runs at that rate) and
+`fit` (the largest training pool, at least MIN_POOL images, whose estimate fits). compare.py keeps the decision in
+the report directory (sizing.json). Why and how: docs/compare.md, "The time budget".
 """
 
 from __future__ import annotations
@@ -58,7 +56,7 @@ def probe_rate(base, settings, device) -> tuple[dict, str]:
 
 def estimate_seconds(trained, final, rates: dict, n_test: int, severities: tuple[int, ...], tta: bool,
                      n_corruptions: int = 9) -> float:
-    """Seconds at `rates` for the `trained` runs (compare.PlannedRun: their training epochs and the validation and
+    """Seconds at `rates` for the `trained` runs (plan.PlannedRun: their training epochs and the validation and
     test evaluation after each, two views with flip TTA) and the `final` models' robustness evaluation (the clean
     test pass plus every corruption at every severity)."""
     seconds = 0.0

@@ -19,8 +19,8 @@ def param_groups(model, weight_decay: float, backbone_lr_scale: float = 1.0,
     With `backbone_lr_scale` != 1 every tensor but the classifier (`fc.*`) gets `lr * backbone_lr_scale`, so a
     pretrained backbone moves slower than the new head (two more groups). With `bn_bias_lr_scale` != 1 the
     BatchNorm biases get their own group at `lr * bn_bias_lr_scale` (airbench94's `bias_scaler`, 64 there, paired
-    with frozen BatchNorm scales). Frozen tensors (requires_grad False) are left out. At 1 and 1 the two historical
-    groups are kept, so the saved optimizer state of an interrupted run still loads.
+    with frozen BatchNorm scales). Frozen tensors (requires_grad False) are left out. The groups depend only on the
+    config, so a resumed run's saved optimizer state fits them.
     """
     from fastcifar.train.levers import batchnorm_bias_ids
 
@@ -169,7 +169,7 @@ def warm_up(step, model, opt, ema, scaler, *, batch_size: int, image_size: int, 
     """Run `step` on throw-away random batches, then restore every state it touched; returns the seconds taken.
 
     Why: torch.compile compiles on the first call, which would otherwise land in epoch 1's clock (17 s on a fresh
-    H100 machine, 3 s with a warm cache, against 0.64 s for a steady epoch; ../shared/measurements). airbench
+    H100 machine, 3 s with a warm cache, against 0.64 s for a steady epoch; bench/README.md). airbench
     warms up the same way before it starts its timer. Model weights and buffers, optimizer, scheduler, EMA and
     loss scaler are restored exactly and the batches come from their own generator, so the run that follows is
     the run that would have happened without the warm-up (tests/test_train.py checks it bit for bit).

@@ -1,0 +1,104 @@
+"""`fastcifar compare`: pretrained vs random init over seeds and training-set fractions -> a report directory
+(fastcifar/study/compare.py). Takes train's options except --init: the two arms are the comparison."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from fastcifar.cli.options import auto_preset, data_dir_option, download_option, preset_option, train_params
+from fastcifar.config import COMPARE_DEFAULTS, COMPARE_LR_GRIDS, IF_NO_WEIGHTS, ROBUSTNESS_SEVERITIES
+
+
+def _numbers(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _compare_default(per_preset: dict[str, str]) -> str:
+    """'[default: X; smoke: Y]': the value most presets share, then each preset that differs (config.py's tables)."""
+    common = Counter(per_preset.values()).most_common(1)[0][0]
+    return "[default: " + "; ".join([common] + [f"{p}: {v}" for p, v in per_preset.items() if v != common]) + "]"
+
+
+def _lr_grid_default() -> str:
+    """'[default: seed: 0.05,0.1,0.2; ...; none when --lr is given]' from COMPARE_LR_GRIDS."""
+    grids = "; ".join(f"{preset}: {_numbers(grid)}" for preset, grid in COMPARE_LR_GRIDS.items())
+    return f"[default: {grids}; none when --lr is given]"
+
+
+PRESET_HELP = "Budget and recipe of every run (as for `train`): auto = seed on a GPU, smoke on a CPU."
+
+
+# --init is left out: compare trains both inits itself (the weights come from --pretrained-weights).
+@click.command(params=[preset_option(PRESET_HELP), *train_params(exclude=("init",))])
+@data_dir_option
+@download_option
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Seeds per (init, fraction): --seed, --seed+1, ... "
+                   + _compare_default({p: str(seeds) for p, (seeds, _) in COMPARE_DEFAULTS.items()}))
+@click.option("--fractions", default=None,
+              help="Comma-separated fractions of the training images (of --train-limit when given) to train on. "
+                   + _compare_default({p: _numbers(fractions) for p, (_, fractions) in COMPARE_DEFAULTS.items()}))
+@click.option("--pretrained-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="torchvision-format ImageNet state dict (.pth/.pt/.safetensors) for the pretrained arm, for "
+                   "offline machines. [default: torchvision's IMAGENET1K_V1 download/cache]")
+@click.option("--robustness-severities", default=",".join(map(str, ROBUSTNESS_SEVERITIES)), show_default=True,
+              help="Corruption severities (1-5, e.g. 1,3,5 or 1-5) every final model is evaluated at for the "
+                   "report's calibration and robustness sections, or none to skip that evaluation.")
+@click.option("--if-no-weights", type=click.Choice(IF_NO_WEIGHTS), default="fail", show_default=True,
+              help="When the ImageNet weights cannot be had: fail with a message, or run the pretrained arm from "
+                   "stand-in random weights (a pipeline check, labelled as such in the report and the demo).")
+@click.option("--lr-grid", default=None,
+              help="Comma-separated peak learning rates: each arm (pretrained, random) trains once per value on the "
+                   "first seed at the largest fraction and keeps the one with the best validation accuracy (the "
+                   "test set plays no part); 'none' = one shared --lr for both arms. " + _lr_grid_default())
+@click.option("--image-sizes", "image_sizes", default=None,
+              help="Settings to compare, each its own table section: comma-separated sizes, each with its stem "
+                   "(32 -> CIFAR stem, larger -> ImageNet stem) or SIZE:STEM, e.g. 32,224 or 32:cifar,64:imagenet. "
+                   "[default: the preset's (or --image-size/--stem) one setting]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report directory. Rerunning with the same --out and options skips finished runs and resumes "
+                   "an interrupted one. [default: reports/<arch>-<preset>-<fingerprint of the options>, so "
+                   "rerunning the same command resumes]")
+@click.option("--time-budget", type=float, default=0, show_default=True,
+              help="Minutes the whole study may take here: the speed is measured on a few training steps first, "
+                   "and the training pool (--train-limit) shrinks to fit (at least 1,000 images), saying so; 0 = "
+                   "the study as asked, however long. A rerun keeps the first decision (REPORT/sizing.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the summary. [default: off]")
+def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | None, fractions: str | None,
+            pretrained_weights: Path | None, robustness_severities: str, if_no_weights: str, lr_grid: str | None,
+            image_sizes: str | None, out: Path | None, time_budget: float, as_json: bool, **overrides) -> None:
+    """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
+
+    Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
+    <out>/lr-select/). Writes report.md, results.json, env.json, compare.json, pretrained.json, curves.png,
+    data_efficiency.png, per_class.png, confusion.png, robustness.png, reliability.png (per setting with
+    --image-sizes), one run directory per run under <out>/runs/ and, with --tensorboard, <out>/tensorboard/.
+
+    \b
+    Examples:
+      fastcifar compare --data-dir ~/data/cifar10 --preset smoke --pretrained-weights resnet18-f37072fd.pth
+      fastcifar compare --preset seed --seeds 5 --fractions 0.01,0.1,1.0 --out reports/seed5
+      fastcifar compare --preset seed --image-sizes 32,224 --lr-grid 0.05,0.1,0.2 --backbone-lr-scale 0.1
+    """
+    # **overrides: the train_params options, each a TrainConfig field (None: not given, the preset decides).
+    from fastcifar.config import make_compare_config
+    from fastcifar.study.compare import compare as run_compare
+    from fastcifar.study.report import print_summary
+
+    preset = auto_preset(preset, overrides.get("device"))
+    overrides.update(data_dir=str(data_dir.resolve()) if data_dir else None, download=download)
+    cfg = make_compare_config(preset, overrides, seeds=seeds, fractions=fractions, lr_grid=lr_grid,
+                              image_sizes=image_sizes, if_no_weights=if_no_weights,
+                              pretrained_weights=str(pretrained_weights.expanduser().resolve())
+                              if pretrained_weights else None, out=str(out) if out else None,
+                              robustness_severities=robustness_severities, time_budget_min=time_budget)
+    result = run_compare(cfg, progress=sys.stderr.isatty(), command=sys.argv)
+    if as_json:
+        click.echo(json.dumps(result.results))
+    else:
+        print_summary(result.results, result.files)

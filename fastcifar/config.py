@@ -240,9 +240,6 @@ def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:
     return TrainConfig(**values, preset=preset) if "preset" not in values else TrainConfig(**values)
 
 
-# ---------------------------------------------------------------------------------------------- compare
-
-COMPARE_INITS = ("imagenet", "random")  # the two arms of `fastcifar compare`; run directories are named after them
 MIN_BATCH = 8  # BatchNorm statistics over fewer images are too noisy to train with
 
 
@@ -254,6 +251,11 @@ def fit_batch(batch_size: int, lr: float, n_train: int, min_steps: int) -> tuple
         return batch_size, lr
     fitted = min(batch_size, max(MIN_BATCH, 2 ** int(math.log2(max(n_train // min_steps, 1)))))
     return fitted, lr * fitted / batch_size
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+COMPARE_INITS = ("imagenet", "random")  # the two arms of `fastcifar compare`; run directories are named after them
 IF_NO_WEIGHTS = ("fail", "stand-in")
 # Every final model of a compare is evaluated under each corruption at these severities (fp32, no TTA): ~12 s per
 # smoke model on 2 CPU cores. --robustness-severities none skips the evaluation.

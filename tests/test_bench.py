@@ -51,7 +51,7 @@ def test_parity_metrics_and_gate():
 
 
 def test_merge_rounds_keeps_the_best_round():
-    from fastcifar.bench.harness import merge_rounds
+    from fastcifar.bench.measure import merge_rounds
 
     # Every figure is best in a different round, and each round's first call differs, so taking one whole round
     # (or the wrong one) for any figure fails an assertion below.
@@ -252,7 +252,7 @@ def test_worker_processes_import_this_fastcifar():
     import os
 
     import fastcifar
-    from fastcifar.bench.harness import _worker_env
+    from fastcifar.bench.measure import _worker_env
 
     first = Path(_worker_env()["PYTHONPATH"].split(os.pathsep)[0])
     assert (first / "fastcifar" / "__init__.py").resolve() == Path(fastcifar.__file__).resolve()
@@ -282,17 +282,17 @@ def test_jsonl_has_one_line_per_final_row(tiny_model_dir, synthetic_dir, tmp_pat
 
 def test_jsonl_keeps_the_rows_finished_before_an_interruption(tiny_model_dir, synthetic_dir, tmp_path, monkeypatch):
     """The third backend's measurement is interrupted (as `timeout` would kill it): the first two rows are on disk."""
-    from fastcifar.bench import harness
+    from fastcifar.bench import harness, measure
     from fastcifar.fileio import read_jsonl
 
-    real_worker = harness.run_worker
+    real_worker = measure.run_worker
 
     def worker(job, workdir, timeout_s):
         if job["precision"] == "bf16":
             raise KeyboardInterrupt
         return real_worker(job, workdir, timeout_s)
 
-    monkeypatch.setattr(harness, "run_worker", worker)
+    monkeypatch.setattr(measure, "run_worker", worker)
     jsonl = tmp_path / "rows.jsonl"
     cfg = harness.BenchConfig(models=(str(tiny_model_dir),), backends=("torch", "tensorrt", "torch:bf16"),
                               batch_sizes=(1, 4), data_dir=str(synthetic_dir), download=False, device="cpu",
@@ -312,7 +312,7 @@ def test_each_row_is_written_as_soon_as_it_is_final(case, tiny_model_dir, synthe
     """Fake workers record the order of jobs and written rows: a row is written right after the job that makes it
     final (its last round, or the reference it waits for), never at the end."""
     from conftest import make_saved_model
-    from fastcifar.bench import harness
+    from fastcifar.bench import harness, measure
     from fastcifar.fileio import read_jsonl
 
     events = []
@@ -332,9 +332,9 @@ def test_each_row_is_written_as_soon_as_it_is_final(case, tiny_model_dir, synthe
         real_append(path, row)
 
     real_append = harness.append_row
-    monkeypatch.setattr(harness, "run_worker", worker)
+    monkeypatch.setattr(measure, "run_worker", worker)
     monkeypatch.setattr(harness, "append_row", append)
-    monkeypatch.setattr(harness, "ensure_artifact", lambda path, backend, cache_dir: Path(path))
+    monkeypatch.setattr(measure, "ensure_artifact", lambda path, backend, cache_dir: Path(path))
     reference = make_saved_model(tmp_path / "other", seed=3) if case == "separate reference" else None
     jsonl = tmp_path / "rows.jsonl"
     cfg = harness.BenchConfig(models=(str(tiny_model_dir),), backends=("onnxruntime", "torch", "torch:bf16"),
@@ -378,7 +378,7 @@ def test_jsonl_bad_paths_are_one_clean_error(tiny_model_dir, synthetic_dir, tmp_
 def test_rows_name_the_gpu_without_touching_cuda_here(monkeypatch):
     import subprocess
 
-    from fastcifar.bench import harness
+    from fastcifar.bench import measure
 
     calls = []
 
@@ -386,8 +386,8 @@ def test_rows_name_the_gpu_without_touching_cuda_here(monkeypatch):
         calls.append(command)
         return subprocess.CompletedProcess(command, 0, stdout="NVIDIA H100 80GB HBM3\n", stderr="")
 
-    monkeypatch.setattr(harness.subprocess, "run", fake_run)
-    machine = harness.machine_info("cuda:1", "cuda")
+    monkeypatch.setattr(measure.subprocess, "run", fake_run)
+    machine = measure.machine_info("cuda:1", "cuda")
     assert machine["gpu"] == "NVIDIA H100 80GB HBM3" and machine["host"] and machine["cpu_count"] >= 1
     assert len(calls) == 1 and "'cuda:1'" in calls[0][-1]  # asked in a child process, for the benched device
-    assert harness.machine_info("cpu", "cpu")["gpu"] is None and len(calls) == 1
+    assert measure.machine_info("cpu", "cpu")["gpu"] is None and len(calls) == 1

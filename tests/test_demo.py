@@ -54,16 +54,16 @@ def _test_images(out: Path, synthetic_dir: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, synthetic_dir):
     """The demo app on a free loopback port: yields (url, slots, image dir, gallery); closed after the module."""
-    from fastcifar.serve import demo
+    from fastcifar.serve import demo, demo_gallery, demo_slots
 
     root = tmp_path_factory.mktemp("demo")
     pretrained = make_saved_model(root / "pretrained", seed=1, data_dir=synthetic_dir)
     scratch = make_saved_model(root / "scratch", seed=2)
-    slots = demo.load_models(pretrained, scratch, backend="torch", device="cpu")
+    slots = demo_slots.load_models(pretrained, scratch, backend="torch", device="cpu")
     images = root / "images"
     images.mkdir()
     _test_images(images, synthetic_dir)
-    examples = demo.cifar_examples(None, [s.source for s in slots], root / "gallery", per_class=1)
+    examples = demo_gallery.cifar_examples(None, [s.source for s in slots], root / "gallery", per_class=1)
     app = demo.build_app(slots, examples)
     port = _free_port()
     demo.launch_app(app, host="127.0.0.1", port=port, block=False)
@@ -125,12 +125,12 @@ def test_port_in_use_is_a_user_error(served):
 
 
 def test_gallery_holds_real_test_pixels(tmp_path, synthetic_dir, monkeypatch):
-    from fastcifar.serve import demo
+    from fastcifar.serve import demo_gallery
     from fastcifar.data.cifar import find_batches_dir, load_class_names, load_split
     from fastcifar.errors import FastCifarError
     from fastcifar.data.images import load_image
 
-    examples = demo.cifar_examples(synthetic_dir, [], tmp_path / "gallery", per_class=2)
+    examples = demo_gallery.cifar_examples(synthetic_dir, [], tmp_path / "gallery", per_class=2)
     root = find_batches_dir(synthetic_dir)
     test, names = load_split(root, "test"), load_class_names(root)
     assert len(examples) == 20
@@ -141,12 +141,12 @@ def test_gallery_holds_real_test_pixels(tmp_path, synthetic_dir, monkeypatch):
         np.testing.assert_array_equal(load_image(path, 32), test.images[index])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FastCifarError, match="holds no CIFAR-10"):
-        demo.cifar_examples(tmp_path / "empty", [], tmp_path / "g2")
+        demo_gallery.cifar_examples(tmp_path / "empty", [], tmp_path / "g2")
     # Implicit places without CIFAR-10 give an empty gallery, not an error; a model's recorded data dir is used.
     monkeypatch.setenv("FASTCIFAR_DATA", str(tmp_path / "empty"))
     model = make_saved_model(tmp_path / "model", data_dir=synthetic_dir)
-    assert demo.cifar_examples(None, [tmp_path / "empty"], tmp_path / "g3") == []
-    assert len(demo.cifar_examples(None, [model], tmp_path / "g4", per_class=1)) == 10
+    assert demo_gallery.cifar_examples(None, [tmp_path / "empty"], tmp_path / "g3") == []
+    assert len(demo_gallery.cifar_examples(None, [model], tmp_path / "g4", per_class=1)) == 10
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -156,9 +156,9 @@ def _fake_slot(key: str, source: Path, spec: dict):
     """A Slot whose predictor is only metadata: the labels come from the spec and the files beside the model."""
     from types import SimpleNamespace
 
-    from fastcifar.serve import demo
+    from fastcifar.serve import demo_slots
 
-    return demo.Slot(key=key, source=source, predictor=SimpleNamespace(
+    return demo_slots.Slot(key=key, source=source, predictor=SimpleNamespace(
         spec=spec, backend="torch", precision="fp32", device="cpu", class_names=("cat", "dog")))
 
 
@@ -169,7 +169,7 @@ def test_a_stand_in_run_is_labelled_a_stand_in_and_imagenet_stays_imagenet(tmp_p
 
     from fastcifar.fileio import write_json
     from fastcifar.models import create_model, save_model
-    from fastcifar.serve import demo
+    from fastcifar.serve import demo, demo_slots
     from fastcifar.rundir import PRETRAINED_FILE
     from fastcifar.study.pretrained import _stand_in
     from fastcifar.study.results import arm_labels
@@ -184,23 +184,23 @@ def test_a_stand_in_run_is_labelled_a_stand_in_and_imagenet_stays_imagenet(tmp_p
     stand_in_run = report / "runs" / "imagenet-f1-s0"
     save_model(model, spec, stand_in_run, metrics={"test_acc": 0.47})
     scratch_run = make_saved_model(report / "runs" / "random-f1-s0", seed=2)
-    slots = demo.load_models(stand_in_run, scratch_run, backend="torch", device="cpu")
+    slots = demo_slots.load_models(stand_in_run, scratch_run, backend="torch", device="cpu")
 
     pretrained, scratch = slots
-    assert demo.is_stand_in(pretrained) and not demo.is_stand_in(scratch)
+    assert demo_slots.is_stand_in(pretrained) and not demo_slots.is_stand_in(scratch)
     assert pretrained.title == arm_labels(source)["imagenet"] == "pretrained (STAND-IN random weights)"
     assert "ImageNet-pretrained" not in pretrained.title and scratch.title == "from scratch"
-    assert demo.model_facts(pretrained)["weights"] == "stand-in"
-    warning = demo.stand_in_warning(pretrained)
+    assert demo_slots.model_facts(pretrained)["weights"] == "stand-in"
+    warning = demo_slots.stand_in_warning(pretrained)
     assert "STAND-IN" in warning and "random weights" in warning and "not ImageNet-pretrained" in warning
-    assert demo.stand_in_warning(scratch) is None and demo.mislabel_note(scratch) is None
-    assert "STAND-IN" in demo.mislabel_note(pretrained)  # the load-time log line says it too
+    assert demo_slots.stand_in_warning(scratch) is None and demo_slots.mislabel_note(scratch) is None
+    assert "STAND-IN" in demo_slots.mislabel_note(pretrained)  # the load-time log line says it too
     header = demo._header(slots)
     assert header.startswith("# pretrained (STAND-IN random weights) vs from scratch\n")
     assert f"> ⚠️ {warning}" in header.splitlines()
     assert "**pretrained (STAND-IN random weights)**" in header and "init STAND-IN random weights" in header
-    preds = [demo.Prediction(probs={"cat": 0.9, "dog": 0.1}, top="cat", latency_ms=1.0)] * 2
-    assert "pretrained (STAND-IN random weights) 90%" in demo.verdict_markdown(slots, preds)
+    preds = [demo_slots.Prediction(probs={"cat": 0.9, "dog": 0.1}, top="cat", latency_ms=1.0)] * 2
+    assert "pretrained (STAND-IN random weights) 90%" in demo_slots.verdict_markdown(slots, preds)
 
     # The run moved out of its report: the record beside the weights file it names still says stand-in ...
     moved = tmp_path / "elsewhere" / "run"
@@ -211,12 +211,12 @@ def test_a_stand_in_run_is_labelled_a_stand_in_and_imagenet_stays_imagenet(tmp_p
     # ... and with no record left, nothing says what the file held: never "ImageNet-pretrained".
     (report / PRETRAINED_FILE).unlink()
     away = _fake_slot("pretrained", moved, meta)
-    assert away.title == "pretrained (weights file)" and demo.stand_in_warning(away) is None
+    assert away.title == "pretrained (weights file)" and demo_slots.stand_in_warning(away) is None
 
 
 def test_imagenet_runs_keep_their_title_and_files_say_what_compare_verified(tmp_path):
     from fastcifar.fileio import write_json
-    from fastcifar.serve import demo
+    from fastcifar.serve import demo, demo_slots
 
     url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
     imagenet = {"init": "imagenet", "weights_source": url, "metrics": {"test_acc": 0.93}}
@@ -229,10 +229,10 @@ def test_imagenet_runs_keep_their_title_and_files_say_what_compare_verified(tmp_
     scratch = _fake_slot("scratch", report / "runs" / "random-f1-s0", {"init": "random"})
     for slot in (plain, in_report):
         assert slot.title == "ImageNet-pretrained"
-        assert demo.stand_in_warning(slot) is None and demo.mislabel_note(slot) is None and not demo.is_stand_in(slot)
+        assert demo_slots.stand_in_warning(slot) is None and demo_slots.mislabel_note(slot) is None and not demo_slots.is_stand_in(slot)
         header = demo._header([slot, scratch])
         assert header.startswith("# ImageNet-pretrained vs from scratch\n") and "⚠️" not in header
-    assert demo.model_facts(in_report) == {"init": "imagenet", "test_acc": 0.93, "weights": "torchvision",
+    assert demo_slots.model_facts(in_report) == {"init": "imagenet", "test_acc": 0.93, "weights": "torchvision",
                                            "verified_imagenet": True}
 
     # --pretrained-weights FILE: verified by sha256 -> ImageNet-pretrained; another file -> unverified, flagged.
@@ -243,8 +243,8 @@ def test_imagenet_runs_keep_their_title_and_files_say_what_compare_verified(tmp_
                                              "verified_imagenet": verified, "label": "weights from w.pth"})
         slot = _fake_slot("pretrained", out / "runs" / "imagenet-f1-s0",
                           {"init": "file", "weights_source": str(weights)})
-        assert slot.title == title and demo.stand_in_warning(slot) is None
-        assert (demo.mislabel_note(slot) is None) == verified
+        assert slot.title == title and demo_slots.stand_in_warning(slot) is None
+        assert (demo_slots.mislabel_note(slot) is None) == verified
 
 
 # ---------------------------------------------------------------------------------------------- API

@@ -93,7 +93,7 @@ def test_ort_without_a_cuda_provider_runs_on_the_cpu_and_says_so(onnx_file, pixe
 
 
 def test_bench_row_carries_provider_note_and_precision():
-    from fastcifar.bench.harness import _row_from_result
+    from fastcifar.bench.measure import _row_from_result
 
     result = {"throughput": {"1": 10.0}, "throughput_h2d": {"1": None}, "latency_ms": None,
               "predictor": {"provider": "CPUExecutionProvider", "note": "ran on ONNX Runtime's CPU provider",

@@ -20,7 +20,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -e '.[demo,serve,test]'
+	$(BIN)/python -m pip install -e '.[demo,serve,test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

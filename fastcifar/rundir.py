@@ -34,6 +34,9 @@ RESULTS_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_ac
                    "images_per_second", "train_seconds", "elapsed_train_seconds")
 
 PRETRAINED_FILE = "pretrained.json"
+# The run's records without weights, state or TensorBoard events (RunDir.small_files).
+SMALL_FILES = (CONFIG_FILE, ENV_FILE, METRICS_FILE, RESULTS_CSV, SUMMARY_FILE, MODEL_META,
+               Path(BEST_FILE).with_suffix(".json").name, GIT_DIFF_FILE, ROBUSTNESS_FILE)
 
 RUN_STATES = ("finished", "interrupted", "new")
 ARM_LABELS = {  # the pretrained arm's name says what its weights really were (pretrained.json's "kind")
@@ -171,6 +174,31 @@ class RunDir:
     def drop_best(self) -> None:
         (self.path / BEST_FILE).unlink(missing_ok=True)
         meta_path(self.path / BEST_FILE).unlink(missing_ok=True)
+
+    def small_files(self) -> dict[str, str]:
+        """The run's records as text (everything but weights, state and TensorBoard): what a Ray task sends back so
+        the driver can build the report where workers share no filesystem."""
+        out = {}
+        for name in SMALL_FILES:
+            try:
+                out[name] = (self.path / name).read_text()
+            except OSError:
+                continue
+        return out
+
+    def write_files(self, files: dict[str, str]) -> None:
+        """The records `small_files` gave, written here where they are missing or differ (a shared filesystem
+        already has them)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            if name not in SMALL_FILES:
+                raise FastCifarError(f"{name} is not a file of a run directory")
+            try:
+                same = (self.path / name).read_text() == text
+            except OSError:
+                same = False
+            if not same:
+                write_text(self.path / name, text)
 
     def tensorboard_writer(self, log_dir: Path | str | None = None):
         """A TensorBoard SummaryWriter into RUN/tensorboard (or `log_dir`); needs the tensorboard package."""

@@ -12,15 +12,16 @@ REAL_CIFAR = Path(os.environ.get("FASTCIFAR_REAL_DATA", Path(__file__).resolve()
 
 # The modules that run end-to-end work (trainings, exports, subprocesses, servers), longest first: seconds per module
 # in one serial run on the 2-core CI machine (JUnit XML of `.ci/run`, 2026-11-28): train 95, gpu_check 91 (one 70 s
-# fixture, so it goes first), compare 56, bench 53, export 50, datasets 50, serve 38, ... `make test` runs modules on
-# pytest-xdist workers one at a time in collection order (`--dist loadfile --no-loadscope-reorder`, Makefile), so
-# these start first and the short modules fill in behind them. With xdist's own order (most tests first) the 5-test
+# fixture, so it goes first), compare 56, bench 53, export 50, datasets 50, serve 38, ...; ray ~210 and preemption ~50
+# (2026-12-05, this AMD EPYC). `make test` runs modules on pytest-xdist workers one at a time in collection order
+# (`--dist loadfile --no-loadscope-reorder`, Makefile), so these start first and the short modules fill in behind them. With xdist's own order (most tests first) the 5-test
 # gpu_check module started last and one worker ran alone for its 90 s (411 s against 358 s; bench/README.md).
 # test_gpu_machine_env.py goes first: it mostly waits on PyPI (a Python 3.12 environment with torch, built once and
 # cached), so the other worker's CPU work fills its waits. Order only: no test depends on it.
-LONGEST_FIRST = ("test_gpu_machine_env.py", "test_gpu_check.py", "test_train.py", "test_compare.py", "test_bench.py",
-                 "test_export.py", "test_datasets.py", "test_serve.py", "test_records.py", "test_docker_files.py",
-                 "test_levers.py", "test_inference.py", "test_serving_precision.py", "test_sweep.py", "test_demo.py")
+LONGEST_FIRST = ("test_gpu_machine_env.py", "test_ray.py", "test_gpu_check.py", "test_train.py", "test_compare.py",
+                 "test_bench.py", "test_preemption.py", "test_export.py", "test_datasets.py", "test_serve.py",
+                 "test_records.py", "test_docker_files.py", "test_levers.py", "test_inference.py",
+                 "test_serving_precision.py", "test_sweep.py", "test_demo.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,6 +66,18 @@ def synthetic_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     write_synthetic_cifar(root, n_train=500, n_test=200, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def fake_weights(tmp_path_factory) -> Path:
+    """A fabricated torchvision-format "ImageNet" state dict (the real one cannot be downloaded offline)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("weights") / "fake-resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -26,17 +26,6 @@ from fastcifar.study.stats import mean_std, t_quantile, verdict, welch_ci
 REPORT_FILES = {"report.md", "results.json", "env.json", "compare.json", "pretrained.json", *PLOTS}
 
 
-@pytest.fixture(scope="module")
-def fake_weights(tmp_path_factory) -> Path:
-    """A fabricated torchvision-format "ImageNet" state dict (the real one cannot be downloaded offline)."""
-    import torchvision
-
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("weights") / "fake-resnet18.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), path)
-    return path
-
-
 def tiny_args(data_dir: Path, weights: Path, out: Path, *extra: str) -> list[str]:
     """8 one-epoch runs of a ResNet-18 (ImageNet stem, 32 px) on 20 or 40 synthetic images (2 or 4 steps)."""
     return ["compare", "--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--loader", "tensor",

@@ -68,10 +68,20 @@ PRESET_HELP = "Budget and recipe of every run (as for `train`): auto = seed on a
               help="Minutes the whole study may take here: the speed is measured on a few training steps first, "
                    "and the training pool (--train-limit) shrinks to fit (at least 1,000 images), saying so; 0 = "
                    "the study as asked, however long. A rerun keeps the first decision (REPORT/sizing.json).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run every training run and robustness evaluation as a Ray task: --ray alone starts a local Ray on "
+                   "127.0.0.1 (all GPUs of this machine), --ray HOST:PORT joins a cluster started with `ray start`. "
+                   "Needs pip install 'fastcifar[ray]'. [default: one run after another in this process]")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
+              help="GPUs each Ray task asks for (a fraction such as 0.25 packs small runs onto one GPU). [default: 1 "
+                   "where there are GPUs, else 0]")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs each Ray task asks for; also its torch threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the summary. [default: off]")
 def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | None, fractions: str | None,
             pretrained_weights: Path | None, robustness_severities: str, if_no_weights: str, lr_grid: str | None,
-            image_sizes: str | None, out: Path | None, time_budget: float, as_json: bool, **overrides) -> None:
+            image_sizes: str | None, out: Path | None, time_budget: float, ray_address: str | None,
+            gpus_per_run: float | None, cpus_per_run: float, as_json: bool, **overrides) -> None:
     """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
 
     Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
@@ -84,6 +94,8 @@ def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | Non
       fastcifar compare --data-dir ~/data/cifar10 --preset smoke --pretrained-weights resnet18-f37072fd.pth
       fastcifar compare --preset seed --seeds 5 --fractions 0.01,0.1,1.0 --out reports/seed5
       fastcifar compare --preset seed --image-sizes 32,224 --lr-grid 0.05,0.1,0.2 --backbone-lr-scale 0.1
+      fastcifar compare --preset seed --ray                     # every GPU of this machine, one run per GPU
+      fastcifar compare --preset seed --ray 10.0.0.5:6379 --gpus-per-run 0.5   # a Ray cluster
     """
     # **overrides: the train_params options, each a TrainConfig field (None: not given, the preset decides).
     from fastcifar.config import make_compare_config
@@ -97,7 +109,14 @@ def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | Non
                               pretrained_weights=str(pretrained_weights.expanduser().resolve())
                               if pretrained_weights else None, out=str(out) if out else None,
                               robustness_severities=robustness_severities, time_budget_min=time_budget)
-    result = run_compare(cfg, progress=sys.stderr.isatty(), command=sys.argv)
+    ray = None
+    if ray_address is not None:
+        from fastcifar.study.ray_runs import RayOptions
+
+        ray = RayOptions(address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+    elif gpus_per_run is not None or cpus_per_run != 1.0:
+        raise click.UsageError("--gpus-per-run and --cpus-per-run size Ray tasks: add --ray")
+    result = run_compare(cfg, progress=sys.stderr.isatty(), command=sys.argv, ray=ray)
     if as_json:
         click.echo(json.dumps(result.results))
     else:

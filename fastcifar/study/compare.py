@@ -17,11 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from fastcifar.config import ROBUSTNESS_SEVERITIES, CompareConfig, TrainConfig, setting_name
+from fastcifar.config import CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_json
 from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, RunDir, run_state
 from fastcifar.study import report, sizing
+from fastcifar.study.evaluation import ensure_robustness
 from fastcifar.study.plan import (PlannedRun, choose_lrs, is_selection_point, plan_runs, plan_selection,
                                   pool_size)
 from fastcifar.study.pretrained import resolve_pretrained
@@ -148,11 +149,13 @@ RUN_ACTIONS: dict[str, Callable] = {"interrupted": _resume, "new": _start}  # fi
 
 
 def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook | None = None,
-            command: list[str] | None = None) -> CompareResult:
+            command: list[str] | None = None, ray=None) -> CompareResult:
     """Choose each arm's lr (with a grid), train every planned run not finished yet, write the report to `cfg.out`.
 
     `on_epoch_end(run_name, epoch, metrics)` is called after each epoch of each run (raising KeyboardInterrupt
-    there stops the compare resumably). `command` is recorded in env.json (default: sys.argv).
+    there stops the compare resumably; not with `ray`). `command` is recorded in env.json (default: sys.argv).
+    `ray` (ray_runs.RayOptions): every run and every robustness evaluation is a Ray task instead, on a local Ray or
+    a cluster; the experiment, its report directory and its report are the same.
     """
     from fastcifar.data.datasets import load_dataset
     from fastcifar.runtime import env_info
@@ -181,9 +184,14 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
             check_run_config(run)
     display = StudyProgress(selection + later, states, progress)
     display.log(plan_line(cfg, selection, later, states, source))
-    with display:
-        for run in selection:
-            _execute(run, states[run.name], display, on_epoch_end, out)
+    if ray is None:
+        runner = LocalRuns(display, on_epoch_end, out)
+    else:
+        from fastcifar.study.ray_runs import RayRuns
+
+        runner = RayRuns(ray, display, out)
+    with display, runner:
+        runner.train(selection, states)  # the lr choice needs every selection run: they finish first
         lrs, lr_record = choose_lrs(cfg, selection) if selection else (None, None)
         if lr_record:
             display.log(selection_line(lr_record))
@@ -192,10 +200,9 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
         for run in rest:
             if states[run.name] != "new":
                 check_run_config(run)
-        for run in rest:
-            _execute(run, states[run.name], display, on_epoch_end, out)
-    for run in runs if cfg.robustness_severities else []:  # every final model, cached in its run directory
-        ensure_robustness(run, dataset.test, cfg.base.device, display.log, cfg.robustness_severities)
+        runner.train(rest, states)
+        if cfg.robustness_severities:  # every final model, cached in its run directory
+            runner.evaluate(runs, dataset.test, cfg.base.device, cfg.robustness_severities)
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     wall = {"seconds": time.perf_counter() - started, "trained": counts["new"] + counts["interrupted"],
             "reused": counts["finished"]}
@@ -215,39 +222,25 @@ def dataset_record(dataset) -> dict:
             "skipped_summary": info.get("skipped_summary"), "notes": list(info.get("notes") or [])}
 
 
-def ensure_robustness(run: PlannedRun, test, device: str, log: Callable[[str], None],
-                      severities: tuple[int, ...] = ROBUSTNESS_SEVERITIES) -> dict:
-    """The run's final model on the test split: calibration and accuracy under every corruption at
-    `severities` (fastcifar.robustness; fp32, no TTA). Cached in the run directory: a rerun of compare
-    reuses it, and nothing here trains."""
-    cached = RunDir(run.run_dir).read_robustness()
-    if cached is not None:
-        return cached
-    import numpy as np
-    import torch
+class LocalRuns:
+    """The runs one after another in this process, with per-epoch progress (ray_runs.RayRuns is the other way)."""
 
-    from fastcifar.models import load_model
-    from fastcifar.preprocess import make_pixel_pipeline
-    from fastcifar.robustness import corruption_names, evaluate_logits
-    from fastcifar.runtime import resolve_device
+    def __init__(self, display: StudyProgress, hook: RunHook | None, out: Path):
+        self.display, self.hook, self.out = display, hook, out
 
-    resolved = resolve_device(device)
-    model, spec, _ = load_model(run.run_dir, device=resolved)
-    # The pipeline `fastcifar evaluate --backend torch --precision fp32` runs (uint8 pixels in, the training
-    # loader's preprocessing inside), in batches of 256 as predictors do: one evaluation path, fp32 on any device.
-    pipeline = make_pixel_pipeline(model, spec.mean, spec.std, spec.image_size).to(resolved)
+    def __enter__(self):
+        return self
 
-    def logits(pixels: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return np.concatenate([pipeline(torch.from_numpy(pixels[i:i + 256]).to(resolved)).cpu().numpy()
-                                   for i in range(0, len(pixels), 256)])
+    def __exit__(self, *exc) -> None:
+        return None
 
-    log(f"evaluating {run.name}: calibration and {len(corruption_names())} corruptions at severities "
-        f"{', '.join(map(str, severities))}")
-    result = evaluate_logits(logits, test.images, test.labels, corruptions=corruption_names(),
-                             severities=severities, device=str(resolved))
-    RunDir(run.run_dir).write_robustness(result)
-    return result
+    def train(self, runs: list[PlannedRun], states: dict) -> None:
+        for run in runs:
+            _execute(run, states[run.name], self.display, self.hook, self.out)
+
+    def evaluate(self, runs: list[PlannedRun], test, device: str, severities: tuple[int, ...]) -> None:
+        for run in runs:
+            ensure_robustness(run.run_dir, test, device, self.display.log, severities)
 
 
 def _execute(run: PlannedRun, state: str, display: StudyProgress, hook: RunHook | None, out: Path) -> None:

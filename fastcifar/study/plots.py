@@ -17,6 +17,8 @@ PLOT_ALTS = ("test accuracy vs epoch and training time", "final accuracy vs trai
              "per-class accuracy", "confusion matrices", "accuracy vs corruption severity",
              "reliability diagrams")
 
+NOT_EVALUATED = "not evaluated (--robustness-severities none)"
+
 
 def _save(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
@@ -165,7 +167,10 @@ def plot_robustness(results: dict, path: Path) -> Path:
     ax.set(xlabel="corruption severity (0: clean test images; every point without TTA)",
            ylabel="accuracy (%), mean over 9 corruptions", title="Accuracy under corruption, largest fraction")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, NOT_EVALUATED, ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
 
 
@@ -182,6 +187,7 @@ def plot_reliability(results: dict, path: Path) -> Path:
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set(xlabel="confidence (top-1 probability)", xlim=(0, 1), ylim=(0, 1), title=results["labels"][init])
         if not runs:
+            ax.text(0.5, 0.5, NOT_EVALUATED, ha="center", va="center", transform=ax.transAxes)
             continue
         count = np.sum([r["reliability"]["count"] for r in runs], axis=0)
         correct = np.sum([[0 if a is None else a * n for a, n in zip(r["reliability"]["accuracy"],

@@ -103,8 +103,14 @@ class StudyProgress:
         self.log(f"  {run.name} epoch {epoch}/{run.cfg.epochs}: train loss {m['train_loss']:.3f}, test acc {test}, "
                  f"{m['train_seconds']:.1f} s{self._eta()}")
 
-    def run_done(self, run: PlannedRun, summary: dict) -> None:
+    def remote_done(self, run: PlannedRun, summary: dict, where: str) -> None:
+        """A run that trained elsewhere (a Ray task): its whole work at once, then what run_done says."""
+        self._advance(run.n_train * run.cfg.epochs)
+        self.work_here += run.n_train * run.cfg.epochs
+        self.run_done(run, summary, where)
+
+    def run_done(self, run: PlannedRun, summary: dict, where: str | None = None) -> None:
         self.done += 1
         self.progress.update(self.overall, count=self._count())
-        self.log(f"finished {run.name}: test acc {100 * summary['test_acc']:.2f} %, {summary['train_seconds']:.1f} s "
+        self.log(f"finished {run.name}{f' on {where}' if where else ''}: test acc {100 * summary['test_acc']:.2f} %, {summary['train_seconds']:.1f} s "
                  f"training ({self.done}/{self.total} runs done{self._eta()})")

@@ -4,6 +4,8 @@ wrapper, and the record that proves the ranks split the data and stayed in sync 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 
 from fastcifar.runtime import DistInfo
 
@@ -39,7 +41,8 @@ def wrap_distributed(model, dist: DistInfo, device):
 
 
 def distributed_record(model, data, dist: DistInfo) -> dict:
-    """Gather each rank's first-epoch shard and a weight digest: proof the ranks split data and stayed in sync."""
+    """Gather each rank's first-epoch shard and a weight digest: proof the ranks split data and stayed in sync; and
+    where each rank ran (torchrun's node rank, GROUP_RANK, and the host), which shows a multi-node run was one."""
     import torch.distributed as td
 
     from fastcifar.data.plan import shard_indices
@@ -52,9 +55,11 @@ def distributed_record(model, data, dist: DistInfo) -> dict:
     for tensor in model.parameters():
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     gathered = [None] * dist.world_size
-    td.all_gather_object(gathered, (indices.tolist(), digest.hexdigest()))
+    where = (int(os.environ.get("GROUP_RANK", 0)), socket.gethostname())
+    td.all_gather_object(gathered, (indices.tolist(), digest.hexdigest(), where))
     shards = [set(g[0]) for g in gathered]
     disjoint = sum(len(s) for s in shards) == len(set().union(*shards))
     return {"world_size": dist.world_size, "backend": td.get_backend(),
             "samples_per_rank": [len(s) for s in shards], "shards_disjoint": disjoint,
-            "weights_identical": len({g[1] for g in gathered}) == 1}
+            "weights_identical": len({g[1] for g in gathered}) == 1,
+            "node_ranks": [g[2][0] for g in gathered], "hosts": [g[2][1] for g in gathered]}

@@ -1,14 +1,16 @@
-"""What stops or warns a training run that went wrong: a non-finite loss (the run stops, its last saved state stays)
-and the divergence warning (a first epoch or warm-up that ends above the loss of guessing; the run goes on).
+"""What stops or warns a training run: a non-finite loss (the run stops, its last saved state stays), the divergence
+warning (a first epoch or warm-up that ends above the loss of guessing; the run goes on) and SIGTERM (a scheduler's
+preemption: the run stops at the next step boundary, resumable, exit code 143).
 
-Owns `NonFiniteLoss`, `first_nonfinite` / `check_finite` (a device-side record of the first bad step, read back
-every NONFINITE_CHECK_EVERY steps) and `divergence_warning`; its thresholds are measured (bench/README.md, "Small
-data" and "Time to accuracy and the presets").
+Owns `NonFiniteLoss`, `nonfinite_message`, `divergence_warning` (its thresholds are measured: bench/README.md, "Small
+data" and "Time to accuracy and the presets"), `StopSignal` and `Preempted`.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
@@ -23,6 +25,45 @@ MEASURED_LR, MEASURED_BATCH = 0.2, 512
 
 class NonFiniteLoss(FastCifarError):
     pass
+
+
+PREEMPTED_EXIT = 128 + signal.SIGTERM  # 143, what a shell reports for a job ended by SIGTERM: schedulers requeue on it
+
+
+class Preempted(Exception):
+    """SIGTERM asked the run to stop; raised at a step boundary (every rank at the same one under torchrun)."""
+
+
+class StopSignal:
+    """SIGTERM, what Slurm, Kubernetes and spot instances send before they kill a job, as a request to stop at the next
+    step boundary (the default action would kill the process mid-step). Installed only in the main thread and only
+    over the default action: a host that handles SIGTERM itself (a Ray worker) keeps its handler."""
+
+    def __init__(self):
+        self.requested: str | None = None  # the signal's name once it came
+        self._previous = None
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def preempted_message(signal_name: str, at: str, state_kept: bool, where) -> str:
+    """`at`: the step boundary it stopped at ("step 12/45 of epoch 2")."""
+    if not state_kept:
+        return f"stopped by {signal_name} after {at}; {where} has no state to resume from (--save-state-every 0)"
+    return (f"stopped by {signal_name} after {at}; the state of the last saved epoch is in {where}. Continue with: "
+            f"fastcifar train --resume {where}")
 
 
 def nonfinite_message(step: int, state_kept: bool, where) -> str:

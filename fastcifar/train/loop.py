@@ -18,7 +18,8 @@ from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
 from fastcifar.rundir import CONFIG_FILE, RunDir, is_finished, read_metrics
 from fastcifar.runtime import DistInfo, dist_info_from_env, env_info, resolve_device
-from fastcifar.train.guards import NONFINITE_CHECK_EVERY, NonFiniteLoss, divergence_warning, nonfinite_message
+from fastcifar.train.guards import (NONFINITE_CHECK_EVERY, PREEMPTED_EXIT, NonFiniteLoss, Preempted, StopSignal,
+                                    divergence_warning, nonfinite_message, preempted_message)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Session:
     state_seconds: float = 0.0  # writing state.pt, outside the training clock
     warmup_seconds: float | None = None
     final_eval: tuple | None = None  # the last epoch's evaluation with predictions, for the summary
+    stop: StopSignal = field(default_factory=StopSignal)  # SIGTERM's request to stop at a step boundary
 
     @property
     def num_classes(self) -> int:
@@ -83,7 +85,8 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
     s = setup(cfg, dist_info_from_env(), resume_dir=resume_dir, dataset=dataset, warm_up=warm_up,
               announce=bool(progress))
     try:
-        with EpochProgress(s.cfg, s.data, s.start_epoch, progress_mode(progress) if s.dist.is_main else "off") as bar:
+        with s.stop, EpochProgress(s.cfg, s.data, s.start_epoch,
+                                   progress_mode(progress) if s.dist.is_main else "off") as bar:
             bar.header(s.device, s.data, s.run.path, s.start_epoch, s.levers)
             if s.records is not None and s.records.header():
                 print(s.records.header(), file=sys.stderr, flush=True)
@@ -98,6 +101,9 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
                              f"fastcifar train --resume {s.run.path}" if s.run.has_state() else
                              f"interrupted; {s.run.path} has no state to resume from (--save-state-every 0)",
                              exit_code=130) from None
+    except Preempted as stop:
+        raise FastCifarError(preempted_message(s.stop.requested, str(stop), s.run.has_state(), s.run.path),
+                             exit_code=PREEMPTED_EXIT) from None
     finally:
         close(s)
 
@@ -176,7 +182,8 @@ def setup(cfg: TrainConfig, dist: DistInfo, *, resume_dir: Path | None, dataset,
 
 def train_one_epoch(s: Session, epoch: int, advance: Callable[[int], None]) -> dict:
     """One pass over the training loader; losses and accuracy stay on the device until the epoch ends (the
-    non-finite guard reads them back every NONFINITE_CHECK_EVERY steps)."""
+    non-finite guard reads them back every NONFINITE_CHECK_EVERY steps). A SIGTERM stops it at the next step
+    boundary alone, or at the next guard read under torchrun, where the ranks agree on it."""
     import torch
 
     loader = s.data.train
@@ -200,9 +207,15 @@ def train_one_epoch(s: Session, epoch: int, advance: Callable[[int], None]) -> d
         correct += right
         seen += len(labels)
         if (i + 1) % NONFINITE_CHECK_EVERY == 0 or i + 1 == len(loader):
-            bad_step = int(_all_reduce(s.dist, first_bad.double(), op="max"))
-            if bad_step >= 0:
-                raise NonFiniteLoss(nonfinite_message(bad_step, s.run.has_state(), s.run.path))
+            stop = torch.full((), float(s.stop.requested is not None), **zero)
+            flags = _all_reduce(s.dist, torch.stack([first_bad.double(), stop]), op="max").tolist()
+            if flags[0] >= 0:
+                raise NonFiniteLoss(nonfinite_message(int(flags[0]), s.run.has_state(), s.run.path))
+            if flags[1]:
+                s.stop.requested = s.stop.requested or "SIGTERM"  # another rank's
+                raise Preempted(f"step {i + 1}/{len(loader)} of epoch {epoch + 1}")
+        elif s.stop.requested and not s.dist.enabled:
+            raise Preempted(f"step {i + 1}/{len(loader)} of epoch {epoch + 1}")
         advance(len(labels) * s.dist.world_size)
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)

@@ -1,0 +1,44 @@
+"""The robustness evaluation of one final model of a compare: calibration and accuracy under every corruption at the
+chosen severities (fastcifar.robustness; fp32, no TTA), cached in its run directory (robustness.json) so a rerun
+reuses it. Nothing here trains. Entry point: `ensure_robustness(run_dir, test, device, log, severities)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from fastcifar.config import ROBUSTNESS_SEVERITIES
+from fastcifar.rundir import RunDir
+
+
+def ensure_robustness(run_dir: Path, test, device: str, log: Callable[[str], None],
+                      severities: tuple[int, ...] = ROBUSTNESS_SEVERITIES) -> dict:
+    """The final model in `run_dir` on the test split (robustness.json's content, computed once)."""
+    cached = RunDir(run_dir).read_robustness()
+    if cached is not None:
+        return cached
+    import numpy as np
+    import torch
+
+    from fastcifar.models import load_model
+    from fastcifar.preprocess import make_pixel_pipeline
+    from fastcifar.robustness import corruption_names, evaluate_logits
+    from fastcifar.runtime import resolve_device
+
+    resolved = resolve_device(device)
+    model, spec, _ = load_model(run_dir, device=resolved)
+    # The pipeline `fastcifar evaluate --backend torch --precision fp32` runs (uint8 pixels in, the training
+    # loader's preprocessing inside), in batches of 256 as predictors do: one evaluation path, fp32 on any device.
+    pipeline = make_pixel_pipeline(model, spec.mean, spec.std, spec.image_size).to(resolved)
+
+    def logits(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([pipeline(torch.from_numpy(pixels[i:i + 256]).to(resolved)).cpu().numpy()
+                                   for i in range(0, len(pixels), 256)])
+
+    log(f"evaluating {Path(run_dir).name}: calibration and {len(corruption_names())} corruptions at severities "
+        f"{', '.join(map(str, severities))}")
+    result = evaluate_logits(logits, test.images, test.labels, corruptions=corruption_names(),
+                             severities=severities, device=str(resolved))
+    RunDir(run_dir).write_robustness(result)
+    return result

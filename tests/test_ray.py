@@ -1,0 +1,241 @@
+"""`compare --ray`: the study's runs as Ray tasks give the sequential study's records and report, survive a worker
+killed mid-run, and Ctrl-C leaves no Ray or fastcifar process behind. One Ray cluster for the module (`ray start` on
+127.0.0.1 in a temporary directory of its own, token authentication on), stopped and removed at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from fastcifar.cli import cli
+from fastcifar.serve.triton_server import free_ports
+
+RAY = Path(sys.executable).with_name("ray")
+TIMING = re.compile(r"seconds|per_second|time_to|elapsed|^wall$|^created$")
+
+
+def _ray_env(temp: Path) -> dict[str, str]:
+    """Ray on the loopback only (ray_runs._keep_on_loopback), its files under `temp`, a token of its own."""
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(temp / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process (/proc)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        out[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return out
+
+
+def _tree(roots: set[int], procs: dict[int, tuple[int, str]]) -> set[int]:
+    found, frontier = set(roots), set(roots)
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":  # a zombie has ended; its parent (this test's Popen) reaps it
+            alive.add(pid)
+    return alive
+
+
+def _wait_gone(pids: set[int], seconds: float = 30.0) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _alive(pids)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    temp = Path(tempfile.mkdtemp(prefix="fcray", dir="/tmp"))  # short: Ray's socket paths must fit 107 characters
+    (temp / "token").write_text(secrets.token_hex(32))
+    env = _ray_env(temp)
+    (port,) = free_ports(1)
+    shm = set(os.listdir("/dev/shm"))
+    start = subprocess.run([str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--temp-dir", str(temp),
+                            "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"],
+                           env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-3000:]
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # the driver (this process) joins with the same settings
+            for key, value in env.items():
+                patch.setenv(key, value)
+            yield {"address": f"127.0.0.1:{port}", "temp": temp}
+    finally:
+        # Stop this cluster only (`ray stop` would stop every Ray of this user): its processes name the directory,
+        # the workers are their children. As `ray stop` does: SIGTERM, then SIGKILL for what is left (gcs_server
+        # outlived 15 s of SIGTERM here).
+        procs = _processes()
+        ours = _tree({pid for pid, (_, cmd) in procs.items() if str(temp) in cmd}, procs)
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):
+            for pid in _alive(ours):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            left = _wait_gone(ours, wait)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not left, [procs[p][1] for p in left]
+        assert set(os.listdir("/dev/shm")) <= shm, set(os.listdir("/dev/shm")) - shm
+
+
+def _args(data_dir: Path, weights: Path, out: Path, *extra: str) -> list[str]:
+    return ["compare", "--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--loader", "tensor",
+            "--preset", "smoke", "--stem", "imagenet", "--pretrained-weights", str(weights), "--out", str(out),
+            *extra]
+
+
+def _sequential(args: list[str]):
+    """The compare in this process with the one torch thread each Ray task has (--cpus-per-run 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return CliRunner().invoke(cli, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _strip(obj):
+    """A record without what differs between two runs of the same computation: times and where files are."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if not TIMING.search(k) and k not in ("out", "tensorboard_dir")}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _same_runs(a: Path, b: Path) -> list[str]:
+    names = sorted(p.name for p in (a / "runs").iterdir())
+    assert names == sorted(p.name for p in (b / "runs").iterdir()) and names
+    for name in names:
+        x, y = a / "runs" / name, b / "runs" / name
+        for file in ("summary.json", "config.json", "robustness.json"):
+            if (x / file).exists() or (y / file).exists():
+                assert _strip(json.loads((x / file).read_text())) == _strip(json.loads((y / file).read_text())), \
+                    (name, file)
+        metrics = [[_strip(json.loads(line)) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                   for d in (x, y)]
+        assert metrics[0] == metrics[1], name
+        wa, wb = load_file(str(x / "model.safetensors")), load_file(str(y / "model.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), f"{name}: other weights"
+    return names
+
+
+def test_ray_gives_the_sequential_records_and_report(tmp_path, ray_cluster, synthetic_dir, fake_weights):
+    """8 runs and their robustness evaluations as Ray tasks on one CPU each: every run's records and weights, and
+    the report's numbers, are those of the same compare run one after another with one thread."""
+    grid = ["--train-limit", "200", "--epochs", "2", "--batch-size", "16", "--lr", "0.02", "--seeds", "2",
+            "--fractions", "0.5,1.0", "--robustness-severities", "1"]
+    sequential = _sequential(_args(synthetic_dir, fake_weights, tmp_path / "seq", *grid))
+    assert sequential.exit_code == 0, sequential.output
+    on_ray = CliRunner().invoke(cli, _args(synthetic_dir, fake_weights, tmp_path / "ray", *grid, "--ray",
+                                           ray_cluster["address"], "--cpus-per-run", "1"))
+    assert on_ray.exit_code == 0, on_ray.output
+    assert re.search(r"finished \S+ on \S+:\d+: test acc", on_ray.output), on_ray.output
+    assert re.search(r"ray: \d+ done, \d+ running \(.+ on .+\), \d+ waiting", on_ray.output), on_ray.output
+    assert len(_same_runs(tmp_path / "seq", tmp_path / "ray")) == 8
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("seq", "ray")]
+    for key in ("sections", "summary", "gaps", "runs", "conclusion", "labels", "test_set"):
+        assert _strip(results[0][key]) == _strip(results[1][key]), key
+    assert max(r["test_acc"] for r in results[1]["runs"]) > 0.2  # the runs learned: equal is not trivially equal
+
+
+def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path, ray_cluster, synthetic_dir,
+                                                                    fake_weights):
+    """SIGKILL to a process running a training task once an epoch of some run is recorded: Ray retries the task,
+    which resumes that run from its saved state (--out is shared here), and the study ends as if nothing happened."""
+    grid = ["--train-limit", "500", "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--seeds", "1",
+            "--fractions", "0.5,1.0", "--robustness-severities", "none"]
+    out = tmp_path / "ray"
+    killed: list[str] = []
+
+    def kill_one_worker():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if any((run / "metrics.jsonl").is_file() for run in out.glob("runs/*")):
+                for pid, (_, cmd) in _processes().items():
+                    if cmd.startswith("ray::train_task"):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(cmd)
+                        return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    on_ray = CliRunner().invoke(cli, _args(synthetic_dir, fake_weights, out, *grid, "--ray", ray_cluster["address"],
+                                           "--cpus-per-run", "1"))
+    killer.join(timeout=5)
+    assert killed, "no training task was seen running"
+    assert on_ray.exit_code == 0, on_ray.output
+    sequential = _sequential(_args(synthetic_dir, fake_weights, tmp_path / "seq", *grid))
+    assert sequential.exit_code == 0, sequential.output
+    assert len(_same_runs(tmp_path / "seq", out)) == 4
+
+
+def test_ctrl_c_cancels_the_tasks_and_leaves_no_process(tmp_path, synthetic_dir, fake_weights):
+    """`compare --ray` with a local Ray of its own, Ctrl-C (SIGINT to the process group, as a terminal sends it) while
+    tasks run: exit 130 with one message, and no Ray or fastcifar process is left."""
+    temp = Path(tempfile.mkdtemp(prefix="fcray", dir="/tmp"))
+    (temp / "token").write_text(secrets.token_hex(32))
+    env = {**os.environ, **_ray_env(temp), "OMP_NUM_THREADS": "1"}
+    args = _args(synthetic_dir, fake_weights, tmp_path / "ray", "--train-limit", "500", "--epochs", "20",
+                 "--batch-size", "8", "--seeds", "1", "--fractions", "1.0", "--robustness-severities", "none", "--ray")
+    proc = subprocess.Popen([sys.executable, "-m", "fastcifar", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any(re.match(r"ray: \d+ done, [1-9]", line) for line in lines) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        procs = _processes()
+        started = _tree({proc.pid}, procs) | _tree({p for p, (_, cmd) in procs.items() if str(temp) in cmd}, procs)
+        assert any("raylet" in procs[p][1] for p in started), "no local Ray was started"
+        assert any(procs[p][1].startswith("ray::train_task") for p in started), "no task was running"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, "".join(lines)[-3000:]
+        reader.join(timeout=10)
+        output = "".join(lines)
+        assert "interrupted; the Ray tasks were cancelled" in output and "Traceback" not in output, output[-3000:]
+        left = _wait_gone(started - {proc.pid})
+        assert not left, [procs[p][1] for p in left]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)

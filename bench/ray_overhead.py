@@ -3,9 +3,11 @@
 1. Ray's fixed costs, in this process: starting a local Ray on 127.0.0.1, an empty task's round trip (median of 50
    after a warm-up), and the first task of a fresh worker that imports torch and fastcifar's training.
 2. `fastcifar compare` on one grid (smoke preset, first --train-limit real images, --epochs, 2 seeds x 2 fractions =
-   8 runs, no robustness evaluation), each way in a fresh process: sequential (torch's threads: every core), on Ray
-   with --cpus-per-run = every core (one run at a time: Ray's overhead alone) and with --cpus-per-run 1 (one run per
-   core at once). Wall time of each and its ratio to the sequential one; the per-run records must agree in accuracy.
+   8 runs, no robustness evaluation; the pretrained arm starts from random weights where torchvision's ImageNet
+   weights are not cached, which takes the same time), each way in a fresh process: sequential (torch's threads:
+   every core), on Ray with --cpus-per-run = every core (one run at a time: Ray's overhead alone) and with
+   --cpus-per-run 1 (one run per core at once). Wall time of each and its ratio to the sequential one, and each
+   way's largest per-run test-accuracy difference from the sequential records (0 where the threads per run match).
 
     python bench/ray_overhead.py --data-dir ../shared/cifar10 [--train-limit 2000] [--epochs 1]
 
@@ -75,7 +77,8 @@ def fixed_costs(cores: int) -> dict:
 def run_compare(args, out: Path, extra: list[str], env: dict) -> dict:
     cmd = [sys.executable, "-m", "fastcifar", "compare", "--data-dir", args.data_dir, "--no-download", "--device",
            "cpu", "--preset", "smoke", "--train-limit", str(args.train_limit), "--epochs", str(args.epochs),
-           "--seeds", "2", "--fractions", "0.5,1.0", "--robustness-severities", "none", "--out", str(out), *extra]
+           "--seeds", "2", "--fractions", "0.5,1.0", "--robustness-severities", "none", "--if-no-weights", "stand-in",
+           "--out", str(out), *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - start
@@ -86,6 +89,16 @@ def run_compare(args, out: Path, extra: list[str], env: dict) -> dict:
             "test_acc": {r["name"]: r["test_acc"] for r in runs}}
 
 
+def agreement(rows: dict, base: str) -> None:
+    """Each way's largest test-accuracy difference from `base` over the runs both have (0 where the threads per run
+    match), and the runs only one of them has (an lr selection that chose differently names other final runs)."""
+    ref = rows[base]["test_acc"]
+    for row in rows.values():
+        common = sorted(set(row["test_acc"]) & set(ref))
+        row["max_abs_test_acc_diff"] = round(max(abs(row["test_acc"][n] - ref[n]) for n in common), 4)
+        row["runs_not_in_" + base] = sorted(set(row["test_acc"]) - set(ref))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "cifar10"))
@@ -93,17 +106,17 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1, help="epochs per run [1]")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ray_overhead.json")
     args = ap.parse_args(argv)
-    import ray
-    import torch
-
-    from fastcifar.runtime import cpu_name
-
     cores = os.cpu_count() or 1
     temp = Path(tempfile.mkdtemp(prefix="fcray", dir="/tmp"))  # short: Ray's socket paths must fit 107 characters
     try:
         (temp / "token").write_text(secrets.token_hex(32))
         env = {**os.environ, **ray_env(temp)}
-        os.environ.update(ray_env(temp))
+        os.environ.update(ray_env(temp))  # before ray is imported: it reads them then
+        import ray
+        import torch
+
+        from fastcifar.runtime import cpu_name
+
         costs = fixed_costs(cores)
         print(f"Ray's fixed costs: {costs}", flush=True)
         ways = {"sequential": [], f"ray --cpus-per-run {cores}": ["--ray", "--cpus-per-run", str(cores)],
@@ -114,6 +127,7 @@ def main(argv=None) -> int:
             print(f"{name}: {rows[name]['wall_s']} s", flush=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+    agreement(rows, "sequential")
     base = rows["sequential"]["wall_s"]
     for row in rows.values():
         row["vs_sequential"] = round(row["wall_s"] / base, 2)
@@ -127,9 +141,12 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"\n{record['machine']['cpu']}, {cores} cores; torch {torch.__version__}, Ray {ray.__version__}; smoke grid "
           f"of 8 runs on {args.train_limit} images, {args.epochs} epoch(s)")
-    print("| way | wall s | vs sequential | sum of runs' training s |\n|---|---:|---:|---:|")
+    print("| way | wall s | vs sequential | final runs' training s (sum) | max test-acc diff |\n"
+          "|---|---:|---:|---:|---:|")
     for name, row in rows.items():
-        print(f"| {name} | {row['wall_s']} | {row['vs_sequential']:.2f} | {row['train_seconds_sum']} |")
+        print(f"| {name} | {row['wall_s']} | {row['vs_sequential']:.2f} | {row['train_seconds_sum']} | "
+              f"{row['max_abs_test_acc_diff']} |" + (f" other runs: {row['runs_not_in_sequential']}"
+                                                      if row["runs_not_in_sequential"] else ""))
     print(f"wrote {args.out}")
     return 0
 

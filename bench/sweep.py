@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastcifar.errors import FastCifarError  # noqa: E402
+from fastcifar.train.guards import PREEMPTED_EXIT  # noqa: E402
 
 RUN_KEYS = ("seed", "test_acc", "val_acc", "train_seconds", "images_per_second", "epochs", "device", "precision",
             "compile", "compile_mode", "compile_record", "channels_last", "loader", "cudnn_benchmark",
@@ -41,6 +42,10 @@ RUN_KEYS = ("seed", "test_acc", "val_acc", "train_seconds", "images_per_second",
 STAGES = ("candidate", "levers", "listed", "seeds-of-best", "timed")
 BEST_OF = ("candidate", "levers", "listed")  # the stages whose variants compete for "best"
 DEFAULT_COST_S = {"eager": 30.0, "compiled": 60.0}
+
+
+class SweepStopped(Exception):
+    """SIGTERM stopped a run (it saved its state): the sweep stops and exits 143, as the run would alone."""
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -281,6 +286,8 @@ def run_one(plan: Plan, run: Run, *, base: dict, runs_dir: Path, dataset, machin
     except Exception as exc:  # noqa: BLE001 - whatever one run hits is recorded; the next run still runs
         if getattr(exc, "exit_code", None) == 130:  # Ctrl-C inside the run: stop the sweep, not just this run
             raise KeyboardInterrupt from None
+        if getattr(exc, "exit_code", None) == PREEMPTED_EXIT:  # SIGTERM (the GPU check's step limit, a scheduler):
+            raise SweepStopped from None  # the sweep stops too; this run is not a failed one
         traceback.print_exc(file=sys.stderr)
         return {**line, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
                 "wall_seconds": time.perf_counter() - start}
@@ -437,10 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     except FastCifarError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code if exc.exit_code != 1 else 2
-    except KeyboardInterrupt:
-        print(f"Error: interrupted; every finished run is in {args.jsonl}, and rerunning the same command "
+    except (KeyboardInterrupt, SweepStopped) as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, SweepStopped) else "interrupted"
+        print(f"Error: {how}; every finished run is in {args.jsonl}, and rerunning the same command "
               "continues with the rest", file=sys.stderr)
-        return 130
+        return PREEMPTED_EXIT if isinstance(exc, SweepStopped) else 130
     summary = summarize(lines)
     print(markdown(summary, plan.target))
     if args.summary_out:

@@ -89,3 +89,28 @@ def test_one_run_across_two_torchrun_nodes(tmp_path, synthetic_dir):
     assert sorted(dist["node_ranks"]) == [0, 1], dist  # two nodes, not two processes of one
     assert dist["shards_disjoint"] and dist["weights_identical"]
     assert dist["samples_per_rank"] == [90, 90]
+
+
+def test_sigterm_stops_compare_which_a_rerun_continues(tmp_path, synthetic_dir):
+    """SIGTERM inside a compare's first run: exit 143 with one message that says to rerun the study (not to resume
+    one run), and the same command then finishes the study from that run's saved epoch."""
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "fastcifar", "compare", "--data-dir", str(synthetic_dir), "--out", str(out),
+           "--device", "cpu", "--loader", "tensor", "--no-download", "--preset", "smoke", "--stem", "imagenet",
+           "--train-limit", "400", "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--seeds", "1",
+           "--fractions", "1.0", "--robustness-severities", "none", "--if-no-weights", "stand-in"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not any(_epochs(run) for run in out.glob("runs/*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("Error: stopped by SIGTERM in ") and f"(--out {out})" in message, message
+    assert "Traceback" not in err and "train --resume" not in message
+    assert not (out / "results.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming " in again.stderr, again.stderr[-3000:]  # the stopped run continued, not restarted
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2

@@ -239,3 +239,21 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_process(tmp_path, synthetic_dir,
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_failed_run_is_one_message_naming_it_and_the_other_tasks_stop(tmp_path, ray_cluster, synthetic_dir,
+                                                                        fake_weights):
+    """An lr-selection candidate that blows up (lr 1e4: a non-finite loss) while the other candidates still train:
+    one Error line naming that run (no traceback), a non-zero exit, and no training task left running on the
+    cluster, which outlives the study."""
+    grid = ["--train-limit", "2000", "--epochs", "3", "--batch-size", "8", "--lr-grid", "0.01,10000", "--seeds", "1",
+            "--fractions", "1.0", "--robustness-severities", "none"]
+    on_ray = CliRunner().invoke(cli, _args(synthetic_dir, fake_weights, tmp_path / "ray", *grid, "--ray",
+                                           ray_cluster["address"], "--cpus-per-run", "1"))
+    assert on_ray.exit_code not in (0, 130), on_ray.output
+    errors = [line for line in on_ray.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "lr10000" in errors[0] and "Traceback" not in on_ray.output, on_ray.output[-3000:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(cmd.startswith("ray::train_task") for _, cmd in _processes().values()):
+        time.sleep(0.2)
+    assert not [cmd for _, cmd in _processes().values() if cmd.startswith("ray::train_task")]

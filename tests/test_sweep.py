@@ -224,6 +224,30 @@ def test_ctrl_c_is_one_message_and_keeps_the_finished_runs(tmp_path, synthetic_d
     assert [json.loads(line)["seed"] for line in jsonl.read_text().splitlines()] == [0]
 
 
+def test_a_run_stopped_by_sigterm_stops_the_sweep_with_143(tmp_path, synthetic_dir, sweep, monkeypatch, capsys):
+    """train turns SIGTERM into a clean stop with exit code 143 (the GPU check's step limit sends it): the sweep stops
+    too, records that run nowhere (it is not a failed run) and starts no other."""
+    plan = write_plan(tmp_path / "p.json", [{"stage": "listed", "seeds": 3, "variants": [{"name": "a", "set": {}}]}])
+    import fastcifar.train.loop as loop
+    from fastcifar.train.guards import PREEMPTED_EXIT
+
+    real, calls = loop.train, []
+
+    def train(cfg, **kwargs):
+        calls.append(cfg.seed)
+        if cfg.seed == 1:
+            raise FastCifarError("stopped by SIGTERM after step 3/4 of epoch 1", exit_code=PREEMPTED_EXIT)
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(loop, "train", train)
+    jsonl = tmp_path / "r.jsonl"
+    code = sweep.main(["--data-dir", str(synthetic_dir), "--plan", str(plan), "--jsonl", str(jsonl), "--device", "cpu",
+                       "--set", "train_limit=100", "--set", "stem=imagenet", "--set", "epochs=1", "--set", "batch_size=32"])
+    err = capsys.readouterr().err
+    assert code == 143 and "Error: stopped by SIGTERM; every finished run is in" in err, err[-2000:]
+    assert calls == [0, 1] and [json.loads(line)["status"] for line in jsonl.read_text().splitlines()] == ["finished"]
+
+
 def test_time_to_accuracy_runs_its_seeds_through_the_sweep(tmp_path, synthetic_dir):
     out, jsonl = tmp_path / "tta.json", tmp_path / "tta.jsonl"
     proc = subprocess.run([sys.executable, str(BENCH / "time_to_accuracy.py"), "--data-dir", str(synthetic_dir),

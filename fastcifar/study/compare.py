@@ -28,6 +28,7 @@ from fastcifar.study.plan import (PlannedRun, choose_lrs, is_selection_point, pl
 from fastcifar.study.pretrained import resolve_pretrained
 from fastcifar.study.progress import StudyProgress, plan_line, selection_line
 from fastcifar.study.results import collect
+from fastcifar.train.guards import PREEMPTED_EXIT
 
 COMPARE_FILE = "compare.json"
 SIZING_FILE = "sizing.json"  # how --time-budget sized the study on the machine that started it (study/sizing.py)
@@ -256,9 +257,10 @@ def _execute(run: PlannedRun, state: str, display: StudyProgress, hook: RunHook 
     try:
         result = RUN_ACTIONS[state](run, on_epoch)
     except FastCifarError as exc:
-        if exc.exit_code == 130:
-            raise FastCifarError(f"interrupted in {run.name}; every finished run and that run's last finished "
+        if exc.exit_code in (130, PREEMPTED_EXIT):  # Ctrl-C, SIGTERM: the study resumes, not the one run
+            how = "interrupted" if exc.exit_code == 130 else "stopped by SIGTERM"
+            raise FastCifarError(f"{how} in {run.name}; every finished run and that run's last finished "
                                  f"epoch are kept. Rerun the same command (--out {out}) to continue.",
-                                 exit_code=130) from None
+                                 exit_code=exc.exit_code) from None
         raise FastCifarError(f"{run.name}: {exc}", exit_code=exc.exit_code) from None
     display.run_done(run, result.summary)

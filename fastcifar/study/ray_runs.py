@@ -221,8 +221,9 @@ class RayRuns:
             RunDir(run.run_dir).write_robustness(result["robustness"])
 
     def _wait(self, refs: dict, kind: str):
-        """(run, result) as each task ends, with a status line whenever done / running / waiting changes; Ctrl-C
-        cancels what is left. A task that failed is one message naming its run."""
+        """(run, result) as each task ends, with a status line whenever done / running / waiting changes. A task that
+        failed is one message naming its run; whatever ends the wait early (that, Ctrl-C) cancels the tasks left, so
+        none keeps a cluster's GPUs busy for a study that stopped."""
         import ray
         from ray.exceptions import RayError, RayTaskError
 
@@ -248,10 +249,14 @@ class RayRuns:
                     done += 1
                     yield run, result
         except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
             raise FastCifarError(f"interrupted; the Ray tasks were cancelled and every finished run is kept. Rerun "
                                  f"the same command (--out {self.out}) to continue.", exit_code=130) from None
+        finally:
+            for ref in pending:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - a task that ended meanwhile, or a Ray already gone
+                    pass
 
     def _status(self, pending: dict, done: int, kind: str) -> str:
         import ray

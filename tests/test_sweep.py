@@ -203,8 +203,9 @@ def test_bad_plans_and_overrides_are_one_message(tmp_path, sweep):
     assert not (tmp_path / "x.jsonl").exists()  # checked before anything ran
 
 
-def test_ctrl_c_is_one_message_and_keeps_the_finished_runs(tmp_path, synthetic_dir, sweep, monkeypatch, capsys):
-    plan = write_plan(tmp_path / "p.json", [{"stage": "listed", "seeds": 2, "variants": [{"name": "a", "set": {}}]}])
+def _sweep_stopped_at_seed_1(tmp_path, synthetic_dir, sweep, monkeypatch, capsys, stop: BaseException):
+    """A 3-seed sweep whose second run raises `stop`: (exit code, stderr, seeds started, each JSON line's status)."""
+    plan = write_plan(tmp_path / "p.json", [{"stage": "listed", "seeds": 3, "variants": [{"name": "a", "set": {}}]}])
     import fastcifar.train.loop as loop
 
     real, calls = loop.train, []
@@ -212,40 +213,33 @@ def test_ctrl_c_is_one_message_and_keeps_the_finished_runs(tmp_path, synthetic_d
     def train(cfg, **kwargs):
         calls.append(cfg.seed)
         if cfg.seed == 1:
-            raise KeyboardInterrupt
+            raise stop
         return real(cfg, **kwargs)
 
     monkeypatch.setattr(loop, "train", train)
     jsonl = tmp_path / "r.jsonl"
     code = sweep.main(["--data-dir", str(synthetic_dir), "--plan", str(plan), "--jsonl", str(jsonl), "--device", "cpu",
                        "--set", "train_limit=100", "--set", "stem=imagenet", "--set", "epochs=1", "--set", "batch_size=32"])
-    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    return code, capsys.readouterr().err, calls, [(r["seed"], r["status"]) for r in lines]
+
+
+def test_ctrl_c_is_one_message_and_keeps_the_finished_runs(tmp_path, synthetic_dir, sweep, monkeypatch, capsys):
+    code, err, calls, lines = _sweep_stopped_at_seed_1(tmp_path, synthetic_dir, sweep, monkeypatch, capsys,
+                                                       KeyboardInterrupt())
     assert code == 130 and "Error: interrupted" in err and "Traceback" not in err.split("Error: interrupted")[1]
-    assert [json.loads(line)["seed"] for line in jsonl.read_text().splitlines()] == [0]
+    assert calls == [0, 1] and lines == [(0, "finished")]
 
 
 def test_a_run_stopped_by_sigterm_stops_the_sweep_with_143(tmp_path, synthetic_dir, sweep, monkeypatch, capsys):
     """train turns SIGTERM into a clean stop with exit code 143 (the GPU check's step limit sends it): the sweep stops
     too, records that run nowhere (it is not a failed run) and starts no other."""
-    plan = write_plan(tmp_path / "p.json", [{"stage": "listed", "seeds": 3, "variants": [{"name": "a", "set": {}}]}])
-    import fastcifar.train.loop as loop
     from fastcifar.train.guards import PREEMPTED_EXIT
 
-    real, calls = loop.train, []
-
-    def train(cfg, **kwargs):
-        calls.append(cfg.seed)
-        if cfg.seed == 1:
-            raise FastCifarError("stopped by SIGTERM after step 3/4 of epoch 1", exit_code=PREEMPTED_EXIT)
-        return real(cfg, **kwargs)
-
-    monkeypatch.setattr(loop, "train", train)
-    jsonl = tmp_path / "r.jsonl"
-    code = sweep.main(["--data-dir", str(synthetic_dir), "--plan", str(plan), "--jsonl", str(jsonl), "--device", "cpu",
-                       "--set", "train_limit=100", "--set", "stem=imagenet", "--set", "epochs=1", "--set", "batch_size=32"])
-    err = capsys.readouterr().err
+    stop = FastCifarError("stopped by SIGTERM after step 3/4 of epoch 1", exit_code=PREEMPTED_EXIT)
+    code, err, calls, lines = _sweep_stopped_at_seed_1(tmp_path, synthetic_dir, sweep, monkeypatch, capsys, stop)
     assert code == 143 and "Error: stopped by SIGTERM; every finished run is in" in err, err[-2000:]
-    assert calls == [0, 1] and [json.loads(line)["status"] for line in jsonl.read_text().splitlines()] == ["finished"]
+    assert calls == [0, 1] and lines == [(0, "finished")]
 
 
 def test_time_to_accuracy_runs_its_seeds_through_the_sweep(tmp_path, synthetic_dir):

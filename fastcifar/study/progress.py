@@ -112,5 +112,6 @@ class StudyProgress:
     def run_done(self, run: PlannedRun, summary: dict, where: str | None = None) -> None:
         self.done += 1
         self.progress.update(self.overall, count=self._count())
-        self.log(f"finished {run.name}{f' on {where}' if where else ''}: test acc {100 * summary['test_acc']:.2f} %, {summary['train_seconds']:.1f} s "
-                 f"training ({self.done}/{self.total} runs done{self._eta()})")
+        place = f" on {where}" if where else ""
+        self.log(f"finished {run.name}{place}: test acc {100 * summary['test_acc']:.2f} %, "
+                 f"{summary['train_seconds']:.1f} s training ({self.done}/{self.total} runs done{self._eta()})")

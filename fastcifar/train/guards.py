@@ -3,7 +3,7 @@ warning (a first epoch or warm-up that ends above the loss of guessing; the run 
 preemption: the run stops at the next step boundary, resumable, exit code 143).
 
 Owns `NonFiniteLoss`, `nonfinite_message`, `divergence_warning` (its thresholds are measured: bench/README.md, "Small
-data" and "Time to accuracy and the presets"), `StopSignal` and `Preempted`.
+data" and "Time to accuracy and the presets"), `StopSignal`, `Preempted` and `stopped_message`.
 """
 
 from __future__ import annotations
@@ -58,12 +58,12 @@ class StopSignal:
             self._previous = None
 
 
-def preempted_message(signal_name: str, at: str, state_kept: bool, where) -> str:
-    """`at`: the step boundary it stopped at ("step 12/45 of epoch 2")."""
+def stopped_message(what: str, state_kept: bool, where) -> str:
+    """The one message of a run stopped on request (Ctrl-C, SIGTERM): `what` happened ("interrupted", "stopped by
+    SIGTERM after step 12/45 of epoch 2"), and how to continue from the last saved epoch."""
     if not state_kept:
-        return f"stopped by {signal_name} after {at}; {where} has no state to resume from (--save-state-every 0)"
-    return (f"stopped by {signal_name} after {at}; the state of the last saved epoch is in {where}. Continue with: "
-            f"fastcifar train --resume {where}")
+        return f"{what}; {where} has no state to resume from (--save-state-every 0)"
+    return f"{what}; the state of the last saved epoch is in {where}. Continue with: fastcifar train --resume {where}"
 
 
 def nonfinite_message(step: int, state_kept: bool, where) -> str:

@@ -19,7 +19,7 @@ from fastcifar.errors import FastCifarError
 from fastcifar.rundir import CONFIG_FILE, RunDir, is_finished, read_metrics
 from fastcifar.runtime import DistInfo, dist_info_from_env, env_info, resolve_device
 from fastcifar.train.guards import (NONFINITE_CHECK_EVERY, PREEMPTED_EXIT, NonFiniteLoss, Preempted, StopSignal,
-                                    divergence_warning, nonfinite_message, preempted_message)
+                                    divergence_warning, nonfinite_message, stopped_message)
 
 
 @dataclass
@@ -97,13 +97,10 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
                 record(s, metrics, bar.log_epoch, on_epoch_end)
         return finish(s, keep_state)
     except KeyboardInterrupt:
-        raise FastCifarError(f"interrupted; the state of the last saved epoch is in {s.run.path}. Continue with: "
-                             f"fastcifar train --resume {s.run.path}" if s.run.has_state() else
-                             f"interrupted; {s.run.path} has no state to resume from (--save-state-every 0)",
-                             exit_code=130) from None
+        raise FastCifarError(stopped_message("interrupted", s.run.has_state(), s.run.path), exit_code=130) from None
     except Preempted as stop:
-        raise FastCifarError(preempted_message(s.stop.requested, str(stop), s.run.has_state(), s.run.path),
-                             exit_code=PREEMPTED_EXIT) from None
+        raise FastCifarError(stopped_message(f"stopped by {s.stop.requested} after {stop}", s.run.has_state(),
+                                             s.run.path), exit_code=PREEMPTED_EXIT) from None
     finally:
         close(s)
 
@@ -206,15 +203,15 @@ def train_one_epoch(s: Session, epoch: int, advance: Callable[[int], None]) -> d
             late_seen += len(labels)
         correct += right
         seen += len(labels)
+        stop_now = s.stop.requested is not None and not s.dist.enabled  # alone: at once
         if (i + 1) % NONFINITE_CHECK_EVERY == 0 or i + 1 == len(loader):
             stop = torch.full((), float(s.stop.requested is not None), **zero)
             flags = _all_reduce(s.dist, torch.stack([first_bad.double(), stop]), op="max").tolist()
             if flags[0] >= 0:
                 raise NonFiniteLoss(nonfinite_message(int(flags[0]), s.run.has_state(), s.run.path))
-            if flags[1]:
-                s.stop.requested = s.stop.requested or "SIGTERM"  # another rank's
-                raise Preempted(f"step {i + 1}/{len(loader)} of epoch {epoch + 1}")
-        elif s.stop.requested and not s.dist.enabled:
+            stop_now = bool(flags[1])  # under torchrun: when any rank got the signal
+        if stop_now:
+            s.stop.requested = s.stop.requested or "SIGTERM"  # another rank's
             raise Preempted(f"step {i + 1}/{len(loader)} of epoch {epoch + 1}")
         advance(len(labels) * s.dist.world_size)
     if s.device.type == "cuda":

@@ -20,9 +20,9 @@ from typing import Callable
 from fastcifar.config import CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
 from fastcifar.fileio import write_json
-from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, RunDir, run_state
+from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, run_state
 from fastcifar.study import report, sizing
-from fastcifar.study.evaluation import ensure_robustness
+from fastcifar.study.one_run import ensure_robustness, train_or_resume
 from fastcifar.study.plan import (PlannedRun, choose_lrs, is_selection_point, plan_runs, plan_selection,
                                   pool_size)
 from fastcifar.study.pretrained import resolve_pretrained
@@ -132,21 +132,6 @@ def check_run_config(run: PlannedRun) -> None:
 # ---------------------------------------------------------------------------------------------- running
 
 
-def _resume(run: PlannedRun, hook):
-    from fastcifar.train.loop import resume
-
-    return resume(run.run_dir, progress=False, on_epoch_end=hook)
-
-
-def _start(run: PlannedRun, hook):
-    from fastcifar.train.loop import train
-
-    if run.run_dir.exists():  # setup-only leftovers (no state.pt): nothing trained, nothing to keep
-        RunDir(run.run_dir).remove()
-    return train(run.cfg, progress=False, on_epoch_end=hook)
-
-
-RUN_ACTIONS: dict[str, Callable] = {"interrupted": _resume, "new": _start}  # finished runs are skipped
 
 
 def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook | None = None,
@@ -255,7 +240,7 @@ def _execute(run: PlannedRun, state: str, display: StudyProgress, hook: RunHook 
             hook(run.name, epoch, metrics)
 
     try:
-        result = RUN_ACTIONS[state](run, on_epoch)
+        result = train_or_resume(run.cfg, state, on_epoch)
     except FastCifarError as exc:
         if exc.exit_code in (130, PREEMPTED_EXIT):  # Ctrl-C, SIGTERM: the study resumes, not the one run
             how = "interrupted" if exc.exit_code == 130 else "stopped by SIGTERM"

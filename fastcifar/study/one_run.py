@@ -1,14 +1,29 @@
-"""The robustness evaluation of one final model of a compare: calibration and accuracy under every corruption at the
-chosen severities (fastcifar.robustness; fp32, no TTA), cached in its run directory (robustness.json) so a rerun
-reuses it. Nothing here trains. Entry point: `ensure_robustness(run_dir, test, device, log, severities)`."""
+"""What a study does to one of its runs, wherever that runs (in this process: compare.LocalRuns; in a Ray task:
+ray_runs): `train_or_resume` trains it, or continues it from its saved state, and `ensure_robustness` evaluates its
+final model - calibration and accuracy under every corruption at the chosen severities (fastcifar.robustness; fp32,
+no TTA) - once, cached in its run directory (robustness.json) so a rerun reuses it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from fastcifar.config import ROBUSTNESS_SEVERITIES
+from fastcifar.config import ROBUSTNESS_SEVERITIES, TrainConfig
 from fastcifar.rundir import RunDir
+
+
+def train_or_resume(cfg: TrainConfig, state: str, hook=None):
+    """The run `cfg` describes (its directory is `cfg.out`), by its run_state: "interrupted" continues from state.pt,
+    "new" trains it (over setup-only leftovers: nothing trained there, nothing to keep). -> train.TrainResult"""
+    from fastcifar.train.loop import resume, train
+
+    run_dir = Path(cfg.out)
+    if state == "interrupted":
+        return resume(run_dir, progress=False, on_epoch_end=hook)
+    if run_dir.exists():
+        RunDir(run_dir).remove()
+    return train(cfg, progress=False, on_epoch_end=hook)
 
 
 def ensure_robustness(run_dir: Path, test, device: str, log: Callable[[str], None],

@@ -69,7 +69,7 @@ def train_task(cfg_dict: dict, threads: int, board) -> dict:
     import torch
 
     from fastcifar.config import TrainConfig
-    from fastcifar.train.loop import resume, train
+    from fastcifar.study.one_run import train_or_resume
 
     torch.set_num_threads(max(1, threads))
     cfg = TrainConfig.from_dict(cfg_dict)
@@ -77,19 +77,15 @@ def train_task(cfg_dict: dict, threads: int, board) -> dict:
     where = _where()
     board.started.remote(_label(run_dir.name, "train"), where["host"])
     state = run_state(run_dir)  # as this node sees it: a retried task finds its own saved state here
-    if state == "interrupted":
-        resume(run_dir, progress=False)
-    elif state == "new":
-        if run_dir.exists():  # setup-only leftovers: nothing trained, nothing to keep
-            RunDir(run_dir).remove()
-        train(cfg, progress=False)
+    if state != "finished":
+        train_or_resume(cfg, state)
     return {"files": RunDir(run_dir).small_files(), **where}
 
 
 def evaluate_task(run_dir: str, test, device: str, severities: tuple[int, ...], threads: int, board) -> dict:
     import torch
 
-    from fastcifar.study.evaluation import ensure_robustness
+    from fastcifar.study.one_run import ensure_robustness
 
     torch.set_num_threads(max(1, threads))
     where = _where()

@@ -74,9 +74,7 @@ def estimate_seconds(trained, final, rates: dict, n_test: int, severities: tuple
 def fit(pool: int, budget_s: float, estimate: Callable[[int], float], step: int = 500) -> tuple[int, float]:
     """(the largest pool <= `pool`, in steps of `step` images and at least MIN_POOL, whose `estimate(pool)` fits
     `budget_s` - or MIN_POOL when none does - and its estimate)."""
-    if estimate(pool) <= budget_s:
-        return pool, estimate(pool)
-    for candidate in range((pool - 1) // step * step, MIN_POOL, -step):  # the estimate grows with the pool
+    for candidate in [pool, *range((pool - 1) // step * step, MIN_POOL, -step)]:  # the estimate grows with the pool
         seconds = estimate(candidate)
         if seconds <= budget_s:
             return candidate, seconds

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from fastcifar.cli.options import (checkpoint_option, checkpoint_path, data_dir_option, device_option,
+from fastcifar.cli.options import (checkpoint_option, data_dir_option, device_option,
                                    serving_precision_option)
 from fastcifar.errors import FastCifarError
+from fastcifar.rundir import checkpoint_file
 
 
 @click.command()
@@ -76,7 +77,7 @@ def bench(models: tuple[Path, ...], backends: str, batch_sizes: str, data_dir: P
       fastcifar bench runs/r18 --backends torch,onnxruntime --batch-sizes 1,256 --json
       fastcifar bench exported/r18.onnx --reference runs/r18 --max-accuracy-drop 0.1   # CI gate
     """
-    models = tuple(checkpoint_path(m, checkpoint) for m in models)
+    models = tuple(checkpoint_file(m, checkpoint) for m in models)
     from fastcifar.bench.harness import BenchConfig, bench as run_bench, parse_backends, parse_batch_sizes
 
     cfg = BenchConfig(models=tuple(str(m) for m in models), backends=parse_backends(backends),

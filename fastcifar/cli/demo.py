@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from fastcifar.cli.options import backend_option, checkpoint_option, checkpoint_path, serving_precision_option
+from fastcifar.cli.options import backend_option, checkpoint_option, serving_precision_option
+from fastcifar.rundir import checkpoint_file
 
 
 @click.command()
@@ -45,6 +46,6 @@ def demo(pretrained: Path, scratch: Path, backend: str, host: str, port: int, sh
     logger.setLevel(logging.INFO)
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler())
-    pretrained, scratch = checkpoint_path(pretrained, checkpoint), checkpoint_path(scratch, checkpoint)
+    pretrained, scratch = checkpoint_file(pretrained, checkpoint), checkpoint_file(scratch, checkpoint)
     serve(pretrained, scratch, backend=backend, host=host, port=port, share=share, data_dir=data_dir,
           examples_dir=examples_dir, precision=precision)

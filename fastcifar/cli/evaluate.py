@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from fastcifar.cli.options import (backend_option, checkpoint_option, checkpoint_path, data_dir_option, device_option,
+from fastcifar.cli.options import (backend_option, checkpoint_option, data_dir_option, device_option,
                                    json_option, model_argument, serving_precision_option)
+from fastcifar.rundir import checkpoint_file
 
 
 @click.command()
@@ -46,7 +47,7 @@ def evaluate(model: Path, backend: str, device: str, precision: str | None, data
       fastcifar evaluate exported/r18.onnx --corruptions gaussian_noise,contrast --plots reports/eval
       fastcifar evaluate runs/r18 --cifar10c ~/data/CIFAR-10-C
     """
-    model = checkpoint_path(model, checkpoint)
+    model = checkpoint_file(model, checkpoint)
     from fastcifar.robustness import parse_corruptions, parse_severities
     from fastcifar.serve.evaluate_model import evaluate_model, print_evaluation
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from fastcifar.cli.options import checkpoint_option, checkpoint_path, json_option, model_argument
+from fastcifar.cli.options import checkpoint_option, json_option, model_argument
 from fastcifar.errors import FastCifarError
 from fastcifar.precision import DEFAULT_ENGINE_PROFILE, EXPORT_PRECISIONS
 from fastcifar.preprocess import INPUT_KINDS
+from fastcifar.rundir import checkpoint_file
 
 
 @click.command()
@@ -74,7 +75,7 @@ def export(model: Path, onnx: bool, trt: bool, precision: str, input_kind: str, 
 
     Triton: fastcifar export runs/r18-imagenet --trt --triton-repo triton-models
     """
-    model = checkpoint_path(model, checkpoint)
+    model = checkpoint_file(model, checkpoint)
     from fastcifar.export import export_model
 
     summary = export_model(model, onnx=onnx, trt=trt, precision=precision, input_kind=input_kind, opset=opset,

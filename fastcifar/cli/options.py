@@ -67,13 +67,6 @@ def checkpoint_option(func):
                              "(best.safetensors; the same as giving RUN/best.safetensors).")(func)
 
 
-def checkpoint_path(model: Path, checkpoint: str) -> Path:
-    """MODEL with --checkpoint applied: the run directory itself (final) or its best.safetensors (best)."""
-    from fastcifar.rundir import checkpoint_file
-
-    return checkpoint_file(model, checkpoint)
-
-
 def model_argument(func):
     """MODEL, positional: a run directory, model.safetensors, .onnx file or TensorRT engine."""
     return click.argument("model", type=click.Path(path_type=Path))(func)

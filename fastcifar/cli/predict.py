@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from fastcifar.cli.options import (backend_option, checkpoint_option, checkpoint_path, device_option, given_options,
+from fastcifar.cli.options import (backend_option, checkpoint_option, device_option, given_options,
                                    serving_precision_option, usage_error)
+from fastcifar.rundir import checkpoint_file
 
 FORMS = "fastcifar predict MODEL IMAGE... or fastcifar predict --server URL IMAGE..."
 
@@ -66,7 +67,7 @@ def predict(paths: tuple[Path, ...], backend: str, device: str, precision: str |
             raise usage_error(f"Missing MODEL and IMAGE: {FORMS}")
         if len(paths) == 1:
             raise usage_error(f"Missing IMAGE: give at least one image file or folder after the model - {FORMS}")
-        model, images = checkpoint_path(paths[0], checkpoint), paths[1:]
+        model, images = checkpoint_file(paths[0], checkpoint), paths[1:]
         predictor = load_predictor(model, None if backend == "auto" else backend, device, precision=precision)
     results, failures = predict_files(predictor, images, topk=topk)
     for item in results:  # every output says what ran

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from fastcifar.cli.options import (backend_option, checkpoint_option, checkpoint_path, device_option, model_argument,
+from fastcifar.cli.options import (backend_option, checkpoint_option, device_option, model_argument,
                                    serving_precision_option)
+from fastcifar.rundir import checkpoint_file
 
 
 @click.command()
@@ -52,7 +53,7 @@ def serve(model: Path, backend: str, device: str, precision: str | None, checkpo
       fastcifar predict --server localhost:8000 cat.jpg
       fastcifar load-test localhost:8000 --concurrency 1,8,32
     """
-    model = checkpoint_path(model, checkpoint)
+    model = checkpoint_file(model, checkpoint)
     from fastcifar.serve.triton_server import ServeConfig, ready_line, serve_model
 
     cfg = ServeConfig(model=str(model), backend=None if backend == "auto" else backend, device=device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -82,6 +83,7 @@ def _git(args: list[str], cwd: Path, timeout: float = 10) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+@functools.lru_cache(maxsize=None)  # asked by git_sha and git_diff for every run's env.json: one git call
 def fastcifar_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
     """The git checkout fastcifar itself runs from: the work tree whose top holds this package. None for an installed
     package, even one inside a user's own git project (its HEAD and changes describe their code, not fastcifar)."""

@@ -34,12 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def ray_env(temp: Path) -> dict[str, str]:
-    """Ray on the loopback, its files and its token under `temp` (nothing written to ~/.ray or /tmp/ray)."""
-    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(temp / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
-
-
 def fixed_costs(cores: int) -> dict:
     import ray
 
@@ -110,8 +104,10 @@ def main(argv=None) -> int:
     temp = Path(tempfile.mkdtemp(prefix="fcray", dir="/tmp"))  # short: Ray's socket paths must fit 107 characters
     try:
         (temp / "token").write_text(secrets.token_hex(32))
-        env = {**os.environ, **ray_env(temp)}
-        os.environ.update(ray_env(temp))  # before ray is imported: it reads them then
+        from fastcifar.study.ray_runs import isolated_env
+
+        env = {**os.environ, **isolated_env(temp)}
+        os.environ.update(isolated_env(temp))  # before ray is imported: it reads them then
         import ray
         import torch
 

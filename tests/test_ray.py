@@ -24,51 +24,35 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from fastcifar.cli import cli
+from fastcifar.serve.leftovers import descendants, is_running
 from fastcifar.serve.triton_server import free_ports
+from fastcifar.study.ray_runs import isolated_env
 
 RAY = Path(sys.executable).with_name("ray")
 TIMING = re.compile(r"seconds|per_second|time_to|elapsed|^wall$|^created$")
 
 
-def _ray_env(temp: Path) -> dict[str, str]:
-    """Ray on the loopback only (ray_runs._keep_on_loopback), its files under `temp`, a token of its own."""
-    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(temp / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process (/proc)."""
+def _processes() -> dict[int, str]:
+    """pid -> command line of every process (/proc)."""
     out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        out[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+        out[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return out
 
 
-def _tree(roots: set[int], procs: dict[int, tuple[int, str]]) -> set[int]:
-    found, frontier = set(roots), set(roots)
-    while frontier:
-        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier} - found
-        found |= frontier
-    return found
+def _tree(roots: set[int]) -> set[int]:
+    """`roots` and every process below them."""
+    return set(roots).union(*(descendants(pid) for pid in roots))
 
 
 def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":  # a zombie has ended; its parent (this test's Popen) reaps it
-            alive.add(pid)
-    return alive
+    return {pid for pid in pids if is_running(pid)}
 
 
 def _wait_gone(pids: set[int], seconds: float = 30.0) -> set[int]:
@@ -82,7 +66,7 @@ def _wait_gone(pids: set[int], seconds: float = 30.0) -> set[int]:
 def ray_cluster():
     temp = Path(tempfile.mkdtemp(prefix="fcray", dir="/tmp"))  # short: Ray's socket paths must fit 107 characters
     (temp / "token").write_text(secrets.token_hex(32))
-    env = _ray_env(temp)
+    env = isolated_env(temp)
     (port,) = free_ports(1)
     shm = set(os.listdir("/dev/shm"))
     start = subprocess.run([str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
@@ -100,14 +84,14 @@ def ray_cluster():
         # the workers are their children. As `ray stop` does: SIGTERM, then SIGKILL for what is left (gcs_server
         # outlived 15 s of SIGTERM here).
         procs = _processes()
-        ours = _tree({pid for pid, (_, cmd) in procs.items() if str(temp) in cmd}, procs)
+        ours = _tree({pid for pid, cmd in procs.items() if str(temp) in cmd})
         for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):
             for pid in _alive(ours):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             left = _wait_gone(ours, wait)
         shutil.rmtree(temp, ignore_errors=True)
-        assert not left, [procs[p][1] for p in left]
+        assert not left, [procs.get(p) for p in left]
         assert set(os.listdir("/dev/shm")) <= shm, set(os.listdir("/dev/shm")) - shm
 
 
@@ -185,7 +169,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path, ra
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
             if any((run / "metrics.jsonl").is_file() for run in out.glob("runs/*")):
-                for pid, (_, cmd) in _processes().items():
+                for pid, cmd in _processes().items():
                     if cmd.startswith("ray::train_task"):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(cmd)
@@ -209,7 +193,7 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_process(tmp_path, synthetic_dir,
     tasks run: exit 130 with one message, and no Ray or fastcifar process is left."""
     temp = Path(tempfile.mkdtemp(prefix="fcray", dir="/tmp"))
     (temp / "token").write_text(secrets.token_hex(32))
-    env = {**os.environ, **_ray_env(temp), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **isolated_env(temp), "OMP_NUM_THREADS": "1"}
     args = _args(synthetic_dir, fake_weights, tmp_path / "ray", "--train-limit", "500", "--epochs", "20",
                  "--batch-size", "8", "--seeds", "1", "--fractions", "1.0", "--robustness-severities", "none", "--ray")
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar", *args], stdout=subprocess.PIPE,
@@ -224,16 +208,16 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_process(tmp_path, synthetic_dir,
             time.sleep(0.1)
         assert proc.poll() is None, "".join(lines)[-3000:]
         procs = _processes()
-        started = _tree({proc.pid}, procs) | _tree({p for p, (_, cmd) in procs.items() if str(temp) in cmd}, procs)
-        assert any("raylet" in procs[p][1] for p in started), "no local Ray was started"
-        assert any(procs[p][1].startswith("ray::train_task") for p in started), "no task was running"
+        started = _tree({proc.pid} | {p for p, cmd in procs.items() if str(temp) in cmd})
+        assert any("raylet" in procs.get(p, "") for p in started), "no local Ray was started"
+        assert any(procs.get(p, "").startswith("ray::train_task") for p in started), "no task was running"
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=120) == 130, "".join(lines)[-3000:]
         reader.join(timeout=10)
         output = "".join(lines)
         assert "interrupted; the Ray tasks were cancelled" in output and "Traceback" not in output, output[-3000:]
         left = _wait_gone(started - {proc.pid})
-        assert not left, [procs[p][1] for p in left]
+        assert not left, [procs.get(p) for p in left]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -254,6 +238,6 @@ def test_a_failed_run_is_one_message_naming_it_and_the_other_tasks_stop(tmp_path
     errors = [line for line in on_ray.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "lr10000" in errors[0] and "Traceback" not in on_ray.output, on_ray.output[-3000:]
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(cmd.startswith("ray::train_task") for _, cmd in _processes().values()):
+    while time.monotonic() < deadline and any(cmd.startswith("ray::train_task") for cmd in _processes().values()):
         time.sleep(0.2)
-    assert not [cmd for _, cmd in _processes().values() if cmd.startswith("ray::train_task")]
+    assert not [cmd for cmd in _processes().values() if cmd.startswith("ray::train_task")]

@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastcifar.cli import cli
+from fastcifar.serve.leftovers import descendants, is_running
 from fastcifar.serve.triton_server import free_ports
 
 pytest.importorskip("pytriton", reason="the serve extra (pip install 'fastcifar[serve]') is not installed")
@@ -37,32 +38,6 @@ def start_server(model: Path, *extra: str, timeout: float = 180.0):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
     return launch([model, "--device", "cpu", "--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics,
                    *extra], timeout_s=timeout, env=env)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.add(child)
-            todo.append(child)
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -264,15 +239,15 @@ def test_an_onnxruntime_server_answers_and_sigterm_leaves_no_process(tiny_model_
         assert np.allclose(got, load_predictor(tiny_model_dir, device="cpu").logits(pixels), atol=1e-4)
         params = {k: v.string_value for k, v in client.get_model_config("resnet18-random").config.parameters.items()}
         assert params["fastcifar.backend"] == "onnxruntime"
-        children = descendants(proc.pid)
+        children = set(descendants(proc.pid))
         assert any("tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                   for pid in children if alive(pid))
+                   for pid in children if is_running(pid))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         deadline = time.monotonic() + 30
-        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        while any(is_running(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [pid for pid in children if alive(pid)]
+        assert not [pid for pid in children if is_running(pid)]
         assert "stopped" in proc.stderr.read()
     finally:
         stop(proc)
@@ -299,7 +274,7 @@ def test_sigterm_under_load_leaves_no_process_segment_or_folder(tiny_model_dir, 
             proc, ready = launch([tiny_model_dir, "--device", "cpu", "--http-port", http, "--grpc-port", grpc,
                                   "--metrics-port", metrics], env=env, stderr=log)
         try:
-            children = descendants(proc.pid)
+            children = set(descendants(proc.pid))
             outcome = {}
 
             def load():
@@ -314,14 +289,14 @@ def test_sigterm_under_load_leaves_no_process_segment_or_folder(tiny_model_dir, 
             clients = threading.Thread(target=load, daemon=True)
             clients.start()
             time.sleep(2.0 + round_)  # under load: requests in flight when the signal comes
-            children |= descendants(proc.pid)
+            children |= set(descendants(proc.pid))
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(90) == 0, (tmp_path / f"serve-{round_}.log").read_text()[-2000:]
             clients.join(90)
             deadline = time.monotonic() + 30
-            while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            while any(is_running(pid) for pid in children) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            left = [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if alive(pid)]
+            left = [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if is_running(pid)]
             assert not left, left
             assert triton_leftovers() <= before, triton_leftovers() - before
         finally:

@@ -3,7 +3,8 @@
 Owns `Leftovers` (made before the server starts, `started()` once it is ready): `watch()` notes this process's
 descendants (pid and start time, so a reused pid is never touched), the shared-memory segments they map and the
 model folder the stub was started with; after PyTriton's own stop, `cleanup()` ends what is alive (SIGTERM, then
-SIGKILL; resource trackers last) and removes what is on disk. Linux only (/proc); elsewhere it does nothing. What
+SIGKILL; resource trackers last) and removes what is on disk. Linux only (/proc); elsewhere it does nothing.
+Its /proc readers (`process_stat`, `descendants`, `is_running`) serve the tests that check what servers leave. What
 a hard stop left, and why this exists: docs/serving.md, "Stopping".
 """
 
@@ -19,7 +20,7 @@ SHM = Path("/dev/shm")
 TMP = Path("/tmp")  # tritonserver and its Python backend name their folders here, whatever TMPDIR says
 
 
-def _stat(pid: int) -> tuple[int, int, str] | None:
+def process_stat(pid: int) -> tuple[int, int, str] | None:
     """(parent pid, start time in clock ticks, state) of a process, None when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -28,10 +29,11 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
     return int(fields[1]), int(fields[19]), fields[0]
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
+    """Every process below `root`, children first (/proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+        if entry.name.isdigit() and (stat := process_stat(int(entry.name))) is not None:
             children.setdefault(stat[0], []).append(int(entry.name))
     out, todo = [], [root]
     while todo:
@@ -39,6 +41,12 @@ def _descendants(root: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and has not ended (a zombie has ended; its parent has yet to reap it)."""
+    stat = process_stat(pid)
+    return stat is not None and stat[2] != "Z"
 
 
 def _mapped_shm(pid: int) -> set[Path]:
@@ -69,8 +77,8 @@ class Leftovers:
         self._env_dirs_before = set(TMP.glob("python_env_*"))
 
     def watch(self) -> None:
-        for pid in _descendants(self.root):
-            stat = _stat(pid)
+        for pid in descendants(self.root):
+            stat = process_stat(pid)
             if stat is None:
                 continue
             try:
@@ -96,7 +104,7 @@ class Leftovers:
         """The watched processes that still run (the same process: pid and start time)."""
         out = []
         for pid, (start, _) in self.processes.items():
-            stat = _stat(pid)
+            stat = process_stat(pid)
             if stat is not None and stat[1] == start and stat[2] != "Z":
                 out.append(pid)
         return out
@@ -109,7 +117,7 @@ class Leftovers:
         # multiprocessing's resource trackers go last: one unlinks its clients' segments once they are all gone. This
         # process's own tracker ends with it (its only client), after cleaning up: it is left alone.
         trackers = {pid for pid, (_, cmd) in self.processes.items() if "resource_tracker" in cmd}
-        own = {pid for pid in trackers if (_stat(pid) or (0,))[0] == self.root}
+        own = {pid for pid in trackers if (process_stat(pid) or (0,))[0] == self.root}
         self.processes = {pid: v for pid, v in self.processes.items() if pid not in own}
         trackers -= own
         for group in ([p for p in self.alive() if p not in trackers], [p for p in self.alive() if p in trackers]):

@@ -5,7 +5,8 @@ Owns `RayOptions` and `RayRuns` (compare.py's other runner beside LocalRuns): st
 joining a cluster, the tasks, progress (runs done / running where / waiting), Ray's retries of a lost worker (the
 retry resumes the run's saved state where the report directory is shared, else starts it over) and Ctrl-C (the
 tasks are cancelled; a Ray this process started is shut down). A task returns its run's records, so the report is
-built on the driver even where workers share no filesystem. Needs the `ray` extra.
+built on the driver even where workers share no filesystem. Needs the `ray` extra. `isolated_env`: a throwaway Ray's
+environment for scripts and tests.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def _keep_on_loopback() -> None:
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:  # ray was imported before: the constant is already read
         constants.ENABLE_RAY_CLUSTER = False
+
+
+def isolated_env(temp: Path) -> dict[str, str]:
+    """The environment of a throwaway Ray for scripts and tests (bench/ray_overhead.py, tests/test_ray.py): on the
+    loopback only (_keep_on_loopback), its files under `temp` and a token of its own in `temp`/token (the caller
+    writes it), nothing in ~/.ray or /tmp/ray, no usage stats. Set before ray is imported: it reads them then."""
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(temp / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _require_ray():

@@ -241,3 +241,13 @@ def test_a_failed_run_is_one_message_naming_it_and_the_other_tasks_stop(tmp_path
     while time.monotonic() < deadline and any(cmd.startswith("ray::train_task") for cmd in _processes().values()):
         time.sleep(0.2)
     assert not [cmd for cmd in _processes().values() if cmd.startswith("ray::train_task")]
+
+
+def test_a_cluster_address_where_nothing_listens_is_one_message(tmp_path, synthetic_dir, fake_weights):
+    """Ray itself retries such an address for minutes; compare says at once that nothing answers there."""
+    (port,) = free_ports(1)
+    result = CliRunner().invoke(cli, _args(synthetic_dir, fake_weights, tmp_path / "ray", "--ray",
+                                           f"127.0.0.1:{port}"))
+    assert result.exit_code == 1, result.output
+    assert f"Error: compare --ray: nothing answers at 127.0.0.1:{port}" in result.output, result.output
+    assert "ray start --head --port" in result.output and "Traceback" not in result.output

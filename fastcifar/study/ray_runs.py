@@ -62,6 +62,20 @@ def isolated_env(temp: Path) -> dict[str, str]:
             "RAY_AUTH_TOKEN_PATH": str(temp / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """One message when nothing listens at a cluster's HOST:PORT (or ray://HOST:PORT): ray.init would retry its
+    connection for minutes before it gives up."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # not a form this can check: Ray's own message then
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise FastCifarError(f"compare --ray: nothing answers at {address} ({exc.strerror or exc}). Start the "
+                             f"cluster's head there first (ray start --head --port {port}), or check the "
+                             "address") from None
+
+
 def _require_ray():
     try:
         import ray
@@ -166,6 +180,7 @@ class RayRuns:
                 ray.init(_node_ip_address=opts.node_ip, include_dashboard=False, num_cpus=opts.num_cpus,
                          log_to_driver=False, configure_logging=False)
             else:
+                _check_reachable(opts.address)
                 ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             what = "start a local Ray" if local else f"connect to the Ray cluster at {opts.address}"

@@ -20,22 +20,25 @@ export OMP_WAIT_POLICY ?= PASSIVE
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -e '.[demo,serve,test,ray]'
+	$(BIN)/python -m pip install -e '.[efficientnet,demo,serve,test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# `make run`: the project's question on this machine. GPU: the 10-epoch `seed` recipe, 3 seeds x 1 %/10 %/100 %
-# of the data (18 runs). No GPU: the `smoke` preset, 2 seeds x 10 %/100 % of 10k images with the per-arm lr choice.
-# BUDGET (minutes): the speed is measured first and the training pool shrinks to fit, saying so (BUDGET=0: the full
-# size, however long). ImageNet weights: WEIGHTS=path, else torchvision's download; offline without either, the
-# pretrained arm uses stand-in random weights and every output says so. Rerunning resumes.
+# `make run`: the project's question on this machine. The network (ARCH, default `auto`): ResNet-18 on a GPU where
+# its ImageNet weights can be had (WEIGHTS=path, torch's hub cache or torchvision's download), else EfficientNet-Lite0
+# with the real ImageNet weights installed with fastcifar (no network). GPU: the 10-epoch `seed` recipe, 3 seeds x
+# 1 %/10 %/100 % of the data (18 runs). No GPU: the `smoke` preset, 2 seeds x 10 %/100 % of 10k images with the
+# per-arm lr choice. BUDGET (minutes): the speed is measured first and the training pool shrinks to fit, saying so
+# (BUDGET=0: the full size, however long). ARCH=resnet18 offline: the pretrained arm uses stand-in random weights and
+# every output says so. Rerunning resumes.
 WEIGHTS ?=
 BUDGET ?= 15
+ARCH ?= auto
 run: $(STAMP)
 	$(BIN)/fastcifar data --data-dir $(DATA)
-	$(BIN)/fastcifar compare --data-dir $(DATA) --no-compile --if-no-weights stand-in --time-budget $(BUDGET) \
-		$(if $(WEIGHTS),--pretrained-weights $(WEIGHTS))
+	$(BIN)/fastcifar compare --data-dir $(DATA) --arch $(ARCH) --no-compile --if-no-weights stand-in \
+		--time-budget $(BUDGET) $(if $(WEIGHTS),--pretrained-weights $(WEIGHTS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

@@ -114,14 +114,12 @@ class TrainConfig:
     def __post_init__(self):
         from fastcifar.data.datasets import DATASETS
         from fastcifar.data.loaders import LOADER_KINDS
-        from fastcifar.models import ARCHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, STEMS
+        from fastcifar.models import RESNETS, arch_problem
 
         _refuse_wrong_types(self)
+        problem = arch_problem(self.arch, self.stem, self.image_size)
         checks = [
-            (self.arch in ARCHS, f"unknown arch '{self.arch}' (choose from {', '.join(ARCHS)})"),
-            (self.stem in STEMS, f"unknown stem '{self.stem}' (choose from {', '.join(STEMS)})"),
-            (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
-             f"image size {self.image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"),
+            (problem is None, problem),
             (self.loader in LOADER_KINDS, f"unknown loader '{self.loader}' (choose from {', '.join(LOADER_KINDS)})"),
             (self.dataset in DATASETS, f"unknown dataset '{self.dataset}' (choose from {', '.join(DATASETS)})"),
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
@@ -144,6 +142,9 @@ class TrainConfig:
             (self.ema is None or 0 < self.ema < 1, f"--ema must be a decay in (0, 1), got {self.ema}"),
             (self.ema_every >= 1, f"--ema-every must be >= 1 step, got {self.ema_every}"),
             (self.ema_start_epochs >= 0, f"--ema-start-epochs must be >= 0, got {self.ema_start_epochs}"),
+            (not (self.zero_init_residual or self.whiten_stem) or self.arch in RESNETS,
+             "--zero-init-residual and --whiten-stem shape a ResNet's blocks and first conv: leave them out for "
+             f"{self.arch}"),
             (not self.whiten_stem or self.init == "random",
              "--whiten-stem replaces the first convolution with fixed whitening filters: it needs a random init "
              "(it would discard the pretrained first layer)"),
@@ -218,6 +219,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# What a preset changes for another network (over PRESETS; the command line still wins). Evidence: docs/training.md,
+# "EfficientNet-Lite0".
+ARCH_PRESETS: dict[tuple[str, str | None], dict] = {}
+
+
 def describe_augmentation(aug: dict) -> str:
     """'random 4-px-padded crops and horizontal flips; flip TTA at evaluation' and the like, for people."""
     if aug.get("loader") == "dali-files":
@@ -234,8 +240,14 @@ def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:
     """TrainConfig from a preset plus explicit overrides (None values in `overrides` mean 'not given')."""
     if preset is not None and preset not in PRESETS:
         raise FastCifarError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    from fastcifar.models import RESNETS
+
+    given = {k: v for k, v in overrides.items() if v is not None}
     values = dict(PRESETS.get(preset, {}))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(ARCH_PRESETS.get((given.get("arch", "resnet18"), preset), {}))
+    values.update(given)
+    if "stem" not in given and values.get("arch", "resnet18") not in RESNETS:
+        values["stem"] = "imagenet"  # the network's own stem: the only one it has (models.arch_problem)
     _refuse_unknown_keys(TrainConfig, values, "training option")
     return TrainConfig(**values, preset=preset) if "preset" not in values else TrainConfig(**values)
 
@@ -273,21 +285,19 @@ COMPARE_LR_GRIDS: dict[str, tuple[float, ...]] = {
 }
 
 
-def default_stem(image_size: int) -> str:
-    """The stem an image size is trained with when none is named: CIFAR's at the native 32 px, ImageNet's above
-    (at 224 px it sees images as ImageNet features were learned, the original study's setting)."""
-    return "cifar" if image_size == 32 else "imagenet"
+def parse_settings(text: str, arch: str = "resnet18") -> tuple[tuple[int, str], ...]:
+    """`--image-sizes 32,224` or `32:cifar,224:imagenet` -> ((32, "cifar"), (224, "imagenet")); a size without a stem
+    gets the arch's (models.native_stem: a ResNet CIFAR's at the native 32 px, above it the ImageNet stem, where at
+    224 px it sees images as ImageNet features were learned, the original study's setting)."""
+    from fastcifar.models import native_stem
 
-
-def parse_settings(text: str) -> tuple[tuple[int, str], ...]:
-    """`--image-sizes 32,224` or `32:cifar,224:imagenet` -> ((32, "cifar"), (224, "imagenet"))."""
     settings = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         size, _, stem = part.partition(":")
         try:
-            settings.append((int(size), stem or default_stem(int(size))))
+            settings.append((int(size), stem or native_stem(arch, int(size))))
         except ValueError:
             raise FastCifarError(f"--image-sizes takes sizes like 32,224 or 32:cifar,224:imagenet; got '{part}'") \
                 from None
@@ -441,11 +451,12 @@ def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = Non
         grid = parse_lr_grid(lr_grid)
     else:
         grid = None if overrides.get("lr") is not None else COMPARE_LR_GRIDS[preset]
-    return CompareConfig(base=make_train_config(preset, overrides),
+    base = make_train_config(preset, overrides)
+    return CompareConfig(base=base,
                          seeds=tuple(range(first_seed, first_seed + (seeds or default_seeds))),
                          fractions=parse_fractions(fractions) if fractions else default_fractions,
                          pretrained_weights=pretrained_weights, if_no_weights=if_no_weights, lr_grid=grid,
-                         settings=parse_settings(image_sizes) if image_sizes else (), out=out,
+                         settings=parse_settings(image_sizes, base.arch) if image_sizes else (), out=out,
                          robustness_severities=_parse_robustness(robustness_severities),
                          time_budget_s=60.0 * time_budget_min if time_budget_min else None)
 

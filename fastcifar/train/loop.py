@@ -62,7 +62,7 @@ class Session:
 
     @property
     def num_classes(self) -> int:
-        return self.model.fc.out_features
+        return self.spec.num_classes
 
     def eval_model(self):
         """The EMA's average once it has started (a run shorter than --ema-start-epochs has only live weights)."""

@@ -10,13 +10,14 @@ import time
 from functools import partial
 
 from fastcifar.config import TrainConfig
+from fastcifar.models import CLASSIFIERS
 
 
 def param_groups(model, weight_decay: float, backbone_lr_scale: float = 1.0,
                  lr: float | None = None, bn_bias_lr_scale: float = 1.0) -> list[dict]:
     """No weight decay on BatchNorm weights and on biases (1-d tensors): decaying them only hurts.
 
-    With `backbone_lr_scale` != 1 every tensor but the classifier (`fc.*`) gets `lr * backbone_lr_scale`, so a
+    With `backbone_lr_scale` != 1 every tensor but the classifier (a ResNet's `fc.*`, EfficientNet's `classifier.*`) gets `lr * backbone_lr_scale`, so a
     pretrained backbone moves slower than the new head (two more groups). With `bn_bias_lr_scale` != 1 the
     BatchNorm biases get their own group at `lr * bn_bias_lr_scale` (airbench94's `bias_scaler`, 64 there, paired
     with frozen BatchNorm scales). Frozen tensors (requires_grad False) are left out. The groups depend only on the
@@ -29,7 +30,7 @@ def param_groups(model, weight_decay: float, backbone_lr_scale: float = 1.0,
     groups: dict[tuple[bool, bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            head = split_head and name.split(".", 1)[0] == "fc"
+            head = split_head and name.split(".", 1)[0] in CLASSIFIERS
             groups.setdefault((head, p.ndim > 1, id(p) in bn_biases), []).append(p)
     keys = [(False, True, False), (False, False, False)]
     keys += [(True, True, False), (True, False, False)] if split_head else []

@@ -1,9 +1,10 @@
-"""ResNets for CIFAR-10: `create_model(arch, init, stem)`, the `ModelSpec` every artifact carries, save/load.
+"""The networks: `create_model(arch, init, stem)`, the `ModelSpec` every artifact carries, save/load.
 
 Owns building torchvision resnet18/34/50 with an ImageNet or CIFAR stem, loading pretrained weights (torchvision's
 IMAGENET1K_V1, or a local torchvision-format state dict; a pretrained 7x7 conv1 enters the CIFAR stem by area
-resampling to 3x3), `model_name`, and the model files of a run directory (`model.safetensors` + `model.json`).
-What a user sees: docs/training.md, "Models".
+resampling to 3x3), the choice between those and EfficientNet-Lite0 (models/efficientnet.py: its architecture and
+packaged ImageNet weights), `model_name`, and the model files of a run directory (`model.safetensors` +
+`model.json`). What a user sees: docs/training.md, "Models".
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from pathlib import Path
 
 from fastcifar.data.cifar import CLASS_NAMES
 from fastcifar.errors import FastCifarError
-from fastcifar.rundir import CONFIG_FILE, MODEL_FILE, MODEL_META, meta_path
+from fastcifar.models import efficientnet
 from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, NATIVE_SIZE, area_overlaps
+from fastcifar.rundir import CONFIG_FILE, MODEL_FILE, MODEL_META, meta_path
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+RESNETS = ("resnet18", "resnet34", "resnet50")
+ARCHS = (*RESNETS, efficientnet.ARCH)
+# "cifar": a ResNet's 3x3/1 first conv without max-pool; "imagenet": the network's own ImageNet stem (the only one
+# EfficientNet-Lite0 has).
 STEMS = ("imagenet", "cifar")
+CLASSIFIERS = ("fc", "classifier")  # the last layer's name: torchvision's ResNets, timm's EfficientNet
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = NATIVE_SIZE, 512  # images are only ever resized up from CIFAR's 32 px
 FORMAT_VERSION = 1
 
@@ -37,7 +43,8 @@ class ModelSpec:
     mean: tuple[float, float, float] = CIFAR_MEAN  # 0-1 scale, RGB
     std: tuple[float, float, float] = CIFAR_STD
     class_names: tuple[str, ...] = CLASS_NAMES
-    weights_source: str | None = None  # URL or file the pretrained weights came from
+    weights_source: str | None = None  # URL, package or file the pretrained weights came from
+    weights_sha256: str | None = None  # of that file (None: torchvision's download, checked by its own hash)
     notes: tuple[str, ...] = field(default_factory=tuple)  # what was adapted/not loaded
 
     def to_dict(self) -> dict:
@@ -52,13 +59,41 @@ class ModelSpec:
         return cls(**known)
 
 
-def _check(arch: str, stem: str, image_size: int) -> None:
+def arch_problem(arch: str, stem: str, image_size: int) -> str | None:
+    """What is wrong with this (arch, stem, image size), or None: one message each, for configs and model files."""
     if arch not in ARCHS:
-        raise FastCifarError(f"unknown arch '{arch}' (choose from {', '.join(ARCHS)})")
+        return f"unknown arch '{arch}' (choose from {', '.join(ARCHS)})"
     if stem not in STEMS:
-        raise FastCifarError(f"unknown stem '{stem}' (choose from {', '.join(STEMS)})")
+        return f"unknown stem '{stem}' (choose from {', '.join(STEMS)})"
+    if arch == efficientnet.ARCH and stem != "imagenet":
+        return (f"--stem {stem} is a ResNet stem (3x3/1 first conv, no max-pool); {arch} has only its own stem: leave "
+                "out --stem (or give --stem imagenet)")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise FastCifarError(f"image size {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
+        if arch == efficientnet.ARCH and image_size < MIN_IMAGE_SIZE:
+            return (f"image size {image_size} is too small for {arch}: it downsamples {efficientnet.DOWNSAMPLING}x, "
+                    f"so it needs at least {efficientnet.DOWNSAMPLING} px (and CIFAR's images are {NATIVE_SIZE} px)")
+        return f"image size {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
+    return None
+
+
+def native_stem(arch: str, image_size: int) -> str:
+    """The stem an (arch, size) gets when none is named: CIFAR's for a ResNet at the native 32 px, else ImageNet's."""
+    return "cifar" if arch in RESNETS and image_size == NATIVE_SIZE else "imagenet"
+
+
+def _check(arch: str, stem: str, image_size: int) -> None:
+    problem = arch_problem(arch, stem, image_size)
+    if problem:
+        raise FastCifarError(problem)
+
+
+def build_model(arch: str, stem: str, num_classes: int = 10, *, image_size: int = 32,
+                zero_init_residual: bool = False):
+    """An untrained network of any ARCHS entry (EfficientNet's padding is fixed for `image_size`)."""
+    _check(arch, stem, image_size)
+    if arch == efficientnet.ARCH:
+        return efficientnet.build(num_classes, image_size)
+    return build_resnet(arch, stem, num_classes, zero_init_residual=zero_init_residual)
 
 
 def build_resnet(arch: str, stem: str, num_classes: int = 10, *, zero_init_residual: bool = False):
@@ -139,26 +174,34 @@ def adapt_conv1_to_cifar(weight):
     return torch.einsum("ij,ocjk,lk->ocil", a, weight, a)
 
 
-def load_pretrained(model, state_dict: dict, stem: str) -> tuple[str, ...]:
-    """Load every non-classifier tensor of `state_dict` into `model`; refuse if any does not fit.
+def load_pretrained(model, state_dict: dict, arch: str, stem: str) -> tuple[str, ...]:
+    """Load every non-classifier tensor of `state_dict` into `model` (an `arch`); refuse if any does not fit.
 
     Returns notes saying what was adapted or skipped.
     """
     target = model.state_dict()
+    if arch == efficientnet.ARCH:
+        if efficientnet.looks_like_resnet(state_dict):
+            raise FastCifarError(f"these weights are a ResNet's (conv1/layer1 keys), not {arch}'s: give an "
+                                 f"{arch} state dict (EfficientNet-PyTorch or timm naming), or --init imagenet")
+        state_dict, head = efficientnet.to_timm_keys(state_dict, model), "classifier."
+    else:
+        head = "fc."
     notes = []
-    sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    dropped = sorted(k for k in state_dict if k.startswith("fc."))
+    sd = {k: v for k, v in state_dict.items() if not k.startswith(head)}
+    dropped = sorted(k for k in state_dict if k.startswith(head))
     if dropped:
-        notes.append(f"classifier replaced for {target['fc.weight'].shape[0]} classes (not loaded: "
+        notes.append(f"classifier replaced for {target[head + 'weight'].shape[0]} classes (not loaded: "
                      f"{', '.join(dropped)})")
     if stem == "cifar" and "conv1.weight" in sd and sd["conv1.weight"].shape[-1] != 3:
         sd["conv1.weight"] = adapt_conv1_to_cifar(sd["conv1.weight"].float())
         notes.append("conv1 7x7/2 kernel area-resampled to 3x3/1 (sum-preserving) for the cifar stem; "
                      "max-pool dropped")
-    problems = state_dict_problems({k: v for k, v in target.items() if not k.startswith("fc.")}, sd)
+    problems = state_dict_problems({k: v for k, v in target.items() if not k.startswith(head)}, sd)
     if problems:
-        raise FastCifarError(f"pretrained weights do not fit this model - {problems}. Is it a torchvision state dict "
-                             "of the same arch?")
+        hint = (f"Is it an {arch} state dict?" if arch == efficientnet.ARCH else
+                "Is it a torchvision state dict of the same arch?")
+        raise FastCifarError(f"pretrained weights do not fit this model - {problems}. {hint}")
     model.load_state_dict(sd, strict=False)
     return tuple(notes)
 
@@ -179,17 +222,24 @@ def state_dict_problems(target: dict, found: dict) -> str | None:
 
 def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, image_size: int = 32,
                  class_names: tuple[str, ...] = CLASS_NAMES, zero_init_residual: bool = False):
-    """Build `arch` with `stem`; `init` is 'random', 'imagenet' or a path to a torchvision state dict.
+    """Build `arch` with `stem`; `init` is 'random', 'imagenet' or a path to a state dict of that arch.
 
-    Returns (model, spec). Pretrained inits normalise with ImageNet statistics, random init with CIFAR-10's.
-    `zero_init_residual` only shapes a random init: pretrained weights replace every BatchNorm scale.
+    Returns (model, spec). Pretrained inits normalise as their weights were trained (torchvision's ImageNet statistics;
+    [-1, 1] for EfficientNet-Lite0), random init with CIFAR-10's. `zero_init_residual` only shapes a random ResNet:
+    pretrained weights replace every BatchNorm scale.
     """
-    _check(arch, stem, image_size)
-    model = build_resnet(arch, stem, num_classes, zero_init_residual=zero_init_residual and init == "random")
+    from fastcifar.fileio import file_digest
+
+    model = build_model(arch, stem, num_classes, image_size=image_size,
+                        zero_init_residual=zero_init_residual and init == "random" and arch in RESNETS)
     if init == "random":
         return model, ModelSpec(arch=arch, stem=stem, init="random", image_size=image_size,
                                 num_classes=num_classes, class_names=tuple(class_names))
-    if init == "imagenet":
+    sha = None
+    if init == "imagenet" and arch == efficientnet.ARCH:
+        path, source = efficientnet.packaged_weights()  # installed with fastcifar: no network
+        state_dict, sha, kind = read_state_dict(path), file_digest(path), "imagenet"
+    elif init == "imagenet":
         state_dict, source = imagenet_state_dict(arch)
         kind = "imagenet"
     else:
@@ -197,10 +247,12 @@ def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, imag
         if not path.exists():
             raise FastCifarError(f"--init must be 'random', 'imagenet' or a weights file; '{init}' is none")
         state_dict, source, kind = read_state_dict(path), str(path.resolve()), "file"
-    notes = load_pretrained(model, state_dict, stem)
+        sha = file_digest(path)
+    notes = load_pretrained(model, state_dict, arch, stem)
+    mean, std = (efficientnet.MEAN, efficientnet.STD) if arch == efficientnet.ARCH else (IMAGENET_MEAN, IMAGENET_STD)
     return model, ModelSpec(arch=arch, stem=stem, init=kind, image_size=image_size, num_classes=num_classes,
-                            mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=tuple(class_names),
-                            weights_source=source, notes=notes)
+                            mean=mean, std=std, class_names=tuple(class_names),
+                            weights_source=source, weights_sha256=sha, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------- model files
@@ -275,7 +327,7 @@ def load_model(path: Path | str, device="cpu"):
         _check(spec.arch, spec.stem, spec.image_size)
     except (TypeError, FastCifarError) as exc:
         raise FastCifarError(f"{weights.with_name(MODEL_META)} does not describe a fastcifar model ({exc})") from None
-    model = build_resnet(spec.arch, spec.stem, spec.num_classes)
+    model = build_model(spec.arch, spec.stem, spec.num_classes, image_size=spec.image_size)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign file

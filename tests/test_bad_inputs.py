@@ -16,7 +16,7 @@ from fastcifar.cli import cli
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory, synthetic_dir, tiny_model_dir):
+def places(tmp_path_factory, synthetic_dir, tiny_model_dir, fake_weights):
     """Inputs the cases point at: a text file posing as an image/weights, an empty dir, an unfinished run."""
     root = tmp_path_factory.mktemp("places")
     (root / "text.png").write_text("not an image")
@@ -34,7 +34,7 @@ def places(tmp_path_factory, synthetic_dir, tiny_model_dir):
     (root / "r34" / "model.safetensors").replace(mismatch / "model.safetensors")
     return {"DATA": str(synthetic_dir), "MODEL": str(tiny_model_dir), "TEXT": str(root / "text.png"),
             "EMPTY": str(root / "empty"), "UNFINISHED": str(unfinished), "CORRUPT": str(root / "corrupt.onnx"),
-            "MISMATCH": str(mismatch), "PICTURE": str(root / "picture.png")}
+            "MISMATCH": str(mismatch), "PICTURE": str(root / "picture.png"), "R18WEIGHTS": str(fake_weights)}
 
 
 CASES = [
@@ -61,6 +61,15 @@ CASES = [
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--val-fraction", "0.95", "--train-limit", "10"],
      "held out by --val-fraction 0.95"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--whiten-stem", "--init", "imagenet"], "random init"),
+    # EfficientNet-Lite0: a ResNet's stem, a ResNet's weights, a ResNet's levers, too small an image
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--stem", "cifar"],
+     "--stem cifar is a ResNet stem"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--init", "{R18WEIGHTS}"],
+     "these weights are a ResNet's (conv1/layer1 keys), not efficientnet_lite0's"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--zero-init-residual"],
+     "shape a ResNet's blocks"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--image-sizes", "16"],
+     "too small for efficientnet_lite0: it downsamples 32x"),
     # compare
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--fractions", "abc"], "comma-separated numbers"),
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--lr-grid", "x"], "--lr-grid takes"),

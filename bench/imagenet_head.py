@@ -56,7 +56,8 @@ def class_map(cifar_names) -> list[set[int]]:
 
 
 def imagenet_model(init: str, image_size: int, seed: int = 0):
-    """EfficientNet-Lite0 with its 1000-class head: the packaged weights, every key (strict), or a seeded random init."""
+    """EfficientNet-Lite0 with its 1000-class head: the packaged weights, every key (strict), or a seeded random
+    init."""
     import torch
 
     from fastcifar.models import efficientnet, read_state_dict

@@ -57,7 +57,7 @@ def normalize(pixels, mean, std):
 def area_overlaps(k_in: int, k_out: int):
     """(k_out, k_in) overlap of output cells of width k_in/k_out with unit input cells; columns sum to 1.
 
-    The exact area (box) resampling kernel: summed, it moves a 7x7 filter to 3x3 keeping its total (models.py);
+    The exact area (box) resampling kernel: summed, it moves a 7x7 filter to 3x3 keeping its total (models/__init__.py);
     row-normalised (`area_weights`) it is PIL's BOX resize.
     """
     import torch

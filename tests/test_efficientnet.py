@@ -85,7 +85,8 @@ def test_a_timm_named_state_dict_loads_too(tmp_path, packaged_state):
     model.load_state_dict(efficientnet.to_timm_keys(packaged_state, model))
     torch.save(model.state_dict(), tmp_path / "timm.pth")
     loaded, spec = create_model("efficientnet_lite0", str(tmp_path / "timm.pth"), "imagenet", image_size=64)
-    assert torch.equal(loaded.state_dict()["blocks.3.2.conv_pwl.weight"], model.state_dict()["blocks.3.2.conv_pwl.weight"])
+    key = "blocks.3.2.conv_pwl.weight"
+    assert torch.equal(loaded.state_dict()[key], model.state_dict()[key])
     assert spec.init == "file" and spec.weights_sha256 and spec.mean == (0.5, 0.5, 0.5)
 
 
@@ -119,7 +120,7 @@ def trained_run(tmp_path_factory, synthetic_dir):
     out = tmp_path_factory.mktemp("effnet") / "lite0"
     result = CliRunner().invoke(cli, ["train", "--data-dir", str(synthetic_dir), "--device", "cpu", "--preset", "smoke",
                                       "--arch", "efficientnet_lite0", "--init", "imagenet", "--epochs", "3",
-                                      "--lr", "0.05", "--out", str(out)])
+                                      "--image-size", "32", "--lr", "0.05", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
 
@@ -134,16 +135,19 @@ def test_fine_tuning_learns_and_records_the_weights(trained_run):
     assert spec.arch == "efficientnet_lite0" and model.classifier.out_features == 10
 
 
-def test_export_predict_and_evaluate_take_it(trained_run, synthetic_dir, tmp_path):
-    """fp32 and fp16 ONNX pass their parity checks, and the graph pads with constants only (no shape arithmetic);
-    predict and evaluate run on the run directory."""
+def test_export_predict_evaluate_and_bench_take_it(trained_run, synthetic_dir, tmp_path):
+    """fp32 and fp16 ONNX pass their parity checks, and the graph pads with constants only (no shape arithmetic); the
+    Triton repository is written; predict, evaluate and bench's parity gate (torch and ONNX Runtime) run on it."""
     import onnx
 
     runner = CliRunner()
     for precision in ("fp32", "fp16"):
         result = runner.invoke(cli, ["export", str(trained_run), "--out", str(tmp_path), "--precision", precision,
-                                     "--data-dir", str(synthetic_dir), "--json"])
+                                     "--data-dir", str(synthetic_dir), "--triton-repo", str(tmp_path / "triton"),
+                                     "--json"])
         assert result.exit_code == 0, result.output
+    assert (tmp_path / "triton" / "lite0_onnx" / "config.pbtxt").is_file(), sorted(p.name for p in
+                                                                                 (tmp_path / "triton").iterdir())
     graph = onnx.load(str(tmp_path / "lite0.onnx")).graph
     computed = {o for n in graph.node if n.op_type not in ("Constant",) for o in n.output}
     for node in graph.node:
@@ -161,13 +165,38 @@ def test_export_predict_and_evaluate_take_it(trained_run, synthetic_dir, tmp_pat
     result = runner.invoke(cli, ["evaluate", str(trained_run), "--data-dir", str(synthetic_dir), "--device", "cpu",
                                  "--corruptions", "none", "--json"])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["bench", str(trained_run), "--backends", "torch,onnxruntime", "--data-dir",
+                                 str(synthetic_dir), "--max-accuracy-drop", "0.1", "--results-dir", str(tmp_path / "b"),
+                                 "--batch-sizes", "1,4", "--min-time", "0.02", "--warmup", "0.01", "--min-iters", "1",
+                                 "--latency-iters", "3", "--device", "cpu", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["backend"] for r in rows} >= {"torch", "onnxruntime"}, rows
+
+
+def test_the_demo_titles_a_packaged_weights_run_imagenet_pretrained(tmp_path):
+    """A compare run from the installed weights is 'ImageNet-pretrained' on the demo page, never a stand-in."""
+    from types import SimpleNamespace
+
+    from conftest import make_saved_model
+    from fastcifar.serve.demo_slots import Slot, is_stand_in, slot_title
+
+    report = tmp_path / "report"
+    run = make_saved_model(report / "runs" / "imagenet-f1-s0", arch="efficientnet_lite0", stem="imagenet",
+                           init="imagenet", image_size=32)
+    (report / "pretrained.json").write_text(json.dumps({"kind": "package", "init": "imagenet", "verified_imagenet": True,
+                                                        "sha256": efficientnet.WEIGHTS_SHA256, "label": "x"}))
+    slot = Slot("pretrained", run, SimpleNamespace(spec=json.loads((run / "model.json").read_text())))
+    assert slot.weights["kind"] == "package"
+    assert slot_title(slot) == "ImageNet-pretrained" and not is_stand_in(slot)
 
 
 def test_compare_auto_studies_efficientnet_on_a_cpu_with_its_real_weights(synthetic_dir, tmp_path):
     """No GPU: `compare --arch auto` (make run) studies EfficientNet-Lite0 from its packaged weights - the report says
     ImageNet-pretrained, not stand-in - and a rerun finds the package again and trains nothing."""
     args = ["compare", "--data-dir", str(synthetic_dir), "--device", "cpu", "--arch", "auto", "--preset", "smoke",
-            "--seeds", "2", "--fractions", "1", "--epochs", "1", "--lr", "0.05", "--robustness-severities", "none",
+            "--seeds", "2", "--fractions", "1", "--epochs", "1", "--lr", "0.05", "--image-size", "32",
+            "--robustness-severities", "none",
             "--if-no-weights", "stand-in", "--out", str(tmp_path / "report"), "--json"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -97,6 +97,7 @@ def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | Non
     \b
     Examples:
       fastcifar compare --data-dir ~/data/cifar10 --preset smoke --pretrained-weights resnet18-f37072fd.pth
+      fastcifar compare --data-dir ~/data/cifar10 --arch efficientnet_lite0 --time-budget 15   # real weights, offline
       fastcifar compare --preset seed --seeds 5 --fractions 0.01,0.1,1.0 --out reports/seed5
       fastcifar compare --preset seed --image-sizes 32,224 --lr-grid 0.05,0.1,0.2 --backbone-lr-scale 0.1
       fastcifar compare --preset seed --ray                     # every GPU of this machine, one run per GPU

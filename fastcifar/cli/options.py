@@ -134,13 +134,18 @@ def _train_option(*decls: str, help: str, defaults: bool = True, **kwargs) -> cl
 def train_params(exclude: tuple[str, ...] = ()) -> list[click.Option]:
     """The training options of train and compare (each sets the TrainConfig field of its name), minus `exclude`."""
     options = [
-        _train_option("--arch", type=click.Choice(ARCHS), help="torchvision ResNet."),
-        _train_option("--init", help="random | imagenet (torchvision IMAGENET1K_V1, downloaded/cached by torchvision) "
-                                     "| path to a torchvision-format state dict (.pth/.pt/.safetensors)."),
+        _train_option("--arch", type=click.Choice(ARCHS),
+                      help="torchvision ResNet, or EfficientNet-Lite0 (timm; real ImageNet weights installed with "
+                           "fastcifar)."),
+        _train_option("--init", help="random | imagenet (ResNets: torchvision IMAGENET1K_V1, downloaded/cached by "
+                                     "torchvision; efficientnet_lite0: the installed weights package, no network) | "
+                                     "path to a state dict of the arch (.pth/.pt/.safetensors)."),
         _train_option("--stem", type=click.Choice(STEMS),
-                      help="cifar: 3x3/1 conv, no max-pool; imagenet: torchvision's 7x7/2 conv + max-pool."),
+                      help="cifar: 3x3/1 conv, no max-pool; imagenet: torchvision's 7x7/2 conv + max-pool "
+                           "(efficientnet_lite0: its own stem, the only one it has)."),
         _train_option("--image-size", type=int,
-                      help="Train/eval resolution (32-512; images are resized on the device)."),
+                      help="Train/eval resolution (32-512; images are resized on the device; efficientnet_lite0: "
+                           "64 in every preset)."),
         _train_option("--dataset", type=click.Choice(DATASETS), help=DATASET_HELP),
         _train_option("--loader", type=click.Choice(LOADER_KINDS),
                       help="Data loader: DALI pipeline, pure-torch tensor loader, or auto (the tensor loader); both "
@@ -197,7 +202,8 @@ def train_params(exclude: tuple[str, ...] = ()) -> list[click.Option]:
                            "torch.autocast (weights stay fp32; not a serving or export setting); auto = bf16 on "
                            "CUDA, fp32 on the CPU (bench/README.md, Training throughput)."),
         _train_option("--channels-last/--no-channels-last", default=None, defaults=False,
-                      help="channels_last memory format. [default: on for CUDA, off on CPU]"),
+                      help="channels_last memory format. [default: on for CUDA, off on CPU; on for "
+                           "efficientnet_lite0]"),
         _train_option("--compile/--no-compile", default=None, defaults=False,
                       help="torch.compile the model. [default: on for CUDA, off on CPU]"),
         _train_option("--compile-mode", type=click.Choice(COMPILE_MODES), defaults=False,

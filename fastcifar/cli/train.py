@@ -37,6 +37,7 @@ def train(preset: str, data_dir: Path | None, download: bool, out: Path | None, 
     Examples:
       fastcifar train --data-dir ~/data/cifar10 --preset smoke --device cpu
       fastcifar train --init imagenet --stem imagenet --image-size 64 --preset seed
+      fastcifar train --arch efficientnet_lite0 --init imagenet --preset smoke   # real ImageNet weights, offline
       torchrun --nproc-per-node 2 -m fastcifar train --preset fast
       fastcifar train --resume runs/resnet18-random-20261124-101500
     """

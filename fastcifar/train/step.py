@@ -17,8 +17,9 @@ def param_groups(model, weight_decay: float, backbone_lr_scale: float = 1.0,
                  lr: float | None = None, bn_bias_lr_scale: float = 1.0) -> list[dict]:
     """No weight decay on BatchNorm weights and on biases (1-d tensors): decaying them only hurts.
 
-    With `backbone_lr_scale` != 1 every tensor but the classifier (a ResNet's `fc.*`, EfficientNet's `classifier.*`) gets `lr * backbone_lr_scale`, so a
-    pretrained backbone moves slower than the new head (two more groups). With `bn_bias_lr_scale` != 1 the
+    With `backbone_lr_scale` != 1 every tensor but the classifier (a ResNet's `fc.*`, EfficientNet's
+    `classifier.*`) gets `lr * backbone_lr_scale`, so a pretrained backbone moves slower than the new head (two more
+    groups). With `bn_bias_lr_scale` != 1 the
     BatchNorm biases get their own group at `lr * bn_bias_lr_scale` (airbench94's `bias_scaler`, 64 there, paired
     with frozen BatchNorm scales). Frozen tensors (requires_grad False) are left out. The groups depend only on the
     config, so a resumed run's saved optimizer state fits them.

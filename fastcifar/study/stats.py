@@ -110,12 +110,14 @@ def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Gap
     return GapCI(gap=gap, low=gap - half, high=gap + half, df=df, se=se, level=level)
 
 
-def verdict(ci: GapCI | None) -> str:
-    """'no CI' (one seed), 'pretrained ahead', 'random ahead' or 'within noise' (the interval contains 0)."""
+def verdict(ci: GapCI | None, better: str = "higher") -> str:
+    """'no CI' (one seed), 'pretrained ahead', 'random ahead' or 'within noise' (the interval contains 0) for a gap
+    pretrained - random of a metric where `better` ('higher' or 'lower': loss, NLL, calibration error) wins."""
     if ci is None:
         return "no CI"
-    if ci.low > 0:
+    low, high = (ci.low, ci.high) if better == "higher" else (-ci.high, -ci.low)
+    if low > 0:
         return "pretrained ahead"
-    if ci.high < 0:
+    if high < 0:
         return "random ahead"
     return "within noise"

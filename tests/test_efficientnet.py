@@ -135,7 +135,7 @@ def test_fine_tuning_learns_and_records_the_weights(trained_run):
     assert spec.arch == "efficientnet_lite0" and model.classifier.out_features == 10
 
 
-def test_export_predict_evaluate_and_bench_take_it(trained_run, synthetic_dir, tmp_path):
+def test_export_predict_evaluate_and_bench_take_it(trained_run, synthetic_dir, tmp_path, monkeypatch):
     """fp32 and fp16 ONNX pass their parity checks, and the graph pads with constants only (no shape arithmetic); the
     Triton repository is written; predict, evaluate and bench's parity gate (torch and ONNX Runtime) run on it."""
     import onnx
@@ -156,6 +156,22 @@ def test_export_predict_evaluate_and_bench_take_it(trained_run, synthetic_dir, t
     assert sum(n.op_type == "Conv" for n in graph.node) == 49
     parity = json.loads((tmp_path / "lite0.parity.json").read_text())
     assert parity["top1_agreement"] == 1.0
+    # The TensorRT path (unit level: no TensorRT here): the precision it would build each file at, the engine record
+    # a consumer reads (input/output shapes, the weights' preprocessing), and the one message without TensorRT.
+    from fastcifar.errors import FastCifarError
+    from fastcifar.export import tensorrt as trtx
+
+    assert trtx.onnx_precision(tmp_path / "lite0.onnx") == "fp32"
+    assert trtx.onnx_precision(tmp_path / "lite0-fp16.onnx") == "fp16"
+    env = {"tensorrt_version": "10.16.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    sidecar = trtx.engine_sidecar(tmp_path / "lite0-fp16.onnx", b"engine", env=env,
+                                  plan=trtx.precision_plan("10.16.0", "fp16"), profile=trtx.parse_profile("1:8:64"),
+                                  workspace_gib=1.0, timing_cache=tmp_path / "t.cache", build_seconds=1.0)
+    assert sidecar["input"]["shape"] == [-1, 32, 32, 3] and sidecar["output"]["shape"] == [-1, 10]
+    assert sidecar["metadata"]["mean"] == [0.5, 0.5, 0.5] and sidecar["metadata"]["image_size"] == 32
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without it
+    with pytest.raises(FastCifarError, match="TensorRT is not installed"):
+        trtx.build_engine(tmp_path / "lite0.onnx", batch="1:8:64")
     from PIL import Image
     import numpy as np
 

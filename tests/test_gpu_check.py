@@ -126,10 +126,15 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
     loaders = [json.loads(line) for line in (out / "loaders.jsonl").read_text().splitlines()]
     assert [r["loader"] for r in loaders] == ["tensor"] + (["dali"] if dali_available() else [])
     summary = (out / "summary.md").read_text()
-    assert "| levers | 2 |" in summary and "| seed-preset | 1 |" in summary and "eager |" in summary
+    # the variant(s) more seeds were run of have those runs too; which one wins on the toy data depends on the CPU's
+    # arithmetic (an AVX2-only EPYC chose "base", the development Xeon "levers")
+    best = [r["variant"] for r in sweep if r["stage"] == "seeds-of-best"]
+    for variant in set(best):
+        assert f"| {variant} | {1 + best.count(variant)} |" in summary, summary
+    assert "| seed-preset | 1 |" in summary and "eager |" in summary
     assert "tensor loader, fp32, channels_last False" in summary
     assert "- bench torch:bf16 (bf16" in summary and "- loaders on cpu, batch 64" in summary
-    assert "- export seed0 (fp32)" in summary
+    assert re.search(r"- export seed\d \(fp32\)", summary), summary  # the best run's (its seed: as above)
     with tarfile.open(out / "work.tar.gz") as tar:
         names = tar.getnames()
         decode = [n for n in names if n.endswith("folder-decode.json")]

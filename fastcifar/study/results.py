@@ -177,7 +177,7 @@ def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_sel
     """
     labels = arm_labels(source)
     settings = list(dict.fromkeys(r["setting"] for r in records))
-    arch = config["base"]["arch"]
+    arch = config.get("base", {}).get("arch", "resnet18")
     sections = [_section(s, [r for r in records if r["setting"] == s], labels, (lr_selection or {}).get(s), arch)
                 for s in settings]
     n_test = records[0]["n_test"]

@@ -40,8 +40,8 @@ SMALL_FILES = (CONFIG_FILE, ENV_FILE, METRICS_FILE, RESULTS_CSV, SUMMARY_FILE, M
 
 RUN_STATES = ("finished", "interrupted", "new")
 ARM_LABELS = {  # the pretrained arm's name says what its weights really were (pretrained.json's "kind")
-    "torchvision": "ImageNet-pretrained", "package": "ImageNet-pretrained", "stand-in": "pretrained (STAND-IN random weights)",
-    "file": "pretrained (unverified weights file)",
+    "torchvision": "ImageNet-pretrained", "package": "ImageNet-pretrained",
+    "stand-in": "pretrained (STAND-IN random weights)", "file": "pretrained (unverified weights file)",
 }
 
 

@@ -200,8 +200,9 @@ def test_the_demo_titles_a_packaged_weights_run_imagenet_pretrained(tmp_path):
     report = tmp_path / "report"
     run = make_saved_model(report / "runs" / "imagenet-f1-s0", arch="efficientnet_lite0", stem="imagenet",
                            init="imagenet", image_size=32)
-    (report / "pretrained.json").write_text(json.dumps({"kind": "package", "init": "imagenet", "verified_imagenet": True,
-                                                        "sha256": efficientnet.WEIGHTS_SHA256, "label": "x"}))
+    record = {"kind": "package", "init": "imagenet", "verified_imagenet": True, "sha256": efficientnet.WEIGHTS_SHA256,
+              "label": "x"}
+    (report / "pretrained.json").write_text(json.dumps(record))
     slot = Slot("pretrained", run, SimpleNamespace(spec=json.loads((run / "model.json").read_text())))
     assert slot.weights["kind"] == "package"
     assert slot_title(slot) == "ImageNet-pretrained" and not is_stand_in(slot)

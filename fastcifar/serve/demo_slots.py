@@ -137,7 +137,8 @@ def weights_record(slot: Slot) -> dict | None:
         record = _read_json(place / PRETRAINED_FILE)
         if not record or not isinstance(record.get("init"), str):
             continue
-        if _same_file(record["init"], source) or (record.get("kind") in ("torchvision", "package") and init == "imagenet"):
+        installed = record.get("kind") in ("torchvision", "package")  # weights that no path names
+        if _same_file(record["init"], source) or (installed and init == "imagenet"):
             return record
     return None
 

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     import torch
 
     from fastcifar.fileio import write_json
-    from fastcifar.runtime import cpu_name
+    from fastcifar.runtime import cpu_name, cpu_vector_extensions
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -74,7 +74,6 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="32,64,96", help="EfficientNet-Lite0 image sizes [32,64,96]")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "arch_speed-cpu.json")
     args = ap.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     plan = variants([int(s) for s in args.sizes.split(",") if s.strip()])
     samples: dict[tuple, list] = {v: [] for v in plan}
     for r in range(args.rounds):
@@ -89,9 +88,7 @@ def main(argv=None) -> int:
         rows.append({"arch": arch, "stem": stem, "image_size": size, "channels_last": cl, "train_img_s": train,
                      "infer_img_s": infer, "train_vs_resnet18_32px": train / base[0],
                      "infer_vs_resnet18_32px": infer / base[1]})
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0] \
-        if Path("/proc/cpuinfo").is_file() else ""
-    isa = sorted({f for f in flags.split() if f.startswith(("avx2", "avx512f", "amx"))})
+    isa = cpu_vector_extensions()
     result = {"question": "training and inference img/s of EfficientNet-Lite0 vs ResNet-18 on this CPU",
               "machine": cpu_name(), "isa": isa, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "train_batch": TRAIN_BATCH, "infer_batch": INFER_BATCH, "rounds": args.rounds, "steps": args.steps,

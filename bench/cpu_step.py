@@ -94,15 +94,9 @@ def child(kind: str, steps: int, data_dir: str, images: int, profile: str | None
 
 
 def cpu_facts() -> dict:
-    from fastcifar.runtime import cpu_name
+    from fastcifar.runtime import cpu_name, cpu_vector_extensions
 
-    flags = ""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    vector = sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2", "avx_vnni"))})
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "vector": vector}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "vector": cpu_vector_extensions()}
 
 
 def main(argv=None) -> int:

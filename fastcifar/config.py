@@ -224,9 +224,8 @@ PRESETS: dict[str, dict] = {
 # more per second of training than 32 px on more images) and channels_last (its depthwise convolutions trained 1.3x
 # faster so on the CPU too): bench/README.md, "EfficientNet-Lite0 on the CPU". Measured on a CPU only: on a GPU the
 # same values are a proposal.
-_LITE0 = dict(image_size=64, channels_last=True)
-ARCH_PRESETS: dict[tuple[str, str | None], dict] = {
-    ("efficientnet_lite0", preset): _LITE0 for preset in (*PRESET_NAMES, None)}
+# Its stem is its own, the only one it has (models.arch_problem). The same values under every preset.
+ARCH_PRESETS: dict[str, dict] = {"efficientnet_lite0": dict(stem="imagenet", image_size=64, channels_last=True)}
 
 
 def describe_augmentation(aug: dict) -> str:
@@ -245,14 +244,10 @@ def make_train_config(preset: str | None, overrides: dict) -> TrainConfig:
     """TrainConfig from a preset plus explicit overrides (None values in `overrides` mean 'not given')."""
     if preset is not None and preset not in PRESETS:
         raise FastCifarError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    from fastcifar.models import RESNETS
-
     given = {k: v for k, v in overrides.items() if v is not None}
     values = dict(PRESETS.get(preset, {}))
-    values.update(ARCH_PRESETS.get((given.get("arch", "resnet18"), preset), {}))
+    values.update(ARCH_PRESETS.get(given.get("arch", TrainConfig.arch), {}))
     values.update(given)
-    if "stem" not in given and values.get("arch", "resnet18") not in RESNETS:
-        values["stem"] = "imagenet"  # the network's own stem: the only one it has (models.arch_problem)
     _refuse_unknown_keys(TrainConfig, values, "training option")
     return TrainConfig(**values, preset=preset) if "preset" not in values else TrainConfig(**values)
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from test_bench import FAST  # bench's tiny timing budget: behaviour, never speed
+
 from fastcifar.cli import cli
 from fastcifar.models import create_model, efficientnet, load_model, read_state_dict
 
@@ -183,8 +185,7 @@ def test_export_predict_evaluate_and_bench_take_it(trained_run, synthetic_dir, t
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["bench", str(trained_run), "--backends", "torch,onnxruntime", "--data-dir",
                                  str(synthetic_dir), "--max-accuracy-drop", "0.1", "--results-dir", str(tmp_path / "b"),
-                                 "--batch-sizes", "1,4", "--min-time", "0.02", "--warmup", "0.01", "--min-iters", "1",
-                                 "--latency-iters", "3", "--device", "cpu", "--threads", "1", "--json"])
+                                 *FAST, "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert {r["backend"] for r in rows} >= {"torch", "onnxruntime"}, rows

@@ -84,6 +84,14 @@ def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
             "label": "STAND-IN random weights (no ImageNet weights were available)", "reason": reason}
 
 
+def _weights_file(source: dict) -> Path:
+    """The file a pretrained.json record's weights are in: the package's is found again where this environment
+    installed it (a new venv, another machine); the others are their recorded path."""
+    from fastcifar.models import efficientnet
+
+    return efficientnet.packaged_weights()[0] if source["kind"] == "package" else Path(source["init"])
+
+
 def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
     """Where the pretrained arm's weights come from; the first invocation's answer is kept in pretrained.json."""
     from fastcifar.models import build_model, efficientnet, load_pretrained, read_state_dict
@@ -91,8 +99,7 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
     record = out / PRETRAINED_FILE
     if record.is_file():
         source = json.loads(record.read_text())
-        # The package's file is found again where this environment installed it (a new venv, another machine).
-        path = efficientnet.packaged_weights()[0] if source["kind"] == "package" else Path(source["init"])
+        path = _weights_file(source)
         if source["sha256"] and (not path.is_file() or file_digest(path) != source["sha256"]):
             raise FastCifarError(f"the pretrained weights this report started with ({source['init']}) are gone or "
                                  "changed; restore them or choose another --out")
@@ -110,8 +117,7 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
                                      "'pretrained' arm then starts from random weights too).") from None
             source = _stand_in(cfg, out, reason=str(exc))
     if source["kind"] != "torchvision":  # fail before any training if the weights do not fit arch and stems
-        state_dict = read_state_dict(efficientnet.packaged_weights()[0] if source["kind"] == "package" else
-                                     Path(source["init"]))
+        state_dict = read_state_dict(_weights_file(source))
         for size, stem in sorted(set(cfg.settings)):
             load_pretrained(build_model(cfg.base.arch, stem, image_size=size), state_dict, cfg.base.arch, stem)
     return source

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from fastcifar.config import CompareConfig
+from fastcifar.models import RESNETS
 from fastcifar.rundir import read_metrics
 from fastcifar.study.plan import PlannedRun
 
@@ -17,7 +18,7 @@ def plan_line(cfg: CompareConfig, selection: list[PlannedRun], later: list[Plann
     warning = ("compare: WARNING - no ImageNet weights, so both arms start from random weights: this report checks "
                "the pipeline and the noise level, not pretraining. For the real comparison pass --pretrained-weights "
                "(or go online) with a new --out.\n" if source["kind"] == "stand-in" else "")
-    own = not cfg.base.arch.startswith("resnet")  # one stem, its own (EfficientNet-Lite0)
+    own = cfg.base.arch not in RESNETS  # one stem, its own (EfficientNet-Lite0)
     settings = ", ".join(f"{size} px" + ("" if own else f" with the {stem} stem") for size, stem in cfg.settings)
     lr = (f"each arm's peak lr chosen from {', '.join(f'{v:g}' for v in cfg.lr_grid)} on the validation split "
           f"({len(selection)} selection runs, first seed, largest fraction, reused as that point's runs)"

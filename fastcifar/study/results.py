@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fastcifar.config import COMPARE_INITS, setting_name
+from fastcifar.models import RESNETS
 from fastcifar.rundir import ARM_LABELS, ROBUSTNESS_FILE, read_metrics, read_summary
 from fastcifar.study.stats import mean_std, verdict, welch_ci
 
@@ -140,7 +141,7 @@ def setting_label(setting: str, arch: str = "resnet18") -> str:
     """'32px-cifar' -> '32 px, CIFAR stem (3x3/1, no max-pool)'; a network with one stem (EfficientNet-Lite0's 3x3/2
     conv) is named instead of a ResNet's stem."""
     size, stem = setting.split("px-")
-    return f"{size} px, {STEM_WORDS[stem] if arch.startswith('resnet') else f'{arch} (its own stem)'}"
+    return f"{size} px, {STEM_WORDS[stem] if arch in RESNETS else f'{arch} (its own stem)'}"
 
 
 def collect(cfg, source: dict, runs: list, env: dict, lr_selection: dict | None = None,

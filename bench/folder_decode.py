@@ -74,7 +74,7 @@ def main() -> None:
     from fastcifar.data import folder as folder_mod
     from fastcifar.data.dali_files import DaliFileLoader
     from fastcifar.data.loaders import make_loader
-    from fastcifar.data.plan import LoaderOptions
+    from fastcifar.data.loader_contract import LoaderOptions
     from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD
     from fastcifar.runtime import package_version
 

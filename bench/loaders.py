@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from fastcifar.data.cifar import load_cifar10  # noqa: E402
 from fastcifar.data.loaders import dali_available, make_loader  # noqa: E402
-from fastcifar.data.plan import LoaderOptions  # noqa: E402
+from fastcifar.data.loader_contract import LoaderOptions  # noqa: E402
 from fastcifar.errors import FastCifarError  # noqa: E402
 from fastcifar.fileio import append_jsonl, write_json  # noqa: E402
 from fastcifar.runtime import cpu_name, resolve_device  # noqa: E402

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastcifar.config import TrainConfig, make_train_config
-from fastcifar.data.plan import LoaderOptions, epoch_plan
+from fastcifar.data.loader_contract import LoaderOptions, epoch_plan
 from fastcifar.errors import FastCifarError
 
 

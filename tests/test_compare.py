@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from fastcifar.study import compare as cmp
-from fastcifar.study import plan
+from fastcifar.study import run_plan as plan
 from fastcifar.cli import cli
 from fastcifar.config import CompareConfig, TrainConfig
 from fastcifar.errors import FastCifarError

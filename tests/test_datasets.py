@@ -141,7 +141,7 @@ def test_both_loaders_yield_the_same_pixels_on_a_folder(synthetic_folder, tmp_pa
 
     from fastcifar.data import loaders
     from fastcifar.data.loaders import make_loader
-    from fastcifar.data.plan import LoaderOptions
+    from fastcifar.data.loader_contract import LoaderOptions
 
     if not loaders.dali_available():
         pytest.skip("NVIDIA DALI not installed")
@@ -359,7 +359,7 @@ def test_dali_file_loader_follows_the_loader_contract(synthetic_folder, tmp_path
     import torch
 
     from fastcifar.data.dali_files import DaliFileLoader
-    from fastcifar.data.plan import LoaderOptions
+    from fastcifar.data.loader_contract import LoaderOptions
 
     _dali_or_skip()
     data = load_dataset(synthetic_folder, "folder", cache_dir=tmp_path / "c", progress=False)
@@ -388,7 +388,7 @@ def test_dali_file_loader_refusals(synthetic_folder, tmp_path, synthetic_dir):
     from PIL import Image
 
     from fastcifar.data.dali_files import DaliFileLoader
-    from fastcifar.data.plan import LoaderOptions
+    from fastcifar.data.loader_contract import LoaderOptions
     from fastcifar.errors import FastCifarError
 
     _dali_or_skip()

@@ -12,7 +12,7 @@ import torch
 from fastcifar.config import TrainConfig
 from fastcifar.data import loaders
 from fastcifar.data.loaders import make_loader
-from fastcifar.data.plan import LoaderOptions, augment_params, epoch_plan
+from fastcifar.data.loader_contract import LoaderOptions, augment_params, epoch_plan
 from fastcifar.errors import FastCifarError
 from fastcifar.train.tta import evaluate, tta_logits
 from fastcifar.train.levers import (DeviceEMA, batchnorm_bias_ids, freeze_batchnorm_scales, patch_second_moment,

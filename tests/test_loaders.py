@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fastcifar.data import loaders
 from fastcifar.data.loaders import make_loader
-from fastcifar.data.plan import LoaderOptions, augment_params, epoch_plan, shard_indices
+from fastcifar.data.loader_contract import LoaderOptions, augment_params, epoch_plan, shard_indices
 from fastcifar.errors import FastCifarError
 
 KINDS = [

@@ -1,7 +1,7 @@
 """`--loader dali-files` (`DaliFileLoader`): DALI reads and decodes an image folder's files itself every epoch -
 nvJPEG on CUDA ("mixed"), DALI's CPU decoders otherwise - with random-resized-crop and flip on the device.
 
-It follows the loader contract of data/plan.py over exactly the files data/folder.py accepted, but unlike the
+It follows the loader contract of data/loader_contract.py over exactly the files data/folder.py accepted, but unlike the
 cache-fed loaders its order is DALI's own per-epoch shuffle from the seed and its pixels are not the tensor
 loader's. What a user sees, and its measurement: docs/training.md, "Loaders".
 """
@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastcifar.data.plan import LoaderOptions, num_batches
+from fastcifar.data.loader_contract import LoaderOptions, num_batches
 from fastcifar.errors import FastCifarError
 from fastcifar.preprocess import pixel_mean_std
 

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastcifar.data.plan import BaseLoader, EpochPlan, LoaderOptions, epoch_plan
+from fastcifar.data.loader_contract import BaseLoader, EpochPlan, LoaderOptions, epoch_plan
 from fastcifar.errors import FastCifarError
 from fastcifar.preprocess import pixel_mean_std
 
@@ -38,7 +38,7 @@ def pipeline_settings(options: LoaderOptions, device: torch.device) -> dict:
 
 
 class DaliLoader(BaseLoader):
-    """Loader contract of `fastcifar.data.plan` over uint8 (N,H,W,3) `images`, augmented by DALI."""
+    """Loader contract of `fastcifar.data.loader_contract` over uint8 (N,H,W,3) `images`, augmented by DALI."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, options: LoaderOptions, device="cpu"):
         super().__init__(images, labels, options, device)

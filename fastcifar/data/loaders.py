@@ -1,12 +1,12 @@
-"""`make_loader(...)`: the one call that builds a loader, the DALI pipeline or the tensor loader (`plan.py` holds
-the contract both follow).
+"""`make_loader(...)`: the one call that builds a loader, the DALI pipeline or the tensor loader
+(`loader_contract.py` holds the contract both follow).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fastcifar.data.plan import Loader, LoaderOptions, check_arrays
+from fastcifar.data.loader_contract import Loader, LoaderOptions, check_arrays
 from fastcifar.errors import FastCifarError
 
 # dali-files: DALI decodes an image folder's files itself (dali_files.py; train/build.py builds it from the file

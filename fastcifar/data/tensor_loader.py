@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastcifar.data.plan import BaseLoader, LoaderOptions, epoch_plan
+from fastcifar.data.loader_contract import BaseLoader, LoaderOptions, epoch_plan
 from fastcifar.preprocess import scale_shift
 
 class TensorLoader(BaseLoader):
-    """Loader contract of `fastcifar.data.plan` over uint8 (N,H,W,3) `images` kept on `device`."""
+    """Loader contract of `fastcifar.data.loader_contract` over uint8 (N,H,W,3) `images` kept on `device`."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, options: LoaderOptions, device="cpu"):
         super().__init__(images, labels, options, device)

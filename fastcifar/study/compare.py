@@ -1,9 +1,9 @@
 """`fastcifar compare`: ImageNet-pretrained vs random init, over settings, seeds and training-set fractions.
 
 Owns the experiment's course: the report directory (refusing another experiment's), the time budget (sizing.py),
-each arm's lr choice, training or resuming every planned run (plan.py) with the progress display (progress.py),
-the robustness evaluation of every final model, and the report (report.py). Entry point: `compare(cfg)`. What makes
-the comparison fair (shared images, splits and options; each arm's own lr chosen on validation only) is in
+each arm's lr choice, training or resuming every planned run (run_plan.py) with the progress display
+(study_progress.py), the robustness evaluation of every final model, and the report (report.py). Entry point:
+`compare(cfg)`. What makes the comparison fair (shared images, splits and options; each arm's own lr chosen on validation only) is in
 docs/compare.md.
 """
 
@@ -23,10 +23,10 @@ from fastcifar.fileio import write_json
 from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, run_state
 from fastcifar.study import report, sizing
 from fastcifar.study.one_run import ensure_robustness, train_or_resume
-from fastcifar.study.plan import (PlannedRun, choose_lrs, is_selection_point, plan_runs, plan_selection,
+from fastcifar.study.run_plan import (PlannedRun, choose_lrs, is_selection_point, plan_runs, plan_selection,
                                   pool_size)
 from fastcifar.study.pretrained import resolve_pretrained
-from fastcifar.study.progress import StudyProgress, plan_line, selection_line
+from fastcifar.study.study_progress import StudyProgress, plan_line, selection_line
 from fastcifar.study.results import collect
 from fastcifar.train.guards import PREEMPTED_EXIT
 

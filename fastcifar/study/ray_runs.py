@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fastcifar.errors import FastCifarError
 from fastcifar.rundir import RunDir, read_summary, run_state
-from fastcifar.study.plan import PlannedRun
+from fastcifar.study.run_plan import PlannedRun
 
 RAY_EXTRA = "pip install 'fastcifar[ray]'"
 LOCAL = ("", "auto", "local")  # --ray with no address, or these: a Ray of its own on this machine

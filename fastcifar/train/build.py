@@ -101,7 +101,7 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, data) -> TrainDat
     apply --train-limit and the validation split, and build the three loaders."""
     from fastcifar.data.folder import relative_files
     from fastcifar.data.loaders import make_loader
-    from fastcifar.data.plan import LoaderOptions
+    from fastcifar.data.loader_contract import LoaderOptions
 
     images, labels = data.train.images, data.train.labels
     if cfg.train_limit is not None:

@@ -45,7 +45,7 @@ def distributed_record(model, data, dist: DistInfo) -> dict:
     where each rank ran (torchrun's node rank, GROUP_RANK, and the host), which shows a multi-node run was one."""
     import torch.distributed as td
 
-    from fastcifar.data.plan import shard_indices
+    from fastcifar.data.loader_contract import shard_indices
 
     opts = data.train_options
     indices = shard_indices(data.n_train, opts, 0)

@@ -3,7 +3,7 @@
 Owns `DeviceEMA` (weight averaging without a host sync), `whiten_first_conv` (a frozen whitened stem) and
 `freeze_batchnorm_scales`. The rest of the levers live where their data lives: label smoothing is the loss in
 loop.py, the BatchNorm bias lr multiplier and the lr floor are in step.py (`param_groups`, `lr_lambda`), the
-alternating flip is in data/plan.py (`augment_params`) so both loaders follow it, translate TTA is in
+alternating flip is in data/loader_contract.py (`augment_params`) so both loaders follow it, translate TTA is in
 evaluate.py.
 
 Sources, read before writing this: KellerJordan/cifar10-airbench `airbench94.py` (94.01 % mean over 1,000 runs:

@@ -80,7 +80,7 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
     (summary's `compile_warmup_seconds`). A finished run removes its state.pt unless `keep_state`. `dataset`: an
     already loaded CifarData to train on instead of reading `cfg.data_dir` (bench/sweep.py reads the files once).
     """
-    from fastcifar.train.progress import EpochProgress, progress_mode
+    from fastcifar.train.epoch_progress import EpochProgress, progress_mode
 
     s = setup(cfg, dist_info_from_env(), resume_dir=resume_dir, dataset=dataset, warm_up=warm_up,
               announce=bool(progress))

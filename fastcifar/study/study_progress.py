@@ -9,7 +9,7 @@ import time
 from fastcifar.config import CompareConfig
 from fastcifar.models import RESNETS
 from fastcifar.rundir import read_metrics
-from fastcifar.study.plan import PlannedRun
+from fastcifar.study.run_plan import PlannedRun
 
 
 def plan_line(cfg: CompareConfig, selection: list[PlannedRun], later: list[PlannedRun], states: dict,

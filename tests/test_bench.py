@@ -237,6 +237,43 @@ def test_parity_gate_needs_a_reference(gate_setup, tmp_path):
     assert result.exit_code == 1 and "--reference" in result.output
 
 
+def test_the_documented_onnx_gate_passes_as_written(gate_setup, tmp_path, monkeypatch):
+    """inference.md's CI gate, `bench exported/<run>.onnx --reference runs/<run> --max-accuracy-drop 0.1`, with the
+    default backends and no --data-dir: the torch backends cannot run an .onnx and are skipped (not failures), the
+    test images come from where the reference run recorded them, and an .onnx whose source run sits under runs/
+    finds them for `evaluate` too."""
+    from conftest import make_saved_model
+    from fastcifar.export import export_onnx
+
+    good, _, data = gate_setup
+    monkeypatch.chdir(tmp_path)
+    run = make_saved_model(tmp_path / "runs" / "r1", seed=5, data_dir=data)  # the same weights as `good`
+    onnx_path = export_onnx(run, tmp_path / "exported" / "r1.onnx", verify=False).path
+    result = CliRunner().invoke(cli, ["bench", "exported/r1.onnx", "--reference", "runs/r1",
+                                      "--max-accuracy-drop", "0.1", "--no-save", "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(result.stdout)}
+    assert rows["onnxruntime"]["status"] == "ok" and rows["onnxruntime"]["accuracy"] == 1.0
+    assert rows["torch"]["status"] == rows["torch-compiled"]["status"] == "skipped"
+    assert "an .onnx file" in rows["torch"]["reason"]
+    assert f"from {data}" in result.stderr  # the reference run's recorded data folder
+    # evaluate: the .onnx names its source run (runs/r1 here), whose model.json records the data folder
+    result = CliRunner().invoke(cli, ["evaluate", str(onnx_path), "--corruptions", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(result.stdout)
+    assert evaluation["n_test"] == 16 and evaluation["clean"]["accuracy"] == 1.0  # the relabelled 16 images
+
+
+def test_a_gate_where_no_backend_ran_fails(gate_setup):
+    from fastcifar.bench.harness import gate_failures
+
+    rows = [{"model": "m.onnx", "backend": b, "label": b, "status": "skipped", "reason": "not installed"}
+            for b in ("onnxruntime", "tensorrt")]
+    (failure,) = gate_failures(rows, 0.1)
+    assert "checked nothing" in failure and "onnxruntime: not installed" in failure
+    assert gate_failures(rows, None) == []  # without a gate, skipped backends are only reported
+
+
 def test_a_backend_that_cannot_load_fails_the_run_with_its_reason(synthetic_dir, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")

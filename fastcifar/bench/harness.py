@@ -113,6 +113,12 @@ def gate_failures(rows: list[dict], max_accuracy_drop: float | None) -> list[str
                      f"(limit {max_accuracy_drop:g})"
                      for r in rows if r["status"] == "ok" and r["accuracy_drop"] is not None
                      and r["accuracy_drop"] > max_accuracy_drop]
+        # a gate that compared nothing has not passed: every backend of a model skipped (none installed, no GPU)
+        for model in dict.fromkeys(r["model"] for r in rows):
+            own = [r for r in rows if r["model"] == model]
+            if not any(r["status"] == "ok" for r in own):
+                why = "; ".join(f"{r.get('label', r['backend'])}: {r['reason']}" for r in own)
+                failures.append(f"{model}: no backend could run it here, so the parity gate checked nothing ({why})")
     return failures
 
 
@@ -136,10 +142,12 @@ def parse_backends(text: str) -> tuple[str, ...]:
 def _test_images(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
     from fastcifar.data.datasets import model_split
     from fastcifar.rundir import recorded_data_dirs, recorded_meta
-    from fastcifar.serve.artifacts import model_class_names
+    from fastcifar.serve.artifacts import model_class_names, source_run_dir
 
-    recorded = [d for model in cfg.models for d in recorded_data_dirs(model)]  # where the runs were trained from
-    metas = [m for m in map(recorded_meta, cfg.models) if m]
+    # where the runs were trained from: each model's own run (an .onnx's source run when it is here) and --reference
+    sources = [s for s in map(source_run_dir, cfg.models) if s] + ([Path(cfg.reference)] if cfg.reference else [])
+    recorded = [d for source in sources for d in recorded_data_dirs(source)]
+    metas = [m for m in map(recorded_meta, sources) if m]
     names = {n for n in map(model_class_names, cfg.models) if n}
     kinds = {m.get("dataset", "cifar10") for m in metas}
     if len(names) > 1 or len(kinds) > 1:

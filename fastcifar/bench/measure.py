@@ -17,7 +17,7 @@ from fastcifar.errors import FastCifarError
 from fastcifar.export.parity import parity_metrics
 from fastcifar.precision import SERVING_PRECISIONS
 from fastcifar.rundir import MODEL_FILE
-from fastcifar.serve.artifacts import artifact_kind, ensure_artifact
+from fastcifar.serve.artifacts import artifact_kind, cannot_run, ensure_artifact
 from fastcifar.serve.predictor import BACKENDS, TORCH_BACKENDS, backend_unavailable, resolve_precision
 
 
@@ -278,9 +278,10 @@ def spec_precision(spec: str, cfg, device_type: str) -> str | None:
 def _prepare(model: str, path: Path, spec: str, cfg, runner: Runner) -> Path | dict:
     """The artifact a backend runs (exported/built into the cache when needed), or a skipped/failed row.
 
-    A backend that cannot run here (package missing, no GPU) is 'skipped: why' and never fails the gate."""
+    A backend that cannot run here (package missing, no GPU) or cannot run this kind of file (torch and an .onnx) is
+    'skipped: why' and never fails the gate (gate_failures fails a gate where no backend ran at all)."""
     name, _ = split_backend(spec)
-    reason = backend_unavailable(name, runner.device_type)
+    reason = cannot_run(path, name) or backend_unavailable(name, runner.device_type)
     if reason:
         runner.log(f"{spec}: skipped: {reason}")
         return _empty_row(model, spec, runner.device, "skipped", reason)

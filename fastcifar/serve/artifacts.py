@@ -63,6 +63,52 @@ def model_class_names(path: Path | str) -> tuple[str, ...] | None:
     return tuple(names) if names else None
 
 
+def _model_metadata(path: Path) -> dict:
+    """The fastcifar metadata an .onnx file or engine carries ({} when unreadable)."""
+    try:
+        if artifact_kind(path) == "onnx":
+            from fastcifar.export.onnx import read_onnx_metadata
+
+            return read_onnx_metadata(path)
+        from fastcifar.export.tensorrt import read_engine_sidecar
+
+        return read_engine_sidecar(path).get("metadata") or {}
+    except FastCifarError:
+        return {}
+
+
+def source_run_dir(path: Path | str) -> Path | None:
+    """The run directory whose model.json / config.json describe `path`: the run itself for weights; for an .onnx
+    file or engine, the run its metadata names (`source_run`, '-best' for a best checkpoint) when that run is on disk
+    here - as named, under runs/, or beside the file. None when it is not: then nothing records the data folder,
+    and --data-dir must say it. Best effort: never fails."""
+    path = Path(path).expanduser()
+    try:
+        if artifact_kind(path) == "weights":
+            return path if path.is_dir() else path.parent
+    except FastCifarError:
+        return None
+    name = str(_model_metadata(path).get("source_run") or "")
+    names = [name] + ([name[: -len("-best")]] if name.endswith("-best") else [])
+    for stem in filter(None, names):
+        for candidate in (Path(stem), Path("runs") / stem, path.parent / stem, path.parent.parent / "runs" / stem):
+            if (candidate / "model.json").is_file() or (candidate / "config.json").is_file():
+                return candidate
+    return None
+
+
+def cannot_run(path: Path | str, backend: str) -> str | None:
+    """Why `backend` cannot run model `path` at all (a torch backend and an .onnx file: nothing turns ONNX back into
+    PyTorch weights), None when it can (directly or through a cached export)."""
+    try:
+        have, need = artifact_kind(path), BACKEND_ARTIFACT[backend]
+    except (FastCifarError, KeyError):
+        return None  # ensure_artifact says what is wrong
+    if have == need or (have, need) in _CONVERTERS:
+        return None
+    return f"{backend} runs {ARTIFACT_WORDS[need]}, and {Path(path).name} is {ARTIFACT_WORDS[have]}"
+
+
 def fingerprint(files: list[Path], settings: dict) -> str:
     """The cache key: a sha256 over the settings and each source file's sha256 (fileio.file_digest)."""
     payload = {"settings": settings, "files": [file_digest(file) for file in files]}

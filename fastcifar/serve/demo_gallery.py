@@ -31,9 +31,11 @@ def cifar_examples(data_dir: Path | None, model_paths: Sequence[Path], out_dir: 
     """
     from fastcifar.data.cifar import load_class_names, load_split, locate_cifar
     from fastcifar.rundir import recorded_data_dirs, recorded_meta
+    from fastcifar.serve.artifacts import source_run_dir
 
-    recorded = [d for p in model_paths for d in recorded_data_dirs(p)]
-    meta = next((m for m in map(recorded_meta, model_paths) if m), {})
+    sources = [source_run_dir(p) or p for p in model_paths]  # an .onnx / engine: the run it came from, if here
+    recorded = [d for p in sources for d in recorded_data_dirs(p)]
+    meta = next((m for m in map(recorded_meta, sources) if m), {})
     if meta.get("dataset", "cifar10") != "cifar10":  # CIFAR-100 or an image folder: its own test images
         from fastcifar.data.datasets import model_split
 

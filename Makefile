@@ -1,11 +1,28 @@
 # The two commands of this project: `make run` (the main job) and `make test` (the test suite).
-# Both create .venv on first use and reinstall when setup.cfg changes.
+# Both create .venv on first use and reinstall when setup.cfg changes or DEVICE_EXTRA (below) names the other extra.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The real CIFAR-10 beside the project when it is there, else $FASTCIFAR_DATA / ~/.cache/fastcifar.
-DATA ?= $(firstword $(wildcard ../shared/cifar10) $(FASTCIFAR_DATA) $(HOME)/.cache/fastcifar)
+# CIFAR-10: $FASTCIFAR_DATA when set, else ~/.cache/fastcifar (`fastcifar data` downloads it there when missing).
+DATA ?= $(or $(FASTCIFAR_DATA),$(HOME)/.cache/fastcifar)
+# ONNX Runtime comes from one of two extras (setup.cfg), never both, as its two packages install the same module:
+# gpu (onnxruntime-gpu, and DALI on Linux) when `nvidia-smi -L` lists a GPU, else cpu (onnxruntime).
+# `make install DEVICE_EXTRA=cpu` chooses by hand.
+ifndef DEVICE_EXTRA
+DEVICE_EXTRA := $(if $(shell nvidia-smi -L 2>/dev/null | grep '^GPU'),gpu,cpu)
+endif
+ifneq ($(filter-out cpu gpu,$(DEVICE_EXTRA))$(words $(DEVICE_EXTRA)),1)
+$(error DEVICE_EXTRA must be cpu or gpu, not '$(DEVICE_EXTRA)')
+endif
+# Which one the venv holds now ("gpucpu": both, a broken state): choosing the other one reinstalls even when
+# setup.cfg did not change, and the switch first removes both packages - uninstalling one after the other was
+# installed deletes files of the module they share.
+INSTALLED_EXTRA := $(if $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime_gpu-*.dist-info),gpu)$(if \
+	$(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime-*.dist-info),cpu)
+ifneq ($(INSTALLED_EXTRA),$(DEVICE_EXTRA))
+.PHONY: $(STAMP)
+endif
 PYTEST_ARGS ?=
 # `make test` runs on pytest-xdist workers, one per core (`logical`; TEST_WORKERS=0 runs in this one process), one
 # test module per worker at a time (module fixtures are built once) in collection order: tests/conftest.py puts the
@@ -20,7 +37,8 @@ export OMP_WAIT_POLICY ?= PASSIVE
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -e '.[efficientnet,demo,serve,test,ray]'
+	$(if $(filter-out $(DEVICE_EXTRA),$(INSTALLED_EXTRA)),$(BIN)/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu)
+	$(BIN)/python -m pip install -e '.[$(DEVICE_EXTRA),efficientnet,demo,serve,test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,7 +66,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # What bench/gpu_check.sh needs on the borrowed GPU machine besides torch (Python 3.12 wheels, dependencies resolved,
-# < 60 MiB, one carried path): bench/README.md, "The GPU check". ARGS=--dali also stages DALI in 60 MiB parts.
+# < 60 MiB, one carried path): docs/development.md, "Maintainers: the borrowed GPU check". ARGS=--dali also stages
+# DALI in 60 MiB parts.
 gpu-wheels: $(STAMP)
 	$(BIN)/python bench/gpu_wheels.py $(ARGS)
 

@@ -101,7 +101,7 @@ def cpu_facts() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "cifar10"))
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 [default: $FASTCIFAR_DATA, else ~/.cache/fastcifar]")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20, help="timed steps of the plain and step variants [20]")
     ap.add_argument("--images", type=int, default=3000, help="real images in the train variant's epoch [3000]")
@@ -112,6 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="[bench/results/cpu_step-<isa>.json]")
     ap.add_argument("--child", nargs=1, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.data_dir is None:
+        from fastcifar.data.cifar import default_data_dir
+
+        args.data_dir = str(default_data_dir())
     if args.child:
         print(json.dumps(child(args.child[0], args.steps, args.data_dir, args.images, args.profile)))
         return 0

@@ -28,7 +28,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_DATA = REPO.parent / "shared" / "cifar10"
+from fastcifar.data.cifar import default_data_dir  # noqa: E402 - after the checkout is importable
+from fastcifar.runtime import cpu_name, cpu_vector_extensions  # noqa: E402
+
+DEFAULT_DATA = default_data_dir()  # $FASTCIFAR_DATA, else ~/.cache/fastcifar: where every verb looks
 
 
 def build_folder(root: Path, data_dir: Path, per_class: int, size: int) -> Path:
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="[default: cpu]")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    load_start = round(os.getloadavg()[0], 2)  # CPU figures mean little without the machine's load
 
     import torch
     import torchvision
@@ -119,8 +123,9 @@ def main() -> None:
         row["seconds"] = round(row["seconds"], 3)
     result = {"rows": rows, "images": n_all, "jpeg_size_px": args.size, "batch": args.batch, "device": str(device),
               "dataloader_workers": args.workers, "repeats": args.repeats,
-              "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                          "cpu_count": os.cpu_count()},
+              "machine": {"host": platform.node(), "cpu": cpu_name(), "vector": cpu_vector_extensions(),
+                          "cpu_count": os.cpu_count(), "load_average_start": load_start,
+                          "load_average_end": round(os.getloadavg()[0], 2)},
               "versions": {"python": platform.python_version(), "torch": torch.__version__,
                            "torchvision": torchvision.__version__, "dali": package_version("nvidia-dali-cuda130"),
                            "pillow": package_version("pillow"), "fastcifar": fastcifar.__version__},

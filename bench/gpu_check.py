@@ -7,7 +7,7 @@ runs this; standard library only, so it starts on a machine that has nothing but
 DATA_DIR holds cifar-10-batches-py/. The steps (setup, gpu-tests, sweep, seed-preset, bench, export, throughput,
 loaders) run in order of value, each in its own process group with a share of the time still left; each writes as
 it goes, so a step cut by its limit or a signal keeps what it wrote, and summary.md is rewritten after every step.
-Steps, shares and what each writes: bench/README.md, "The GPU check".
+Steps, shares and what each writes: docs/development.md, "Maintainers: the borrowed GPU check".
 
 Options (or environment): --budget-s (GPU_CHECK_BUDGET_S; 480, dry run 3600), --steps a,b (GPU_CHECK_STEPS),
 --wheels DIR (GPU_CHECK_WHEELS; .device-wheels), --previous FILES (GPU_CHECK_PREVIOUS; bench/results/gpu/*/

@@ -6,5 +6,6 @@
 #
 # The check itself is bench/gpu_check.py (standard library only; its docstring lists the steps, their shares of the
 # budget and what each writes); this wrapper runs it with $PYTHON (default python3), the interpreter that has torch.
-# bench/README.md ("The GPU check") gives the exact calls a GPU run makes: what to carry, the command, the timeout.
+# docs/development.md ("Maintainers: the borrowed GPU check") gives the exact calls a GPU run makes: what to carry,
+# the command, the timeout.
 exec "${PYTHON:-python3}" "$(dirname "$0")/gpu_check.py" "$@"

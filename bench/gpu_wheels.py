@@ -24,8 +24,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# What the GPU machine had (the first GPU run's record, bench/README.md "The GPU check"): these are resolved with
-# the staged packages so that nothing staged needs another version of them, and are not staged themselves.
+# What the GPU machine had (the first GPU run's record; docs/development.md, "Maintainers: the borrowed GPU check"):
+# these are resolved with the staged packages so that nothing staged needs another version of them, and are not
+# staged themselves.
 MACHINE = ("torch==2.11.0", "torchvision==0.26.0", "numpy", "onnxruntime==1.30.0")
 # What the check imports besides the machine's packages: the CLI, its progress display, weights, export, the bench
 # report, and the GPU tests with a per-test timeout and a per-test record (pytest-reportlog's JSON lines).

@@ -5,7 +5,7 @@ each size with the weights' preprocessing ([-1, 1]): how often does its top-1 / 
 right kind (a small ImageNet-to-CIFAR map by torchvision's category names: airliner and warplane for airplane, the 118
 dog breeds for dog, ...)? A wrong key map, normalisation or padding falls to what random weights give.
 
-    python bench/imagenet_head.py --data-dir ../shared/cifar10 [--images 1000] [--sizes 224,96,64,32] [--json]
+    python bench/imagenet_head.py --data-dir "$FASTCIFAR_DATA" [--images 1000] [--sizes 224,96,64,32] [--json]
 
 Writes bench/results/imagenet_head.json (or --out) with the machine and versions; tests/test_efficientnet.py runs it
 on 200 images. Results: docs/efficientnet-lite0.md, "How the weights were checked".

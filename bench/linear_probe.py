@@ -5,7 +5,7 @@ first N real training images and of the first 1,000 test images once; a linear c
 standardised training features (Adam, full batch) and scored on the test features. Random weights give the floor.
 What fine-tuning should at least reach; the compare arm that does this properly is a later issue's.
 
-    python bench/linear_probe.py --data-dir ../shared/cifar10 [--images 2000] [--sizes 32,64,96]
+    python bench/linear_probe.py --data-dir "$FASTCIFAR_DATA" [--images 2000] [--sizes 32,64,96]
 
 Writes bench/results/linear_probe-cpu.json (or --out) with the machine and versions. Results: bench/README.md,
 "EfficientNet-Lite0 on the CPU".

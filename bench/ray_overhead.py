@@ -9,7 +9,7 @@
    --cpus-per-run 1 (one run per core at once). Wall time of each and its ratio to the sequential one, and each
    way's largest per-run test-accuracy difference from the sequential records (0 where the threads per run match).
 
-    python bench/ray_overhead.py --data-dir ../shared/cifar10 [--train-limit 2000] [--epochs 1]
+    python bench/ray_overhead.py --data-dir "$FASTCIFAR_DATA" [--train-limit 2000] [--epochs 1]
 
 Writes bench/results/ray_overhead.json and prints a table with the machine. Results: bench/README.md, "compare on
 Ray". Ray's files go to a temporary directory that is removed; nothing listens beyond 127.0.0.1.
@@ -95,11 +95,15 @@ def agreement(rows: dict, base: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "cifar10"))
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 [default: $FASTCIFAR_DATA, else ~/.cache/fastcifar]")
     ap.add_argument("--train-limit", type=int, default=2000, help="training pool of the grid [2000]")
     ap.add_argument("--epochs", type=int, default=1, help="epochs per run [1]")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ray_overhead.json")
     args = ap.parse_args(argv)
+    if args.data_dir is None:
+        from fastcifar.data.cifar import default_data_dir
+
+        args.data_dir = str(default_data_dir())
     cores = os.cpu_count() or 1
     temp = Path(tempfile.mkdtemp(prefix="fcray", dir="/tmp"))  # short: Ray's socket paths must fit 107 characters
     try:

@@ -29,6 +29,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from fastcifar.runtime import cpu_name, cpu_vector_extensions  # noqa: E402 - after the checkout is importable
 
 
 def untrained_model(folder: Path) -> Path:
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per level at most [default: 30]")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON object here")
     args = parser.parse_args()
+    load_start = round(os.getloadavg()[0], 2)  # CPU figures mean little without the machine's load
 
     import torch
 
@@ -113,7 +115,9 @@ def main() -> None:
                   versions={"python": platform.python_version(), "torch": torch.__version__,
                             "fastcifar": fastcifar.__version__, "pytriton": package_version("nvidia-pytriton"),
                             "tritonclient": package_version("tritonclient"), "numpy": np.__version__},
-                  cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d"))
+                  cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d"),
+                  machine={"cpu": cpu_name(), "vector": cpu_vector_extensions(), "load_average_start": load_start,
+                           "load_average_end": round(os.getloadavg()[0], 2)})
     print_load_table(result)
     for row in local:
         print(f"in-process (this process, one thread) batch {row['batch']}: {row['images_per_s']} img/s, "

@@ -12,7 +12,7 @@
 # compose file does not restart it and the demo does not start.
 #
 # Settings, from the environment (the defaults are what the compose file runs on the GPU):
-#   PRESET=seed            preset of a new run: the original study's 10-epoch recipe (README, "Train")
+#   PRESET=seed            preset of a new run: the original study's 10-epoch recipe (README.md, "The original study")
 #   WEIGHTS=imagenet       --init of the pretrained model: imagenet = torchvision's IMAGENET1K_V1 download (cached
 #                          under $TORCH_HOME), or a torchvision-format state dict file such as
 #                          data/resnet18-f37072fd.pth for a machine that cannot download it

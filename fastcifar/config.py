@@ -117,7 +117,7 @@ class TrainConfig:
         from fastcifar.models import RESNETS, arch_problem
 
         _refuse_wrong_types(self)
-        problem = arch_problem(self.arch, self.stem, self.image_size)
+        problem = arch_problem(self.arch, self.stem, self.image_size, "--image-size")
         checks = [
             (problem is None, problem),
             (self.loader in LOADER_KINDS, f"unknown loader '{self.loader}' (choose from {', '.join(LOADER_KINDS)})"),
@@ -398,7 +398,12 @@ class CompareConfig:
         for ok, message in checks:
             if not ok:
                 raise FastCifarError(message)
+        from fastcifar.models import arch_problem
+
         for size, stem in settings:  # the same checks as a training run's, before anything is written
+            problem = arch_problem(self.base.arch, stem, size, "--image-sizes")  # the option the sizes came from
+            if problem:
+                raise FastCifarError(problem)
             replace(self.base, image_size=size, stem=stem)
         if not self.out:
             object.__setattr__(self, "out", f"reports/{self.base.arch}-{self.base.preset}-{self.fingerprint()}")
@@ -469,4 +474,4 @@ def _parse_robustness(text: str | None) -> tuple[int, ...]:
         return ()
     from fastcifar.robustness import parse_severities
 
-    return parse_severities(text)
+    return parse_severities(text, option="--robustness-severities")

@@ -1,19 +1,24 @@
 """The run directory: its file names, the one writer of its files (`RunDir`), and how runs are read back.
 
-`RunDir` creates (or opens) `runs/<name>/` and writes every file a run holds, each atomically (temp file +
-rename), so no other module builds a path into a run directory to write it; docs/run-directory.md says what each
-file holds. The module-level functions read runs (summary, metrics, state, which checkpoint to serve). Imports
-the standard library, fileio and errors; torch, safetensors and TensorBoard only inside the methods that need them.
+`RunDir` creates (or opens) `runs/<name>/` and writes every file a run holds, each atomically and durably (temp
+file, fsync, rename: fileio.atomic_path), under an exclusive lock held while it writes (fileio.DirLock), so no other
+module or process writes into a run directory; docs/run-directory.md says what each file holds and what a kill, a
+full disk or a second writer leaves ("Reliability"). The module-level functions read runs (summary, metrics,
+state, which checkpoint to serve). Imports the standard library, fileio and errors; torch, safetensors and
+TensorBoard only inside the methods that need them.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
+from fastcifar import fileio
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import append_jsonl, atomic_path, first_missing, read_jsonl, write_json, write_jsonl, write_text
+from fastcifar.fileio import (LOCK_FILE, DirLock, append_jsonl, atomic_file, first_missing, holds_nothing, parse_jsonl,
+                              read_jsonl, remove_leftovers, write_bytes, write_json, write_jsonl, write_text)
 
 GIT_DIFF_KEEP_BYTES = 256 * 1024  # a run keeps the diff itself up to this size (env.json always has its hash)
 CONFIG_FILE = "config.json"
@@ -25,6 +30,13 @@ MODEL_META = "model.json"
 SUMMARY_FILE = "summary.json"
 RESULTS_CSV = "results.csv"
 BEST_FILE = "best.safetensors"
+# The best checkpoint of the last saved state's timeline, kept while a newer best has no state.pt yet: a run resumed
+# from that state trains the newer epochs again (on a GPU not bit-identically) and must not lose the best it had.
+PREVIOUS_BEST_FILE = "best.previous.safetensors"
+# The key of the record (model.json's / best.json's content) inside a safetensors file's own header: the weights and
+# the record that describes them are one file, written by one rename; the .json beside it is a copy for people and
+# other tools, rewritten from it where a kill fell between the two writes.
+RECORD_KEY = "fastcifar"
 GIT_DIFF_FILE = "git.diff"
 TENSORBOARD_DIR = "tensorboard"
 ROBUSTNESS_FILE = "robustness.json"
@@ -57,28 +69,67 @@ class RunDir:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.created: Path | None = None  # the topmost directory `create` made (what `discard` removes)
+        self.was_empty = False  # `create` found the directory there and empty: what `discard` empties again
+        self.lock: DirLock | None = None  # held from create/open to release: this process is the run's one writer
 
     @classmethod
     def create(cls, path: Path | str) -> "RunDir":
-        """A new run: the directory is created, or must be empty. A user's run is never overwritten (a non-empty
-        directory is refused with the resume command); a path that cannot be a directory is one message."""
+        """A new run, locked: the directory is created, or must hold nothing but what a killed start left (a lock
+        or temp file). A user's run is never overwritten (an unfinished one is refused with the resume command, any
+        other content with its own message); a path that cannot be a directory is one message."""
         run = cls(path)
-        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
-            raise FastCifarError(f"{run.path} already exists and is not empty; choose another --out, or continue "
-                                 f"it with: fastcifar train --resume {run.path}")
+        if run.path.exists() and not run.path.is_dir():
+            refuse_existing(run.path)
         run.created = first_missing(run.path)
+        run.was_empty = run.created is None
+        # Locked before it is judged: what it holds is then final, and a lock file a killed writer left (in a run
+        # finished before the kill, say) goes when this refusal releases the lock.
+        run.lock = DirLock(run.path, "the run directory").acquire()
         try:
-            run.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FastCifarError(f"cannot create the run directory {run.path}: {exc.strerror or exc}") from None
+            refuse_existing(run.path)
+            run.clean()  # only now: in a folder of the user's, a name that looks like a temp file is still theirs
+        except BaseException:
+            run.release()
+            raise
         return run
 
+    @classmethod
+    def open(cls, path: Path | str) -> "RunDir":
+        """An existing run, locked for this process to continue it; what killed writes left is removed."""
+        run = cls(path)
+        run.lock = DirLock(run.path, "the run directory").acquire()
+        run.clean()
+        return run
+
+    def clean(self) -> None:
+        """Remove the temp files writes killed before their rename left (held under the lock: none is live)."""
+        removed = remove_leftovers(self.path, foreign=True)
+        if removed:
+            print(f"{self.path}: removed {len(removed)} temp file(s) a killed write left ({', '.join(removed)})",
+                  file=sys.stderr, flush=True)
+
+    def release(self) -> None:
+        """Drop the lock (the run's writer ends; also when it fails)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def discard(self) -> None:
-        """Remove what `create` made (a run that failed before its first epoch leaves nothing; never a user's dir)."""
+        """Remove what `create` made (a run that failed before its first epoch leaves nothing): the directories it
+        created, or, in a directory that was there and empty, the files it wrote; never what a user had."""
         import shutil
 
         if self.created is not None:
             shutil.rmtree(self.created, ignore_errors=True)
+        elif self.was_empty and self.path.is_dir():  # held under our lock since it was found empty: all ours
+            for child in self.path.iterdir():
+                if child.name == LOCK_FILE:
+                    continue
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    fileio.remove(child)
+        self.release()
 
     def remove(self) -> None:
         """Remove the whole directory (compare: what a setup that never trained left)."""
@@ -92,15 +143,35 @@ class RunDir:
         write_json(self.path / CONFIG_FILE, config)
 
     def write_env(self, env: dict, diff: str | None) -> None:
-        """env.json, and the git diff it hashes as git.diff when it is small (GIT_DIFF_KEEP_BYTES)."""
-        write_json(self.path / ENV_FILE, env)
+        """The git diff env.json hashes as git.diff when it is small (GIT_DIFF_KEEP_BYTES), then env.json: a run
+        with env.json has its diff."""
         if diff and len(diff.encode()) <= GIT_DIFF_KEEP_BYTES:
             write_text(self.path / GIT_DIFF_FILE, diff)
+        write_json(self.path / ENV_FILE, env)
+
+    def has_env(self) -> bool:
+        return (self.path / ENV_FILE).is_file()
 
     def append_metrics(self, metrics: dict, history: list[dict]) -> None:
         """One epoch: a line of metrics.jsonl and results.csv rewritten whole."""
         append_jsonl(self.path / METRICS_FILE, metrics)
         self._write_results_csv(history)
+
+    def metrics_until(self, epoch: int) -> list[dict]:
+        """metrics.jsonl's lines of epochs 1..`epoch` (what a run resumed after `epoch` keeps). A damaged line after
+        them (a line cut or overwritten) is dropped with a line on stderr, as those epochs are trained again; one
+        among them is one message."""
+        rows, bad = parse_jsonl(self.path / METRICS_FILE)
+        if bad is not None and len(rows) < epoch:
+            raise FastCifarError(f"{self.path / METRICS_FILE} is damaged at line {bad + 1}, before the saved epoch "
+                                 f"{epoch}: the run's history is lost there (restore the file, or start a new run)")
+        if bad is not None:
+            print(f"{self.path / METRICS_FILE}: dropped a damaged line after epoch {epoch}, the last saved one "
+                  "(that epoch is trained again)", file=sys.stderr, flush=True)
+        if [row.get("epoch") for row in rows[:epoch]] != list(range(1, epoch + 1)):
+            raise FastCifarError(f"{self.path / METRICS_FILE} does not hold epochs 1..{epoch} in order, as its "
+                                 f"state.pt (saved after epoch {epoch}) needs: restore it, or start a new run")
+        return rows[:epoch]
 
     def rewrite_metrics(self, history: list[dict]) -> None:
         """metrics.jsonl and results.csv as `history` (a resumed run drops the epochs after its saved state)."""
@@ -138,8 +209,8 @@ class RunDir:
         """state.pt: what continuing after an epoch needs (tensors and plain values; read back weights_only)."""
         import torch
 
-        with atomic_path(self.path / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+        with atomic_file(self.path / STATE_FILE) as fh:
+            torch.save(state, fh)
 
     def load_state(self, device) -> dict:
         import torch
@@ -151,29 +222,59 @@ class RunDir:
             raise FastCifarError(f"cannot resume from {path}: unreadable ({type(exc).__name__})") from None
 
     def drop_state(self) -> None:
-        (self.path / STATE_FILE).unlink(missing_ok=True)
+        fileio.remove(self.path / STATE_FILE)
 
     def save_weights(self, state: dict, meta: dict, checkpoint: str = "final") -> Path:
-        """model.safetensors + model.json (or, for checkpoint "best", best.safetensors + best.json)."""
-        from safetensors.torch import save_file
+        """model.safetensors + model.json (or, for checkpoint "best", best.safetensors + best.json): the record
+        travels inside the weights file (RECORD_KEY), so the two change together; the .json is its copy.
+
+        The bytes are built in memory and written by fileio (safetensors' save_file would write through a temp file
+        of its own naming, which a kill leaves behind, and fsync nothing)."""
+        from safetensors.torch import save
 
         weights = self.path / CHECKPOINTS[checkpoint]
-        with atomic_path(weights) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_bytes(weights, save(state, metadata={"format": "pt", RECORD_KEY: json.dumps(meta)}))
         write_json(meta_path(weights), meta)
         return weights
 
     def best_meta(self) -> dict | None:
-        """best.json of the best-validation checkpoint, None when there is none (or it is unreadable)."""
+        """The best-validation checkpoint's record (from inside best.safetensors; best.json for a run written before
+        the record moved there), None when there is no best checkpoint or no whole record of it."""
+        return _best_record(self.path / BEST_FILE)
+
+    def previous_best_meta(self) -> dict | None:
+        return _best_record(self.path / PREVIOUS_BEST_FILE)
+
+    def keep_previous_best(self) -> None:
+        """Move the best checkpoint aside before a newer one replaces it (see PREVIOUS_BEST_FILE)."""
+        fileio.replace(self.path / BEST_FILE, self.path / PREVIOUS_BEST_FILE)
+
+    def restore_previous_best(self) -> dict:
+        """The kept best back in place, best.json rewritten from its record; returns the record."""
+        fileio.replace(self.path / PREVIOUS_BEST_FILE, self.path / BEST_FILE)
+        meta = self.best_meta()
+        write_json(meta_path(self.path / BEST_FILE), meta)
+        return meta
+
+    def drop_previous_best(self) -> None:
+        fileio.remove(self.path / PREVIOUS_BEST_FILE)
+
+    def repair_best_json(self, meta: dict) -> bool:
+        """best.json as the record inside best.safetensors says, when it says otherwise (a kill between the two
+        writes, or a damaged file); True when it was rewritten."""
+        path = meta_path(self.path / BEST_FILE)
         try:
-            return json.loads(meta_path(self.path / BEST_FILE).read_text()) if (self.path / BEST_FILE).is_file() \
-                else None
+            if json.loads(path.read_text()) == meta:
+                return False
         except (OSError, ValueError):
-            return None
+            pass
+        write_json(path, meta)
+        return True
 
     def drop_best(self) -> None:
-        (self.path / BEST_FILE).unlink(missing_ok=True)
-        meta_path(self.path / BEST_FILE).unlink(missing_ok=True)
+        fileio.remove(self.path / BEST_FILE)
+        fileio.remove(meta_path(self.path / BEST_FILE))
+        fileio.remove(self.path / PREVIOUS_BEST_FILE)
 
     def small_files(self) -> dict[str, str]:
         """The run's records as text (everything but weights, state and TensorBoard): what a Ray task sends back so
@@ -205,9 +306,59 @@ class RunDir:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise FastCifarError("--tensorboard needs the tensorboard package: pip install 'fastcifar[tensorboard]' "
+            from fastcifar.extras import install_command
+
+            raise FastCifarError(f"--tensorboard needs the tensorboard package: {install_command('tensorboard')} "
                                  "(or pip install tensorboard)") from None
         return SummaryWriter(log_dir=str(Path(log_dir) if log_dir else self.path / TENSORBOARD_DIR))
+
+
+def refuse_existing(path: Path) -> None:
+    """Refuse a path a new run cannot start in, with the message that fits what is there: nothing (or only what a
+    run killed before its config.json left) is fine."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FastCifarError(f"{path} already exists and is a file, not a directory; choose another --out")
+    if holds_nothing(path):
+        return
+    if (path / CONFIG_FILE).is_file():
+        if is_finished(path):
+            raise FastCifarError(f"{path} already exists and holds a finished run, which is never overwritten; "
+                                 "choose another --out")
+        raise FastCifarError(f"{path} already exists and holds an unfinished run; continue it with: fastcifar train "
+                             f"--resume {path} (or choose another --out)")
+    raise FastCifarError(f"{path} already exists and holds files that are not a fastcifar run's; choose another "
+                         "--out")
+
+
+def weights_record(weights: Path) -> dict | None:
+    """The record saved inside a safetensors file's header (RECORD_KEY), None when it has none or cannot be read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(RECORD_KEY)
+        record = json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - a missing, cut or foreign file has no record
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _best_record(weights: Path) -> dict | None:
+    """A best checkpoint's record with what a resume needs (its epoch and metrics), None without one."""
+    if not weights.is_file():
+        return None
+    record = weights_record(weights)
+    if record is None and weights.name == BEST_FILE:  # written before the record moved into the weights file
+        try:
+            record = json.loads(meta_path(weights).read_text())
+        except (OSError, ValueError):
+            record = None
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) \
+            or not isinstance(record.get("metrics"), dict):
+        return None
+    return record
 
 
 def read_summary(run_dir: Path) -> dict | None:

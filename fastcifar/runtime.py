@@ -47,6 +47,12 @@ def resolve_device(name: str = "auto", local_rank: int = 0):
                                  "(use --device cpu or --device auto)")
         if name == "cuda":
             name = f"cuda:{local_rank}"
+        index = name.partition(":")[2]
+        if not index.isdigit():
+            raise FastCifarError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
+        if int(index) >= torch.cuda.device_count():  # torch.device accepts any N; the first tensor there fails
+            raise FastCifarError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     elif name != "cpu":
         raise FastCifarError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
     return torch.device(name)

@@ -42,11 +42,21 @@ CASES = [
     ("data", ["--data-dir", "{EMPTY}", "--no-download"], "CIFAR-10 not found"),
     ("data", ["--data-dir", "nowhere/deeper"], "cannot download CIFAR-10"),  # offline: no empty folder stays
     ("data", ["--data-dir", "{TEXT}"], "is a file"),
-    # train
-    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "file.png/sub"], "Not a directory"),
-    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "/proc/x"], "/proc/x"),
-    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--init", "{TEXT}"], "not a readable state dict"),
-    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--init", "{PICTURE}"], "not a file of weights"),
+    # train. --data-dir {EMPTY} --no-download would fail "CIFAR-10 not found": these fail first, before the data
+    # loads (docs/training.md)
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--out", "file.png/sub"],
+     "Not a directory"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--out", "/proc/x"], "/proc/x"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--init", "{TEXT}"],
+     "not a readable state dict"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--init", "{PICTURE}"],
+     "not a file of weights"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--init", "{MODEL}"],
+     "--init {MODEL} is a run directory, not a weights file: pass its model, --init {MODEL}/model.safetensors"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--init", "{EMPTY}"],
+     "is a directory, not a weights file"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "tpu"], "unknown device 'tpu'"),
+    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--image-size", "1000"], "--image-size 1000 is outside"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--epochs", "0"], "--epochs must be >= 1"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--val-fraction", "2"], "--val-fraction"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--lr", "abc"], "'abc' is not a valid float"),
@@ -64,16 +74,24 @@ CASES = [
     # EfficientNet-Lite0: a ResNet's stem, a ResNet's weights, a ResNet's levers, too small an image
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--stem", "cifar"],
      "--stem cifar is a ResNet stem"),
-    ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--init", "{R18WEIGHTS}"],
-     "these weights are a ResNet's (conv1/layer1 keys), not efficientnet_lite0's"),
+    ("train", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--arch", "efficientnet_lite0", "--init",
+               "{R18WEIGHTS}"], "these weights are a ResNet's (conv1/layer1 keys), not efficientnet_lite0's"),
     ("train", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--zero-init-residual"],
      "shape a ResNet's blocks"),
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--arch", "efficientnet_lite0", "--image-sizes", "16"],
-     "too small for efficientnet_lite0: it downsamples 32x"),
+     "--image-sizes 16 is too small for efficientnet_lite0: it downsamples 32x"),
     # compare
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--fractions", "abc"], "comma-separated numbers"),
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--lr-grid", "x"], "--lr-grid takes"),
-    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--image-sizes", "16"], "outside 32..512"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--image-sizes", "16"],
+     "--image-sizes 16 is outside 32..512"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--robustness-severities", "9"],
+     "--robustness-severities must be within 1-5"),
+    ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--robustness-severities", "5-1"],
+     "--robustness-severities range '5-1' runs backwards"),
+    ("compare", ["--data-dir", "{EMPTY}", "--no-download", "--device", "tpu"], "unknown device 'tpu'"),  # before data
+    ("compare", ["--data-dir", "{EMPTY}", "--no-download", "--device", "cpu", "--pretrained-weights", "nowhere.pth"],
+     "nowhere.pth does not exist or is not a file"),
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--pretrained-weights", "{TEXT}"],
      "not a readable state dict"),
     ("compare", ["--data-dir", "{DATA}", "--device", "cpu", "--out", "{TEXT}"], "is a file"),
@@ -127,7 +145,7 @@ def _tree(root: Path) -> set[str]:
 @pytest.mark.parametrize("verb, args, message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_is_one_error_line_and_leaves_nothing(verb, args, message, places, tmp_path, monkeypatch):
     (tmp_path / "file.png").write_text("a file where a directory is asked for")
-    monkeypatch.chdir(tmp_path)  # default outputs (runs/, reports/, exported/, bench/results/) would land here
+    monkeypatch.chdir(tmp_path)  # default outputs (runs/, reports/, exported/) would land here
     monkeypatch.setenv("FASTCIFAR_DATA", str(tmp_path / "no-data-here"))
     before = _tree(tmp_path)
     result = CliRunner().invoke(cli, [verb, *(a.format(**places) for a in args)])
@@ -135,7 +153,7 @@ def test_bad_input_is_one_error_line_and_leaves_nothing(verb, args, message, pla
     assert result.exit_code != 0, output
     errors = [line for line in output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1, output
-    assert message in errors[0], output
+    assert message.format(**places) in errors[0], output
     assert "Traceback" not in output and not isinstance(result.exception, (AssertionError, TypeError, KeyError))
     assert "weights_only" not in output  # never torch's advice to load an untrusted file with code execution
     assert _tree(tmp_path) == before, f"left behind: {sorted(_tree(tmp_path) - before)}"
@@ -187,5 +205,34 @@ def test_busy_machine_times_are_not_told_as_a_speed_result():
                for (init, seed, seconds) in [("imagenet", 0, 10.0), ("imagenet", 1, 90.0), ("random", 0, 11.0),
                                              ("random", 1, 12.0)]]
     source = {"kind": "torchvision", "verified_imagenet": True, "label": "x"}
-    text = summarize({}, source, records, {})["conclusion"]
-    assert "the machine was busy" in text and "reaches 90 % of its final accuracy" not in text
+    busy = summarize({}, source, records, {})
+    assert "the machine was busy" in busy["conclusion"]
+    assert "reaches 90 % of its final accuracy" not in busy["conclusion"]
+    # The same study on an idle machine says the same but for the sentences built from wall times, which results.json
+    # names (conclusion_from_times), so two runs of one study can be compared without them (tests/test_ray.py).
+    idle = summarize({}, source, [{**r, "train_seconds": 10.0, "time_to_90pct_final_test_acc": 5.0} for r in records],
+                     {})
+    assert [s for s in busy["conclusion_from_times"] if "machine was busy" in s] == busy["conclusion_from_times"]
+    assert len(idle["conclusion_from_times"]) == 1 and "reaches 90 %" in idle["conclusion_from_times"][0]
+
+    def without_times(results):
+        text = results["conclusion"]
+        for sentence in results["conclusion_from_times"]:
+            text = text.replace(sentence, "")
+        return " ".join(text.split())
+
+    assert without_times(busy) == without_times(idle) and "1,000 images" in without_times(idle)
+
+
+def test_a_cuda_device_this_machine_lacks_is_one_message(monkeypatch):
+    """torch.device accepts any cuda:N; without this check the first tensor sent there failed, after the data."""
+    import torch
+
+    from fastcifar.errors import FastCifarError
+    from fastcifar.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert str(resolve_device("cuda")) == "cuda:0"
+    with pytest.raises(FastCifarError, match=r"--device cuda:1: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:1")

@@ -179,6 +179,20 @@ def test_bench_json_schema_results_files_and_cache(tiny_model_dir, synthetic_dir
     assert "onnxruntime" in again.stdout and "agreement" in again.stdout  # the table
 
 
+def test_bench_writes_its_reports_under_reports_bench_of_the_working_directory(tiny_model_dir, synthetic_dir,
+                                                                                 tmp_path, monkeypatch):
+    """Run inside a checkout, the default must not add files to the committed bench/results/ record."""
+    monkeypatch.chdir(tmp_path)
+    result = _bench(tiny_model_dir, "--backends", "torch", "--data-dir", synthetic_dir, "--max-images", "8",
+                    "--cache-dir", tmp_path / "cache", "--name", "default")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "reports" / "bench").iterdir()) == ["default.json", "default.md",
+                                                                               "default.png"]
+    assert not (tmp_path / "bench").exists()
+    assert "wrote reports/bench/default.json" in result.stdout
+    assert "[default: reports/bench]" in " ".join(CliRunner().invoke(cli, ["bench", "--help"]).output.split())
+
+
 @pytest.fixture(scope="module")
 def gate_setup(tmp_path_factory, synthetic_dir):
     """A good model, a broken copy (classifier rows rotated), and test labels = the good model's predictions.

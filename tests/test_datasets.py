@@ -1,7 +1,7 @@
 """Datasets beyond CIFAR-10: an image folder (train/<class>/*) and CIFAR-100, through every verb; bad data decided
 once; the decoded-image cache.
 
-The end-to-end folder test uses real pixels (CIFAR-10 training images from ../shared/cifar10, JPEG-encoded at
+The end-to-end folder test uses real pixels (CIFAR-10 training images from $FASTCIFAR_DATA, JPEG-encoded at
 40 px, every fifth one greyscale, 100 per class); the bad-data tests build small folders of synthetic, learnable images; the
 CIFAR-100 test downloads a synthetic archive in the official layout from a local HTTP server.
 """

@@ -50,3 +50,29 @@ def test_every_relative_link_resolves(page):
         elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
             broken.append(f"{target}: no heading #{fragment} in {dest.relative_to(REPO)}")
     assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+def figure_rows(page: Path) -> list[str]:
+    """The rows of a page's measured-figures tables (those whose header starts `| what |`)."""
+    rows, inside = [], False
+    for line in page.read_text().splitlines():
+        if line.startswith("| what |"):
+            inside = True
+        elif inside and not line.startswith("|"):
+            inside = False
+        elif inside and not line.startswith("|---"):
+            rows.append(line)
+    return rows
+
+
+@pytest.mark.parametrize("page", [REPO / "docs" / "results.md", REPO / "README.md"], ids=lambda p: p.name)
+def test_every_figure_row_names_its_raw_file(page):
+    """A figure is a measurement: each row links the raw record under bench/results/ that it was read from."""
+    rows = figure_rows(page)
+    assert len(rows) >= 8, f"no figures table found in {page.name}"
+    for row in rows:
+        raw = [link for link in LINK.findall(row) if "bench/results/" in link]
+        assert raw, f"{page.name}: a figure without its raw file under bench/results/:\n{row[:160]}"
+        for link in raw:
+            target = (page.parent / link.split("#")[0]).resolve()
+            assert target.exists() and REPO / "bench" / "results" in target.parents, f"{page.name}: {link}"

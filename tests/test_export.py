@@ -159,8 +159,11 @@ def test_bf16_needs_opset_22_and_is_checked_by_emulation(tiny_model_dir, tmp_pat
 
 def test_mismatch_fails_the_export_and_keeps_files(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(parity.REL_TOLERANCE, "fp32", 0.0)  # any rounding difference now counts as a mismatch
-    with pytest.raises(FastCifarError, match="parity check failed.*max \\|logit diff\\|.*--no-verify"):
+    with pytest.raises(FastCifarError, match="parity check failed.*max \\|logit diff\\|.*--no-verify") as failed:
         export_onnx(tiny_model_dir, tmp_path, max_images=16)
+    # sentences that read apart: what failed, what is kept where, how to skip the check
+    assert " on 16 images). The ONNX file is kept for inspection, with these figures in resnet18-random.parity.json " \
+           "beside it. To export without the check, pass --no-verify." in str(failed.value)
     record = json.loads((tmp_path / "resnet18-random.parity.json").read_text())
     assert record["passed"] is False and record["failures"]
     assert (tmp_path / "resnet18-random.onnx").is_file()

@@ -22,6 +22,9 @@ from fastcifar.data.loaders import dali_available
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.sh"
+# The dry run (the module fixture, counted in its first test) took 355 s on a 2-core EPYC beside other work and 349 s
+# with a CPU-burning process as well; its own limit is run_check's 900 s, which setup.cfg's 600 s per test undercut.
+pytestmark = pytest.mark.timeout(1200)
 STEPS = ("setup", "gpu-tests", "sweep", "seed-preset", "bench", "export", "throughput", "loaders")
 OUT_FILES = {"summary.md", "check.json", "env.json", "steps.jsonl", "setup.json", "gpu-tests.jsonl", "sweep.jsonl",
              "epochs.jsonl", "bench.jsonl", "export.jsonl", "throughput.jsonl", "loaders.jsonl", "work.tar.gz"}
@@ -87,7 +90,13 @@ def test_dry_run_runs_every_step_and_writes_its_records(dry_run):
     assert summary in proc.stdout  # printed at the end too
     rows = step_rows(out)
     assert list(rows) == list(STEPS) and all(r["rc"] == 0 for r in rows.values()), summary
-    assert all(r["limit_s"] >= r["planned_s"] * 0.9 for r in rows.values())  # no step was squeezed
+    # A step is given less than its share only when the steps before it used more than theirs, which depends on the
+    # machine's speed: what the rows say the earlier steps used decides what this one may be given.
+    used = planned = 0
+    for r in rows.values():
+        if used <= planned:
+            assert r["limit_s"] >= r["planned_s"] * 0.9, rows
+        used, planned = used + r["seconds"], planned + r["planned_s"]
     assert "Failed, cut, killed or skipped steps: none." in summary and "| step | exit | planned s | given s" in summary
     assert "Machine: no GPU" in summary and "Versions: python" in summary
     setup = json.loads((out / "setup.json").read_text())
@@ -102,21 +111,33 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
     reports = [t for t in tests if t.get("$report_type") == "TestReport"]
     assert reports and all(t["outcome"] == "skipped" for t in reports if t["when"] == "setup")  # CPU: gpu tests skip
     sweep = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
-    # the plan's order: candidate, each lever alone, more seeds of the best (the best may change as seeds come in),
-    # the best timed; then the seed preset
+    # The plan's order: candidate, each lever alone, more seeds of the best (the best may change as seeds come in),
+    # the best timed; then the seed preset (its own step). The sweep plans to fit its time, so how many of these a
+    # machine measures depends on its speed: the assertions follow what the records say was run.
     stages = [r["stage"] for r in sweep]
     order = ["candidate", "levers", "seeds-of-best", "timed", "listed"]
-    assert stages[:2] == ["candidate", "levers"] and stages[-2:] == ["timed", "listed"]
+    assert stages[0] == "candidate"  # the first run is always planned: the plan's own cost estimate fits
     assert [order.index(s) for s in stages] == sorted(order.index(s) for s in stages)
-    assert 1 <= stages.count("seeds-of-best") <= 2 and all(r["seed"] == 1 for r in sweep if r["stage"] ==
-                                                             "seeds-of-best")
-    assert sweep[-2]["variant"].endswith("@timed") and sweep[-1]["variant"] == "seed-preset"
+    sweep_runs = [r for r in sweep if r["stage"] != "listed"]
+    for i, r in enumerate(sweep_runs):  # more seeds and the timed run are of a variant measured before them
+        if r["stage"] == "seeds-of-best":
+            assert r["seed"] == 1 and (r["variant"], 0) in {(e["variant"], e["seed"]) for e in sweep_runs[:i]}
+        if r["stage"] == "timed":
+            assert r["variant"].endswith("@timed") and r["variant"][:-len("@timed")] in \
+                {e["variant"] for e in sweep_runs[:i]}
+    listed = ["seed-preset"] if step_rows(out)["seed-preset"]["rc"] == 0 else []
+    assert [r["variant"] for r in sweep if r["stage"] == "listed"] == listed
+    if {"levers", "seeds-of-best", "timed"} - set(stages):  # a stage the sweep left out: it said none fit
+        with tarfile.open(out / "work.tar.gz") as tar:
+            log = tar.extractfile(next(n for n in tar.getnames() if n.endswith("sweep.log"))).read().decode()
+        assert "did not fit the budget" in log, log[-2000:]
     for r in sweep:
         assert r["status"] == "finished" and r["loader"] == "tensor" and r["precision"] == "fp32"
         assert {"compile", "compile_record", "cudnn_benchmark", "machine", "levers", "seconds_to_target",
                 "epoch1_train_loss", "wall_seconds"} <= set(r)
     epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
-    assert len(epochs) == 2 * len(sweep) and {e["epoch"] for e in epochs} == {1, 2}
+    for r in sweep:  # every measured run's two epochs
+        assert sorted(e["epoch"] for e in epochs if (e["variant"], e["seed"]) == (r["variant"], r["seed"])) == [1, 2]
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [r["label"] for r in bench] == ["torch", "torch:bf16"] and all(r["status"] == "ok" for r in bench)
     export = [json.loads(line) for line in (out / "export.jsonl").read_text().splitlines()]
@@ -126,12 +147,12 @@ def test_dry_run_results_name_what_produced_each_figure(dry_run):
     loaders = [json.loads(line) for line in (out / "loaders.jsonl").read_text().splitlines()]
     assert [r["loader"] for r in loaders] == ["tensor"] + (["dali"] if dali_available() else [])
     summary = (out / "summary.md").read_text()
-    # the variant(s) more seeds were run of have those runs too; which one wins on the toy data depends on the CPU's
-    # arithmetic (an AVX2-only EPYC chose "base", the development Xeon "levers")
-    best = [r["variant"] for r in sweep if r["stage"] == "seeds-of-best"]
-    for variant in set(best):
-        assert f"| {variant} | {1 + best.count(variant)} |" in summary, summary
-    assert "| seed-preset | 1 |" in summary and "eager |" in summary
+    # each variant's row counts the runs its records hold (which variant gets more seeds depends on the CPU's
+    # arithmetic: an AVX2-only EPYC chose "base", the development Xeon "levers"; how many fit, on its speed)
+    variants = [r["variant"] for r in sweep]
+    for variant in set(variants):
+        assert f"| {variant} | {variants.count(variant)} |" in summary, summary
+    assert "eager |" in summary
     assert "tensor loader, fp32, channels_last False" in summary
     assert "- bench torch:bf16 (bf16" in summary and "- loaders on cpu, batch 64" in summary
     assert re.search(r"- export seed\d \(fp32\)", summary), summary  # the best run's (its seed: as above)

@@ -332,7 +332,7 @@ def test_not_a_model_and_a_missing_extra_are_one_line(tmp_path, tiny_model_dir, 
     assert result.exit_code != 0 and "does not exist" in result.output and "Traceback" not in result.output
     monkeypatch.setitem(sys.modules, "pytriton.triton", None)  # as if the extra were not installed
     result = CliRunner().invoke(cli, ["serve", str(tiny_model_dir)])
-    assert result.exit_code == 1 and "pip install 'fastcifar[serve]'" in result.output
+    assert result.exit_code == 1 and "pip install -e '.[serve]'" in result.output
 
 
 def test_client_errors_are_one_line(tmp_path):

@@ -70,7 +70,7 @@ def test_ort_providers_degrade_to_cpu_with_the_fix():
     gpu = torch.device("cuda", 1)
     providers, note = ort_providers(gpu, available=["CPUExecutionProvider"], packages={"onnxruntime"})
     assert providers == ["CPUExecutionProvider"]
-    assert "CPU provider" in note and "only the CPU package" in note and "pip install onnxruntime-gpu" in note
+    assert "CPU provider" in note and "only the CPU package" in note and "pip install -e '.[gpu]'" in note
     _, both = ort_providers(gpu, available=["CPUExecutionProvider"], packages={"onnxruntime", "onnxruntime-gpu"})
     assert "both installed" in both and "pip uninstall -y onnxruntime onnxruntime-gpu" in both
     providers, note = ort_providers(gpu, available=["CUDAExecutionProvider", "CPUExecutionProvider"],

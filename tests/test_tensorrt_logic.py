@@ -143,7 +143,7 @@ def test_missing_tensorrt_says_how_to_get_it(monkeypatch):
     with pytest.raises(FastCifarError) as info:
         trtx.require_tensorrt()
     message = str(info.value)
-    assert "pip install --extra-index-url https://pypi.nvidia.com 'fastcifar[trt]'" in message
+    assert "pip install --extra-index-url https://pypi.nvidia.com -e '.[trt]'" in message
     assert "Docker" in message
     assert trtx.current_environment()["tensorrt_version"] is None
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from fastcifar.bench import DEFAULT_RESULTS_DIR
 from fastcifar.bench.measure import Runner, bench_model, find_reference, machine_info, split_backend
 from fastcifar.config import parse_counts
 from fastcifar.errors import FastCifarError
@@ -26,7 +27,6 @@ from fastcifar.precision import SERVING_PRECISIONS
 from fastcifar.serve.predictor import BACKENDS
 
 DEFAULT_BATCH_SIZES = (1, 64, 256, 1024)
-DEFAULT_RESULTS_DIR = Path("bench") / "results"
 
 
 @dataclass(frozen=True)

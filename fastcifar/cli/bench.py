@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from fastcifar.bench import DEFAULT_RESULTS_DIR
 from fastcifar.cli.options import (checkpoint_option, data_dir_option, device_option,
                                    serving_precision_option)
 from fastcifar.errors import FastCifarError
@@ -38,8 +39,9 @@ from fastcifar.rundir import checkpoint_file
 @click.option("--max-accuracy-drop", type=float, default=None,
               help="Parity gate: exit 1 when a backend's accuracy is more than this many percentage points below "
                    "the reference (or a backend fails). [default: no gate]")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
-              show_default=True, help="Where the JSON, markdown and PNG results go.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS_DIR,
+              show_default=True, help="Where the JSON, markdown and PNG results go (created; under the current "
+                                      "directory unless absolute).")
 @click.option("--save/--no-save", default=True, show_default=True, help="Write the result files.")
 @click.option("--name", default=None, help="Result file name stem. [default: inference-<models>-<device>]")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("exported/cache"),

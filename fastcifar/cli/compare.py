@@ -76,7 +76,8 @@ PRESET_HELP = "Budget and recipe of every run (as for `train`): auto = seed on a
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run every training run and robustness evaluation as a Ray task: --ray alone starts a local Ray on "
                    "127.0.0.1 (all GPUs of this machine), --ray HOST:PORT joins a cluster started with `ray start`. "
-                   "Needs pip install 'fastcifar[ray]'. [default: one run after another in this process]")
+                   "Needs the ray extra (pip install -e '.[ray]' in the checkout). [default: one run after another in "
+                   "this process]")
 @click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
               help="GPUs each Ray task asks for (a fraction such as 0.25 packs small runs onto one GPU). [default: 1 "
                    "where there are GPUs, else 0]")

@@ -25,7 +25,7 @@ def data(data_dir: Path | None, dataset: str, download: bool, as_json: bool) -> 
     Examples:
       fastcifar data --data-dir ~/data/cifar10 --json
       fastcifar data --dataset cifar100 --data-dir ~/data
-      fastcifar data --data-dir ~/photos          # ~/photos/train/<class>/*.jpg (optionally val/, test/)
+      fastcifar data --data-dir ~/photos          # ~/photos/<class>/*.jpg, or train/<class>/ [val/ test/]
     """
     from fastcifar.data.cifar import split_stats
     from fastcifar.data.datasets import load_dataset
@@ -43,7 +43,7 @@ def data(data_dir: Path | None, dataset: str, download: bool, as_json: bool) -> 
         from fastcifar.data.folder import original_size_stats
 
         stats.update(storage_size=info.get("storage_size"), cache=info.get("cache"),
-                     original_sizes=original_size_stats(loaded.root))
+                     split_record=info.get("split_record"), original_sizes=original_size_stats(loaded.root))
     if as_json:
         click.echo(json.dumps(stats))
         return
@@ -73,6 +73,7 @@ def _print_data_stats(stats: dict) -> None:
                    f"(median {sizes['width']['median']}), height {sizes['height']['min']}-{sizes['height']['max']} "
                    f"(median {sizes['height']['median']}); stored at {stats['storage_size']} px in {stats['cache']}")
     if stats.get("test_source") and stats["dataset"] == "folder":
-        click.echo(f"test split: {stats['test_source']}")
+        recorded = f" (recorded in {stats['split_record']})" if stats.get("split_record") else ""
+        click.echo(f"test split: {stats['test_source']}{recorded}")
     for line in ([stats["skipped_summary"]] if stats.get("skipped_summary") else []) + list(stats.get("notes") or []):
         click.echo(line)

@@ -18,16 +18,16 @@ from fastcifar.models import ARCHS, STEMS
 from fastcifar.precision import SERVING_PRECISIONS, TRAIN_PRECISIONS
 from fastcifar.serve.predictor import BACKENDS
 
-DATASET_HELP = ("auto: an image folder when --data-dir holds train/<class>/ folders, CIFAR-100 when it holds "
-                "cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")
+DATASET_HELP = ("auto: an image folder when --data-dir holds train/<class>/ folders or (no train/) class folders of "
+                "images, CIFAR-100 when it holds cifar-100-python/ (and no CIFAR-10), else CIFAR-10.")
 
 
 def data_dir_option(func):
     return click.option(
         "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
         help="Directory holding CIFAR-10 (cifar-10-batches-py/, the batch files, or cifar-10-python.tar.gz), "
-             "CIFAR-100 (cifar-100-python/ or its archive) or your own images (train/<class>/*, optionally val/ "
-             "and test/). [default: $FASTCIFAR_DATA, else ~/.cache/fastcifar]")(func)
+             "CIFAR-100 (cifar-100-python/ or its archive) or your own images (<class>/*, or train/<class>/* "
+             "optionally with val/ and test/). [default: $FASTCIFAR_DATA, else ~/.cache/fastcifar]")(func)
 
 
 def download_option(func):

@@ -38,7 +38,7 @@ def serve(model: Path, backend: str, device: str, precision: str | None, checkpo
           host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int, queue_delay_us: int | None,
           cache_dir: Path, as_json: bool) -> None:
     """Serve MODEL on a real NVIDIA Triton Inference Server (PyTriton): HTTP and gRPC (KServe v2), dynamic
-    batching, Prometheus metrics. Needs the serve extra: pip install 'fastcifar[serve]'.
+    batching, Prometheus metrics. Needs the serve extra (pip install -e '.[serve]' in the checkout).
 
     MODEL is a run directory, model.safetensors, .onnx file or TensorRT engine.
 

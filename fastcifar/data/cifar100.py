@@ -14,9 +14,8 @@ from fastcifar.errors import DataError
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
-CIFAR100_DIR = "cifar-100-python"
-CIFAR100_FILES = ("train", "test", "meta")
+# download.py owns the names (its guard must know them without importing this module)
+from fastcifar.data.download import CIFAR100_ARCHIVE, CIFAR100_DIR, CIFAR100_FILES  # noqa: E402
 NUM_FINE = 100
 
 

@@ -30,8 +30,10 @@ class DaliFileLoader:
         from fastcifar.data.loaders import dali_available
 
         if not dali_available():
-            raise FastCifarError("--loader dali-files needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or use "
-                                 "--loader tensor)")
+            from fastcifar.extras import DALI_INSTALL
+
+            raise FastCifarError(f"--loader dali-files needs NVIDIA DALI, which is not installed; {DALI_INSTALL} (or "
+                                 "use --loader tensor)")
         files = [str(f) for f in files]
         if len(files) != len(labels) or not files:
             raise FastCifarError(f"{len(files)} files but {len(labels)} labels: the loader needs one label per file")

@@ -1,8 +1,9 @@
 """Which dataset a data directory holds, and loading it: the one entry point every verb that reads data calls.
 
-Owns `--dataset` (`cifar10`, `cifar100`, `folder`, and `auto`: a folder when DIR holds train/<class>/, CIFAR-100
-when DIR holds its files and not CIFAR-10's, else CIFAR-10), `load_dataset`, and `model_split`: a model's test split
-read from the dataset its run recorded, for export parity, INT8 calibration, evaluate and bench.
+Owns `--dataset` (`cifar10`, `cifar100`, `folder`, and `auto`: a folder when DIR holds train/<class>/ or, with no
+train/ and no CIFAR files, class folders of images; CIFAR-100 when DIR holds its files and not CIFAR-10's; else
+CIFAR-10, which is downloaded only into a directory holding nothing else), `load_dataset`, and `model_split`: a
+model's test split read from the dataset its run recorded, for export parity, INT8 calibration, evaluate and bench.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Owns the network and tar side of `fastcifar.data.cifar.ensure_cifar`: `download_archive` streams to
 `<archive>.part` (resuming with an HTTP Range request after an interruption) and renames only after the md5
-matches; `extract_archive` writes only regular files directly inside `cifar-10-batches-py/`.
+matches; `extract_archive` writes only regular files directly inside `cifar-10-batches-py/`; `fetch_official`
+downloads only into a directory holding nothing but CIFAR files (never into a user's own folder of images).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 META_FILE = "batches.meta"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_FILES = ("train", "test", "meta")
 # Why a missing dataset is not fetched, when the caller does not say (evaluate and export say their own).
 NO_DOWNLOAD = "downloading is off (--no-download)"
 
@@ -218,6 +222,7 @@ def fetch_official(data_dir: Path, archive_name: str, *, find: Callable[[Path], 
         if not download:
             raise DataError(f"{name} not found in {data_dir}; {no_download}. Point --data-dir (or $FASTCIFAR_DATA) at "
                             f"a directory holding {top}/ or {archive_name}.")
+        _refuse_foreign_folder(data_dir, name, top, archive_name)
         download_archive(url, archive, md5=md5, progress=progress)
     else:
         try:
@@ -232,6 +237,46 @@ def fetch_official(data_dir: Path, archive_name: str, *, find: Callable[[Path], 
     if found is None:
         raise DataError(f"{archive} did not contain {top}/ with {name}'s files")
     return found
+
+
+def default_cache_dir(environ: bool = True) -> Path:
+    """`$FASTCIFAR_CACHE/folders`, else (or with `environ=False`) `~/.cache/fastcifar/folders`: where folder.py keeps
+    what it derives from an image folder (never inside it). Here because the download guard must recognise it."""
+    env = os.environ.get("FASTCIFAR_CACHE") if environ else None
+    return Path(env).expanduser() / "folders" if env else Path.home() / ".cache" / "fastcifar" / "folders"
+
+
+def _foreign_entries(data_dir: Path) -> list[str]:
+    """What in `data_dir` is neither CIFAR-10's nor CIFAR-100's files nor fastcifar's own folder cache (the default
+    data dir, ~/.cache/fastcifar, is also where the image folders' decode cache lives). Hidden names (.DS_Store, a
+    `.extract-*` left by a killed extraction) do not count."""
+    own_files = {ARCHIVE_NAME, ARCHIVE_NAME + ".part", CIFAR100_ARCHIVE, CIFAR100_ARCHIVE + ".part", *TRAIN_FILES,
+                 *TEST_FILES, META_FILE, *CIFAR100_FILES}
+    caches = {default_cache_dir().resolve(), default_cache_dir(environ=False).resolve()}
+    try:
+        entries = sorted(data_dir.iterdir()) if data_dir.is_dir() else []
+    except OSError:
+        return []  # unreadable: download_archive says so when it writes there
+    # also at home in a data folder: model weights and torch's hub cache (docs/docker.md puts both in ./data, the
+    # container's FASTCIFAR_DATA, with TORCH_HOME=./data/torch), so an offline setup still gets its download
+    weights = {".pth", ".pt", ".safetensors"}
+    return [p.name + ("/" if p.is_dir() else "") for p in entries
+            if not (p.name.startswith(".") or (p.is_file() and (p.name in own_files or p.suffix in weights))
+                    or (p.is_dir() and (p.name in (BATCHES_DIR, CIFAR100_DIR, "torch") or p.resolve() in caches)))]
+
+
+def _refuse_foreign_folder(data_dir: Path, name: str, top: str, archive_name: str) -> None:
+    """One DataError, before any request, when `data_dir` holds anything but CIFAR files: --data-dir pointed at a
+    user's own folder (photos, class folders) must never receive a 170 MB archive and its extracted batches."""
+    foreign = _foreign_entries(data_dir)
+    if not foreign:
+        return
+    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    # a check against download.py's neighbours would import folder.py, which imports this module: name both ways
+    hint = (f"If it is a folder of images, give --dataset folder (or auto) to train on it; else point --data-dir at "
+            f"an empty or new directory, or at one holding {top}/ or {archive_name}")
+    raise DataError(f"{name} not found in {data_dir}, and it holds other files ({shown}): nothing is downloaded "
+                    f"into a folder of other files. {hint}.")
 
 
 def _move_into(tmp: Path, target: Path) -> None:

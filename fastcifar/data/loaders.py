@@ -56,8 +56,10 @@ def _tensor_loader(images, labels, options, device):
 
 def _dali_loader(images, labels, options, device):
     if not dali_available():
-        raise FastCifarError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
-                             "(or use --loader tensor)")
+        from fastcifar.extras import DALI_INSTALL
+
+        raise FastCifarError(f"--loader dali needs NVIDIA DALI, which is not installed; {DALI_INSTALL} (or use "
+                             "--loader tensor)")
     from fastcifar.data.dali_loader import DaliLoader
 
     return DaliLoader(images, labels, options, device)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import first_missing, make_dir, remove_empty_dirs
+from fastcifar.fileio import first_missing, make_dir, remove_empty_dirs, remove_leftovers
 from fastcifar.precision import DEFAULT_ENGINE_PROFILE
 
 DEFAULT_OUT_DIR = Path("exported")
@@ -123,9 +123,17 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
                                                        precision=precision, input_kind=input_kind,
                                                        int8=bool(int8_calib_images))
         triton.refuse_foreign_entries(triton_repo, names, weights_sha256)
+    if (onnx and not is_onnx_file and verify) or int8_calib_images:  # a missing ONNX Runtime before minutes of export
+        from fastcifar.extras import require_onnxruntime
+
+        if int8_calib_images:
+            require_onnxruntime("INT8 calibration (--int8-calib-images)")
+        else:
+            require_onnxruntime("export's parity check", "pass --no-verify to export without it")
     created = [first_missing(d) for d in (out_dir, triton_repo) if d is not None]
     try:
         make_dir(out_dir, "--out")  # before minutes of export, not after
+        _remove_own_leftovers(out_dir, model.stem if is_onnx_file else onnx_export.run_name_of(model), log)
         if triton_repo is not None:
             make_dir(triton_repo, "--triton-repo")
         _export_steps(summary, model, out_dir, is_onnx_file=is_onnx_file, onnx=onnx, trt=trt, precision=precision,
@@ -145,6 +153,18 @@ def export_model(model: Path | str, *, onnx: bool = True, trt: bool = False, pre
                 remove_empty_dirs(top)
         raise
     return summary
+
+
+def _remove_own_leftovers(out_dir: Path, name: str, log: Callable[[str], None]) -> None:
+    """Remove the temp files a killed export of this model left in `out_dir`: only those of the files this model's
+    exports are named (onnx.onnx_file_name: `<name>[-<precision>][-int8][-normalized]` + .onnx, .parity.json,
+    .engine, ...), as --out may be shared with other exports, running now, that no lock excludes."""
+    import re
+
+    own = re.compile(rf"^{re.escape(name)}(-(fp16|bf16|int8|normalized))*\.")
+    removed = remove_leftovers(out_dir, owned=lambda dest: bool(own.match(dest)))
+    if removed:
+        log(f"removed {len(removed)} temp file(s) a killed export left in {out_dir} ({', '.join(removed)})")
 
 
 def _export_steps(summary: ExportSummary, model: Path, out_dir: Path, *, is_onnx_file: bool, onnx: bool, trt: bool,

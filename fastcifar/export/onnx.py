@@ -18,7 +18,8 @@ import torch
 
 from fastcifar.errors import FastCifarError
 from fastcifar.precision import EXPORT_PRECISIONS, torch_dtype
-from fastcifar.fileio import atomic_path, file_digest
+from fastcifar import fileio
+from fastcifar.fileio import atomic_file, file_digest
 from fastcifar.preprocess import META_PREFIX, NATIVE_SIZE, decode_metadata, scale_shift
 
 # torch dtype behind each graph precision. int8 graphs come from quantize.py (Q/DQ on an fp32 graph).
@@ -253,11 +254,12 @@ def write_onnx(model_path: Path | str, out_path: Path | str | None = None, *, pr
                           weights_sha256=weights_sha256)
     set_metadata(proto, props)
     proto.doc_string = f"fastcifar {spec.arch} ({spec.init} init), {precision}, {input_kind} input"
-    with atomic_path(out_path) as tmp:
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        check_onnx_file(tmp)
+    with atomic_file(out_path) as fh:  # a file object: fileio's writes are the ones a full disk test reaches
+        onnx.save_model(proto, fh, save_as_external_data=False)
+        fh.flush()
+        check_onnx_file(Path(fh.name))
         # A parity record beside the old file describes the old file: it goes the moment the new one lands.
-        parity_path_for(out_path).unlink(missing_ok=True)
+        fileio.remove(parity_path_for(out_path))
     return ExportResult(path=out_path, parity=None, precision=precision, input_kind=input_kind, opset=opset,
                         metadata=decode_metadata(props), size_bytes=out_path.stat().st_size,
                         seconds=round(time.perf_counter() - start, 2))

@@ -42,8 +42,9 @@ def raise_on_mismatch(result: ExportResult) -> None:
         return
     raise FastCifarError(f"parity check failed for {result.path}: {'; '.join(p['failures'])} (top-1 agreement "
                          f"{p['top1_agreement']:.4f}, accuracy torch {p['torch_accuracy']:.4f} vs onnx "
-                         f"{p['onnx_accuracy']:.4f} on {p['n_images']} images). Kept for inspection with "
-                         f"{result.parity_path.name}; pass --no-verify to export without the check.")
+                         f"{p['onnx_accuracy']:.4f} on {p['n_images']} images). The ONNX file is kept for "
+                         f"inspection, with these figures in {result.parity_path.name} beside it. To export without "
+                         "the check, pass --no-verify.")
 
 
 PARITY_NEEDS_DATA = "The parity check needs the test images: pass --data-dir DIR, or --no-verify to skip it."
@@ -87,8 +88,9 @@ def make_ort_session(path_or_bytes, providers: list | None = None):
     Spinning intra-op threads keep the CPU busy between runs and slowed torch in the same process 10x.
     TF32 is off on the CUDA EP: the check measures the file's fp32 arithmetic, not TF32's 10-bit mantissas.
     """
-    import onnxruntime as ort
+    from fastcifar.extras import require_onnxruntime
 
+    ort = require_onnxruntime("the ONNX parity check", "export with --no-verify")
     if providers is None:
         cuda = [("CUDAExecutionProvider", {"use_tf32": "0"})] if torch.cuda.is_available() else []
         providers = cuda + ["CPUExecutionProvider"]

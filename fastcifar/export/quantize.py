@@ -90,6 +90,10 @@ def quantize_int8(onnx_path: Path | str, model_path: Path | str, *, n_images: in
     policy judges top-1 agreement and accuracy drop instead of a logit tolerance (onnx.MIN_AGREEMENT).
     """
     import onnx
+
+    from fastcifar.extras import require_onnxruntime
+
+    require_onnxruntime("INT8 calibration (--int8-calib-images)")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from fastcifar.export import onnx as ox

@@ -22,9 +22,9 @@ from fastcifar.errors import FastCifarError
 from fastcifar.precision import DEFAULT_ENGINE_PROFILE, ENGINE_PRECISIONS
 from fastcifar.fileio import write_bytes, write_json
 
-INSTALL_HINT = ("get it with: pip install --extra-index-url https://pypi.nvidia.com 'fastcifar[trt]' "
-                "(TensorRT comes from NVIDIA's package index, not PyPI), or run in the project's Docker image, "
-                "which has it (docker build -t fastcifar .)")
+INSTALL_HINT = ("get it with: pip install --extra-index-url https://pypi.nvidia.com -e '.[trt]' in the fastcifar "
+                "checkout (TensorRT comes from NVIDIA's package index, not PyPI), or run in the project's Docker "
+                "image, which has it (docker build -t fastcifar .)")
 SIDECAR_FORMAT_VERSION = 1
 DEFAULT_WORKSPACE_GIB = 4.0
 

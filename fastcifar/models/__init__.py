@@ -19,7 +19,7 @@ from fastcifar.data.cifar import CLASS_NAMES
 from fastcifar.errors import FastCifarError
 from fastcifar.models import efficientnet
 from fastcifar.preprocess import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, NATIVE_SIZE, area_overlaps
-from fastcifar.rundir import CONFIG_FILE, MODEL_FILE, MODEL_META, meta_path
+from fastcifar.rundir import BEST_FILE, CONFIG_FILE, MODEL_FILE, MODEL_META, meta_path
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 ARCHS = (*RESNETS, efficientnet.ARCH)
@@ -59,8 +59,10 @@ class ModelSpec:
         return cls(**known)
 
 
-def arch_problem(arch: str, stem: str, image_size: int) -> str | None:
-    """What is wrong with this (arch, stem, image size), or None: one message each, for configs and model files."""
+def arch_problem(arch: str, stem: str, image_size: int, size_name: str = "image size") -> str | None:
+    """What is wrong with this (arch, stem, image size), or None: one message each, for configs and model files.
+    `size_name`: what the size is called in it - the option the user typed (--image-size, --image-sizes) for a
+    config."""
     if arch not in ARCHS:
         return f"unknown arch '{arch}' (choose from {', '.join(ARCHS)})"
     if stem not in STEMS:
@@ -70,9 +72,9 @@ def arch_problem(arch: str, stem: str, image_size: int) -> str | None:
                 "out --stem (or give --stem imagenet)")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         if arch == efficientnet.ARCH and image_size < MIN_IMAGE_SIZE:
-            return (f"image size {image_size} is too small for {arch}: it downsamples {efficientnet.DOWNSAMPLING}x, "
+            return (f"{size_name} {image_size} is too small for {arch}: it downsamples {efficientnet.DOWNSAMPLING}x, "
                     f"so it needs at least {efficientnet.DOWNSAMPLING} px (and CIFAR's images are {NATIVE_SIZE} px)")
-        return f"image size {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
+        return f"{size_name} {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
     return None
 
 
@@ -113,8 +115,10 @@ def build_resnet(arch: str, stem: str, num_classes: int = 10, *, zero_init_resid
     return model
 
 
-def imagenet_state_dict(arch: str) -> tuple[dict, str]:
-    """torchvision's IMAGENET1K_V1 weights via its own download/cache (~/.cache/torch/hub/checkpoints)."""
+def imagenet_state_dict(arch: str, offline_option: str = "--init PATH") -> tuple[dict, str]:
+    """torchvision's IMAGENET1K_V1 weights via its own download/cache (~/.cache/torch/hub/checkpoints).
+    `offline_option`: the caller's option that takes the file instead (train's --init, compare's
+    --pretrained-weights), which the failure names."""
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
@@ -125,8 +129,8 @@ def imagenet_state_dict(arch: str) -> tuple[dict, str]:
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash is a RuntimeError
         raise FastCifarError(
             f"cannot get torchvision's ImageNet weights for {arch} from {weights.url} ({exc}). Offline, "
-            f"download that file elsewhere and pass it with --init PATH (or --pretrained-weights PATH), or "
-            f"put it in torch's hub cache (~/.cache/torch/hub/checkpoints/).") from None
+            f"download that file elsewhere and pass it with {offline_option}, or put it in torch's hub cache "
+            f"(~/.cache/torch/hub/checkpoints/).") from None
 
 
 def read_state_dict(path: Path) -> dict:
@@ -183,7 +187,8 @@ def load_pretrained(model, state_dict: dict, arch: str, stem: str) -> tuple[str,
     if arch == efficientnet.ARCH:
         if efficientnet.looks_like_resnet(state_dict):
             raise FastCifarError(f"these weights are a ResNet's (conv1/layer1 keys), not {arch}'s: give an "
-                                 f"{arch} state dict (EfficientNet-PyTorch or timm naming), or --init imagenet")
+                                 f"{arch} state dict (EfficientNet-PyTorch or timm naming), or use its installed "
+                                 "ImageNet weights (train: --init imagenet; compare: leave out --pretrained-weights)")
         state_dict, head = efficientnet.to_timm_keys(state_dict, model), "classifier."
     else:
         head = "fc."
@@ -220,34 +225,49 @@ def state_dict_problems(target: dict, found: dict) -> str | None:
     return "; ".join(problems) or None
 
 
+def init_weights(arch: str, init: str) -> tuple[dict, str, str, str | None] | None:
+    """The weights `init` names for `arch`, read once: (state dict, source, kind, sha256 or None), or None for
+    'random'. 'imagenet' is torchvision's IMAGENET1K_V1 (EfficientNet-Lite0: the installed package's file); anything
+    else is a path to a state dict. A directory is refused naming the file in it to pass."""
+    from fastcifar.fileio import file_digest
+
+    if init == "random":
+        return None
+    if init == "imagenet" and arch == efficientnet.ARCH:
+        path, source = efficientnet.packaged_weights()  # installed with fastcifar: no network
+        return read_state_dict(path), source, "imagenet", file_digest(path)
+    if init == "imagenet":
+        return (*imagenet_state_dict(arch), "imagenet", None)
+    path = Path(init).expanduser()
+    if path.is_dir():  # a run directory, as `ls runs/` shows it: its model is the file inside
+        files = [path / name for name in (MODEL_FILE, BEST_FILE) if (path / name).is_file()]
+        if files:
+            best = f" (or {files[1]}, its best-validation epoch's weights)" if len(files) > 1 else ""
+            raise FastCifarError(f"--init {init} is a run directory, not a weights file: pass its model, --init "
+                                 f"{files[0]}{best}")
+        raise FastCifarError(f"--init {init} is a directory, not a weights file: pass a state dict file "
+                             f"(.pth/.pt/.safetensors), e.g. a finished run's {MODEL_FILE}")
+    if not path.exists():
+        raise FastCifarError(f"--init must be 'random', 'imagenet' or a weights file; '{init}' is none")
+    return read_state_dict(path), str(path.resolve()), "file", file_digest(path)
+
+
 def create_model(arch: str, init: str, stem: str, num_classes: int = 10, *, image_size: int = 32,
-                 class_names: tuple[str, ...] = CLASS_NAMES, zero_init_residual: bool = False):
-    """Build `arch` with `stem`; `init` is 'random', 'imagenet' or a path to a state dict of that arch.
+                 class_names: tuple[str, ...] = CLASS_NAMES, zero_init_residual: bool = False,
+                 weights: tuple | None = None):
+    """Build `arch` with `stem`; `init` is 'random', 'imagenet' or a path to a state dict of that arch (`weights`:
+    what init_weights already read for it, so a caller that checked them early does not read them twice).
 
     Returns (model, spec). Pretrained inits normalise as their weights were trained (torchvision's ImageNet statistics;
     [-1, 1] for EfficientNet-Lite0), random init with CIFAR-10's. `zero_init_residual` only shapes a random ResNet:
     pretrained weights replace every BatchNorm scale.
     """
-    from fastcifar.fileio import file_digest
-
     model = build_model(arch, stem, num_classes, image_size=image_size,
                         zero_init_residual=zero_init_residual and init == "random" and arch in RESNETS)
     if init == "random":
         return model, ModelSpec(arch=arch, stem=stem, init="random", image_size=image_size,
                                 num_classes=num_classes, class_names=tuple(class_names))
-    sha = None
-    if init == "imagenet" and arch == efficientnet.ARCH:
-        path, source = efficientnet.packaged_weights()  # installed with fastcifar: no network
-        state_dict, sha, kind = read_state_dict(path), file_digest(path), "imagenet"
-    elif init == "imagenet":
-        state_dict, source = imagenet_state_dict(arch)
-        kind = "imagenet"
-    else:
-        path = Path(init).expanduser()
-        if not path.exists():
-            raise FastCifarError(f"--init must be 'random', 'imagenet' or a weights file; '{init}' is none")
-        state_dict, source, kind = read_state_dict(path), str(path.resolve()), "file"
-        sha = file_digest(path)
+    state_dict, source, kind, sha = weights if weights is not None else init_weights(arch, init)
     notes = load_pretrained(model, state_dict, arch, stem)
     mean, std = (efficientnet.MEAN, efficientnet.STD) if arch == efficientnet.ARCH else (IMAGENET_MEAN, IMAGENET_STD)
     return model, ModelSpec(arch=arch, stem=stem, init=kind, image_size=image_size, num_classes=num_classes,
@@ -309,24 +329,43 @@ def model_name(path: Path | str) -> str:
 
 
 def read_model_meta(path: Path | str) -> dict:
-    _, meta = resolve_model_files(path)
+    """A saved model's record: model.json / best.json beside the weights, or the copy inside the weights file
+    (rundir.RECORD_KEY, written with the weights by one rename) where that .json is damaged, or describes the same
+    model but lags behind its weights (a kill between the two writes: another epoch's metrics). A .json of another
+    model (another arch, say) stays the record, so load_model names the mismatch."""
+    from fastcifar.rundir import weights_record
+
+    weights, meta = resolve_model_files(path)
+    inside = weights_record(weights)
     try:
-        return json.loads(meta.read_text())
+        record = json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError) as exc:
+        if inside is not None:
+            return inside
         raise FastCifarError(f"{meta} is unreadable or not JSON ({exc})") from None
+    if not isinstance(record, dict) or "arch" not in record:
+        if inside is not None:
+            return inside
+        what = f"a JSON {type(record).__name__}" if not isinstance(record, dict) else "no arch in it"
+        raise FastCifarError(f"{meta} is damaged ({what}): it does not describe {weights.name}; restore it from a "
+                             "copy, or train the model again")
+    if inside is not None and inside != record and all(
+            inside.get(key) == record.get(key) for key in ModelSpec.__dataclass_fields__):
+        return inside
+    return record
 
 
 def load_model(path: Path | str, device="cpu"):
     """Rebuild a saved model in eval mode. Returns (model, spec, meta) where meta is model.json's content."""
     from safetensors.torch import load_file
 
-    weights, _ = resolve_model_files(path)
+    weights, meta_file = resolve_model_files(path)
     meta = read_model_meta(path)
     try:
         spec = ModelSpec.from_dict(meta)
         _check(spec.arch, spec.stem, spec.image_size)
     except (TypeError, FastCifarError) as exc:
-        raise FastCifarError(f"{weights.with_name(MODEL_META)} does not describe a fastcifar model ({exc})") from None
+        raise FastCifarError(f"{meta_file} does not describe a fastcifar model ({exc})") from None
     model = build_model(spec.arch, spec.stem, spec.num_classes, image_size=spec.image_size)
     try:
         state = load_file(str(weights))

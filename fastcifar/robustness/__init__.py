@@ -41,21 +41,22 @@ def parse_corruptions(text: str, known: tuple[str, ...] | None = None) -> tuple[
     return names
 
 
-def parse_severities(text: str) -> tuple[int, ...]:
-    """'1,3,5' or '1-5' -> (1, 3, 5) / (1, 2, 3, 4, 5); outside 1-5 is one message (exit 2)."""
+def parse_severities(text: str, option: str = "--severities") -> tuple[int, ...]:
+    """'1,3,5' or '1-5' -> (1, 3, 5) / (1, 2, 3, 4, 5); outside 1-5 is one message (exit 2) naming `option`, the one
+    the user typed (evaluate's --severities, compare's --robustness-severities)."""
     try:
         if "-" in text.strip("-"):
             lo, hi = (int(p) for p in text.split("-", 1))
             if lo > hi:
-                raise FastCifarError(f"--severities range '{text}' runs backwards: write it low to high, e.g. "
+                raise FastCifarError(f"{option} range '{text}' runs backwards: write it low to high, e.g. "
                                      f"{hi}-{lo}", exit_code=2)
             values = tuple(range(lo, hi + 1))
         else:
             values = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise FastCifarError(f"--severities takes numbers 1-5 like 1,3,5 or 1-5, got '{text}'", exit_code=2) from None
+        raise FastCifarError(f"{option} takes numbers 1-5 like 1,3,5 or 1-5, got '{text}'", exit_code=2) from None
     if not values or any(not 1 <= v <= 5 for v in values):
-        raise FastCifarError(f"--severities must be within 1-5, got '{text}'", exit_code=2)
+        raise FastCifarError(f"{option} must be within 1-5, got '{text}'", exit_code=2)
     return tuple(sorted(set(values)))
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from fastcifar.errors import FastCifarError
+from fastcifar.extras import install_command, require_onnxruntime
 from fastcifar.preprocess import NATIVE_SIZE, spec_from_metadata
 from fastcifar.serve.artifacts import DEFAULT_CACHE_DIR
 from fastcifar.serve.base import Predictor
@@ -40,13 +41,13 @@ def no_cuda_provider_note(packages: set[str]) -> str:
     """Why ONNX Runtime has no CUDA provider on a CUDA machine, and the fix (one line)."""
     if {"onnxruntime", "onnxruntime-gpu"} <= packages:
         why = ("`onnxruntime` and `onnxruntime-gpu` are both installed and the CPU package shadows the GPU one; "
-               "fix: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+               f"fix: pip uninstall -y onnxruntime onnxruntime-gpu && {install_command('gpu')}")
     elif "onnxruntime-gpu" in packages:
         why = ("`onnxruntime-gpu` is installed but its CUDA provider is not usable (CUDA/cuDNN libraries it was "
                "built for are missing); fix: install the CUDA and cuDNN versions its release notes name")
     else:
-        why = ("only the CPU package `onnxruntime` is installed; fix: pip uninstall -y onnxruntime && pip install "
-               "onnxruntime-gpu")
+        why = ("only the CPU package `onnxruntime` (the cpu extra) is installed; fix: pip uninstall -y onnxruntime "
+               f"&& {install_command('gpu')}")
     return f"ran on ONNX Runtime's CPU provider: no CUDAExecutionProvider here ({why})"
 
 
@@ -99,8 +100,7 @@ def ort_providers(device, available=None, tensorrt_version: str | None | bool = 
     if device.type != "cuda":
         return ["CPUExecutionProvider"], None
     if available is None:
-        import onnxruntime as ort
-
+        ort = require_onnxruntime("the onnxruntime backend")
         available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         return ["CPUExecutionProvider"], no_cuda_provider_note(_installed_ort_packages() if packages is None
@@ -152,9 +152,9 @@ class OnnxRuntimePredictor(Predictor):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, device, *, isolated: bool = False, threads: int | None = None):
-        import onnxruntime as ort
-
         from fastcifar.export.onnx import read_onnx_metadata
+
+        ort = require_onnxruntime("the onnxruntime backend")
 
         super().__init__(spec_from_metadata(read_onnx_metadata(path)), path)
         self.torch_device, self.device = device, str(device)

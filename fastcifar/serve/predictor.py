@@ -39,11 +39,9 @@ def _compiler_missing(device_type: str) -> str | None:
 
 
 def _onnxruntime_missing(device_type: str) -> str | None:
-    import importlib.util
+    from fastcifar.extras import onnxruntime_missing
 
-    if importlib.util.find_spec("onnxruntime"):
-        return None
-    return "ONNX Runtime is not installed (pip install onnxruntime-gpu)"
+    return onnxruntime_missing()
 
 
 def _tensorrt_missing(device_type: str) -> str | None:

@@ -67,8 +67,10 @@ def _modules(protocol: str):
             import tritonclient.http as client
         from tritonclient.utils import InferenceServerException
     except ImportError as exc:
+        from fastcifar.extras import install_command
+
         raise FastCifarError(f"talking to a Triton server needs tritonclient ({exc.name or exc} is missing): "
-                             "pip install 'fastcifar[serve]'") from None
+                             f"{install_command('serve')}") from None
     return client, InferenceServerException
 
 

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from fastcifar.errors import FastCifarError
+from fastcifar.extras import install_command
 from fastcifar.models import model_name
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"  # export/triton.py's raw graphs name them the same
@@ -38,7 +39,7 @@ DEFAULT_HOST = "127.0.0.1"
 # server batch is one forward pass.
 DEFAULT_MAX_BATCH = 256
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")  # Triton's (and PyTriton's) model names
-SERVE_EXTRA = "pip install 'fastcifar[serve]'"
+SERVE_EXTRA = install_command("serve")
 # The metadata keys a served model's config carries (the exported repository's keys, export/triton.py).
 META_KEYS = ("class_names", "mean", "std", "image_size", "input_size", "arch", "stem", "init", "precision")
 # A served model's server calls itself "fastcifar:<model name>" (GET /v2 answers without PyTriton's token).

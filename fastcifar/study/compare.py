@@ -1,15 +1,15 @@
 """`fastcifar compare`: ImageNet-pretrained vs random init, over settings, seeds and training-set fractions.
 
-Owns the experiment's course: the report directory (refusing another experiment's), the time budget (sizing.py),
+Owns the experiment's course: the report directory (refusing another experiment's, locked while it writes: one
+compare per report; what killed writes left is removed), the time budget (sizing.py),
 each arm's lr choice, training or resuming every planned run (run_plan.py) with the progress display
 (study_progress.py), the robustness evaluation of every final model, and the report (report.py). Entry point:
-`compare(cfg)`. What makes the comparison fair (shared images, splits and options; each arm's own lr chosen on validation only) is in
-docs/compare.md.
+`compare(cfg)`. What makes the comparison fair (shared images, splits and options; each arm's own lr chosen on
+validation only) is in docs/compare.md.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -19,12 +19,13 @@ from typing import Callable
 
 from fastcifar.config import CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import write_json
-from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, run_state
+from fastcifar.fileio import (DirLock, first_missing, holds_nothing, read_json, remove_empty_dirs, remove_leftovers,
+                              write_json)
+from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, RunDir, run_state
 from fastcifar.study import report, sizing
 from fastcifar.study.one_run import ensure_robustness, train_or_resume
-from fastcifar.study.run_plan import (PlannedRun, choose_lrs, is_selection_point, plan_runs, plan_selection,
-                                  pool_size)
+from fastcifar.study.run_plan import (RUNS_DIR, SELECT_DIR, PlannedRun, choose_lrs, is_selection_point, plan_runs,
+                                      plan_selection, pool_size)
 from fastcifar.study.pretrained import resolve_pretrained
 from fastcifar.study.study_progress import StudyProgress, plan_line, selection_line
 from fastcifar.study.results import collect
@@ -32,6 +33,9 @@ from fastcifar.train.guards import PREEMPTED_EXIT
 
 COMPARE_FILE = "compare.json"
 SIZING_FILE = "sizing.json"  # how --time-budget sized the study on the machine that started it (study/sizing.py)
+# Each invocation's wall time and the runs it trained or resumed, kept as it goes: results.json's `wall` is the
+# study's whole cost, not only the last command's (a resumed study trained its runs in earlier invocations).
+INVOCATIONS_FILE = "invocations.json"
 # Filled per device when training starts, so a saved config may hold a value where the plan holds None/"auto".
 _RESOLVED_FIELDS = {"precision", "channels_last", "compile", "tta"}
 
@@ -55,25 +59,64 @@ def fit_to_budget(cfg: CompareConfig, n_available: int, n_test: int,
         return cfg, None
     saved = Path(cfg.out) / SIZING_FILE
     if saved.is_file():
-        record = json.loads(saved.read_text())
+        record = read_json(saved, "how --time-budget sized this study",
+                           "restore it, or move it away to size the study again (the training pool may change)")
+        if not isinstance(record.get("pool"), int):
+            raise FastCifarError(f"{saved} is damaged (no training pool); restore it, or move it away to size the "
+                                 "study again (the training pool may change)")
         return _with_pool(cfg, record["pool"]), record
-    rates, device = sizing.probe_rate(cfg.base, cfg.settings, cfg.base.device)
-    tta = cfg.base.tta if cfg.base.tta is not None else cfg.base.flip
+    severities = cfg.robustness_severities
+    costs, device = sizing.probe(cfg.base, cfg.settings, cfg.base.device,
+                                 severity=severities[len(severities) // 2] if severities else 3)
 
-    def estimate(pool: int) -> float:
-        sized = _with_pool(cfg, pool)
-        final = plan_runs(sized, n_available, "random")
-        trained = plan_selection(sized, n_available, "random") + [
-            r for r in final if not is_selection_point(sized, r.seed, r.fraction)]
-        return sizing.estimate_seconds(trained, final, rates, n_test, cfg.robustness_severities, tta)
+    def parts(pool: int, clock: str = "wall") -> dict:
+        trained, final = _budgeted_runs(_with_pool(cfg, pool), n_available)
+        return sizing.estimate_parts(trained, final, {k: c[clock] for k, c in costs.items()}, n_test, severities)
 
     requested = pool_size(cfg, n_available)
-    pool, seconds = sizing.fit(requested, cfg.time_budget_s, estimate)
-    record = {"budget_s": cfg.time_budget_s, "device": device, "images_per_s": min(rates.values()),
-              "rates": {setting_name(k): v for k, v in rates.items()}, "requested_pool": requested,
-              "requested_estimate_s": estimate(requested), "pool": pool, "estimate_s": seconds}
+    pool, seconds = sizing.fit(requested, cfg.time_budget_s, lambda candidate: sum(parts(candidate).values()))
+    record = {"budget_s": cfg.time_budget_s, "device": device,
+              "images_per_s": min(1 / c["wall"].train for c in costs.values()),
+              "rates": {setting_name(k): 1 / c["wall"].train for k, c in costs.items()},
+              "costs": {setting_name(k): {clock: c[clock].to_dict() for clock in c} for k, c in costs.items()},
+              "requested_pool": requested, "requested_estimate_s": sum(parts(requested).values()), "pool": pool,
+              "estimate_s": seconds, "estimate": parts(pool), "estimate_cpu": parts(pool, "cpu")}
     log(f"compare: {sizing.describe(record)}")
     return _with_pool(cfg, pool), record
+
+
+def _budgeted_runs(cfg: CompareConfig, n_available: int) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """(every run the study trains: the lr-selection runs and the final runs they are not; the final runs, whose
+    models the robustness pass evaluates) - what the budget's estimate prices. Run names and sizes do not depend on
+    the lr, so the plan with the random arm's init stands in for any."""
+    final = plan_runs(cfg, n_available, "random")
+    trained = plan_selection(cfg, n_available, "random") + [
+        r for r in final if not is_selection_point(cfg, r.seed, r.fraction)]
+    return trained, final
+
+
+def record_actual(out: Path, cfg: CompareConfig, n_available: int, record: dict, wall_s: float,
+                  counts: dict) -> dict:
+    """sizing.json with `actual`: what the estimated parts took by each clock, read from the runs' records (all of
+    the study's invocations: sizing.actual_parts) and set against the estimate, beside this command's own wall time
+    and whether it continued an earlier one (its wall time then covers only the work left)."""
+    trained, final = _budgeted_runs(cfg, n_available)
+
+    def against(estimate: dict | None, clock: str) -> dict:
+        actual = sizing.actual_parts(trained, final, cfg.robustness_severities, clock)
+        estimate = estimate or {}  # a decision recorded before its parts were
+        total = sum(estimate.get(part, 0.0) for part in sizing.PARTS)
+        actual["ratio"] = actual["total_s"] / total if actual["total_s"] is not None and total else None
+        actual["ratios"] = {part: actual[part] / estimate[part] if actual[part] is not None and estimate.get(part)
+                            else None for part in sizing.PARTS}
+        return actual
+
+    actual = against(record.get("estimate"), "wall")
+    actual.update(cpu=against(record.get("estimate_cpu"), "cpu"), command_wall_s=wall_s,
+                  resumed=bool(counts["finished"] or counts["interrupted"]))
+    record = {**record, "actual": actual}
+    write_json(out / SIZING_FILE, record)
+    return record
 
 
 def _with_pool(cfg: CompareConfig, pool: int) -> CompareConfig:
@@ -99,7 +142,9 @@ def check_report_dir(cfg: CompareConfig, sized: bool = False) -> Path:
         if diffs:
             raise FastCifarError(f"{out} holds a report made with other options ({'; '.join(diffs[:6])}). Rerun "
                                  f"with the same options to continue it, or choose another --out")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and not out.is_dir():
+        raise FastCifarError(f"--out {out} is a file, not a directory; choose another --out")
+    elif out.exists() and not holds_nothing(out):  # what a study killed before compare.json left may be reused
         raise FastCifarError(f"{out} exists and is not a compare report directory (no {COMPARE_FILE}); choose "
                              "another --out")
     return out
@@ -143,11 +188,45 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
     `ray` (ray_runs.RayOptions): every run and every robustness evaluation is a Ray task instead, on a local Ray or
     a cluster; the experiment, its report directory and its report are the same.
     """
-    from fastcifar.data.datasets import load_dataset
-    from fastcifar.runtime import env_info
+    from fastcifar.runtime import resolve_device
 
     started = time.perf_counter()
     check_report_dir(cfg, sized=(Path(cfg.out) / SIZING_FILE).is_file())
+    # What the user typed fails before the data loads (minutes for a download or an image folder). The device only
+    # without Ray: a Ray cluster's workers may have GPUs this machine lacks.
+    if ray is None:
+        resolve_device(cfg.base.device)
+    if cfg.pretrained_weights and not Path(cfg.pretrained_weights).is_file():
+        raise FastCifarError(f"--pretrained-weights {cfg.pretrained_weights} does not exist or is not a file")
+    created = first_missing(Path(cfg.out))
+    try:
+        with DirLock(cfg.out, "--out"):  # one compare per report directory, for the whole command
+            clean_report_dir(Path(cfg.out))
+            return _compare(cfg, started, progress=progress, on_epoch_end=on_epoch_end, command=command, ray=ray)
+    except BaseException:
+        if created is not None:  # a study that failed before writing anything leaves no empty --out behind
+            remove_empty_dirs(created)
+        raise
+
+
+def clean_report_dir(out: Path) -> None:
+    """Remove the temp files killed writes left: the report's own, and each run's (each under its own lock)."""
+    removed = remove_leftovers(out)
+    if removed:
+        print(f"{out}: removed {len(removed)} temp file(s) a killed write left ({', '.join(removed)})",
+              file=sys.stderr, flush=True)
+    for run_dir in sorted(p for folder in (RUNS_DIR, SELECT_DIR) for p in (out / folder).glob("*")):
+        if run_dir.is_dir():
+            RunDir.open(run_dir).release()
+
+
+def _compare(cfg: CompareConfig, started: float, *, progress: bool, on_epoch_end: RunHook | None,
+             command: list[str] | None, ray) -> CompareResult:
+    """compare() under the report directory's lock, from the data on."""
+    from fastcifar.data.datasets import load_dataset
+    from fastcifar.runtime import env_info
+
+    check_report_dir(cfg, sized=(Path(cfg.out) / SIZING_FILE).is_file())  # again, under the lock
     dataset = load_dataset(cfg.base.data_dir, cfg.base.dataset, download=cfg.base.download, progress=progress)
     n_available = len(dataset.train)
     plan_runs(cfg, n_available, "random")  # bad fractions fail here, before anything is written
@@ -170,8 +249,9 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
             check_run_config(run)
     display = StudyProgress(selection + later, states, progress)
     display.log(plan_line(cfg, selection, later, states, source))
+    invocations = Invocations(out, started, [name for name, state in states.items() if state == "finished"])
     if ray is None:
-        runner = LocalRuns(display, on_epoch_end, out)
+        runner = LocalRuns(display, on_epoch_end, out, invocations)
     else:
         from fastcifar.study.ray_runs import RayRuns
 
@@ -190,8 +270,10 @@ def compare(cfg: CompareConfig, *, progress: bool = True, on_epoch_end: RunHook 
         if cfg.robustness_severities:  # every final model, cached in its run directory
             runner.evaluate(runs, dataset.test, cfg.base.device, cfg.robustness_severities)
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
-    wall = {"seconds": time.perf_counter() - started, "trained": counts["new"] + counts["interrupted"],
-            "reused": counts["finished"]}
+    wall = invocations.done([name for name, state in states.items() if state != "finished"],
+                            [run.name for run in runs])
+    if sizing is not None:
+        sizing = record_actual(out, cfg, n_available, sizing, wall["last"]["seconds"], counts)
     results = collect(cfg, source, runs, env, lr_record, wall, dataset=dataset_record(dataset))
     results["sizing"] = sizing
     files = report.write_report(out, results)
@@ -208,11 +290,59 @@ def dataset_record(dataset) -> dict:
             "skipped_summary": info.get("skipped_summary"), "notes": list(info.get("notes") or [])}
 
 
+class Invocations:
+    """invocations.json (INVOCATIONS_FILE): one entry per compare command on this report - when it started, its wall
+    seconds and the runs it trained or resumed - rewritten after each run it finishes, so a killed command's work
+    still counts when a later one writes the report."""
+
+    def __init__(self, out: Path, started: float, reused: list[str]):
+        self.path, self.started = out / INVOCATIONS_FILE, started
+        self.entries = self._read()
+        self.entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0, "trained": [],
+                      "reused": sorted(reused), "completed": False}
+        self.entries.append(self.entry)
+        self._write()
+
+    def _read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        entries = read_json(self.path, "the wall time of this study's earlier commands",
+                            "move it away (the report then counts this command's time only)").get("invocations")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise FastCifarError(f"{self.path} is damaged (no list of invocations); move it away (the report then "
+                                 "counts this command's time only)")
+        return entries
+
+    def _write(self) -> None:
+        self.entry["seconds"] = time.perf_counter() - self.started
+        write_json(self.path, {"invocations": self.entries})
+
+    def run_started(self, name: str) -> None:
+        """Recorded before the run trains: a command killed during it or right after it still counts it."""
+        if name not in self.entry["trained"]:
+            self.entry["trained"].append(name)
+        self._write()
+
+    def run_done(self) -> None:
+        self._write()
+
+    def done(self, trained: list[str], runs: list[str]) -> dict:
+        """This command finished: its entry completed; returns results.json's `wall` (the study's whole cost)."""
+        self.entry["trained"] = sorted(set(self.entry["trained"]) | set(trained))
+        self.entry["completed"] = True
+        self._write()
+        ever = {name for e in self.entries for name in e.get("trained", []) if name in runs}
+        return {"seconds": sum(float(e.get("seconds") or 0.0) for e in self.entries),
+                "invocations": len(self.entries), "trained": len(ever), "reused": len(set(runs) - ever),
+                "last": {"seconds": self.entry["seconds"], "trained": len(trained),
+                         "reused": len(set(runs) - set(trained))}}
+
+
 class LocalRuns:
     """The runs one after another in this process, with per-epoch progress (ray_runs.RayRuns is the other way)."""
 
-    def __init__(self, display: StudyProgress, hook: RunHook | None, out: Path):
-        self.display, self.hook, self.out = display, hook, out
+    def __init__(self, display: StudyProgress, hook: RunHook | None, out: Path, invocations: Invocations | None = None):
+        self.display, self.hook, self.out, self.invocations = display, hook, out, invocations
 
     def __enter__(self):
         return self
@@ -222,7 +352,12 @@ class LocalRuns:
 
     def train(self, runs: list[PlannedRun], states: dict) -> None:
         for run in runs:
+            record = states[run.name] != "finished" and self.invocations is not None
+            if record:
+                self.invocations.run_started(run.name)
             _execute(run, states[run.name], self.display, self.hook, self.out)
+            if record:
+                self.invocations.run_done()
 
     def evaluate(self, runs: list[PlannedRun], test, device: str, severities: tuple[int, ...]) -> None:
         for run in runs:

@@ -6,6 +6,7 @@ no TTA) - once, cached in its run directory (robustness.json) so a rerun reuses 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +54,10 @@ def ensure_robustness(run_dir: Path, test, device: str, log: Callable[[str], Non
 
     log(f"evaluating {Path(run_dir).name}: calibration and {len(corruption_names())} corruptions at severities "
         f"{', '.join(map(str, severities))}")
+    start, cpu = time.perf_counter(), time.process_time()
     result = evaluate_logits(logits, test.images, test.labels, corruptions=corruption_names(),
                              severities=severities, device=str(resolved))
+    # what compare's time budget priced, by wall and by this process's CPU time (study/sizing.py reads them back)
+    result.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
     RunDir(run_dir).write_robustness(result)
     return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastcifar.config import COMPARE_INITS
-from fastcifar.fileio import atomic_path
+from fastcifar.fileio import atomic_file
 from fastcifar.study.results import fraction_label, timing_caveat
 
 STYLE = {"imagenet": dict(color="#1f77b4", marker="o"), "random": dict(color="#d62728", marker="s")}
@@ -21,8 +21,8 @@ NOT_EVALUATED = "not evaluated (--robustness-severities none)"
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     return path
 
 

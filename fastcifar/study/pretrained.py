@@ -8,13 +8,12 @@ pretrained.json (rundir.PRETRAINED_FILE), so a rerun cannot switch sources halfw
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from fastcifar.config import CompareConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import atomic_path, file_digest
+from fastcifar.fileio import atomic_file, file_digest, read_json
 from fastcifar.rundir import PRETRAINED_FILE
 
 STAND_IN_FILE = "stand-in.pth"
@@ -51,7 +50,8 @@ def _from_file(cfg: CompareConfig, out: Path) -> dict:
 def _from_torchvision(cfg: CompareConfig, out: Path) -> dict:
     from fastcifar.models import imagenet_state_dict
 
-    _, url = imagenet_state_dict(cfg.base.arch)  # downloads into torch's hub cache once; hash-checked
+    # downloads into torch's hub cache once; hash-checked. Offline, compare takes the file as --pretrained-weights.
+    _, url = imagenet_state_dict(cfg.base.arch, offline_option="--pretrained-weights PATH")
     return {"kind": "torchvision", "init": "imagenet", "sha256": None, "verified_imagenet": True,
             "label": f"torchvision IMAGENET1K_V1 weights ({url})"}
 
@@ -78,8 +78,10 @@ def _stand_in(cfg: CompareConfig, out: Path, reason: str = "") -> dict:
     path = out / STAND_IN_FILE
     if not path.is_file():
         torch.manual_seed(STAND_IN_SEED)
-        with atomic_path(path) as tmp:
-            torch.save(torchvision.models.get_model(cfg.base.arch, weights=None).state_dict(), tmp)
+        # Into a file object: torch.save names the zip's records after the path it is given (here a random temp
+        # name), which would give identical weights another sha256 in every report.
+        with atomic_file(path) as fh:
+            torch.save(torchvision.models.get_model(cfg.base.arch, weights=None).state_dict(), fh)
     return {"kind": "stand-in", "init": str(path.resolve()), "sha256": file_digest(path), "verified_imagenet": False,
             "label": "STAND-IN random weights (no ImageNet weights were available)", "reason": reason}
 
@@ -98,7 +100,8 @@ def resolve_pretrained(cfg: CompareConfig, out: Path) -> dict:
 
     record = out / PRETRAINED_FILE
     if record.is_file():
-        source = json.loads(record.read_text())
+        source = read_json(record, "the record of where the pretrained weights come from",
+                           "restore it, or start the study again in another --out")
         path = _weights_file(source)
         if source["sha256"] and (not path.is_file() or file_digest(path) != source["sha256"]):
             raise FastCifarError(f"the pretrained weights this report started with ({source['init']}) are gone or "

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastcifar.errors import FastCifarError
+from fastcifar.extras import install_command
 from fastcifar.rundir import RunDir, read_summary, run_state
 from fastcifar.study.run_plan import PlannedRun
 
-RAY_EXTRA = "pip install 'fastcifar[ray]'"
+RAY_EXTRA = install_command("ray")
 LOCAL = ("", "auto", "local")  # --ray with no address, or these: a Ray of its own on this machine
 
 
@@ -74,6 +75,22 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise FastCifarError(f"compare --ray: nothing answers at {address} ({exc.strerror or exc}). Start the "
                              f"cluster's head there first (ray start --head --port {port}), or check the "
                              "address") from None
+
+
+def _raising_signals(call, *args, **kwargs):
+    """`call(*args, **kwargs)` (ray.wait, ray.get), with an exception that a Python signal handler raised during it
+    coming out as itself. Ray's blocking calls run the driver's signal handlers while they wait, but turn only
+    KeyboardInterrupt and SystemExit into errors of their own: any other exception a handler raises (pytest-timeout's
+    on SIGALRM, a caller's own deadline) leaves the call returning with that exception set, which Python reports as
+    `SystemError: <cyfunction CoreWorker.wait> returned a result with an exception set` (reproduced with Ray 2.60:
+    tests/test_ray.py). That SystemError is an Exception, so CliRunner and the status line's `except Exception` took
+    it for a failure of the study - or swallowed it - and what really stopped the wait was lost."""
+    try:
+        return call(*args, **kwargs)
+    except SystemError as exc:
+        if exc.__cause__ is None or "returned a result with an exception set" not in str(exc):
+            raise
+        raise exc.__cause__.with_traceback(exc.__cause__.__traceback__) from None
 
 
 def _require_ray():
@@ -250,7 +267,7 @@ class RayRuns:
         pending, done, last = dict(refs), 0, None
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+                ready, _ = _raising_signals(ray.wait, list(pending), num_returns=1, timeout=2.0)
                 status = self._status(pending, done, kind)
                 if status != last:
                     self.display.log(f"{status} [{time.strftime('%H:%M:%S')}]")
@@ -258,7 +275,7 @@ class RayRuns:
                 for ref in ready:
                     run = pending.pop(ref)
                     try:
-                        result = ray.get(ref)
+                        result = _raising_signals(ray.get, ref)
                     except RayTaskError as exc:
                         cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
                         code = getattr(cause, "exit_code", 1)
@@ -280,11 +297,12 @@ class RayRuns:
 
     def _status(self, pending: dict, done: int, kind: str) -> str:
         import ray
+        from ray.exceptions import RayError
 
         try:
-            started = ray.get(self.board.snapshot.remote(), timeout=5)
-        except Exception:  # noqa: BLE001 - a status line is not worth failing for
-            started = {}
+            started = _raising_signals(ray.get, self.board.snapshot.remote(), timeout=5)
+        except RayError:  # a slow or lost board (GetTimeoutError is one): a status line is not worth failing for;
+            started = {}  # anything else (a signal handler's exception) stops the wait as it would anywhere
         names = {_label(run.name, kind) for run in pending.values()}
         running = {n: h for n, h in started.items() if n in names}
         where = ", ".join(f"{n} on {h}" for n, h in sorted(running.items())) or "-"

@@ -193,7 +193,11 @@ def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_sel
         "gaps": [g for s in sections for g in s["gaps"]], "lr_selection": lr_selection,
         "original_study_test_acc_pct": ORIGINAL_STUDY, "runs": records,
     }
-    results["conclusion"] = conclusion(results)
+    sentences = conclusion_sentences(results)
+    results["conclusion"] = " ".join(text for text, _ in sentences)
+    # The sentences built from wall times (time to 90 %, the busy-machine caveat): the machine's load decides them,
+    # so a script comparing two studies' conclusions (tests/test_ray.py) leaves these out.
+    results["conclusion_from_times"] = [text for text, from_times in sentences if from_times]
     return results
 
 
@@ -273,9 +277,10 @@ def _warnings_caveat(runs: list[dict]) -> list[str]:
     warned = [r["name"] for r in runs if r.get("warnings")]
     if not warned:
         return []
-    return [f"{len(warned)} run(s) warned that their training loss was above chance after the first epoch or the "
-            f"warm-up, the mark of a blown-up start ({', '.join(warned[:4])}{' ...' if len(warned) > 4 else ''}; "
-            "see each run's summary.json): their accuracy understates what the arm can do."]
+    return [f"{len(warned)} run(s) warned that they probably diverged (training loss above guessing and not "
+            f"falling) or were at chance on held-out images after the warm-up ({', '.join(warned[:4])}"
+            f"{' ...' if len(warned) > 4 else ''}; see each run's summary.json): their accuracy understates what the "
+            "arm can do."]
 
 
 def timing_caveat(runs: list[dict]) -> list[str]:
@@ -295,8 +300,9 @@ def _seeds_text(n: int) -> str:
     return "one seed" if n == 1 else f"mean of {n} seeds"
 
 
-def _findings(section: dict, name_setting: bool, runs: list[dict]) -> list[str]:
-    """What one setting's numbers support, per fraction (largest first), then overall and time to 90 %."""
+def _findings(section: dict, name_setting: bool, runs: list[dict]) -> list[tuple[str, bool]]:
+    """What one setting's numbers support, per fraction (largest first), then overall and time to 90 %; each
+    sentence with whether it is built from wall times."""
     rows = {(r["init"], r["fraction"]): r for r in section["summary"]}
     sentences = []
     for g in sorted(section["gaps"], key=lambda g: -g["fraction"]):
@@ -306,21 +312,24 @@ def _findings(section: dict, name_setting: bool, runs: list[dict]) -> list[str]:
                          f"{100 * rnd['test_acc_mean']:.2f} % ({_seeds_text(pre['n_seeds'])}): "
                          f"{GAP_SENTENCES[g['verdict']](g)}.")
     sentences.append(_overall_sentence(section))
+    if name_setting:
+        sentences[0] = f"At {section['label']}: {sentences[0][0].lower()}{sentences[0][1:]}"
+    found = [(text, False) for text in sentences]
     top = max(section["gaps"], key=lambda g: g["fraction"])["fraction"]
     pre, rnd = rows["imagenet", top], rows["random", top]
     busy = bool(timing_caveat(runs))  # times measured on a busy machine are not a speed result
     if pre["time_to_90pct_mean"] is not None and rnd["time_to_90pct_mean"] is not None and not busy:
-        sentences.append(f"With the most training data, pretrained reaches 90 % of its final accuracy after "
-                         f"{pre['time_to_90pct_mean']:.1f} s of training, random init after "
-                         f"{rnd['time_to_90pct_mean']:.1f} s.")
-    if name_setting:
-        sentences[0] = f"At {section['label']}: {sentences[0][0].lower()}{sentences[0][1:]}"
-    return sentences
+        found.append((f"With the most training data, pretrained reaches 90 % of its final accuracy after "
+                      f"{pre['time_to_90pct_mean']:.1f} s of training, random init after "
+                      f"{rnd['time_to_90pct_mean']:.1f} s.", True))
+    return found
 
 
-def conclusion(results: dict) -> str:
-    """One paragraph stating what the numbers support, per setting and fraction, then its caveats."""
+def conclusion_sentences(results: dict) -> list[tuple[str, bool]]:
+    """The conclusion paragraph's sentences - what the numbers support, per setting and fraction, then its caveats
+    - each with whether it is built from wall times (results.json's `conclusion_from_times`)."""
     named = len(results["sections"]) > 1
-    return " ".join([s for section in results["sections"] for s in
-                     _findings(section, named, [r for r in results["runs"] if r["setting"] == section["setting"]])]
-                    + caveats(results))
+    timed = set(timing_caveat(results["runs"]))
+    return ([s for section in results["sections"] for s in
+             _findings(section, named, [r for r in results["runs"] if r["setting"] == section["setting"]])]
+            + [(note, note in timed) for note in caveats(results)])

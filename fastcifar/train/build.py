@@ -16,11 +16,17 @@ from fastcifar.runtime import DistInfo
 
 def open_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo):
     """The run's rundir.RunDir: the one being resumed, or a new one named by --out or rundir.default_run_name, agreed
-    on by every rank and created by rank 0."""
-    from fastcifar.rundir import RunDir, default_run_name
+    on by every rank; rank 0 creates or opens it and holds its lock (fileio.DirLock) until the run ends."""
+    from fastcifar.rundir import RunDir, default_run_name, is_finished
 
     if resume_dir is not None:
-        return RunDir(resume_dir)
+        if not dist.is_main:
+            return RunDir(resume_dir)
+        run = RunDir.open(resume_dir)
+        if is_finished(resume_dir):  # under the lock: another process may have finished it since resume() looked
+            run.release()
+            raise FastCifarError(f"{resume_dir} already finished; nothing to resume")
+        return run
     name = [str(Path(cfg.out) if cfg.out else Path("runs") / default_run_name(cfg.arch, cfg.init))]
     if dist.enabled:  # every rank must use rank 0's timestamped name
         import torch.distributed as td
@@ -29,8 +35,25 @@ def open_run_dir(cfg: TrainConfig, resume_dir: Path | None, dist: DistInfo):
     return RunDir.create(name[0]) if dist.is_main else RunDir(name[0])
 
 
-def build_model(cfg: TrainConfig, device, class_names=None):
-    """The model for `class_names` (the dataset's; None: CIFAR-10's ten)."""
+def read_init(cfg: TrainConfig) -> tuple | None:
+    """The --init weights (models.init_weights), read and fitted to the arch and stem before the data loads, so a bad
+    --init fails in seconds rather than after the data (docs/training.md); None for a random init, and for a ResNet's
+    `imagenet`, which build_model fetches after the data as before: torchvision's download is no typo to catch, and
+    in the Docker layout its cache ($TORCH_HOME) sits inside the data folder, where it must not be yet when CIFAR-10
+    is downloaded (download.py refuses a folder of other files). The fit is tried on a throw-away model with
+    CIFAR-10's classes: the classifier, the only layer the dataset shapes, is never loaded."""
+    from fastcifar.models import RESNETS, build_model as build_network, init_weights, load_pretrained
+
+    if cfg.init == "imagenet" and cfg.arch in RESNETS:
+        return None
+    weights = init_weights(cfg.arch, cfg.init)
+    if weights is not None:
+        load_pretrained(build_network(cfg.arch, cfg.stem, image_size=cfg.image_size), weights[0], cfg.arch, cfg.stem)
+    return weights
+
+
+def build_model(cfg: TrainConfig, device, class_names=None, weights: tuple | None = None):
+    """The model for `class_names` (the dataset's; None: CIFAR-10's ten), from `weights` when read_init read them."""
     import torch
 
     from fastcifar.models import create_model
@@ -38,7 +61,7 @@ def build_model(cfg: TrainConfig, device, class_names=None):
     torch.manual_seed(cfg.seed)  # same seed -> same random init on every rank
     names = {} if class_names is None else {"num_classes": len(class_names), "class_names": tuple(class_names)}
     model, spec = create_model(cfg.arch, cfg.init, cfg.stem, image_size=cfg.image_size,
-                               zero_init_residual=cfg.zero_init_residual, **names)
+                               zero_init_residual=cfg.zero_init_residual, weights=weights, **names)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     return model.to(device=device, memory_format=memory_format), spec
 

@@ -5,10 +5,13 @@ file (atomically; read back with torch.load(weights_only=True))."""
 from __future__ import annotations
 
 
-def training_state(epoch: int, train_seconds: float, model, optimizer, scheduler, ema, scaler) -> dict:
+def training_state(epoch: int, train_seconds: float, model, optimizer, scheduler, ema, scaler,
+                   small_data: str | None = None) -> dict:
+    """`small_data`: the note of the batch the run's first start fitted to its data (build.fit_to_data): config.json
+    holds the fitted values, so a resumed run cannot say it again, and its summary keeps it from here."""
     import torch
 
-    return {"epoch": epoch, "train_seconds": train_seconds, "model": model.state_dict(),
+    return {"epoch": epoch, "train_seconds": train_seconds, "small_data": small_data, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}

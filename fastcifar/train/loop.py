@@ -1,9 +1,9 @@
 """Training: `train(cfg) -> TrainResult` and `resume(run_dir)`.
 
-`train` reads top to bottom, as torchvision's reference train.py does: `setup` (data, model, run directory, loaders,
-optimizer, state) -> for each epoch `train_one_epoch`, `evaluate`, `record` -> `finish` (final evaluation, model,
-summary). A `Session` is what those stages share. The step and its switches are step.py's, the run's files are
-rundir.RunDir's, the guards guards.py's, DDP under torchrun distributed.py's.
+`train` reads top to bottom, as torchvision's reference train.py does: `setup` (--init weights, run directory, data,
+model, loaders, optimizer, state) -> for each epoch `train_one_epoch`, `evaluate`, `record` -> `finish` (final
+evaluation, model, summary). A `Session` is what those stages share. The step and its switches are step.py's, the
+run's files are rundir.RunDir's, the guards guards.py's, DDP under torchrun distributed.py's.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Callable
 
 from fastcifar.config import TrainConfig
 from fastcifar.errors import FastCifarError
-from fastcifar.rundir import CONFIG_FILE, RunDir, is_finished, read_metrics
+from fastcifar.fileio import DiskFull, WriteFailed, holds_nothing
+from fastcifar.rundir import CONFIG_FILE, METRICS_FILE, RunDir, is_finished
 from fastcifar.runtime import DistInfo, dist_info_from_env, env_info, resolve_device
 from fastcifar.train.guards import (NONFINITE_CHECK_EVERY, PREEMPTED_EXIT, NonFiniteLoss, Preempted, StopSignal,
-                                    divergence_warning, nonfinite_message, stopped_message)
+                                    epoch_warnings, nonfinite_message, run_facts, stopped_message)
 
 
 @dataclass
@@ -82,8 +83,12 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
     """
     from fastcifar.train.epoch_progress import EpochProgress, progress_mode
 
-    s = setup(cfg, dist_info_from_env(), resume_dir=resume_dir, dataset=dataset, warm_up=warm_up,
-              announce=bool(progress))
+    try:
+        s = setup(cfg, dist_info_from_env(), resume_dir=resume_dir, dataset=dataset, warm_up=warm_up,
+                  announce=bool(progress))
+    except WriteFailed as exc:  # a new run left nothing behind, a resumed one is as it was
+        fix = "free space" if isinstance(exc, DiskFull) else "fix that"
+        raise type(exc)(f"{exc}: {fix}, then run the same command again") from None
     try:
         with s.stop, EpochProgress(s.cfg, s.data, s.start_epoch,
                                    progress_mode(progress) if s.dist.is_main else "off") as bar:
@@ -92,8 +97,14 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
                 print(s.records.header(), file=sys.stderr, flush=True)
             for epoch in range(s.start_epoch, s.cfg.epochs):
                 bar.start_epoch(epoch)
+                cpu = time.process_time()
                 metrics = {"epoch": epoch + 1, **train_one_epoch(s, epoch, bar.advance)}
+                start, cpu_eval = time.perf_counter(), time.process_time()
                 metrics.update(evaluate(s, last=epoch + 1 == s.cfg.epochs))
+                # What compare's time budget priced, by wall and by this process's CPU time (study/sizing.py reads
+                # them back; the CPU time is what another process on the machine leaves alone).
+                metrics.update(train_cpu_seconds=cpu_eval - cpu, eval_seconds=time.perf_counter() - start,
+                               eval_cpu_seconds=time.process_time() - cpu_eval)
                 record(s, metrics, bar.log_epoch, on_epoch_end)
         return finish(s, keep_state)
     except KeyboardInterrupt:
@@ -101,6 +112,10 @@ def train(cfg: TrainConfig, *, progress: bool | str = True, resume_dir: Path | N
     except Preempted as stop:
         raise FastCifarError(stopped_message(f"stopped by {s.stop.requested} after {stop}", s.run.has_state(),
                                              s.run.path), exit_code=PREEMPTED_EXIT) from None
+    except WriteFailed as exc:  # the write that failed changed nothing: the last saved epoch is whole
+        fix = "free space" if isinstance(exc, DiskFull) else "fix that"
+        raise type(exc)(f"{exc}; the run keeps its last saved epoch: {fix}, then continue it with: fastcifar "
+                        f"train --resume {s.run.path}") from None
     finally:
         close(s)
 
@@ -113,7 +128,7 @@ def setup(cfg: TrainConfig, dist: DistInfo, *, resume_dir: Path | None, dataset,
     from fastcifar.train import build, checkpoint, step
     from fastcifar.train.distributed import destroy_distributed, init_distributed, wrap_distributed
 
-    device = resolve_device(cfg.device, dist.local_rank)
+    device = resolve_device(cfg.device, dist.local_rank)  # first: a bad --device, --init or --out costs no data load
     cfg = cfg.resolved(device.type)
     if device.type == "cuda":
         # Every training batch has the same shape, so cuDNN's per-shape autotuning pays once (~6 % measured).
@@ -121,31 +136,42 @@ def setup(cfg: TrainConfig, dist: DistInfo, *, resume_dir: Path | None, dataset,
     init_distributed(dist, device)
     run = None
     try:
-        # The dataset, then the model (its classes are the dataset's; a bad --init fails before anything is
-        # created), then the directory, then the loaders.
+        # What the user typed is checked before the data loads (minutes for a download or an image folder): the
+        # --init weights (read once, fitted to the arch), then the directory (removed again if anything after it
+        # fails); then the dataset, the model (its classes are the dataset's) and the loaders.
+        weights = build.read_init(cfg)
+        run = build.open_run_dir(cfg, resume_dir, dist)
         dataset = dataset if dataset is not None else build.load_data(cfg, dist)
         cfg, fitted = build.fit_to_data(cfg, len(dataset.train), dist.world_size)
         if fitted and dist.is_main and announce:
             print(f"small data: {fitted}", file=sys.stderr, flush=True)
-        model, spec = build.build_model(cfg, device, dataset.class_names)
-        run = build.open_run_dir(cfg, resume_dir, dist)
+        model, spec = build.build_model(cfg, device, dataset.class_names, weights)
         data = build.build_data(cfg, spec, dist, device, dataset)
         if dist.is_main and resume_dir is None:
             run.write_config(cfg.to_dict())
+            write_env(run, device)
+        elif dist.is_main and not run.has_env():  # killed between config.json and env.json
             write_env(run, device)
         levers = build.apply_levers(model, spec, cfg, data.train_images)  # freezes before the optimizer
         optimizer, scheduler = step.build_optimizer(model, cfg, len(data.train), device)
         ema = step.build_ema(model, cfg, len(data.train))
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         start_epoch, history, train_seconds = 0, [], 0.0
-        if resume_dir is not None:
-            start_epoch, train_seconds = checkpoint.restore(run.load_state(device), model, optimizer, scheduler,
-                                                            ema, scaler)
-            history = read_metrics(run.path)[:start_epoch]
-            if dist.is_main:  # epochs after the last saved state are trained again: drop their lines
-                run.rewrite_metrics(history)
-        elif dist.is_main and cfg.save_state_every:  # a state from the first moment: Ctrl-C in epoch 1 resumes
-            run.save_state(checkpoint.training_state(0, 0.0, model, optimizer, scheduler, ema, scaler))
+        # A resumed run without state.pt (killed before its first one, or --save-state-every 0) starts again from
+        # epoch 1 with its config.json: what the same command would have done, so nothing is a dead end.
+        restored = resume_dir is not None and run.has_state()
+        if resume_dir is not None and not restored and dist.is_main:
+            print(f"{run.path} has no state.pt (stopped before its first saved epoch, or --save-state-every 0): "
+                  f"training it again from epoch 1 with its {CONFIG_FILE}", file=sys.stderr, flush=True)
+        if restored:
+            state = run.load_state(device)
+            start_epoch, train_seconds = checkpoint.restore(state, model, optimizer, scheduler, ema, scaler)
+            fitted = fitted or state.get("small_data")
+            history = run.metrics_until(start_epoch)
+        if dist.is_main and resume_dir is not None and (restored or (run.path / METRICS_FILE).exists()):
+            run.rewrite_metrics(history)  # epochs after the last saved state are trained again: drop their lines
+        if dist.is_main and not restored and cfg.save_state_every:  # from the first moment: Ctrl-C in epoch 1 resumes
+            run.save_state(checkpoint.training_state(0, 0.0, model, optimizer, scheduler, ema, scaler, fitted))
         records = None
         if dist.is_main:
             from fastcifar.train.records import RunRecords
@@ -173,6 +199,8 @@ def setup(cfg: TrainConfig, dist: DistInfo, *, resume_dir: Path | None, dataset,
     except BaseException:
         if run is not None and resume_dir is None:  # failed before its first epoch: leave nothing behind
             run.discard()
+        elif run is not None:
+            run.release()
         destroy_distributed(dist)
         raise
 
@@ -220,7 +248,9 @@ def train_one_epoch(s: Session, epoch: int, advance: Callable[[int], None]) -> d
     counts = torch.tensor([float(seen), float(late_seen)], **zero)
     totals = _all_reduce(s.dist, torch.cat([torch.stack([loss_sum, late_sum, correct.double()]), counts]))
     n, n_late = max(float(totals[3]), 1.0), max(float(totals[4]), 1.0)
+    n_early = float(totals[3]) - float(totals[4])  # 0 for a one-step epoch: it has no first half
     return {"train_loss": float(totals[0]) / n, "train_loss_second_half": float(totals[1]) / n_late,
+            "train_loss_first_half": (float(totals[0]) - float(totals[1])) / n_early if n_early else None,
             "train_acc": float(totals[2]) / n, "train_seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
 
 
@@ -245,7 +275,7 @@ def evaluate(s: Session, last: bool = False) -> dict:
 
 
 def record(s: Session, metrics: dict, log_epoch: Callable[[dict], None], on_epoch_end: EpochHook | None) -> None:
-    """The epoch on every rank's clock, and on rank 0 its records, state.pt, log line, divergence warning, hook."""
+    """The epoch on every rank's clock, and on rank 0 its records, state.pt, log line, warnings (guards.py), hook."""
     from fastcifar.train.checkpoint import training_state
 
     s.train_seconds += metrics["train_seconds"]
@@ -257,11 +287,12 @@ def record(s: Session, metrics: dict, log_epoch: Callable[[dict], None], on_epoc
     every, epoch = s.cfg.save_state_every, metrics["epoch"]
     if every and (epoch % every == 0 or epoch == s.cfg.epochs):
         start = time.perf_counter()
-        s.run.save_state(training_state(epoch, s.train_seconds, s.model, s.optimizer, s.scheduler, s.ema, s.scaler))
+        s.run.save_state(training_state(epoch, s.train_seconds, s.model, s.optimizer, s.scheduler, s.ema, s.scaler,
+                                        s.fitted))
+        s.records.state_saved(epoch)
         s.state_seconds += time.perf_counter() - start
     log_epoch(metrics)
-    warning = divergence_warning(metrics, s.cfg, len(s.data.train), s.num_classes)
-    if warning:
+    for warning in epoch_warnings(s.history, run_facts(s)):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     if on_epoch_end is not None:
         on_epoch_end(epoch, metrics)
@@ -281,14 +312,15 @@ def finish(s: Session, keep_state: bool) -> TrainResult:
 
 
 def close(s: Session) -> None:
-    """What a run holds open, finished or not: TensorBoard's writer, the compile record's log hook, the process
-    group."""
+    """What a run holds open, finished or not: TensorBoard's writer, the compile record's log hook, the run
+    directory's lock, the process group."""
     from fastcifar.train.distributed import destroy_distributed
 
     if s.records is not None:
         s.records.close()
     if s.compile_record is not None:
         s.compile_record.finish()
+    s.run.release()
     destroy_distributed(s.dist)
 
 
@@ -317,14 +349,16 @@ def write_env(run: RunDir, device) -> None:
 
 def resume(run_dir: Path | str, *, progress: bool | str = True, on_epoch_end: EpochHook | None = None,
            keep_state: bool = False) -> TrainResult:
-    """Continue an interrupted run from its last finished epoch (optimizer, scheduler, RNG, EMA, scaler)."""
+    """Continue an interrupted run from its last saved epoch (optimizer, scheduler, RNG, EMA, scaler); a run with a
+    config.json but no state.pt yet starts again from epoch 1 with that config."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
+        if run_dir.is_dir() and holds_nothing(run_dir):
+            raise FastCifarError(f"cannot resume {run_dir}: it was stopped before its {CONFIG_FILE} was written, so "
+                                 f"nothing was trained; start it again with the same command (--out {run_dir})")
         raise FastCifarError(f"cannot resume {run_dir}: it has no {CONFIG_FILE} (is it a fastcifar run directory?)")
     cfg = TrainConfig.load(run_dir / CONFIG_FILE)
     if is_finished(run_dir):
         raise FastCifarError(f"{run_dir} already finished ({cfg.epochs} epochs); nothing to resume")
-    if not RunDir(run_dir).has_state():
-        raise FastCifarError(f"cannot resume {run_dir}: it has no state.pt (the state of its last epoch)")
     return train(replace(cfg, out=str(run_dir)), progress=progress, resume_dir=run_dir, on_epoch_end=on_epoch_end,
                  keep_state=keep_state)

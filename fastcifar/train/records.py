@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from fastcifar.config import TrainConfig
-from fastcifar.rundir import BEST_FILE, TENSORBOARD_DIR, RunDir
+from fastcifar.errors import FastCifarError
+from fastcifar.rundir import BEST_FILE, PREVIOUS_BEST_FILE, TENSORBOARD_DIR, RunDir, meta_path
 
 TB_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
     "train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test", "train_acc": "accuracy/train",
@@ -23,13 +24,10 @@ class RunRecords:
 
     def __init__(self, cfg: TrainConfig, run: RunDir, spec, extra: dict, start_epoch: int = 0):
         self.cfg, self.run, self.spec, self.extra = cfg, run, spec, extra
-        saved = run.best_meta()  # a resumed run continues from the best it had...
+        self.committed = start_epoch  # the epoch of the last state.pt: a resume continues from there
+        saved = self._restore_best(start_epoch)  # a resumed run continues from the best it had
         self.best = None if saved is None else {"epoch": saved["epoch"], **saved["metrics"]}
-        if self.best is not None and self.best["epoch"] > start_epoch:
-            # ...unless that best came from an epoch after the restored state: those epochs are trained again, so
-            # their weights belong to a timeline that no longer exists.
-            run.drop_best()
-            self.best = None
+        self.best_on_disk = None if saved is None else saved["epoch"]
         self.best_seconds = 0.0
         self.writer = None
         if cfg.tensorboard:
@@ -37,6 +35,39 @@ class RunRecords:
             self.writer = run.tensorboard_writer(log_dir)
             print(f"tensorboard: events in {log_dir} (tensorboard --logdir {log_dir})", file=sys.stderr, flush=True)
         self.keeps_best = cfg.save_best and cfg.val_fraction > 0
+
+    def _restore_best(self, start_epoch: int) -> dict | None:
+        """The best checkpoint of the timeline the restored state belongs to (epochs 1..start_epoch), its record.
+
+        A best from a later epoch belongs to epochs that are trained again (on a GPU not bit-identically): it goes,
+        and the best it replaced, kept aside until that epoch's state was saved (PREVIOUS_BEST_FILE), comes back.
+        best.json is rewritten from the record inside the weights where a kill fell between the two writes."""
+        run = self.run
+        best, previous = run.best_meta(), run.previous_best_meta()
+        if best is not None and best["epoch"] <= start_epoch:
+            if previous is not None or (run.path / PREVIOUS_BEST_FILE).exists():
+                run.drop_previous_best()
+            if run.repair_best_json(best):
+                print(f"{meta_path(run.path / BEST_FILE)}: rewritten from the record inside {BEST_FILE} (it was "
+                      "damaged, or a write was cut between the two)", file=sys.stderr, flush=True)
+            return best
+        if previous is not None and previous["epoch"] <= start_epoch:
+            return run.restore_previous_best()
+        if best is None and (run.path / BEST_FILE).is_file():
+            # A run from before the record moved into the weights file, whose best.json is damaged: which epoch
+            # these weights are is unknown, and they are the user's.
+            raise FastCifarError(f"{meta_path(run.path / BEST_FILE)} is damaged and {BEST_FILE} carries no record "
+                                 f"of its own: restore it, or move {BEST_FILE} away to continue without it")
+        if any((run.path / name).exists() for name in (BEST_FILE, PREVIOUS_BEST_FILE, meta_path(
+                run.path / BEST_FILE).name)):
+            run.drop_best()
+        return None
+
+    def state_saved(self, epoch: int) -> None:
+        """state.pt now holds `epoch`: the best kept aside for a resume before it is no longer needed."""
+        self.committed = epoch
+        if (self.run.path / PREVIOUS_BEST_FILE).exists():
+            self.run.drop_previous_best()
 
     def header(self) -> str | None:
         """The one line a run without a validation split says about the best checkpoint."""
@@ -55,9 +86,12 @@ class RunRecords:
                          "val_loss": metrics.get("val_loss"), "test_loss": metrics.get("test_loss")}
             from fastcifar.models import weights_and_meta
 
+            if self.best_on_disk is not None and self.best_on_disk <= self.committed:
+                self.run.keep_previous_best()  # the saved state's best, until this epoch's state is saved too
             self.run.save_weights(*weights_and_meta(
                 eval_model, self.spec, metrics={k: v for k, v in self.best.items() if k != "epoch"},
                 extra={**self.extra, "checkpoint": "best", "epoch": metrics["epoch"]}), checkpoint="best")
+            self.best_on_disk = metrics["epoch"]
             self.best_seconds += time.perf_counter() - start
         if self.writer is not None:
             for key, tag in TB_SCALARS.items():

@@ -16,7 +16,7 @@ def run_summary(s) -> dict:
 
     from fastcifar.models import weights_and_meta
     from fastcifar.train.distributed import distributed_record
-    from fastcifar.train.guards import divergence_warning
+    from fastcifar.train.guards import run_facts, run_warnings
     from fastcifar.train.step import warmup_steps
 
     cfg, dist, data = s.cfg, s.dist, s.data
@@ -48,7 +48,7 @@ def run_summary(s) -> dict:
         "warmup_steps": warmup_steps(cfg, len(data.train)),
         "best": s.records.best_summary(metrics["test_acc"]),
         "cudnn_benchmark": _cudnn_benchmark(s.device),
-        "warnings": [w for h in s.history if (w := divergence_warning(h, cfg, len(data.train), s.num_classes))],
+        "warnings": run_warnings(s.history, run_facts(s)),  # what the log printed, every epoch's (guards.py)
     }
     s.run.save_weights(*weights_and_meta(s.eval_model(), s.spec, metrics=metrics,
                                          extra=dataset_extra(data, s.run.path, cfg)))

@@ -19,8 +19,8 @@ from typing import Callable
 
 from fastcifar.config import CompareConfig, TrainConfig, setting_name
 from fastcifar.errors import FastCifarError
-from fastcifar.fileio import (DirLock, first_missing, holds_nothing, read_json, remove_empty_dirs, remove_leftovers,
-                              write_json)
+from fastcifar.fileio import (DirLock, first_missing, holds_nothing, is_leftover, read_json, remove_empty_dirs,
+                              remove_leftovers, write_json)
 from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, RunDir, run_state
 from fastcifar.study import report, sizing
 from fastcifar.study.one_run import ensure_robustness, train_or_resume
@@ -216,7 +216,9 @@ def clean_report_dir(out: Path) -> None:
         print(f"{out}: removed {len(removed)} temp file(s) a killed write left ({', '.join(removed)})",
               file=sys.stderr, flush=True)
     for run_dir in sorted(p for folder in (RUNS_DIR, SELECT_DIR) for p in (out / folder).glob("*")):
-        if run_dir.is_dir():
+        # only a run a killed write left something in is opened (RunDir.open cleans under the run's lock): a
+        # finished run stays untouched, its files and directory times included
+        if run_dir.is_dir() and any(is_leftover(p.name, foreign=True) for p in run_dir.iterdir()):
             RunDir.open(run_dir).release()
 
 

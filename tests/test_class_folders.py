@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from PIL import Image
 from fastcifar.cli import cli
 from fastcifar.data.datasets import load_dataset, resolve_dataset
 from fastcifar.errors import DataError
+from test_datasets import _Archive as _ServeArchive
 
 # One colour per class, with per-pixel noise: learnable in two smoke epochs, and no two images are identical.
 COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 60), "fish": (40, 60, 220)}
@@ -147,17 +148,12 @@ def test_the_recorded_split_is_stratified_and_files_added_later_never_move_recor
     assert _sides(load_dataset(tree, "auto", cache_dir=cache, progress=False)) == sides
 
 
-class _Archive(BaseHTTPRequestHandler):
+class _Archive(_ServeArchive):
+    """test_datasets' archive server, counting the requests (the guard must refuse before any)."""
+
     def do_GET(self):  # noqa: N802 - http.server API
         self.server.requests += 1
-        body = self.server.body
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        super().do_GET()
 
 
 @pytest.fixture
@@ -184,7 +180,7 @@ def test_cifar10_is_never_downloaded_into_a_folder_of_other_files(tmp_path, monk
     tree = class_tree(tmp_path / "photos")
     loose = tmp_path / "loose"  # images, but no class folders: auto takes it for CIFAR-10
     add_images(loose, COLOURS["dog"], 3, seed=4)
-    for folder, hint in ((tree, "give --dataset folder"), (loose, "Point --data-dir at an empty or new directory")):
+    for folder, hint in ((tree, "give --dataset folder"), (loose, "point --data-dir at an empty or new directory")):
         before = snapshot(folder)
         with pytest.raises(DataError, match="nothing is downloaded into a folder of other files") as err:
             ensure_cifar(folder, url=archive_server.url, md5=archive_server.md5, progress=False)

@@ -440,7 +440,9 @@ def test_report_shows_each_protocol_per_corruption_and_its_own_wall_time(report)
     assert wall["seconds"] > 0 and wall["trained"] + wall["reused"] >= len(results["runs"])
     md = (out / "report.md").read_text()
     assert "| clean accuracy, no TTA (%) |" in md and "Accuracy (%) per corruption and severity" in md
-    assert "| contrast |" in md and "Wall time of the compare command that wrote this report" in md
+    # the module's report is rerun by other tests: one command or several, whichever ran first
+    assert "| contrast |" in md and re.search(r"Wall time of the compare (command|\d+ commands) that wrote this "
+                                               r"report", md)
 
 
 def test_time_to_90_is_not_the_training_time_when_only_the_last_epoch_got_there():

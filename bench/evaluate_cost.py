@@ -61,7 +61,8 @@ def main() -> None:
         if model is None:
             model = Path(tmp) / "run"
             subprocess.run([*FASTCIFAR, "train", "--data-dir", str(args.data_dir), "--preset", "smoke", "--epochs",
-                            "1", "--train-limit", "2000", "--device", args.device, "--out", str(model)], check=True, capture_output=True)
+                            "1", "--train-limit", "2000", "--device", args.device, "--out", str(model)],
+                           check=True, capture_output=True)
         rows = []
         for severities in args.severity_sets.split(";"):
             load = os.getloadavg()[0]

@@ -8,8 +8,8 @@ CIFAR-10 at `~/data/cifar10` and `$FASTCIFAR_DATA`, an image folder at `~/photos
 run with size options appended (click keeps the last value: fewer images, epochs, seeds, timing rounds), so a GPU
 recipe finishes in seconds on the CPU, and a `compare` that would download ResNet weights uses stand-in weights;
 everything else runs exactly as written. A command that cannot run here matches one entry of CANNOT_RUN_HERE,
-whose reason says why (GPU, TensorRT, a server that runs until stopped, a download, Docker). A new command in the docs that
-neither runs nor has a reason fails the test: the docs cannot drift from the CLI unnoticed.
+whose reason says why (GPU, TensorRT, a server that runs until stopped, a download, Docker). A new command in the
+docs that neither runs nor has a reason fails the test: the docs cannot drift from the CLI unnoticed.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from fastcifar.errors import FastCifarError
 from fastcifar.export.parity import parity_metrics
 from fastcifar.precision import SERVING_PRECISIONS
 from fastcifar.rundir import MODEL_FILE
-from fastcifar.serve.artifacts import artifact_kind, cannot_run, ensure_artifact
+from fastcifar.serve.artifacts import artifact_kind, cannot_run, ensure_artifact, source_run_candidates
 from fastcifar.serve.predictor import BACKENDS, TORCH_BACKENDS, backend_unavailable, resolve_precision
 
 
@@ -67,7 +67,7 @@ def _declared_source(model: Path) -> Path | None:
     name, sha = meta.get("source_run"), meta.get("source_weights_sha256")
     if not name or not sha:
         return None
-    for candidate in (Path(name), Path("runs") / name, model.parent / name):
+    for candidate in source_run_candidates(model, name):
         weights = candidate / MODEL_FILE
         if weights.is_file() and sha256_file(weights) == sha:
             return candidate

@@ -91,10 +91,16 @@ def source_run_dir(path: Path | str) -> Path | None:
     name = str(_model_metadata(path).get("source_run") or "")
     names = [name] + ([name[: -len("-best")]] if name.endswith("-best") else [])
     for stem in filter(None, names):
-        for candidate in (Path(stem), Path("runs") / stem, path.parent / stem, path.parent.parent / "runs" / stem):
+        for candidate in source_run_candidates(path, stem):
             if (candidate / "model.json").is_file() or (candidate / "config.json").is_file():
                 return candidate
     return None
+
+
+def source_run_candidates(path: Path, name: str) -> tuple[Path, ...]:
+    """Where the run named `name` that exported `path` may be: as named, under runs/, beside the file, or under the
+    runs/ beside the file's folder (exported/<run>.onnx next to runs/<run>)."""
+    return Path(name), Path("runs") / name, path.parent / name, path.parent.parent / "runs" / name
 
 
 def cannot_run(path: Path | str, backend: str) -> str | None:

@@ -110,6 +110,12 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     preset: str | None = None
+    # Study arms (compare sets them; train takes them too). linear_probe: the backbone frozen in eval mode, its
+    # features computed once per image and cached, only the classifier trained (train/linear_probe.py).
+    # label_noise: this share of the training pool's labels (train and validation split; never the test set)
+    # replaced by another class, uniformly, seeded by the run's seed (data/label_noise.py).
+    linear_probe: bool = False
+    label_noise: float = 0.0
 
     def __post_init__(self):
         from fastcifar.data.datasets import DATASETS
@@ -161,19 +167,33 @@ class TrainConfig:
             (self.compile_mode is None or self.compile_mode in COMPILE_MODES,
              f"unknown --compile-mode '{self.compile_mode}' (choose from {', '.join(COMPILE_MODES)})"),
             (self.preset is None or self.preset in PRESET_NAMES, f"unknown preset '{self.preset}'"),
+            (0 <= self.label_noise < 1, f"--label-noise must be a share of the labels in [0, 1), got "
+                                        f"{self.label_noise}"),
+            (not self.linear_probe or self.init != "random",
+             "--linear-probe trains a classifier on frozen features: it needs pretrained weights (--init)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise FastCifarError(message)
 
     def augmentation(self) -> dict:
-        """What the run's images go through (model.json, summary.json and the report record it)."""
+        """What the run's images go through (model.json, summary.json and the report record it); a linear probe's
+        cached features are of the unaugmented images (train/linear_probe.py)."""
+        if self.linear_probe:
+            return {"flip": False, "crop_padding": 0, "crop_scale": 1.0, "tta": self.flip if self.tta is None else
+                    self.tta, "tta_translate": self.tta_translate, "loader": self.loader}
         return {"flip": self.flip, "crop_padding": self.crop_padding, "crop_scale": self.crop_scale,
                 "tta": self.flip if self.tta is None else self.tta, "tta_translate": self.tta_translate,
                 "loader": self.loader}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # Fields added after runs were saved stay out at their defaults: an earlier run's config.json, and a
+        # compare's fingerprint (its default report directory), read the same as before.
+        for key, default in _LATER_FIELDS.items():
+            if d[key] == default:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -202,6 +222,9 @@ class TrainConfig:
             compile=self.compile if self.compile is not None else cuda,
             tta=self.tta if self.tta is not None else self.flip,
         )
+
+
+_LATER_FIELDS = {"linear_probe": False, "label_noise": 0.0}
 
 
 # Presets set a budget and recipe; options given on the command line override them. A default is a measurement:
@@ -268,6 +291,10 @@ def fit_batch(batch_size: int, lr: float, n_train: int, min_steps: int) -> tuple
 # ---------------------------------------------------------------------------------------------- compare
 
 COMPARE_INITS = ("imagenet", "random")  # the two arms of `fastcifar compare`; run directories are named after them
+# `compare --arms`: the study's arms by name, and the key each has in run directory names and results.json (`init`:
+# the fine-tuned and the scratch arm keep the names reports had before the linear probe came).
+ARMS = {"finetune": "imagenet", "linear-probe": "probe", "scratch": "random"}
+DEFAULT_ARMS = ("finetune", "scratch")
 IF_NO_WEIGHTS = ("fail", "stand-in")
 # Every final model of a compare is evaluated under each corruption at these severities (fp32, no TTA): ~12 s per
 # smoke model on 2 CPU cores. --robustness-severities none skips the evaluation.
@@ -360,8 +387,18 @@ class CompareConfig:
     # Seconds the whole study may take on the machine that starts it: its training pool shrinks to fit, measured
     # there (study/sizing.py). None: the study as asked, however long it takes.
     time_budget_s: float | None = None
+    # The axes beyond the two arms (docs/compare.md, "Beyond two arms"): which arms; the scratch arm's schedules as
+    # multiples of base.epochs (1 always among them); the label-noise levels every arm trains at (0 always among
+    # them: the clean study is the reference).
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    scratch_epochs: tuple[int, ...] = (1,)
+    label_noise: tuple[float, ...] = (0.0,)
 
     def __post_init__(self):
+        object.__setattr__(self, "arms", tuple(a for a in ARMS if a in set(self.arms)) if set(self.arms) <= set(ARMS)
+                           else tuple(self.arms))
+        object.__setattr__(self, "scratch_epochs", tuple(sorted({int(k) for k in self.scratch_epochs})))
+        object.__setattr__(self, "label_noise", tuple(sorted({float(p) for p in self.label_noise})))
         if isinstance(self.base, dict):
             object.__setattr__(self, "base", TrainConfig.from_dict(self.base))
         # JSON gives lists; fractions are kept sorted so "0.1,1.0" and "1.0,0.1" are the same experiment.
@@ -394,6 +431,16 @@ class CompareConfig:
             (len(set(settings)) == len(settings), "--image-sizes must be distinct"),
             (all(1 <= s <= 5 for s in self.robustness_severities), "--robustness-severities must be within 1-5"),
             (self.time_budget_s is None or self.time_budget_s > 0, "--time-budget must be > 0 minutes (or 0: none)"),
+            (set(self.arms) <= set(ARMS), f"unknown --arms {','.join(a for a in self.arms if a not in ARMS)} "
+                                          f"(choose from {', '.join(ARMS)})"),
+            ("scratch" in self.arms and len(self.arms) >= 2,
+             "--arms needs scratch (every gap is measured against it) and at least one pretrained arm "
+             "(finetune, linear-probe)"),
+            (1 in self.scratch_epochs and min(self.scratch_epochs) >= 1,
+             "--scratch-epochs takes whole multiples of the preset's epochs and must include 1, e.g. 1,3"),
+            (0.0 in self.label_noise and all(0 <= p < 1 for p in self.label_noise),
+             "--label-noise takes shares of the labels in [0, 1) and must include 0 (the clean reference), e.g. "
+             "0,0.2,0.4"),
         ]
         for ok, message in checks:
             if not ok:
@@ -413,7 +460,16 @@ class CompareConfig:
                 "pretrained_weights": self.pretrained_weights, "if_no_weights": self.if_no_weights, "out": self.out,
                 "lr_grid": None if self.lr_grid is None else list(self.lr_grid),
                 "settings": [list(s) for s in self.settings],
-                "robustness_severities": list(self.robustness_severities), "time_budget_s": self.time_budget_s}
+                "robustness_severities": list(self.robustness_severities), "time_budget_s": self.time_budget_s,
+                # the later axes only when used: a two-arm study's compare.json and fingerprint read as before
+                **({"arms": list(self.arms)} if self.arms != DEFAULT_ARMS else {}),
+                **({"scratch_epochs": list(self.scratch_epochs)} if self.scratch_epochs != (1,) else {}),
+                **({"label_noise": list(self.label_noise)} if self.label_noise != (0.0,) else {})}
+
+    @property
+    def inits(self) -> tuple[str, ...]:
+        """The arms' keys in run names and results.json (ARMS), in the study's order."""
+        return tuple(ARMS[a] for a in self.arms)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareConfig":
@@ -440,7 +496,8 @@ def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = Non
                         lr_grid: str | None = None, image_sizes: str | None = None,
                         pretrained_weights: str | None = None, if_no_weights: str = "fail",
                         out: str | None = None, robustness_severities: str | None = None,
-                        time_budget_min: float | None = None) -> CompareConfig:
+                        time_budget_min: float | None = None, arms: str | None = None,
+                        scratch_epochs: str | None = None, label_noise: str | None = None) -> CompareConfig:
     """CompareConfig from a preset, train overrides (None = not given) and compare's own options as typed.
 
     The defaults the CLI documents live here, so Python callers get the same experiment: the preset's number of
@@ -463,7 +520,20 @@ def make_compare_config(preset: str, overrides: dict, *, seeds: int | None = Non
                          pretrained_weights=pretrained_weights, if_no_weights=if_no_weights, lr_grid=grid,
                          settings=parse_settings(image_sizes, base.arch) if image_sizes else (), out=out,
                          robustness_severities=_parse_robustness(robustness_severities),
-                         time_budget_s=60.0 * time_budget_min if time_budget_min else None)
+                         time_budget_s=60.0 * time_budget_min if time_budget_min else None,
+                         arms=_parse_list(arms, "--arms", str) if arms else DEFAULT_ARMS,
+                         scratch_epochs=_parse_list(scratch_epochs, "--scratch-epochs", int) if scratch_epochs
+                         else (1,),
+                         label_noise=_parse_list(label_noise, "--label-noise", float) if label_noise else (0.0,))
+
+
+def _parse_list(text: str, option: str, kind) -> tuple:
+    """`--arms finetune,scratch`, `--scratch-epochs 1,3`, `--label-noise 0,0.2`: comma-separated values of `kind`."""
+    try:
+        return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError:
+        examples = {str: "finetune,linear-probe,scratch", int: "1,3", float: "0,0.2,0.4"}
+        raise FastCifarError(f"{option} takes comma-separated values like {examples[kind]}; got '{text}'") from None
 
 
 def _parse_robustness(text: str | None) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from fastcifar.cli.options import auto_preset, data_dir_option, download_option, preset_option, train_params
-from fastcifar.config import COMPARE_DEFAULTS, COMPARE_LR_GRIDS, IF_NO_WEIGHTS, ROBUSTNESS_SEVERITIES
+from fastcifar.config import COMPARE_DEFAULTS, COMPARE_LR_GRIDS, DEFAULT_ARMS, IF_NO_WEIGHTS, ROBUSTNESS_SEVERITIES
 from fastcifar.models import ARCHS
 
 
@@ -35,7 +35,8 @@ PRESET_HELP = "Budget and recipe of every run (as for `train`): auto = seed on a
 
 
 # --init is left out: compare trains both inits itself (the weights come from --pretrained-weights).
-@click.command(params=[preset_option(PRESET_HELP), *train_params(exclude=("init", "arch"))])
+@click.command(params=[preset_option(PRESET_HELP), *train_params(exclude=("init", "arch", "linear_probe",
+                                                                                      "label_noise"))])
 @click.option("--arch", type=click.Choice((*ARCHS, "auto")), default="resnet18", show_default=True,
               help="Network of both arms. efficientnet_lite0 has real ImageNet weights installed with fastcifar (no "
                    "network); auto = resnet18 where its ImageNet weights can be had and there is a GPU, else "
@@ -83,11 +84,22 @@ PRESET_HELP = "Budget and recipe of every run (as for `train`): auto = seed on a
                    "where there are GPUs, else 0]")
 @click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="CPUs each Ray task asks for; also its torch threads.")
+@click.option("--arms", default=",".join(DEFAULT_ARMS), show_default=True,
+              help="Comma-separated arms: finetune (ImageNet weights, every layer trained), linear-probe (the "
+                   "ImageNet backbone frozen, features cached, only a linear classifier trained), scratch (random "
+                   "init). scratch is always one: every gap is measured against it.")
+@click.option("--scratch-epochs", default="1", show_default=True,
+              help="The scratch arm's schedules as multiples of the preset's epochs, e.g. 1,3: does random init "
+                   "catch up with k times the compute? (the report plots accuracy against training time).")
+@click.option("--label-noise", "label_noise", default="0", show_default=True,
+              help="Label-noise levels, e.g. 0,0.2,0.4: every arm also trains with this share of the training "
+                   "pool's labels replaced by another class (uniform, seeded per seed; the test set is clean).")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the summary. [default: off]")
 def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | None, fractions: str | None,
             pretrained_weights: Path | None, robustness_severities: str, if_no_weights: str, lr_grid: str | None,
             image_sizes: str | None, out: Path | None, time_budget: float, ray_address: str | None,
-            gpus_per_run: float | None, cpus_per_run: float, as_json: bool, arch: str, **overrides) -> None:
+            gpus_per_run: float | None, cpus_per_run: float, arms: str, scratch_epochs: str, label_noise: str,
+            as_json: bool, arch: str, **overrides) -> None:
     """Pretrained vs random init, same budget, over seeds and training-set fractions -> a report directory.
 
     Each arm's peak learning rate is chosen from --lr-grid on the validation split first (runs under
@@ -101,6 +113,8 @@ def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | Non
       fastcifar compare --data-dir ~/data/cifar10 --arch efficientnet_lite0 --time-budget 15   # real weights, offline
       fastcifar compare --preset seed --seeds 5 --fractions 0.01,0.1,1.0 --out reports/seed5
       fastcifar compare --preset seed --image-sizes 32,224 --lr-grid 0.05,0.1,0.2 --backbone-lr-scale 0.1
+      fastcifar compare --arch efficientnet_lite0 --arms finetune,linear-probe,scratch --scratch-epochs 1,3 \\
+          --label-noise 0,0.2,0.4 --fractions 0.01,0.1,1.0 --train-limit 10000
       fastcifar compare --preset seed --ray                     # every GPU of this machine, one run per GPU
       fastcifar compare --preset seed --ray 10.0.0.5:6379 --gpus-per-run 0.5   # a Ray cluster
     """
@@ -120,7 +134,8 @@ def compare(preset: str, data_dir: Path | None, download: bool, seeds: int | Non
                               image_sizes=image_sizes, if_no_weights=if_no_weights,
                               pretrained_weights=str(pretrained_weights.expanduser().resolve())
                               if pretrained_weights else None, out=str(out) if out else None,
-                              robustness_severities=robustness_severities, time_budget_min=time_budget)
+                              robustness_severities=robustness_severities, time_budget_min=time_budget,
+                              arms=arms, scratch_epochs=scratch_epochs, label_noise=label_noise)
     ray = None
     if ray_address is not None:
         from fastcifar.study.ray_runs import RayOptions

@@ -219,5 +219,11 @@ def train_params(exclude: tuple[str, ...] = ()) -> list[click.Option]:
                       help="Write TensorBoard events (scalars per epoch, hparams, confusion matrix) into "
                            "RUN/tensorboard; compare: REPORT/tensorboard/ARM/FRACTION/SEED. Needs pip install "
                            "tensorboard."),
+        _train_option("--linear-probe/--no-linear-probe", default=None,
+                      help="Train only the classifier on the pretrained backbone's frozen features (BatchNorm in "
+                           "eval mode), computed once per image and cached; needs --init imagenet or a weights file."),
+        _train_option("--label-noise", type=click.FloatRange(0, 1, max_open=True),
+                      help="Share of the training pool's labels (train and validation split, never the test set) "
+                           "replaced by another class, uniformly at random, seeded by --seed."),
     ]
     return [option for option in options if option.name not in exclude]

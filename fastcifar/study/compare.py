@@ -24,7 +24,7 @@ from fastcifar.fileio import (DirLock, first_missing, holds_nothing, is_leftover
 from fastcifar.rundir import CONFIG_FILE, ENV_FILE, PRETRAINED_FILE, RUN_STATES, RunDir, run_state
 from fastcifar.study import report, sizing
 from fastcifar.study.one_run import ensure_robustness, train_or_resume
-from fastcifar.study.run_plan import (RUNS_DIR, SELECT_DIR, PlannedRun, choose_lrs, is_selection_point, plan_runs,
+from fastcifar.study.run_plan import (RUNS_DIR, SELECT_DIR, PlannedRun, choose_lrs, is_selection_run, plan_runs,
                                       plan_selection, pool_size)
 from fastcifar.study.pretrained import resolve_pretrained
 from fastcifar.study.study_progress import StudyProgress, plan_line, selection_line
@@ -52,9 +52,9 @@ class CompareResult:
 
 def fit_to_budget(cfg: CompareConfig, n_available: int, n_test: int,
                   log: Callable[[str], None]) -> tuple[CompareConfig, dict | None]:
-    """`cfg` with its training pool sized to fit `cfg.time_budget_s` on this machine (study/sizing.py), and the
-    record of that decision (None without a budget). A report directory that already holds a decision keeps it, so
-    a rerun continues the same experiment."""
+    """`cfg` sized to fit `cfg.time_budget_s` on this machine (study/sizing.py): first the axes `budget_steps` drops,
+    in its order, then the training pool shrinks; and the record of that decision (None without a budget). A report
+    directory that already holds a decision keeps it, so a rerun continues the same experiment."""
     if not cfg.time_budget_s:
         return cfg, None
     saved = Path(cfg.out) / SIZING_FILE
@@ -64,34 +64,68 @@ def fit_to_budget(cfg: CompareConfig, n_available: int, n_test: int,
         if not isinstance(record.get("pool"), int):
             raise FastCifarError(f"{saved} is damaged (no training pool); restore it, or move it away to size the "
                                  "study again (the training pool may change)")
-        return _with_pool(cfg, record["pool"]), record
+        return _sized(cfg, record), record
     severities = cfg.robustness_severities
     costs, device = sizing.probe(cfg.base, cfg.settings, cfg.base.device,
                                  severity=severities[len(severities) // 2] if severities else 3)
 
-    def parts(pool: int, clock: str = "wall") -> dict:
-        trained, final = _budgeted_runs(_with_pool(cfg, pool), n_available)
+    def parts(candidate: CompareConfig, pool: int, clock: str = "wall") -> dict:
+        trained, final = _budgeted_runs(_with_pool(candidate, pool), n_available)
         return sizing.estimate_parts(trained, final, {k: c[clock] for k, c in costs.items()}, n_test, severities)
 
     requested = pool_size(cfg, n_available)
-    pool, seconds = sizing.fit(requested, cfg.time_budget_s, lambda candidate: sum(parts(candidate).values()))
+    steps = budget_steps(cfg)
+    for chosen, dropped in steps:  # the first that fits at the full pool; else the last, on a smaller pool
+        if sum(parts(chosen, requested).values()) <= sizing.BUDGET_SHARE * cfg.time_budget_s:
+            break
+    pool, seconds = sizing.fit(requested, cfg.time_budget_s, lambda candidate: sum(parts(chosen, candidate).values()))
     record = {"budget_s": cfg.time_budget_s, "device": device,
               "images_per_s": min(1 / c["wall"].train for c in costs.values()),
               "rates": {setting_name(k): 1 / c["wall"].train for k, c in costs.items()},
               "costs": {setting_name(k): {clock: c[clock].to_dict() for clock in c} for k, c in costs.items()},
-              "requested_pool": requested, "requested_estimate_s": sum(parts(requested).values()), "pool": pool,
-              "estimate_s": seconds, "estimate": parts(pool), "estimate_cpu": parts(pool, "cpu")}
+              "requested_pool": requested, "requested_estimate_s": sum(parts(cfg, requested).values()),
+              "dropped": dropped, "axes": {"label_noise": list(chosen.label_noise),
+                                           "scratch_epochs": list(chosen.scratch_epochs)},
+              "pool": pool, "estimate_s": seconds, "estimate": parts(chosen, pool),
+              "estimate_cpu": parts(chosen, pool, "cpu")}
     log(f"compare: {sizing.describe(record)}")
-    return _with_pool(cfg, pool), record
+    return _sized(cfg, record), record
+
+
+def budget_steps(cfg: CompareConfig) -> list[tuple[CompareConfig, list[str]]]:
+    """`cfg`, then `cfg` with each further axis a --time-budget drops before it shrinks the training pool, each with
+    the list of what it dropped so far. The order (docs/compare.md, "The time budget"): the intermediate label-noise
+    levels (the highest stays: the question is the gap under heavy noise), then the remaining noisy level, then the
+    scratch arm's longer schedules, longest first. Never dropped: an arm (the linear probe costs one backbone pass
+    per image, less than one fine-tuning epoch), a seed or a fraction (the comparison itself)."""
+    steps, dropped = [(cfg, [])], []
+    noise, epochs = list(cfg.label_noise), list(cfg.scratch_epochs)
+    while len(noise) > 1:
+        level = noise.pop(-2 if len(noise) > 2 else -1)
+        dropped.append(f"label noise {level:g}")
+        steps.append((replace(cfg, label_noise=tuple(noise)), list(dropped)))
+    while len(epochs) > 1:
+        dropped.append(f"scratch at {epochs.pop()}x epochs")
+        steps.append((replace(cfg, label_noise=tuple(noise), scratch_epochs=tuple(epochs)), list(dropped)))
+    return steps
+
+
+def _sized(cfg: CompareConfig, record: dict) -> CompareConfig:
+    """`cfg` as a sizing decision left it: its training pool and the axes it kept (a record from before the axes
+    existed keeps them all)."""
+    axes = record.get("axes") or {}
+    cfg = replace(cfg, label_noise=tuple(axes.get("label_noise", cfg.label_noise)),
+                  scratch_epochs=tuple(axes.get("scratch_epochs", cfg.scratch_epochs)))
+    return _with_pool(cfg, record["pool"])
 
 
 def _budgeted_runs(cfg: CompareConfig, n_available: int) -> tuple[list[PlannedRun], list[PlannedRun]]:
     """(every run the study trains: the lr-selection runs and the final runs they are not; the final runs, whose
     models the robustness pass evaluates) - what the budget's estimate prices. Run names and sizes do not depend on
-    the lr, so the plan with the random arm's init stands in for any."""
-    final = plan_runs(cfg, n_available, "random")
-    trained = plan_selection(cfg, n_available, "random") + [
-        r for r in final if not is_selection_point(cfg, r.seed, r.fraction)]
+    the lr, so a plan with 'imagenet' for the pretrained init stands in for any."""
+    final = plan_runs(cfg, n_available, "imagenet")
+    trained = plan_selection(cfg, n_available, "imagenet") + [
+        r for r in final if not is_selection_run(cfg, r)]
     return trained, final
 
 
@@ -129,15 +163,17 @@ def _log_line(message: str) -> None:
 
 def check_report_dir(cfg: CompareConfig, sized: bool = False) -> Path:
     """The report directory, refusing one made by another experiment (or not by compare at all). `sized`: compare
-    only what --time-budget does not decide (the training pool is its decision)."""
+    only what --time-budget does not decide (the training pool and the axes it drops are its decisions)."""
     out = Path(cfg.out)
     saved = out / COMPARE_FILE
     if saved.is_file():
         old = CompareConfig.load(saved)
         old_dict, new_dict = old.to_dict(), cfg.to_dict()
-        if sized:
-            old_dict["base"].pop("train_limit", None)
-            new_dict["base"].pop("train_limit", None)
+        if sized:  # what a budget decides: the pool and the axes it dropped
+            for d in (old_dict, new_dict):
+                d["base"].pop("train_limit", None)
+                d.pop("label_noise", None)
+                d.pop("scratch_epochs", None)
         diffs = _config_diffs(old_dict, new_dict)
         if diffs:
             raise FastCifarError(f"{out} holds a report made with other options ({'; '.join(diffs[:6])}). Rerun "
@@ -231,7 +267,7 @@ def _compare(cfg: CompareConfig, started: float, *, progress: bool, on_epoch_end
     check_report_dir(cfg, sized=(Path(cfg.out) / SIZING_FILE).is_file())  # again, under the lock
     dataset = load_dataset(cfg.base.data_dir, cfg.base.dataset, download=cfg.base.download, progress=progress)
     n_available = len(dataset.train)
-    plan_runs(cfg, n_available, "random")  # bad fractions fail here, before anything is written
+    plan_runs(cfg, n_available, "imagenet")  # bad fractions fail here, before anything is written
     cfg, sizing = fit_to_budget(cfg, n_available, len(dataset.test), log=_log_line)
     out = check_report_dir(cfg)
     source = resolve_pretrained(cfg, out)
@@ -244,7 +280,7 @@ def _compare(cfg: CompareConfig, started: float, *, progress: bool, on_epoch_end
     selection = plan_selection(cfg, n_available, source["init"])
     # Run directory names do not depend on the lr, so the runs after the selection can be counted (and their
     # states read) before it ends: one progress display and one ETA for the whole experiment.
-    later = [r for r in plan_runs(cfg, n_available, source["init"]) if not is_selection_point(cfg, r.seed, r.fraction)]
+    later = [r for r in plan_runs(cfg, n_available, source["init"]) if not is_selection_run(cfg, r)]
     states = {run.name: run_state(run.run_dir) for run in selection + later}
     for run in selection:
         if states[run.name] != "new":
@@ -264,13 +300,17 @@ def _compare(cfg: CompareConfig, started: float, *, progress: bool, on_epoch_end
         if lr_record:
             display.log(selection_line(lr_record))
         runs = plan_runs(cfg, n_available, source["init"], lrs)
-        rest = [run for run in runs if not is_selection_point(cfg, run.seed, run.fraction)]  # trained above
+        rest = [run for run in runs if not is_selection_run(cfg, run)]  # trained above
         for run in rest:
             if states[run.name] != "new":
                 check_run_config(run)
         runner.train(rest, states)
         if cfg.robustness_severities:  # every final model, cached in its run directory
-            runner.evaluate(runs, dataset.test, cfg.base.device, cfg.robustness_severities)
+            runner.evaluate([r for r in runs if r.core], dataset.test, cfg.base.device, cfg.robustness_severities)
+            # the runs of the axes beyond the clean study: calibration on the clean test images only (the noise
+            # axis asks about calibration; corruptions there would multiply the evaluation for a side question)
+            if any(not r.core for r in runs):
+                runner.evaluate([r for r in runs if not r.core], dataset.test, cfg.base.device, ())
     counts = {state: sum(s == state for s in states.values()) for state in RUN_STATES}
     wall = invocations.done([name for name, state in states.items() if state != "finished"],
                             [run.name for run in runs])

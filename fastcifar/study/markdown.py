@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastcifar.config import COMPARE_INITS, TrainConfig, describe_augmentation
+from fastcifar.config import TrainConfig, describe_augmentation
 from fastcifar.data.datasets import DATASET_TITLES
 from fastcifar.study.plots import PLOT_ALTS, plot_files
 from fastcifar.study.sizing import describe as describe_sizing
+from fastcifar.study.axes import interval_text, multiple_text, verdict_text
 from fastcifar.study.results import ORIGINAL_STUDY, caveats, fraction_label
 
 
@@ -33,13 +34,19 @@ def _results_table(results: dict) -> list[str]:
 
 def _gap_table(results: dict) -> list[str]:
     n_train = {r["fraction"]: r["n_train"] for r in results["summary"]}
-    lines = ["| training data | gap, pretrained − random (points) | 95 % CI (Welch's t) | df | verdict |",
-             "|---|---:|---:|---:|---|"]
+    lines = ["| training data | gap, pretrained − random (points) | 95 % CI, paired over seeds (df) | "
+             "95 % CI, Welch's t (df) | verdict |", "|---|---:|---:|---:|---|"]
     for g in sorted(results["gaps"], key=lambda g: -g["fraction"]):
-        ci = "-" if g["ci95_low_points"] is None else f"{g['ci95_low_points']:+.2f} … {g['ci95_high_points']:+.2f}"
-        df = "-" if g["welch_df"] is None else f"{g['welch_df']:.1f}"
-        lines.append(f"| {fraction_label(g['fraction'], n_train[g['fraction']])} | {g['gap_points']:+.2f} | {ci} | "
-                     f"{df} | {g['verdict']} |")
+        welch = "-" if g["ci95_low_points"] is None else (
+            f"{g['ci95_low_points']:+.2f} … {g['ci95_high_points']:+.2f} "
+            f"({'-' if g['welch_df'] is None else format(g['welch_df'], '.1f')})")
+        paired = "-" if g.get("paired_ci95_low_points") is None else (
+            f"{g['paired_ci95_low_points']:+.2f} … {g['paired_ci95_high_points']:+.2f} "
+            f"({'-' if g['paired_df'] is None else format(g['paired_df'], '.0f')})")
+        if paired == "-" and g.get("pairing") not in (None, "verified"):
+            paired = f"- (not paired: {g['pairing']})"
+        lines.append(f"| {fraction_label(g['fraction'], n_train[g['fraction']])} | {g['gap_points']:+.2f} | "
+                     f"{paired} | {welch} | {g['verdict']} |")
     return lines
 
 
@@ -77,8 +84,8 @@ def _robustness_tables(section: dict) -> list[str]:
                      f"{pm(r.get('clean_acc_no_tta_mean'), r.get('clean_acc_no_tta_std'), 100)} | "
                      f"{pm(r['ece_mean'], r['ece_std'], 100)} | {pm(r['nll_mean'], r['nll_std'], digits=3)} | "
                      f"{pm(r['mean_corruption_acc_mean'], r['mean_corruption_acc_std'], 100)} |")
-    lines += ["", "| training data | metric | gap, pretrained − random | 95 % CI (Welch's t) | better is | verdict |",
-              "|---|---|---:|---:|---|---|"]
+    lines += ["", "| training data | metric | gap, pretrained − random | 95 % CI (paired, else Welch's t) | better is "
+              "| verdict |", "|---|---|---:|---:|---|---|"]
     names = {"ece": "ECE (points)", "nll": "NLL", "mean_corruption_acc": "mean corruption accuracy (points)"}
     for g in sorted(section["robustness_gaps"], key=lambda g: (-g["fraction"], g["metric"])):
         ci = "-" if g["ci95_low"] is None else f"{g['ci95_low']:+.3f} … {g['ci95_high']:+.3f}"
@@ -97,21 +104,66 @@ def _corruption_table(section: dict) -> list[str]:
     if not table:
         return []
     labels = {r["init"]: r["label"] for r in section["summary"]}
-    severities = table["severities"]
-    header = " | ".join(f"{labels[i]} s{s}" for i in COMPARE_INITS for s in severities)
+    severities, inits = table["severities"], section["inits"]
+    header = " | ".join(f"{labels[i]} s{s}" for i in inits for s in severities)
     lines = ["Accuracy (%) per corruption and severity (s = severity), largest fraction, mean over seeds, no TTA:",
-             "", f"| corruption | {header} |", "|---|" + "---:|" * (len(COMPARE_INITS) * len(severities))]
-    for name in table["accuracy"][COMPARE_INITS[0]]:
-        cells = [f"{100 * table['accuracy'][i][name][s]:.1f}" for i in COMPARE_INITS for s in severities]
+             "", f"| corruption | {header} |", "|---|" + "---:|" * (len(inits) * len(severities))]
+    for name in table["accuracy"][inits[0]]:
+        cells = [f"{100 * table['accuracy'][i][name][s]:.1f}" for i in inits for s in severities]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines
 
 
-def _section_markdown(section: dict, files: list[str]) -> list[str]:
+def _study_markdown(study: dict | None, setting: str) -> list[str]:
+    """The axes beyond one gap for one setting: every arm and schedule at every noise level, their gaps (paired and
+    Welch intervals), and what pretraining is worth in labelled images (study/axes.py)."""
+    if not study:
+        return []
+    rows = [r for r in study["rows"] if r["setting"] == setting]
+    gaps = [g for g in study["gaps"] if g["setting"] == setting]
+    worth = [w for w in study["worth"] if w["setting"] == setting]
+    lines = ["#### Every arm, schedule and label-noise level (mean ± std over seeds)", "",
+             "| label noise | training data | model | epochs | test accuracy (%) | ECE (%) | NLL | time to train (s) "
+             "| seeds |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["noise"], -r["fraction"])):
+        lines.append(f"| {100 * r['noise']:g} % | {fraction_label(r['fraction'], r['n_train'])} | {r['label']} | "
+                     f"{r['epochs']} | **{pm(r['test_acc_mean'], r['test_acc_std'], 100)}** | "
+                     f"{pm(r['ece_mean'], r['ece_std'], 100)} | {pm(r['nll_mean'], r['nll_std'], digits=3)} | "
+                     f"{pm(r['train_seconds_mean'], r['train_seconds_std'], digits=1)} | {r['n_seeds']} |")
+    n_train = {r["fraction"]: r["n_train"] for r in rows}
+    if gaps:
+        lines += ["", "#### Gaps between the series (paired 95 % interval over seed pairs, Welch's beside it)", "",
+                  "| label noise | training data | a − b | metric | gap (paired 95 % CI; Welch) | verdict |",
+                  "|---:|---|---|---|---|---|"]
+        for g in sorted(gaps, key=lambda g: (g["noise"], -g["fraction"], g["metric"] != "test_acc")):
+            metric = "accuracy" if g["metric"] == "test_acc" else "ECE (lower is better)"
+            lines.append(f"| {100 * g['noise']:g} % | {fraction_label(g['fraction'], n_train[g['fraction']])} | "
+                         f"{study['labels'][g['a']]} − {study['labels'][g['b']]} | {metric} | {interval_text(g)} | "
+                         f"{verdict_text(g, study['labels'])} |")
+    if worth:
+        lines += ["", "#### What pretraining is worth in labelled images", "",
+                  "| label noise | pretrained arm | training data | its accuracy (%) | scratch needs | multiple |",
+                  "|---:|---|---|---:|---:|---|"]
+        for w in sorted(worth, key=lambda w: (w["noise"], w["pretrained"], w["fraction"])):
+            need = {"=": "~", ">": "> ", "<=": "≤ "}[w["relation"]] + f"{w['images']:,.0f} images"
+            lines.append(f"| {100 * w['noise']:g} % | {study['labels'][w['pretrained']]} | "
+                         f"{fraction_label(w['fraction'], w['n_train'])} | {100 * w['target_acc']:.2f} | {need} | "
+                         f"{multiple_text(w)} |")
+        lines += ["", "The multiple is the training-set size at which scratch (the preset's epochs) reaches the "
+                  "pretrained arm's mean accuracy, divided by that arm's training-set size: the scratch curve is "
+                  "interpolated linearly in log(images) between measured fractions only, so 'more than' (scratch "
+                  "never got there) and 'at most' (it was already there at the smallest fraction) mark the measured "
+                  "range's ends; nothing is extrapolated. The interval is a percentile bootstrap over each point's "
+                  "seeds (coarse with 2-3 seeds)."]
+    return ["### Beyond two arms", "", *lines[:], ""]
+
+
+def _section_markdown(section: dict, files: list[str], study: dict | None = None) -> list[str]:
     figures = [f"![{alt}]({name})" for alt, name in zip(PLOT_ALTS, files)]
     return [f"## {section['label']}", "",
             "### Test accuracy (mean ± std over seeds)", "", *_results_table(section), "",
-            "### Accuracy gap", "", *_gap_table(section), "", *_robustness_tables(section), *_lr_table(section),
+            "### Accuracy gap", "", *_gap_table(section), "", *_robustness_tables(section),
+            *_study_markdown(study, section["setting"]), *_lr_table(section),
             "### Figures", "", *[line for f in figures for line in (f, "")]]
 
 
@@ -185,16 +237,20 @@ def render_markdown(results: dict) -> str:
         "## Conclusion", "", results["conclusion"], "",
         f"Original study (one run per model, 10 epochs, full data, 224 px with the ImageNet stem): "
         f"ImageNet-pretrained {ORIGINAL_STUDY['imagenet']} %, random init {ORIGINAL_STUDY['random']} %.", "",
-        *[line for section, files in zip(results["sections"], names) for line in _section_markdown(section, files)],
+        *[line for section, files in zip(results["sections"], names)
+          for line in _section_markdown(section, files, results.get("study"))],
         "## How to read this", "",
         "- *setting* is the image size and stem both arms train at. At 32 px the CIFAR stem keeps the resolution "
         "but handicaps ImageNet features by design; at 224 px with the ImageNet stem they see images as they were "
         "learned (the original study's setting). Every table and figure sits under its setting's heading.",
         "- *std* is the sample standard deviation over seeds; a seed sets the random init (and the new classifier), "
         "the validation split, shuffling and augmentation - the same for both arms of a seed.",
-        "- *gap* is mean(pretrained) − mean(random) in accuracy points; its 95 % interval uses Welch's t (unequal "
-        "variances). 'within noise' means the interval includes 0. With few seeds the t quantile is large (12.7 at "
-        "df 1, 4.3 at df 2, 2.8 at df 4), so only large gaps can be told from noise.",
+        "- *gap* is mean(pretrained) − mean(random) in accuracy points. Both arms of a seed train on the same "
+        "images, labels, order and augmentation (each run records digests of them; the report checks they match), "
+        "so the verdict follows the paired 95 % interval over seed pairs (t on the per-seed differences, df = "
+        "seeds − 1); Welch's t (unequal variances, as if the seeds were independent) stands beside it. 'within "
+        "noise' means the interval includes 0. With few seeds the t quantile is large (12.7 at df 1, 4.3 at df 2, "
+        "2.8 at df 4), so only large gaps can be told from noise.",
         "- *training data* is the first N training images of the pool (then the validation split); a small fraction "
         f"trains with a smaller batch (lr scaled with it) so an epoch keeps at least "
         f"{base['min_steps_per_epoch']} steps.",

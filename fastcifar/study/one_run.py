@@ -53,7 +53,8 @@ def ensure_robustness(run_dir: Path, test, device: str, log: Callable[[str], Non
                                    for i in range(0, len(pixels), 256)])
 
     log(f"evaluating {Path(run_dir).name}: calibration and {len(corruption_names())} corruptions at severities "
-        f"{', '.join(map(str, severities))}")
+        f"{', '.join(map(str, severities))}" if severities else
+        f"evaluating {Path(run_dir).name}: calibration on the clean test images")
     start, cpu = time.perf_counter(), time.process_time()
     result = evaluate_logits(logits, test.images, test.labels, corruptions=corruption_names(),
                              severities=severities, device=str(resolved))

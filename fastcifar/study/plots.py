@@ -6,16 +6,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastcifar.config import COMPARE_INITS
 from fastcifar.fileio import atomic_file
+from fastcifar.study.axes import multiple_text, series_label
 from fastcifar.study.results import fraction_label, timing_caveat
 
-STYLE = {"imagenet": dict(color="#1f77b4", marker="o"), "random": dict(color="#d62728", marker="s")}
+STYLE = {"imagenet": dict(color="#1f77b4", marker="o"), "random": dict(color="#d62728", marker="s"),
+         "probe": dict(color="#2ca02c", marker="^")}
 PLOTS = ("curves.png", "data_efficiency.png", "per_class.png", "confusion.png", "robustness.png",
-         "reliability.png")  # one setting's figures
+         "reliability.png", "compute.png", "label_noise.png")  # one setting's figures
 PLOT_ALTS = ("test accuracy vs epoch and training time", "final accuracy vs training-set size",
              "per-class accuracy", "confusion matrices", "accuracy vs corruption severity",
-             "reliability diagrams")
+             "reliability diagrams", "accuracy vs training time, every arm and schedule",
+             "accuracy and calibration under label noise")
+
+
+def style(series: str) -> dict:
+    """An arm's colour and marker; the scratch arm's longer schedules dashed and lighter."""
+    init, _, k = series.partition("-x")
+    return dict(STYLE[init], linestyle="--", alpha=0.8) if k else dict(STYLE[init])
 
 NOT_EVALUATED = "not evaluated (--robustness-severities none)"
 
@@ -51,7 +59,7 @@ def plot_curves(results: dict, path: Path) -> Path:
     fig = Figure(figsize=(11, 3.4 * len(fractions)), layout="constrained")
     axes = fig.subplots(len(fractions), 2, squeeze=False)
     for row, fraction in zip(axes, fractions):
-        for init in COMPARE_INITS:
+        for init in results["inits"]:
             curves = [r["curve"] for r in results["runs"] if r["init"] == init and r["fraction"] == fraction]
             seconds = np.mean([c["elapsed_train_seconds"] for c in curves], axis=0)
             accs = [c["test_acc"] for c in curves]
@@ -76,7 +84,8 @@ def plot_data_efficiency(results: dict, path: Path) -> Path:
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    for init, nudge in zip(COMPARE_INITS, (0.97, 1.03)):  # a small sideways nudge keeps both error bars visible
+    nudges = (0.97, 1.0, 1.03) if len(results["inits"]) == 3 else (0.97, 1.03)
+    for init, nudge in zip(results["inits"], nudges):  # a small sideways nudge keeps the error bars apart
         rows = sorted((r for r in results["summary"] if r["init"] == init), key=lambda r: r["fraction"])
         ax.errorbar([r["fraction"] * nudge for r in rows], [100 * r["test_acc_mean"] for r in rows],
                     yerr=[100 * (r["test_acc_std"] or 0) for r in rows], capsize=4, label=results["labels"][init],
@@ -91,7 +100,13 @@ def plot_data_efficiency(results: dict, path: Path) -> Path:
     ax.set(xlabel="training-set fraction (log scale; images after the validation split)",
            ylabel="final test accuracy (%)", title="Data efficiency (mean ± 1 std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="best")
+    worth = [w for w in (results.get("study") or {}).get("worth", [])
+             if w["setting"] == results["setting"] and not w["noise"] and w["pretrained"] == results["pretrained"]]
+    if worth:  # what pretraining is worth in labelled images, per fraction (study/axes.py)
+        text = "\n".join(f"{100 * w['fraction']:g} %: worth {multiple_text(w)}" for w in worth)
+        ax.text(0.02, 0.98, f"{results['labels'][results['pretrained']]} vs scratch, in labelled images:\n{text}",
+                transform=ax.transAxes, va="top", fontsize=7, bbox=dict(facecolor="white", alpha=0.8, linewidth=0))
     return _save(fig, path)
 
 
@@ -103,14 +118,15 @@ def plot_per_class(results: dict, path: Path) -> Path:
     names = per["random"]["class_names"]
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.subplots()
-    x, width = np.arange(len(names)), 0.4
-    for i, init in enumerate(COMPARE_INITS):
+    inits = results["inits"]
+    x, width = np.arange(len(names)), 0.8 / len(inits)
+    for i, init in enumerate(inits):
         p = per[init]
         mean = np.asarray(p["acc_mean_pct"])
         std = np.asarray(p["acc_std_pct"] if p["acc_std_pct"] is not None else np.zeros_like(mean))
         # The std bar is clipped to 0..100 %: an accuracy cannot leave that range, however few the seeds.
         yerr = np.stack([np.minimum(std, mean), np.minimum(std, 100 - mean)])
-        ax.bar(x + (i - 0.5) * width, mean, width, yerr=yerr, capsize=3, color=STYLE[init]["color"],
+        ax.bar(x + (i - (len(inits) - 1) / 2) * width, mean, width, yerr=yerr, capsize=3, color=STYLE[init]["color"],
                label=f"{results['labels'][init]} (n={p['n_seeds']})")
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_yticks(range(0, 101, 20))
@@ -118,7 +134,7 @@ def plot_per_class(results: dict, path: Path) -> Path:
            title=f"Per-class test accuracy, {100 * per['random']['fraction']:g} % of the training data "
                  "(mean ± 1 std over seeds)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", ncol=2, frameon=False)  # in the headroom above 100 %, clear of the bars
+    ax.legend(loc="upper center", ncol=len(inits), frameon=False)  # in the headroom above 100 %, clear of the bars
     return _save(fig, path)
 
 
@@ -126,9 +142,10 @@ def plot_confusion(results: dict, path: Path) -> Path:
     import numpy as np
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(15, 6.6), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, init in zip(axes, COMPARE_INITS):
+    inits = results["inits"]
+    fig = Figure(figsize=(7.5 * len(inits), 6.6), layout="constrained")
+    axes = fig.subplots(1, len(inits))
+    for ax, init in zip(axes, inits):
         p = results["per_class"][init]
         counts = np.asarray(p["confusion_sum"], dtype=float)
         pct = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -154,7 +171,7 @@ def plot_robustness(results: dict, path: Path) -> Path:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     top = max(r["fraction"] for r in results["runs"])
-    for init in COMPARE_INITS:
+    for init in results["inits"]:
         runs = [r for r in results["runs"] if r["init"] == init and r["fraction"] == top and r.get("corruption_acc")]
         if not runs:
             continue
@@ -179,10 +196,11 @@ def plot_reliability(results: dict, path: Path) -> Path:
     import numpy as np
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    inits = results["inits"]
+    fig = Figure(figsize=(5.5 * len(inits), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(inits), sharey=True)
     top = max(r["fraction"] for r in results["runs"])
-    for ax, init in zip(axes, COMPARE_INITS):
+    for ax, init in zip(axes, inits):
         runs = [r for r in results["runs"] if r["init"] == init and r["fraction"] == top and r.get("reliability")]
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set(xlabel="confidence (top-1 probability)", xlim=(0, 1), ylim=(0, 1), title=results["labels"][init])
@@ -206,7 +224,71 @@ def plot_reliability(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-PLOTTERS = (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion, plot_robustness, plot_reliability)
+def plot_compute(results: dict, path: Path) -> Path:
+    """Final test accuracy against training time, clean labels: every arm and schedule (the scratch arm's longer
+    ones dashed), one point per fraction (mean over seeds, ± 1 std both ways). Does random init catch up with k
+    times the compute, and what does each arm's accuracy cost?"""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in (results.get("study") or {}).get("rows", [])
+            if r["setting"] == results["setting"] and not r["noise"]]
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for series in sorted({r["series"] for r in rows}):
+        points = sorted((r for r in rows if r["series"] == series), key=lambda r: r["fraction"])
+        ax.errorbar([r["train_seconds_mean"] for r in points], [100 * r["test_acc_mean"] for r in points],
+                    xerr=[r["train_seconds_std"] or 0 for r in points],
+                    yerr=[100 * (r["test_acc_std"] or 0) for r in points], capsize=3,
+                    label=series_label(series, results["labels"]), **style(series))
+        for r in points:
+            ax.annotate(f"{100 * r['fraction']:g} %", (r["train_seconds_mean"], 100 * r["test_acc_mean"]),
+                        textcoords="offset points", xytext=(4, -10), fontsize=7)
+    busy = timing_caveat(results.get("all_runs") or results["runs"])
+    ax.set_xscale("log")
+    ax.set(xlabel="training time per run (s, log scale; mean over seeds)" + (
+        "\nmachine busy (equal runs' times differ > 2x): these times measure the load" if busy else ""),
+        ylabel="final test accuracy (%)", title="Accuracy against training time, clean labels (point: a fraction)")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_label_noise(results: dict, path: Path) -> Path:
+    """Test accuracy and ECE against the share of noisy training labels (clean test set), each arm at the preset's
+    schedule, the largest fraction, mean ± 1 std over seeds."""
+    from matplotlib.figure import Figure
+
+    study = results.get("study") or {}
+    rows = [r for r in study.get("rows", []) if r["setting"] == results["setting"] and "-x" not in r["series"]]
+    top = max((r["fraction"] for r in rows), default=None)
+    rows = [r for r in rows if r["fraction"] == top]
+    fig = Figure(figsize=(11, 4.3), layout="constrained")
+    axes = fig.subplots(1, 2)
+    levels = sorted({r["noise"] for r in rows})
+    for series in [s for s in ("imagenet", "probe", "random") if any(r["series"] == s for r in rows)]:
+        points = sorted((r for r in rows if r["series"] == series), key=lambda r: r["noise"])
+        x = [100 * r["noise"] for r in points]
+        for ax, key in zip(axes, ("test_acc", "ece")):
+            if all(r[f"{key}_mean"] is not None for r in points):
+                ax.errorbar(x, [100 * r[f"{key}_mean"] for r in points],
+                            yerr=[100 * (r[f"{key}_std"] or 0) for r in points], capsize=3,
+                            label=series_label(series, results["labels"]), **style(series))
+    for ax, ylabel in zip(axes, ("test accuracy (%)", "ECE (%), lower is better")):
+        ax.set(xlabel="noisy training labels (%; the test set is clean)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if len(levels) < 2:
+            ax.text(0.5, 0.5, "one label-noise level (--label-noise 0,0.2,0.4 adds more)", ha="center",
+                    va="center", transform=ax.transAxes)
+        elif ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    n_train = rows[0]["n_train"] if rows else 0
+    fig.suptitle("Label noise" + (f", {fraction_label(top, n_train)} (mean ± 1 std over seeds)" if rows else ""))
+    return _save(fig, path)
+
+
+PLOTTERS = (plot_curves, plot_data_efficiency, plot_per_class, plot_confusion, plot_robustness, plot_reliability,
+            plot_compute, plot_label_noise)
 
 
 def plot_files(settings: list[str]) -> list[list[str]]:

@@ -19,7 +19,12 @@ def write_report(out: Path, results: dict) -> list[Path]:
     sections = results["sections"]
     for section, names in zip(sections, plot_files([s["setting"] for s in sections])):
         view = {**section, "labels": results["labels"],
-                "runs": [r for r in results["runs"] if r["setting"] == section["setting"]]}
+                # the main figures draw the clean study at the preset's schedule; compute.png and label_noise.png
+                # every run (study/plots.py)
+                "runs": [r for r in results["runs"] if r["setting"] == section["setting"]
+                         and r.get("epochs_x", 1) == 1 and not r.get("noise")],
+                "all_runs": [r for r in results["runs"] if r["setting"] == section["setting"]],
+                "study": results.get("study")}
         files += [plotter(view, out / name) for plotter, name in zip(PLOTTERS, names)]
     return files
 
@@ -37,7 +42,7 @@ def print_summary(results: dict, files: list[Path]) -> None:
         for r in sorted(section["summary"], key=lambda r: (-r["fraction"], r["init"])):
             g = gaps[r["setting"], r["fraction"]]
             ci = "" if g["ci95_low_points"] is None else f" ({g['ci95_low_points']:+.1f}…{g['ci95_high_points']:+.1f})"
-            gap = "" if r["init"] != "imagenet" else f"{g['gap_points']:+.2f}{ci}"
+            gap = "" if r["init"] != section["pretrained"] else f"{g['gap_points']:+.2f}{ci}"
             table.add_row(r["setting"], fraction_label(r["fraction"], r["n_train"]), r["label"], f"{r['lr']:g}",
                           pm(r["test_acc_mean"], r["test_acc_std"], 100),
                           pm(r["train_seconds_mean"], r["train_seconds_std"], digits=1), gap)

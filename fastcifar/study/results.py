@@ -13,18 +13,22 @@ import os
 import time
 from pathlib import Path
 
-from fastcifar.config import COMPARE_INITS, setting_name
+from fastcifar.config import setting_name
 from fastcifar.models import RESNETS
 from fastcifar.rundir import ARM_LABELS, ROBUSTNESS_FILE, read_metrics, read_summary
-from fastcifar.study.stats import mean_std, verdict, welch_ci
+from fastcifar.study import axes
+from fastcifar.study.stats import mean_std
 
-FORMAT_VERSION = 2  # 2: per-setting sections, lr_selection, run warnings
+# 2: per-setting sections, lr_selection, run warnings; 3: the linear-probe arm, paired intervals, `study` (axes.py)
+FORMAT_VERSION = 3
+INIT_ORDER = ("imagenet", "probe", "random")  # the arms in every table: fine-tuned, linear probe, scratch
 ORIGINAL_STUDY = {"imagenet": 93.69, "random": 94.05}  # one 10-epoch run per model, test accuracy in %
 
 
 def arm_labels(source: dict) -> dict:
     pretrained = "ImageNet-pretrained" if source.get("verified_imagenet") else ARM_LABELS[source["kind"]]
-    return {"imagenet": pretrained, "random": "random init"}
+    features = "ImageNet" if source.get("verified_imagenet") else "stand-in"
+    return {"imagenet": pretrained, "probe": f"linear probe ({features} features, frozen)", "random": "random init"}
 
 
 def fraction_label(fraction: float, n_train: int) -> str:
@@ -40,6 +44,8 @@ def _run_record(run, out: Path) -> dict:
             "time_to_90pct_final_test_acc", "images_per_second", "device", "per_class_test_acc", "confusion",
             "class_names")
     return {"name": run.name, "init": run.init, "fraction": run.fraction, "seed": run.seed,
+            "epochs_x": run.epochs_x, "noise": run.noise, "data_stream": summary.get("data_stream"),
+            "noisy_labels": summary.get("noisy_labels"),
             "setting": setting_name(run.setting), "image_size": run.setting[0], "stem": run.setting[1],
             "run_dir": os.path.relpath(run.run_dir, out), "train_limit": run.cfg.train_limit,
             "batch_size": run.cfg.batch_size, "lr": run.cfg.lr, **{k: summary.get(k) for k in keys},
@@ -58,8 +64,9 @@ def _robustness_record(run_dir: Path) -> dict:
     r = json.loads(path.read_text())
     return {"ece": r["clean"]["ece"], "nll": r["clean"]["nll"], "brier": r["clean"]["brier"],
             "clean_acc_no_tta": r["clean"]["accuracy"],  # the protocol of the corruption accuracies (test_acc: TTA)
+            # a run of the axes beyond the clean study is evaluated on clean images only (compare.py)
             "corruption_acc": {name: {sev: v["accuracy"] for sev, v in by.items()}
-                               for name, by in r["corruptions"].items()},
+                               for name, by in r["corruptions"].items()} or None,
             "mean_corruption_acc": r["mean_corruption_acc"], "reliability": r["clean"]["reliability"]}
 
 
@@ -84,28 +91,37 @@ ROBUSTNESS_METRICS = {  # key -> (scale, what a better model has)
     "ece": (100, "lower"), "nll": (1, "lower"), "mean_corruption_acc": (100, "higher")}
 
 
-def _metric_gap(fraction: float, records: list[dict], key: str) -> dict | None:
-    """pretrained - random on one robustness metric with the same Welch interval as accuracy (None: no data)."""
+def _metric_gap(fraction: float, records: list[dict], key: str, pretrained: str = "imagenet") -> dict | None:
+    """pretrained - random on one robustness metric with the same intervals as accuracy (None: no data): the
+    paired one over seed pairs beside Welch's (axes.gap); ci95_* is the one the verdict follows."""
     scale, better = ROBUSTNESS_METRICS[key]
-    values = {init: [scale * r[key] for r in records if r["init"] == init and r.get(key) is not None]
-              for init in COMPARE_INITS}
-    if not values["imagenet"] or not values["random"]:
+    g = axes.gap([r for r in records if r["init"] == pretrained], [r for r in records if r["init"] == "random"],
+                 key, better, scale)
+    if g is None:
         return None
-    ci = welch_ci(values["imagenet"], values["random"])
+    main = g[g["interval"]]
     return {"setting": records[0]["setting"], "fraction": fraction, "metric": key, "better": better,
-            "gap": mean_std(values["imagenet"])[0] - mean_std(values["random"])[0],
-            "ci95_low": ci.low if ci else None, "ci95_high": ci.high if ci else None, "verdict": verdict(ci, better)}
+            "pretrained": pretrained, "gap": g["gap"], "ci95_low": main["low"] if main else None,
+            "ci95_high": main["high"] if main else None, "interval": g["interval"], "welch": g["welch"],
+            "paired": g["paired"], "verdict": g["verdict"]}
 
 
-def _gap_row(fraction: float, records: list[dict]) -> dict:
-    acc = {init: [100 * r["test_acc"] for r in records if r["init"] == init] for init in COMPARE_INITS}
-    ci = welch_ci(acc["imagenet"], acc["random"])
-    gap = mean_std(acc["imagenet"])[0] - mean_std(acc["random"])[0]
-    return {"setting": records[0]["setting"], "fraction": fraction, "gap_points": gap,
-            "ci95_low_points": ci.low if ci else None,
-            "ci95_high_points": ci.high if ci else None, "welch_df": ci.df if ci else None,
-            "se_points": ci.se if ci else None, "n_imagenet": len(acc["imagenet"]), "n_random": len(acc["random"]),
-            "verdict": verdict(ci)}
+def _gap_row(fraction: float, records: list[dict], pretrained: str = "imagenet") -> dict:
+    """pretrained - random test accuracy in points: Welch's interval (ci95_*, welch_df) and the paired one over the
+    seed pairs (paired_*, when the runs' data streams verify the pairing); the verdict follows the paired one."""
+    a = [r for r in records if r["init"] == pretrained]
+    b = [r for r in records if r["init"] == "random"]
+    g = axes.gap(a, b)
+    welch, paired = g["welch"], g["paired"]
+    return {"setting": records[0]["setting"], "fraction": fraction, "pretrained": pretrained,
+            "gap_points": g["gap"], "ci95_low_points": welch["low"] if welch else None,
+            "ci95_high_points": welch["high"] if welch else None, "welch_df": welch["df"] if welch else None,
+            "se_points": welch["se"] if welch else None, "paired_ci95_low_points": paired["low"] if paired else None,
+            "paired_ci95_high_points": paired["high"] if paired else None,
+            "paired_df": paired["df"] if paired else None, "n_pairs": paired["n_pairs"] if paired else 0,
+            "pairing": g["pairing"], "interval": g["interval"], "n_imagenet": len(a), "n_random": len(b),
+            "verdict": g["verdict"], "verdict_welch": g["verdict_welch"]}
+
 
 
 def _per_class(records: list[dict]) -> dict:
@@ -155,19 +171,22 @@ def collect(cfg, source: dict, runs: list, env: dict, lr_selection: dict | None 
 
 
 def _section(setting: str, records: list[dict], labels: dict, lr_selection: dict | None, arch: str) -> dict:
-    """One setting's tables: rows per (init, fraction), gaps per fraction, per-class figures, the lr choice."""
+    """One setting's tables (the clean study at the preset's schedule): rows per (arm, fraction), gaps per fraction
+    (the fine-tuned arm, or the linear probe without one, minus scratch), per-class figures, the lr choice."""
     def select(init, fraction):
         return [r for r in records if r["init"] == init and r["fraction"] == fraction]
 
     fractions = sorted({r["fraction"] for r in records})
-    return {"setting": setting, "label": setting_label(setting, arch),
-            "summary": [_summary_row(init, f, select(init, f), labels[init]) for f in fractions
-                        for init in COMPARE_INITS],
-            "gaps": [_gap_row(f, [r for r in records if r["fraction"] == f]) for f in fractions],
-            "per_class": {init: _per_class(select(init, fractions[-1])) for init in COMPARE_INITS},
+    inits = [i for i in INIT_ORDER if any(r["init"] == i for r in records)]
+    pretrained = inits[0]
+    return {"setting": setting, "label": setting_label(setting, arch), "inits": inits, "pretrained": pretrained,
+            "summary": [_summary_row(init, f, select(init, f), labels[init]) for f in fractions for init in inits],
+            "gaps": [_gap_row(f, [r for r in records if r["fraction"] == f], pretrained) for f in fractions],
+            "per_class": {init: _per_class(select(init, fractions[-1])) for init in inits},
             "robustness_gaps": [g for f in fractions for key in ROBUSTNESS_METRICS
-                                if (g := _metric_gap(f, [r for r in records if r["fraction"] == f], key))],
-            "corruption_acc": _corruption_means(records), "lr_selection": lr_selection}
+                                if (g := _metric_gap(f, [r for r in records if r["fraction"] == f], key,
+                                                     pretrained))],
+            "corruption_acc": _corruption_means(records, inits), "lr_selection": lr_selection}
 
 
 def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_selection: dict | None = None) -> dict:
@@ -179,7 +198,8 @@ def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_sel
     labels = arm_labels(source)
     settings = list(dict.fromkeys(r["setting"] for r in records))
     arch = config.get("base", {}).get("arch", "resnet18")
-    sections = [_section(s, [r for r in records if r["setting"] == s], labels, (lr_selection or {}).get(s), arch)
+    core = [r for r in records if r.get("epochs_x", 1) == 1 and not r.get("noise")]  # the clean study
+    sections = [_section(s, [r for r in core if r["setting"] == s], labels, (lr_selection or {}).get(s), arch)
                 for s in settings]
     n_test = records[0]["n_test"]
     top = max(r["fraction"] for r in records)
@@ -192,6 +212,7 @@ def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_sel
         "sections": sections, "summary": [row for s in sections for row in s["summary"]],
         "gaps": [g for s in sections for g in s["gaps"]], "lr_selection": lr_selection,
         "original_study_test_acc_pct": ORIGINAL_STUDY, "runs": records,
+        "study": axes.study_block(records, labels),
     }
     sentences = conclusion_sentences(results)
     results["conclusion"] = " ".join(text for text, _ in sentences)
@@ -201,17 +222,17 @@ def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_sel
     return results
 
 
-def _corruption_means(records: list[dict]) -> dict | None:
+def _corruption_means(records: list[dict], inits: list[str]) -> dict | None:
     """Accuracy per corruption and severity for each arm at the largest fraction, mean over seeds (None without
     robustness records): where each arm's mean corruption accuracy comes from."""
     import numpy as np
 
     top = max(r["fraction"] for r in records)
     arms = {init: [r for r in records if r["init"] == init and r["fraction"] == top and r.get("corruption_acc")]
-            for init in COMPARE_INITS}
+            for init in inits}
     if not all(arms.values()):
         return None
-    first = arms[COMPARE_INITS[0]][0]["corruption_acc"]
+    first = arms[inits[0]][0]["corruption_acc"]
     severities = sorted({s for by in first.values() for s in by}, key=int)
     return {"fraction": top, "severities": severities,
             "accuracy": {init: {name: {s: float(np.mean([r["corruption_acc"][name][s] for r in runs]))
@@ -222,6 +243,10 @@ def _corruption_means(records: list[dict]) -> dict | None:
 
 
 def _ci_text(g: dict) -> str:
+    """The interval the verdict follows: the paired one over seed pairs when there is one, else Welch's."""
+    if g.get("interval") == "paired":
+        return (f"paired 95 % CI {g['paired_ci95_low_points']:+.2f} to {g['paired_ci95_high_points']:+.2f}; Welch "
+                f"{g['ci95_low_points']:+.2f} to {g['ci95_high_points']:+.2f}")
     return f"95 % CI {g['ci95_low_points']:+.2f} to {g['ci95_high_points']:+.2f}"
 
 
@@ -240,13 +265,19 @@ def _overall_sentence(results: dict) -> str:
     if len(pct["no CI"]) == len(gaps):
         return "With one seed per arm these numbers cannot separate the two inits from seed noise (use --seeds 3+)."
     if not pct["pretrained ahead"] and not pct["random ahead"]:
-        widths = [g["ci95_high_points"] - g["ci95_low_points"] for g in gaps if g["ci95_low_points"] is not None]
+        widths = [_width(g) for g in gaps if g["ci95_low_points"] is not None]
         return ("The numbers support no difference between the inits at any fraction tried: every 95 % interval "
                 f"includes 0. That is not proof they are equal - the intervals are up to {max(widths):.1f} points "
                 "wide; more seeds narrow them.")
     parts = [f"a real advantage for {who} at {', '.join(pct[v])} of the data" for v, who in
              (("pretrained ahead", "ImageNet pretraining"), ("random ahead", "random init")) if pct[v]]
     return "The numbers support " + " and ".join(parts) + "; any other gap is within noise."
+
+
+def _width(g: dict) -> float:
+    if g.get("interval") == "paired":
+        return g["paired_ci95_high_points"] - g["paired_ci95_low_points"]
+    return g["ci95_high_points"] - g["ci95_low_points"]
 
 
 def caveats(results: dict) -> list[str]:
@@ -286,9 +317,12 @@ def _warnings_caveat(runs: list[dict]) -> list[str]:
 def timing_caveat(runs: list[dict]) -> list[str]:
     """Flag a busy machine: runs of the same size whose training times differ by more than 2x."""
     spreads = []
-    for setting, fraction in {(r["setting"], r["fraction"]) for r in runs}:
-        seconds = [r["train_seconds"] for r in runs
-                   if (r["setting"], r["fraction"]) == (setting, fraction) and r["train_seconds"]]
+
+    def size(r: dict) -> tuple:  # equal work: same data and epochs, and a linear probe only beside another
+        return r["setting"], r["fraction"], r.get("epochs"), r["init"] == "probe"
+
+    for key in {size(r) for r in runs}:
+        seconds = [r["train_seconds"] for r in runs if size(r) == key and r["train_seconds"]]
         spreads.append(max(seconds) / min(seconds) if seconds else 1.0)
     if max(spreads, default=1.0) <= 2.0:
         return []
@@ -306,7 +340,7 @@ def _findings(section: dict, name_setting: bool, runs: list[dict]) -> list[tuple
     rows = {(r["init"], r["fraction"]): r for r in section["summary"]}
     sentences = []
     for g in sorted(section["gaps"], key=lambda g: -g["fraction"]):
-        pre, rnd = rows["imagenet", g["fraction"]], rows["random", g["fraction"]]
+        pre, rnd = rows[section["pretrained"], g["fraction"]], rows["random", g["fraction"]]
         sentences.append(f"With {fraction_label(g['fraction'], pre['n_train'])} for training, "
                          f"{pre['label']} reaches {100 * pre['test_acc_mean']:.2f} % and random init "
                          f"{100 * rnd['test_acc_mean']:.2f} % ({_seeds_text(pre['n_seeds'])}): "
@@ -316,7 +350,7 @@ def _findings(section: dict, name_setting: bool, runs: list[dict]) -> list[tuple
         sentences[0] = f"At {section['label']}: {sentences[0][0].lower()}{sentences[0][1:]}"
     found = [(text, False) for text in sentences]
     top = max(section["gaps"], key=lambda g: g["fraction"])["fraction"]
-    pre, rnd = rows["imagenet", top], rows["random", top]
+    pre, rnd = rows[section["pretrained"], top], rows["random", top]
     busy = bool(timing_caveat(runs))  # times measured on a busy machine are not a speed result
     if pre["time_to_90pct_mean"] is not None and rnd["time_to_90pct_mean"] is not None and not busy:
         found.append((f"With the most training data, pretrained reaches 90 % of its final accuracy after "
@@ -332,4 +366,5 @@ def conclusion_sentences(results: dict) -> list[tuple[str, bool]]:
     timed = set(timing_caveat(results["runs"]))
     return ([s for section in results["sections"] for s in
              _findings(section, named, [r for r in results["runs"] if r["setting"] == section["setting"]])]
+            + axes.sentences(results["study"], fraction_label)
             + [(note, note in timed) for note in caveats(results)])

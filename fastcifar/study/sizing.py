@@ -140,11 +140,16 @@ def estimate_parts(trained, final, costs: dict, n_test: int, severities: tuple[i
     for run in trained:
         cost = costs[run.setting]
         n_val = run.cfg.train_limit - run.n_train
+        if run.cfg.linear_probe:  # one no-grad backbone pass per image (train/linear_probe.py); its epochs are free
+            parts["training_s"] += run.n_train * cost.eval
+            parts["evaluation_s"] += (n_val + n_test) * cost.eval
+            continue
         parts["training_s"] += run.n_train * run.cfg.epochs * cost.train
         parts["evaluation_s"] += (n_val + n_test) * run.cfg.epochs * cost.eval
     if severities:
-        corrupted = n_test * n_corruptions * len(severities)
         for run in final:
+            # the axes' runs beyond the clean study are evaluated on the clean test images only (compare.py)
+            corrupted = n_test * n_corruptions * len(severities) if run.core else 0
             cost = costs[run.setting]
             parts["robustness_s"] += (n_test + corrupted) * cost.robustness + corrupted * cost.corrupt
     return parts
@@ -196,8 +201,15 @@ def describe(sizing: dict) -> str:
     full = (f"the study as asked ({sizing['requested_pool']:,} training images) is estimated at "
             f"~{sizing['requested_estimate_s'] / 60:.0f} min")
     head = (f"measured {sizing['images_per_s']:,.0f} training img/s on {sizing['device']}: {full}")
+    dropped = sizing.get("dropped") or []
+    if dropped:
+        head += (f", over the {minutes:g}-min budget (--time-budget): dropped {', '.join(dropped)} (the axes a budget "
+                 "drops first)")
     if sizing["pool"] == sizing["requested_pool"]:
-        line = f"{head}, within the {minutes:g}-min budget (--time-budget)"
+        line = f"{head}, {'then ' if dropped else ''}within the {minutes:g}-min budget (--time-budget)"
+        if dropped:
+            line += (f" at ~{sizing['estimate_s'] / 60:.0f} min. For the full study: --time-budget 0 (make run "
+                     "BUDGET=0)")
     else:
         over = "" if sizing["estimate_s"] <= sizing["budget_s"] else " (still over the budget: the smallest pool)"
         line = (f"{head}, over the {minutes:g}-min budget (--time-budget): sized to {sizing['pool']:,} training "

@@ -24,11 +24,23 @@ def plan_line(cfg: CompareConfig, selection: list[PlannedRun], later: list[Plann
           f"({len(selection)} selection runs, first seed, largest fraction, reused as that point's runs)"
           if cfg.lr_grid else f"one shared peak lr {cfg.base.lr:g}")
     return warning + (
-        f"compare: {len(selection) + len(later)} runs = 2 inits x {len(cfg.settings)} setting(s) x {len(cfg.seeds)} "
-        f"seed(s) x {len(cfg.fractions)} fraction(s) ({', '.join(f'{f:g}' for f in cfg.fractions)}), {cfg.base.arch} "
+        f"compare: {len(selection) + len(later)} runs = {len(cfg.arms)} arms ({', '.join(cfg.arms)}) x "
+        f"{len(cfg.settings)} setting(s) x {len(cfg.seeds)} seed(s) x {len(cfg.fractions)} fraction(s) "
+        f"({', '.join(f'{f:g}' for f in cfg.fractions)}){_axes_text(cfg)}, {cfg.base.arch} "
         f"at {settings}, {cfg.base.epochs} epochs, preset {cfg.base.preset}, device {cfg.base.device}; {lr}; "
         f"{done} already finished.\ncompare: pretrained arm = {source['label']}.\n"
         f"compare: report directory {cfg.out} (rerun the same command to resume)")
+
+
+def _axes_text(cfg: CompareConfig) -> str:
+    """The axes beyond arms, seeds and fractions, when used (run_plan.py: which runs they add)."""
+    parts = []
+    if cfg.scratch_epochs != (1,):
+        parts.append(f"scratch also at {', '.join(f'{k}x' for k in cfg.scratch_epochs if k != 1)} the epochs (clean "
+                     "labels)")
+    if cfg.label_noise != (0.0,):
+        parts.append(f"every arm also at label noise {', '.join(f'{p:g}' for p in cfg.label_noise if p)}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def selection_line(record: dict) -> str:

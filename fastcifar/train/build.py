@@ -80,6 +80,14 @@ class TrainData:
     train_images: object  # the training split's uint8 NHWC pixels on the host (the whitened stem is fitted on them)
     info: dict  # the dataset (fastcifar/data/datasets.py): kind, root, test split's source, skipped files
     test_files: list | None = None  # an image folder's test images, relative to it (model.json records them)
+    # The run's data as the study pairs it (summary.json's `data_stream`): the training indices and labels (noisy ones
+    # with --label-noise), the validation images and labels, and how many labels the noise replaced.
+    train_labels: object = None
+    val_images: object = None
+    val_labels: object = None
+    train_indices: object = None
+    noisy: int = 0
+    test_arrays: tuple | None = None  # (uint8 images, labels) of the test split (the linear probe caches features)
 
 
 def fit_to_data(cfg: TrainConfig, n_images: int, world_size: int = 1) -> tuple[TrainConfig, str | None]:
@@ -126,9 +134,14 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, data) -> TrainDat
     from fastcifar.data.loaders import make_loader
     from fastcifar.data.loader_contract import LoaderOptions
 
+    from fastcifar.data.label_noise import noisy_labels
+
     images, labels = data.train.images, data.train.labels
     if cfg.train_limit is not None:
         images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
+    # The pool's labels, as noisy as asked, before the split: validation is as noisy as a user's own held-out labels
+    # would be; the test set stays clean.
+    labels, flipped = noisy_labels(labels, cfg.label_noise, cfg.seed, len(data.class_names))
     train_idx, val_idx = split_train_val(len(labels), cfg.val_fraction, cfg.seed)
     per_rank_batch = max(cfg.batch_size // dist.world_size, 1)
     if len(train_idx) // dist.world_size < per_rank_batch:
@@ -164,7 +177,31 @@ def build_data(cfg: TrainConfig, spec, dist: DistInfo, device, data) -> TrainDat
                      n_train=len(train_idx), n_val=len(val_idx), n_test=len(data.test), root=data.root.resolve(),
                      kind=kind, train_images=train_images,
                      info=dict(data.info) or {"dataset": "cifar10", "root": str(data.root)},
-                     test_files=relative_files(data.root, data.files["test"]) if data.files else None)
+                     test_files=relative_files(data.root, data.files["test"]) if data.files else None,
+                     train_labels=labels[train_idx], val_images=images[val_idx], val_labels=labels[val_idx],
+                     train_indices=train_idx, noisy=len(flipped), test_arrays=(data.test.images, data.test.labels))
+
+
+def data_stream(data: TrainData, epochs: int, augmented: bool = True) -> dict:
+    """What the run trained on, as digests a study compares between the arms of a seed (study/results.py pairs them):
+    `subset` - the training indices into the pool and their labels (noisy ones included); `epochs` - per epoch, this
+    rank's order, crop offsets and flips (loader_contract.epoch_plan, which every loader follows). A run without
+    augmentation (the linear probe's cached features) digests its order only and says so."""
+    import hashlib
+
+    import numpy as np
+
+    from fastcifar.data.loader_contract import epoch_plan
+
+    def digest(*arrays) -> str:
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a).astype(np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    plans = [epoch_plan(data.n_train, data.train_options, e) for e in range(epochs)]
+    return {"subset": digest(data.train_indices, data.train_labels), "augmented": augmented,
+            "epochs": [digest(p.order, p.dy, p.dx, p.flip) if augmented else digest(p.order) for p in plans]}
 
 
 def apply_levers(model, spec, cfg: TrainConfig, train_images) -> list[str]:

@@ -60,6 +60,7 @@ class Session:
     warmup_seconds: float | None = None
     final_eval: tuple | None = None  # the last epoch's evaluation with predictions, for the summary
     stop: StopSignal = field(default_factory=StopSignal)  # SIGTERM's request to stop at a step boundary
+    probe: object | None = None  # linear_probe.Probe for a --linear-probe run: evaluation on cached features
 
     @property
     def num_classes(self) -> int:
@@ -130,6 +131,11 @@ def setup(cfg: TrainConfig, dist: DistInfo, *, resume_dir: Path | None, dataset,
 
     device = resolve_device(cfg.device, dist.local_rank)  # first: a bad --device, --init or --out costs no data load
     cfg = cfg.resolved(device.type)
+    if cfg.linear_probe:
+        if dist.enabled:
+            raise FastCifarError("--linear-probe trains one linear layer on cached features: run it without torchrun")
+        # a linear layer on cached features: nothing for compile to fuse, and 2-D features have no channels_last
+        cfg = replace(cfg, compile=False, channels_last=False)
     if device.type == "cuda":
         # Every training batch has the same shape, so cuDNN's per-shape autotuning pays once (~6 % measured).
         torch.backends.cudnn.benchmark = True
@@ -153,6 +159,12 @@ def setup(cfg: TrainConfig, dist: DistInfo, *, resume_dir: Path | None, dataset,
         elif dist.is_main and not run.has_env():  # killed between config.json and env.json
             write_env(run, device)
         levers = build.apply_levers(model, spec, cfg, data.train_images)  # freezes before the optimizer
+        probe = None
+        if cfg.linear_probe:  # freezes all but the classifier, before the optimizer; loaders over cached features
+            from fastcifar.train.linear_probe import attach
+
+            probe, data = attach(model, data, cfg, device, step.autocast_factory(cfg.precision, device))
+            levers.append("linear probe: frozen backbone in eval mode, cached features, classifier trained")
         optimizer, scheduler = step.build_optimizer(model, cfg, len(data.train), device)
         ema = step.build_ema(model, cfg, len(data.train))
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -181,13 +193,14 @@ def setup(cfg: TrainConfig, dist: DistInfo, *, resume_dir: Path | None, dataset,
             records = RunRecords(cfg, run, spec, dataset_extra(data, run.path, cfg), start_epoch)
         compiled = step.CompileRecord(model, cfg.compile_mode) if cfg.compile else None
         autocast = step.autocast_factory(cfg.precision, device)
-        run_step = step.make_step(wrap_distributed(model, dist, device), optimizer, scheduler, scaler, autocast,
+        net = probe.classifier if probe is not None else wrap_distributed(model, dist, device)
+        run_step = step.make_step(net, optimizer, scheduler, scaler, autocast,
                                   torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                                   # the scheduler's step count is a host int: the EMA never reads the device
                                   ema_update=None if ema is None else lambda: ema.update(scheduler.last_epoch))
         s = Session(cfg, dist, device, run, spec, data, model, run_step, optimizer, scheduler, ema, scaler, autocast,
                     torch.channels_last if cfg.channels_last else torch.contiguous_format, levers, records, compiled,
-                    fitted, start_epoch, history, train_seconds)
+                    fitted, start_epoch, history, train_seconds, probe=probe)
         if cfg.compile if warm_up is None else warm_up:
             s.warmup_seconds = step.warm_up(run_step, model, (optimizer, scheduler), ema, scaler,
                                             batch_size=data.train_options.batch_size, image_size=cfg.image_size,
@@ -266,8 +279,11 @@ def evaluate(s: Session, last: bool = False) -> dict:
         if loader is None:
             out.update({f"{name}_loss": None, f"{name}_acc": None})
             continue
-        results[name] = evaluate_loader(s.eval_model(), loader, tta=s.cfg.tta, translate=s.cfg.tta_translate,
-                                        autocast=s.autocast, keep_predictions=last)
+        if s.probe is not None:  # cached features hold the flip TTA's views already (linear_probe.ProbeHead)
+            results[name] = evaluate_loader(s.probe.head, loader, autocast=s.autocast, keep_predictions=last)
+        else:
+            results[name] = evaluate_loader(s.eval_model(), loader, tta=s.cfg.tta, translate=s.cfg.tta_translate,
+                                            autocast=s.autocast, keep_predictions=last)
         out.update(results[name].as_dict(name))
     if last:
         s.final_eval = (out, results)

@@ -15,6 +15,7 @@ def run_summary(s) -> dict:
     import numpy as np
 
     from fastcifar.models import weights_and_meta
+    from fastcifar.train.build import data_stream
     from fastcifar.train.distributed import distributed_record
     from fastcifar.train.guards import run_facts, run_warnings
     from fastcifar.train.step import warmup_steps
@@ -49,6 +50,8 @@ def run_summary(s) -> dict:
         "best": s.records.best_summary(metrics["test_acc"]),
         "cudnn_benchmark": _cudnn_benchmark(s.device),
         "warnings": run_warnings(s.history, run_facts(s)),  # what the log printed, every epoch's (guards.py)
+        "linear_probe": cfg.linear_probe, "label_noise": cfg.label_noise, "noisy_labels": data.noisy,
+        "data_stream": data_stream(data, cfg.epochs, augmented=s.probe is None),
     }
     s.run.save_weights(*weights_and_meta(s.eval_model(), s.spec, metrics=metrics,
                                          extra=dataset_extra(data, s.run.path, cfg)))

@@ -172,6 +172,24 @@ def test_ray_gives_the_sequential_records_and_report(tmp_path, ray_cluster, synt
     assert max(r["test_acc"] for r in results[1]["runs"]) > 0.2  # the runs learned: equal is not trivially equal
 
 
+def test_ray_runs_every_axis_as_tasks(tmp_path, ray_cluster, synthetic_dir, fake_weights):
+    """The linear probe, the scratch arm's longer schedule and label noise as Ray tasks (14 runs): the same runs,
+    weights and study block as the compare one run after another."""
+    grid = ["--train-limit", "100", "--epochs", "1", "--batch-size", "16", "--lr", "0.02", "--seeds", "2",
+            "--fractions", "1.0", "--robustness-severities", "none", "--arms", "finetune,linear-probe,scratch",
+            "--scratch-epochs", "1,2", "--label-noise", "0,0.5"]
+    sequential = _sequential(_args(synthetic_dir, fake_weights, tmp_path / "seq", *grid))
+    assert sequential.exit_code == 0, sequential.output
+    on_ray = CliRunner().invoke(cli, _args(synthetic_dir, fake_weights, tmp_path / "ray", *grid, "--ray",
+                                           ray_cluster["address"], "--cpus-per-run", "1"))
+    assert on_ray.exit_code == 0, on_ray.output
+    names = _same_runs(tmp_path / "seq", tmp_path / "ray")
+    assert {"probe-f1-s0", "random-f1-s1-x2", "probe-f1-s1-n0.5"} <= set(names) and len(names) == 14
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("seq", "ray")]
+    assert _strip(results[0]["study"]) == _strip(results[1]["study"])
+    assert {g["pairing"] for g in results[1]["study"]["gaps"]} == {"verified"}
+
+
 def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path, ray_cluster, synthetic_dir,
                                                                     fake_weights):
     """SIGKILL to a process running a training task once an epoch of some run is recorded: Ray retries the task,

@@ -155,7 +155,7 @@ def _study_markdown(study: dict | None, setting: str) -> list[str]:
                   "never got there) and 'at most' (it was already there at the smallest fraction) mark the measured "
                   "range's ends; nothing is extrapolated. The interval is a percentile bootstrap over each point's "
                   "seeds (coarse with 2-3 seeds)."]
-    return ["### Beyond two arms", "", *lines[:], ""]
+    return ["### Beyond two arms: every arm, schedule and label-noise level", "", *lines[:], ""]
 
 
 def _section_markdown(section: dict, files: list[str], study: dict | None = None) -> list[str]:

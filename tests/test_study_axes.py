@@ -246,3 +246,37 @@ def test_worth_is_measured_in_log_images_and_never_extrapolated():
     assert worth[1.0]["relation"] == ">" and worth[1.0]["multiple"] == 1.0  # scratch never got there: no guess
     assert "more than 1x" in axes.multiple_text(worth[1.0])
     assert worth[0.01]["low"] is not None and worth[0.01]["low"] <= worth[0.01]["multiple"] <= worth[0.01]["high"]
+
+
+@pytest.mark.slow
+def test_a_killed_probe_or_noisy_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path, synthetic_dir):
+    """Every new axis is resumable: the linear probe and a noisy-label run stopped after epoch 1 continue from it
+    (nothing retrained) and end with the weights the same run trains without a break."""
+    from fastcifar.study import compare as cmp
+    from fastcifar.rundir import run_state
+
+    base = TrainConfig(arch="efficientnet_lite0", stem="imagenet", image_size=64, data_dir=str(synthetic_dir),
+                       download=False, device="cpu", loader="tensor", epochs=2, batch_size=8, lr=0.05,
+                       warmup_epochs=0.5, train_limit=40, channels_last=True)
+
+    def cfg(out):
+        return CompareConfig(base=base, seeds=(0,), fractions=(1.0,), arms=("linear-probe", "scratch"),
+                             label_noise=(0.0, 0.4), out=str(out), robustness_severities=())
+
+    def stop(name, epoch, metrics):
+        if name in ("probe-f1-s0", "random-f1-s0-n0.4") and epoch == 1:
+            raise KeyboardInterrupt
+
+    for _ in range(2):  # the first interruption stops the probe, the second the noisy scratch run
+        with pytest.raises(FastCifarError, match="Rerun the same command"):
+            cmp.compare(cfg(tmp_path / "broken"), progress=False, on_epoch_end=stop)
+    runs = tmp_path / "broken" / "runs"
+    assert run_state(runs / "probe-f1-s0") == "finished"
+    assert run_state(runs / "random-f1-s0-n0.4") == "interrupted"
+    result = cmp.compare(cfg(tmp_path / "broken"), progress=False)
+    assert result.counts["interrupted"] == 1
+    cmp.compare(cfg(tmp_path / "unbroken"), progress=False)
+    for name in ("probe-f1-s0", "random-f1-s0-n0.4"):
+        a = load_file(str(runs / name / "model.safetensors"))
+        b = load_file(str(tmp_path / "unbroken" / "runs" / name / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), name

@@ -105,8 +105,9 @@ def plot_data_efficiency(results: dict, path: Path) -> Path:
              if w["setting"] == results["setting"] and not w["noise"] and w["pretrained"] == results["pretrained"]]
     if worth:  # what pretraining is worth in labelled images, per fraction (study/axes.py)
         text = "\n".join(f"{100 * w['fraction']:g} %: worth {multiple_text(w)}" for w in worth)
-        ax.text(0.02, 0.98, f"{results['labels'][results['pretrained']]} vs scratch, in labelled images:\n{text}",
-                transform=ax.transAxes, va="top", fontsize=7, bbox=dict(facecolor="white", alpha=0.8, linewidth=0))
+        # under the axes: inside them it would cover the curves or the legend
+        ax.text(0.0, -0.22, f"{results['labels'][results['pretrained']]} vs scratch, in labelled images:\n{text}",
+                transform=ax.transAxes, va="top", fontsize=8)
     return _save(fig, path)
 
 

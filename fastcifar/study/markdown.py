@@ -174,7 +174,8 @@ def _wall_lines(results: dict) -> list[str]:
         # `invocations`: how many compare commands the study took (a killed or stopped one is continued by the next);
         # the seconds are all of theirs (compare.Invocations). Reports written before it counted the last one only.
         commands = wall.get("invocations", 1)
-        lines += [f"Wall time of the compare {'command' if commands == 1 else f'{commands} commands'} that wrote "
+        what = "compare command" if commands == 1 else f"{commands} compare commands"
+        lines += [f"Wall time of the {what} that wrote "
                   f"this report: {wall['seconds'] / 60:.1f} min on {results['machine']} ({wall['trained']} run(s) "
                   f"trained or resumed, {wall['reused']} reused finished; the robustness evaluation included).", ""]
     return lines

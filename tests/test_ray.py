@@ -291,7 +291,13 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_process(tmp_path, synthetic_dir,
         assert any("raylet" in procs.get(p, "") for p in started), "no local Ray was started"
         assert any(procs.get(p, "").startswith("ray::train_task") for p in started), "no task was running"
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=120) == 130, "".join(lines)[-3000:]
+        # 300 s, not 120: the whole suite beside a CPU burner (2026-12-07) once saw no exit within 120 s, which this
+        # test alone beside 1-3 burners never reproduced (25-29 s); on a timeout the log says where it stood
+        try:
+            code = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail("no exit within 300 s of Ctrl-C; its log so far:\n" + "".join(lines)[-3000:])
+        assert code == 130, "".join(lines)[-3000:]
         reader.join(timeout=10)
         output = "".join(lines)
         assert "interrupted; the Ray tasks were cancelled" in output and "Traceback" not in output, output[-3000:]

@@ -290,7 +290,6 @@ def fit_batch(batch_size: int, lr: float, n_train: int, min_steps: int) -> tuple
 
 # ---------------------------------------------------------------------------------------------- compare
 
-COMPARE_INITS = ("imagenet", "random")  # the two arms of `fastcifar compare`; run directories are named after them
 # `compare --arms`: the study's arms by name, and the key each has in run directory names and results.json (`init`:
 # the fine-tuned and the scratch arm keep the names reports had before the linear probe came).
 ARMS = {"finetune": "imagenet", "linear-probe": "probe", "scratch": "random"}

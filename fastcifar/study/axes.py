@@ -55,9 +55,10 @@ def pairing(a: list[dict], b: list[dict]) -> tuple[list[tuple[dict, dict]], str 
 
 
 def gap(a: list[dict], b: list[dict], key: str = "test_acc", better: str = "higher",
-        scale: float | None = None) -> dict | None:
+        scale: float | None = None, names: tuple[str, str] = ("pretrained", "random")) -> dict | None:
     """mean(a) - mean(b) of `key` (times `scale`, default METRICS'), Welch's interval, and the paired interval over
-    the seed pairs when `pairing` verified them; the verdict follows the paired interval when there is one."""
+    the seed pairs when `pairing` verified them; the verdict (`names`: the sides' words) follows the paired interval
+    when there is one."""
     scale = METRICS[key] if scale is None else scale
     va = [scale * r[key] for r in a if r.get(key) is not None]
     vb = [scale * r[key] for r in b if r.get(key) is not None]
@@ -74,8 +75,8 @@ def gap(a: list[dict], b: list[dict], key: str = "test_acc", better: str = "high
                                                    "se": paired.se, "n_pairs": len(pairs)},
             "pairing": "verified" if unpaired is None else unpaired,
             "interval": "paired" if paired is not None else "welch",
-            "verdict": verdict(paired if paired is not None else welch, better),
-            "verdict_welch": verdict(welch, better)}
+            "verdict": verdict(paired if paired is not None else welch, better, names),
+            "verdict_welch": verdict(welch, better, names)}
 
 
 def _row(key: tuple, runs: list[dict], labels: dict) -> dict:
@@ -122,10 +123,6 @@ def worth(cells: dict, setting: str, noise: float, pretrained: str) -> list[dict
     return out
 
 
-def _ab(words: str) -> str:
-    return {"pretrained ahead": "a ahead", "random ahead": "b ahead"}.get(words, words)
-
-
 def verdict_text(g: dict, labels: dict) -> str:
     """A study gap's verdict with the series named: 'ImageNet-pretrained ahead', 'within noise', ..."""
     return {"a ahead": f"{labels[g['a']]} ahead", "b ahead": f"{labels[g['b']]} ahead"}.get(g["verdict"], g["verdict"])
@@ -143,9 +140,9 @@ def study_block(records: list[dict], labels: dict) -> dict:
     for (setting, noise, fraction) in sorted({(k[0], k[1], k[3]) for k in cells}, key=lambda t: (t[0], t[1], -t[2])):
         for a, b in _comparisons({k[2] for k in cells if (k[0], k[1], k[3]) == (setting, noise, fraction)}):
             for key, better in (("test_acc", "higher"), ("ece", "lower")):
-                g = gap(cells[setting, noise, a, fraction], cells[setting, noise, b, fraction], key, better)
-                if g is not None:  # stats.verdict speaks of pretrained vs random; here a and b are any two series
-                    g["verdict"], g["verdict_welch"] = (_ab(g["verdict"]), _ab(g["verdict_welch"]))
+                g = gap(cells[setting, noise, a, fraction], cells[setting, noise, b, fraction], key, better,
+                        names=("a", "b"))  # any two series: the verdict names the side, verdict_text the series
+                if g is not None:
                     gaps.append({"setting": setting, "noise": noise, "fraction": fraction, "a": a, "b": b,
                                  "metric": key, **g})
     worth_rows = [w for setting in sorted({k[0] for k in cells}) for noise in sorted({k[1] for k in cells})

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastcifar.fileio import write_json, write_text
 from fastcifar.study.markdown import pm, render_markdown
 from fastcifar.study.plots import PLOTTERS, plot_files
-from fastcifar.study.results import fraction_label
+from fastcifar.study.results import fraction_label, is_core
 
 
 def write_report(out: Path, results: dict) -> list[Path]:
@@ -21,8 +21,7 @@ def write_report(out: Path, results: dict) -> list[Path]:
         view = {**section, "labels": results["labels"],
                 # the main figures draw the clean study at the preset's schedule; compute.png and label_noise.png
                 # every run (study/plots.py)
-                "runs": [r for r in results["runs"] if r["setting"] == section["setting"]
-                         and r.get("epochs_x", 1) == 1 and not r.get("noise")],
+                "runs": [r for r in results["runs"] if r["setting"] == section["setting"] and is_core(r)],
                 "all_runs": [r for r in results["runs"] if r["setting"] == section["setting"]],
                 "study": results.get("study")}
         files += [plotter(view, out / name) for plotter, name in zip(PLOTTERS, names)]

@@ -70,6 +70,11 @@ def _robustness_record(run_dir: Path) -> dict:
             "mean_corruption_acc": r["mean_corruption_acc"], "reliability": r["clean"]["reliability"]}
 
 
+def is_core(record: dict) -> bool:
+    """A run of the clean study at the preset's schedule (run_plan.PlannedRun.core): the main tables and figures."""
+    return record.get("epochs_x", 1) == 1 and not record.get("noise")
+
+
 def _spread(records: list[dict], key: str) -> tuple[float | None, float | None]:
     return mean_std([r[key] for r in records if r.get(key) is not None])
 
@@ -198,7 +203,7 @@ def summarize(config: dict, source: dict, records: list[dict], env: dict, lr_sel
     labels = arm_labels(source)
     settings = list(dict.fromkeys(r["setting"] for r in records))
     arch = config.get("base", {}).get("arch", "resnet18")
-    core = [r for r in records if r.get("epochs_x", 1) == 1 and not r.get("noise")]  # the clean study
+    core = [r for r in records if is_core(r)]
     sections = [_section(s, [r for r in core if r["setting"] == s], labels, (lr_selection or {}).get(s), arch)
                 for s in settings]
     n_test = records[0]["n_test"]

@@ -18,11 +18,6 @@ from fastcifar.errors import FastCifarError
 from fastcifar.rundir import TENSORBOARD_DIR, read_summary
 
 RUNS_DIR, SELECT_DIR = "runs", "lr-select"
-# The linear probe's epochs as a multiple of the preset's. An epoch on cached features costs next to nothing, but
-# training the head longer did not pay: 66.6 % after 2 epochs, 65.4 % after 20 (EfficientNet-Lite0, 64 px, 2,700
-# CIFAR-10 images, lr 0.05, 1,000 test images; bench/README.md, "Linear probe epochs"), so the probe trains for the
-# preset's epochs like the other arms.
-PROBE_EPOCHS_X = 1
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,10 @@ def _plan_one(cfg: CompareConfig, pool: int, pretrained_init: str, *, setting: t
     # run], so one `tensorboard --logdir REPORT/tensorboard` overlays both arms, all seeds and fractions.
     tb_parts = [init, f"f{fraction:g}", f"s{seed}"] + ([setting_name(setting)] if len(cfg.settings) > 1 else []) \
         + ([f"x{epochs_x}"] if epochs_x != 1 else []) + ([f"n{noise:g}"] if noise else [])
-    epochs = base.epochs * (PROBE_EPOCHS_X if init == "probe" else epochs_x)
+    # The linear probe trains for the preset's epochs too: an epoch on cached features costs next to nothing, but
+    # training the head longer did not pay (66.6 % after 2 epochs, 65.4 % after 20; EfficientNet-Lite0, 64 px,
+    # 2,700 CIFAR-10 images, lr 0.05, 1,000 test images; bench/README.md, "Linear probe epochs").
+    epochs = base.epochs * epochs_x
     run_cfg = replace(base, init="random" if init == "random" else pretrained_init, seed=seed, train_limit=limit,
                       batch_size=batch, lr=run_lr, image_size=setting[0], stem=setting[1], epochs=epochs,
                       # the warm-up is the same share of the (longer) schedule

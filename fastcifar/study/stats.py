@@ -86,16 +86,17 @@ def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Ga
     return _t_interval(gap, sd / math.sqrt(len(a)), float(len(a) - 1), level)
 
 
-def verdict(ci: GapCI | None, better: str = "higher") -> str:
+def verdict(ci: GapCI | None, better: str = "higher", names: tuple[str, str] = ("pretrained", "random")) -> str:
     """'no CI' (one seed), 'pretrained ahead', 'random ahead' or 'within noise' (the interval contains 0) for a gap
-    pretrained - random of a metric where `better` ('higher' or 'lower': loss, NLL, calibration error) wins."""
+    pretrained - random of a metric where `better` ('higher' or 'lower': loss, NLL, calibration error) wins;
+    `names` are the two sides of the gap (the study's other comparisons: a - b)."""
     if ci is None:
         return "no CI"
     low, high = (ci.low, ci.high) if better == "higher" else (-ci.high, -ci.low)
     if low > 0:
-        return "pretrained ahead"
+        return f"{names[0]} ahead"
     if high < 0:
-        return "random ahead"
+        return f"{names[1]} ahead"
     return "within noise"
 
 

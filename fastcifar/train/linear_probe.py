@@ -135,9 +135,7 @@ def attach(model, data, cfg, device, autocast):
     for p in classifier.parameters():
         p.requires_grad_(True)
     views = 2 if cfg.tta else 1
-    eval_opts = replace(data.test.options, train=False) if hasattr(data.test, "options") else None
-    if eval_opts is None:
-        raise FastCifarError("--linear-probe needs the tensor or DALI loader (their evaluation options)")
+    eval_opts = data.test.options  # the evaluation loader's: every image once, in order, no crop or flip
 
     def cached(images, labels, n_views):
         loader = make_loader(images, np.asarray(labels), eval_opts, kind=cfg.loader, device=device)
